@@ -1,0 +1,198 @@
+//! Statistics like msm's JMX ones, as lock-free counters and timings.
+//!
+//! One [`Stats`] is shared (`Arc`) by the manager, the persistence actor and
+//! the backends; `GET /ferrocat/stats` serializes a [`Stats::snapshot`].
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A timing: count, min, mean and max in microseconds.
+#[derive(Debug)]
+pub struct Timing {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+    min_us: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+            min_us: AtomicU64::new(u64::MAX),
+            max_us: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What [`Timing`] reports.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct TimingSnapshot {
+    /// samples
+    pub count: u64,
+    /// smallest sample, µs
+    pub min_us: u64,
+    /// mean, µs
+    pub mean_us: f64,
+    /// largest sample, µs
+    pub max_us: u64,
+}
+
+impl Timing {
+    /// Records one sample.
+    pub fn record(&self, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.record_value(us);
+    }
+
+    /// Records one raw value (µs, or bytes for sizes).
+    pub fn record_value(&self, v: u64) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(v, Relaxed);
+        self.min_us.fetch_min(v, Relaxed);
+        self.max_us.fetch_max(v, Relaxed);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> TimingSnapshot {
+        let count = self.count.load(Relaxed);
+        let sum = self.sum_us.load(Relaxed);
+        TimingSnapshot {
+            count,
+            min_us: if count == 0 {
+                0
+            } else {
+                self.min_us.load(Relaxed)
+            },
+            mean_us: if count == 0 {
+                0.0
+            } else {
+                sum as f64 / count as f64
+            },
+            max_us: self.max_us.load(Relaxed),
+        }
+    }
+}
+
+macro_rules! stats {
+    (counters { $( $(#[$doc:meta])* $c:ident; )* } timings { $( $(#[$tdoc:meta])* $t:ident; )* }) => {
+        /// All session statistics.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $c: AtomicU64, )*
+            $( $(#[$tdoc])* pub $t: Timing, )*
+        }
+
+        /// A point-in-time copy of [`Stats`], serialized as JSON.
+        #[derive(Debug, Clone, Serialize)]
+        pub struct StatsSnapshot {
+            $( $(#[$doc])* pub $c: u64, )*
+            $( $(#[$tdoc])* pub $t: TimingSnapshot, )*
+        }
+
+        impl Stats {
+            /// Current values of every counter and timing.
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot {
+                    $( $c: self.$c.load(Relaxed), )*
+                    $( $t: self.$t.snapshot(), )*
+                }
+            }
+        }
+    };
+}
+
+stats! {
+    counters {
+    /// Requests that had a session (loaded or created).
+    requests_with_session;
+    /// Requests that ran without touching a session.
+    requests_without_session;
+    /// Requests skipped by `request_uri_ignore_pattern`.
+    requests_ignored;
+    /// Sessions created.
+    sessions_created;
+    /// Sessions invalidated (logout).
+    sessions_invalidated;
+    /// Session ids renewed (login).
+    sessions_renewed;
+    /// Cookies that were garbled, oversized, forged or unknown.
+    invalid_cookies;
+    /// Store reads.
+    store_loads;
+    /// Store reads that found nothing.
+    store_load_misses;
+    /// Successful backups (writes of a changed session).
+    backups;
+    /// Failed or timed-out backups.
+    backup_failures;
+    /// Writes skipped because the serialized session was unchanged.
+    unchanged_sessions_skipped;
+    /// Expiry refreshes of unchanged sessions.
+    touches;
+    /// Sessions taken over from another app node (sticky failover, msm's "tomcat failover").
+    tomcat_failovers;
+    /// Sessions read from the backup or moved to another memcached node.
+    memcached_failovers;
+    /// Copies repaired (a missing or stale copy rewritten from the newer one).
+    repairs;
+    /// Sessions copied to a recovered node by warm-up.
+    warmup_copied;
+    /// Values from memcached that could not be decoded (treated as a miss).
+    garbage_values;
+    /// Operations that ran with every memcached node down (memory-only degraded mode).
+    degraded_operations;
+    /// Lock acquisitions.
+    locks_acquired;
+    /// Lock acquisitions that had to wait.
+    lock_waits;
+    /// Lock acquisitions that gave up (operation timeout).
+    lock_failures;
+    /// Requests served without a lock in `auto` mode (learnt read-only).
+    lock_skipped_readonly;
+    /// Sessions evicted from the sticky cache by its bounds.
+    cache_evictions;
+    /// Sticky cache misses served from the store.
+    cache_misses;
+    }
+    timings {
+    /// Time to lock.
+    lock_wait;
+    /// Time to load (store read + decode).
+    load;
+    /// Time to serialize attributes.
+    serialization;
+    /// Time to store (write primary + backup).
+    store;
+    /// Size of stored sessions in bytes.
+    stored_size;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_tracks_min_mean_max() {
+        let t = Timing::default();
+        assert_eq!(t.snapshot().min_us, 0);
+        t.record(Duration::from_micros(10));
+        t.record(Duration::from_micros(30));
+        let s = t.snapshot();
+        assert_eq!((s.count, s.min_us, s.max_us), (2, 10, 30));
+        assert!((s.mean_us - 20.0).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn snapshot_serializes_every_counter() {
+        let s = Stats::default();
+        s.backups.fetch_add(3, Relaxed);
+        let json = serde_json::to_value(s.snapshot()).unwrap();
+        assert_eq!(json["backups"], 3);
+        assert_eq!(json["store"]["count"], 0);
+    }
+}

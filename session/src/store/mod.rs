@@ -1,0 +1,113 @@
+//! Session backends: one trait, one file per implementation.
+//!
+//! * [`memory::MemoryStore`]: the in-process store, the embedded default.
+//! * `memcached::ReplicatedMemcachedStore`: named memcached nodes, every session
+//!   on a primary and a backup node.
+//!
+//! The manager talks to a backend only through [`SessionBackend`]; records are
+//! [`SessionRecord`]s (header + opaque payload), so backends never need to know
+//! the serializer. Futures are boxed so a backend can be used as
+//! `Arc<dyn SessionBackend>`.
+
+pub mod memory;
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+use crate::id::SessionId;
+use crate::record::SessionRecord;
+
+/// What a backend future resolves to.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// A store error: where it came from and whether another node may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// No node could serve the operation.
+    #[error("{backend}: no node available for {op}")]
+    Unavailable {
+        /// backend name
+        backend: &'static str,
+        /// operation
+        op: &'static str,
+    },
+    /// A node did not answer within `operation_timeout`.
+    #[error("node {node}: {op} timed out")]
+    Timeout {
+        /// node id
+        node: String,
+        /// operation
+        op: &'static str,
+    },
+    /// A node failed (connection refused/reset, protocol error, ...).
+    #[error("node {node}: {op} failed: {reason}")]
+    Node {
+        /// node id
+        node: String,
+        /// operation
+        op: &'static str,
+        /// what happened
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when the same operation on another node may succeed (failover).
+    pub fn retry_elsewhere(&self) -> bool {
+        matches!(self, StoreError::Timeout { .. } | StoreError::Node { .. })
+    }
+}
+
+/// A session as loaded from a backend.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The id the session lives under now. It differs from the requested id
+    /// when the backend relocated the session (primary down) or followed a
+    /// moved marker; the caller must then send a new cookie.
+    pub id: SessionId,
+    /// The newest live copy.
+    pub record: SessionRecord,
+}
+
+/// A session backend. Implementations are shared by all actix workers.
+pub trait SessionBackend: Send + Sync + 'static {
+    /// Short name for logs and errors (`memory`, `memcached`).
+    fn name(&self) -> &'static str;
+
+    /// An id for a new session: the backend picks its primary node (a random
+    /// live node) and writes it into the id. `route` is the app node's route
+    /// (sticky mode) or `None`.
+    fn new_id(&self, route: Option<&str>) -> SessionId;
+
+    /// The newest live copy of a session, or `None` when it does not exist,
+    /// expired, was invalidated, or only garbage was found.
+    fn load<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Loaded>>;
+
+    /// Stores `record` (primary and backup). Returns the id the session is
+    /// stored under, which differs from `id` after a relocation.
+    fn save<'a>(
+        &'a self,
+        id: &'a SessionId,
+        record: &'a SessionRecord,
+    ) -> StoreFuture<'a, SessionId>;
+
+    /// Refreshes the expiry of an unchanged session without rewriting it.
+    fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()>;
+
+    /// Invalidates a session for good: no copy of it may ever be loaded again,
+    /// also from a node that was unreachable now and returns later. `last` is
+    /// the newest record the caller knows, if any. Also removes the lock.
+    fn invalidate<'a>(
+        &'a self,
+        id: &'a SessionId,
+        last: Option<&'a SessionRecord>,
+    ) -> StoreFuture<'a, ()>;
+
+    /// Tries once to take the session's lock (`lock:<key>`, add-if-absent with
+    /// `expiration`). `Ok(true)` when this caller now holds it.
+    fn try_lock<'a>(&'a self, id: &'a SessionId, expiration: Duration) -> StoreFuture<'a, bool>;
+
+    /// Releases the session's lock.
+    fn unlock<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()>;
+}
