@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actix_store;
 pub mod cache;
 pub mod id;
 pub mod record;
