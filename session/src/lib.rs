@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod actix_store;
 pub mod cache;
 pub mod config;
 pub mod cookie;
