@@ -35,9 +35,14 @@ pub enum AppError {
 }
 
 /// Builds the session backend named by the settings.
-pub fn build_backend(settings: &SessionSettings, stats: Arc<Stats>) -> Result<Arc<dyn SessionBackend>, AppError> {
+pub fn build_backend(
+    settings: &SessionSettings,
+    stats: Arc<Stats>,
+) -> Result<Arc<dyn SessionBackend>, AppError> {
     if settings.memcached_nodes.is_empty() {
-        log::info!("sessions: in-process store (set session.memcached_nodes for replicated memcached)");
+        log::info!(
+            "sessions: in-process store (set session.memcached_nodes for replicated memcached)"
+        );
         return Ok(Arc::new(MemoryStore::default()));
     }
     crate::memcached::build(settings, stats).map_err(AppError::Backend)
@@ -54,7 +59,11 @@ pub struct AppNode {
 }
 
 /// Binds and starts the app node. Call inside an actix `System`.
-pub fn start_app(node: &NodeConfig, listen: SocketAddr, settings: SessionSettings) -> Result<AppNode, AppError> {
+pub fn start_app(
+    node: &NodeConfig,
+    listen: SocketAddr,
+    settings: SessionSettings,
+) -> Result<AppNode, AppError> {
     let stats = Arc::new(Stats::default());
     let backend = build_backend(&settings, stats.clone())?;
     let manager = SessionManager::new(settings, &node.name, backend, stats);
@@ -74,9 +83,10 @@ pub fn start_app(node: &NodeConfig, listen: SocketAddr, settings: SessionSetting
     if node.workers > 0 {
         server = server.workers(node.workers);
     }
-    let server = server
-        .bind(listen)
-        .map_err(|source| AppError::Bind { addr: listen, source })?;
+    let server = server.bind(listen).map_err(|source| AppError::Bind {
+        addr: listen,
+        source,
+    })?;
     let addr = server.addrs().first().copied().unwrap_or(listen);
     log::info!(
         "app node {} listening on http://{addr} (sessions: {})",

@@ -74,7 +74,9 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             name: DEFAULT_NODE_NAME.into(),
-            listen: DEFAULT_NODE_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            listen: DEFAULT_NODE_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
             workers: 0,
         }
     }

@@ -39,10 +39,20 @@ pub enum Mode {
 
 /// In all-in-one mode the local app node is an upstream like any other:
 /// added unless the config already lists it (by route).
-pub fn with_local_upstream(mut cfg: BalancerConfig, route: &str, app_addr: SocketAddr) -> BalancerConfig {
-    match cfg.upstream.iter_mut().find(|u| u.route.as_deref() == Some(route)) {
+pub fn with_local_upstream(
+    mut cfg: BalancerConfig,
+    route: &str,
+    app_addr: SocketAddr,
+) -> BalancerConfig {
+    match cfg
+        .upstream
+        .iter_mut()
+        .find(|u| u.route.as_deref() == Some(route))
+    {
         Some(u) => u.address = app_addr.to_string(),
-        None => cfg.upstream.push(UpstreamConfig::new(app_addr.to_string()).with_route(route)),
+        None => cfg
+            .upstream
+            .push(UpstreamConfig::new(app_addr.to_string()).with_route(route)),
     }
     cfg
 }
@@ -128,7 +138,12 @@ async fn serve(mode: Mode, path: Option<PathBuf>, loaded: Loaded) -> Result<(), 
     Ok(())
 }
 
-fn reload(balancer: &Option<BalancerHandle>, path: Option<&Path>, route: &str, app_addr: Option<SocketAddr>) {
+fn reload(
+    balancer: &Option<BalancerHandle>,
+    path: Option<&Path>,
+    route: &str,
+    app_addr: Option<SocketAddr>,
+) {
     let Some(b) = balancer else {
         log::info!("SIGHUP: nothing to reload on an app node");
         return;
@@ -144,8 +159,13 @@ fn reload(balancer: &Option<BalancerHandle>, path: Option<&Path>, route: &str, a
                 cfg = with_local_upstream(cfg, route, addr);
             }
             match b.reload(cfg) {
-                Ok(()) => log::info!("SIGHUP: balancer configuration reloaded from {}", path.display()),
-                Err(e) => log::error!("SIGHUP: reload rejected, keeping the running configuration: {e}"),
+                Ok(()) => log::info!(
+                    "SIGHUP: balancer configuration reloaded from {}",
+                    path.display()
+                ),
+                Err(e) => {
+                    log::error!("SIGHUP: reload rejected, keeping the running configuration: {e}")
+                }
             }
         }
         Err(e) => log::error!("SIGHUP: reload rejected, keeping the running configuration: {e}"),

@@ -36,7 +36,10 @@ async fn login_then_visits_count_up() {
     let cookie = session_cookie(&res, "JSESSIONID").expect("login sets the session cookie");
     // <sig>.<random>-<node>.<route>
     let (_, id) = cookie.split_once('.').unwrap();
-    assert!(id.ends_with("-local.app1"), "cookie shows the session id: {cookie}");
+    assert!(
+        id.ends_with("-local.app1"),
+        "cookie shows the session id: {cookie}"
+    );
 
     let v1 = me(&c, &f).await;
     assert_eq!(v1["user"], "alice");
@@ -45,8 +48,18 @@ async fn login_then_visits_count_up() {
     assert_eq!(v2["visits"], 2);
     assert_eq!(v2["node"], "app1");
 
-    let page = c.get(f.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Hello alice, visit 3, served by app1"), "{page}");
+    let page = c
+        .get(f.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Hello alice, visit 3, served by app1"),
+        "{page}"
+    );
 }
 
 #[actix_rt::test]
@@ -113,7 +126,10 @@ async fn bad_cookies_get_a_fresh_session_never_a_500() {
         let fresh = session_cookie(&res, "JSESSIONID").expect("a fresh session");
         assert_ne!(fresh, good);
         let v: Value = res.json().await.unwrap();
-        assert_eq!(v["visits"], 1, "a forged cookie must not reach the real session");
+        assert_eq!(
+            v["visits"], 1,
+            "a forged cookie must not reach the real session"
+        );
     }
 }
 
@@ -145,7 +161,14 @@ async fn cart_keeps_items_in_order() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    let v: Value = c.get(f.url("/api/cart")).send().await.unwrap().json().await.unwrap();
+    let v: Value = c
+        .get(f.url("/api/cart"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["items"], serde_json::json!(["apple", "pear", "plum"]));
 }
 
@@ -176,13 +199,30 @@ async fn static_files_and_health_do_not_touch_the_session() {
 async fn login_form_and_greeting_render() {
     let f = start();
     let c = client();
-    let page = c.get(f.url("/")).send().await.unwrap().text().await.unwrap();
+    let page = c
+        .get(f.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("name=\"username\""));
     c.post(f.url("/login"))
         .form(&[("username", "<script>x</script>")])
         .send()
         .await
         .unwrap();
-    let page = c.get(f.url("/")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("Hello &lt;script&gt;x&lt;/script&gt;, visit 1"), "{page}");
+    let page = c
+        .get(f.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Hello &lt;script&gt;x&lt;/script&gt;, visit 1"),
+        "{page}"
+    );
 }

@@ -38,9 +38,7 @@ fn misspelt_key_is_named() {
 
 #[test]
 fn negative_weight_is_named() {
-    let (code, out) = check(
-        "[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\nweight = -1\n",
-    );
+    let (code, out) = check("[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\nweight = -1\n");
     assert_ne!(code, 0);
     assert!(out.contains("balancer.upstream[0].weight"), "{out}");
 }
@@ -68,7 +66,10 @@ fn env_override_is_validated_too() {
 #[test]
 fn help_works_on_every_subcommand() {
     for sub in ["all-in-one", "balancer", "app", "check-config"] {
-        let out = Command::new(binary()).args([sub, "--help"]).output().unwrap();
+        let out = Command::new(binary())
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{sub} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
     }

@@ -253,6 +253,17 @@ impl SessionConfig {
         if self.memcached_connections == 0 || self.memcached_connections > 64 {
             return Err(err("memcached_connections", "must be between 1 and 64"));
         }
+        if !self.memcached_nodes.trim().is_empty() {
+            crate::store::memcached::parse_memcached_nodes(&self.memcached_nodes)
+                .map_err(|r| err("memcached_nodes", r))?;
+            crate::store::memcached::MemcachedStoreConfig::from_msm(
+                &self.memcached_nodes,
+                &self.failover_nodes,
+            )
+            .map_err(|r| err("failover_nodes", r))?;
+        } else if !self.failover_nodes.trim().is_empty() {
+            return Err(err("failover_nodes", "set without memcached_nodes"));
+        }
         Ok(SessionSettings {
             memcached_nodes: self.memcached_nodes.trim().to_owned(),
             failover_nodes: self.failover_nodes.trim().to_owned(),
@@ -365,6 +376,23 @@ mod tests {
         );
         assert_eq!(parse_size("64k"), Some(65536));
         assert_eq!(parse_size("2m"), Some(2 * 1024 * 1024));
+    }
+
+    #[test]
+    fn memcached_nodes_are_checked() {
+        assert_eq!(
+            bad(|c| c.memcached_nodes = "n1:127.0.0.1".into()).key,
+            "session.memcached_nodes"
+        );
+        let e = bad(|c| {
+            c.memcached_nodes = "n1:127.0.0.1:11211 n2:127.0.0.1:11212".into();
+            c.failover_nodes = "n9".into();
+        });
+        assert_eq!(e.key, "session.failover_nodes");
+        let mut c = SessionConfig::default();
+        c.memcached_nodes = "n1:127.0.0.1:11211,n2:127.0.0.1:11212".into();
+        c.failover_nodes = "n2".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]
