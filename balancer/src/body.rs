@@ -69,8 +69,8 @@ pub(crate) enum ReqBody {
 pub(crate) enum Prepared {
     /// A body that can be sent (and, if `Full`, resent).
     Body(ReqBody),
-    /// Larger than `client_max_body_size`: 413.
-    TooLarge,
+    /// Larger than `client_max_body_size`: 413 (with the unread rest, to drain before answering).
+    TooLarge(Option<Incoming>),
     /// The client failed while sending it: 400.
     ClientError,
 }
@@ -84,7 +84,7 @@ pub(crate) async fn prepare(mut incoming: Incoming, limit: u64) -> Prepared {
     let known = incoming.size_hint().exact();
     if let Some(len) = known {
         if limit > 0 && len > limit {
-            return Prepared::TooLarge;
+            return Prepared::TooLarge(Some(incoming));
         }
     }
     let buffer_up_to = match known {
@@ -98,7 +98,7 @@ pub(crate) async fn prepare(mut incoming: Incoming, limit: u64) -> Prepared {
         match incoming.frame().await {
             None => {
                 return if limit > 0 && buf.len() as u64 > limit {
-                    Prepared::TooLarge
+                    Prepared::TooLarge(None)
                 } else {
                     Prepared::Body(ReqBody::Full(Some(buf.freeze())))
                 }
@@ -109,7 +109,7 @@ pub(crate) async fn prepare(mut incoming: Incoming, limit: u64) -> Prepared {
                     buf.extend_from_slice(&data);
                 }
                 if limit > 0 && buf.len() as u64 > limit {
-                    return Prepared::TooLarge;
+                    return Prepared::TooLarge((!incoming.is_end_stream()).then_some(incoming));
                 }
                 if incoming.is_end_stream() {
                     return Prepared::Body(ReqBody::Full(Some(buf.freeze())));
@@ -130,6 +130,26 @@ pub(crate) async fn prepare(mut incoming: Incoming, limit: u64) -> Prepared {
         seen,
         state,
     })
+}
+
+/// Most bytes read and discarded from a refused body before answering.
+const DRAIN_LIMIT: u64 = 16 << 20;
+/// Longest time spent discarding a refused body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads and discards the rest of a refused body (bounded), so that the client, still sending,
+/// reads our answer instead of a connection reset (nginx's lingering close).
+pub(crate) async fn drain(mut incoming: Incoming) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0u64;
+        while let Some(Ok(frame)) = incoming.frame().await {
+            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 impl ReqBody {

@@ -58,7 +58,15 @@ impl Worker {
         }
         let body = match body::prepare(incoming, snap.cfg.client_max_body_size).await {
             Prepared::Body(b) => b,
-            Prepared::TooLarge => return pages::plain(StatusCode::PAYLOAD_TOO_LARGE),
+            Prepared::TooLarge(rest) => {
+                if let Some(rest) = rest {
+                    body::drain(rest).await;
+                }
+                let mut resp = pages::plain(StatusCode::PAYLOAD_TOO_LARGE);
+                resp.headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
             Prepared::ClientError => return pages::plain(StatusCode::BAD_REQUEST),
         };
         crate::headers::to_upstream(&mut parts.headers, &client.ip_header);
