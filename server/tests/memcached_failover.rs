@@ -223,6 +223,7 @@ async fn all_nodes_down_degrades_to_memory_and_recovers() {
     let port = f.addr.port();
     drop(f);
     let f = app_on(&cluster, port);
+    u.c = bare_client(); // the old pooled connection died with the old process
     let (v, _) = u.me(&f).await;
     assert_eq!(
         v["user"], "dave",
