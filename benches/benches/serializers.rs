@@ -86,8 +86,8 @@ fn large() -> Session {
             let base = cart_item(i);
             let mut options = BTreeMap::new();
             for g in ["color", "size"] {
-                let opts = (0..4)
-                    .map(|o| (format!("{g}-{o}"), (o as i32 - 1) * 50))
+                let opts = (0..4i32)
+                    .map(|o| (format!("{g}-{o}"), (o - 1) * 50))
                     .collect();
                 options.insert(g.to_owned(), opts);
             }
