@@ -15,6 +15,11 @@
 //! session id, so the backend places and replicates the session exactly as
 //! it does for ferrocat's own sessions.
 //!
+//! `update` reads the stored copy once before writing, to store the next
+//! version (so a stale copy on a node that comes back never wins) and keep
+//! the creation time; an update of a session that is gone starts a new one,
+//! as actix-session's own stores do.
+//!
 //! A key that is not a session id, an unknown serializer id or an undecodable
 //! payload is a miss (`Ok(None)`, counted in [`BackendSessionStore::garbled`]):
 //! the user gets a fresh session, never a 500. A backend failure is an error.
