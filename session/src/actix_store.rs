@@ -2,8 +2,15 @@
 //! the replicated memcached store) as an `actix_session::storage::SessionStore`,
 //! so an existing actix-web app switches with one line:
 //!
-//! ```ignore
-//! App::new().wrap(SessionMiddleware::new(BackendSessionStore::new(backend), key))
+//! ```
+//! # use std::sync::Arc;
+//! # use actix_session::SessionMiddleware;
+//! # use actix_web::{cookie::Key, App};
+//! # use ferrocat_session::actix_store::BackendSessionStore;
+//! # use ferrocat_session::store::memory::MemoryStore;
+//! # let backend = Arc::new(MemoryStore::default());
+//! # let key = Key::generate();
+//! let app = App::new().wrap(SessionMiddleware::new(BackendSessionStore::new(backend), key));
 //! ```
 //!
 //! Data flow: actix-session hands over its state, a map of attribute name to
