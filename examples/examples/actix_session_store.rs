@@ -11,6 +11,15 @@
 //! curl -c jar -b jar http://127.0.0.1:8080/      # visits: 2
 //! curl -c jar -b jar -X POST http://127.0.0.1:8080/logout
 //! ```
+//!
+//! With sessions in memcached instead (same app code, replicated over the
+//! nodes, each session with a backup copy on another node):
+//!
+//! ```text
+//! memcached -l 127.0.0.1 -p 11211 & memcached -l 127.0.0.1 -p 11212 &
+//! MEMCACHED_NODES="n1:127.0.0.1:11211 n2:127.0.0.1:11212" \
+//!     cargo run -p ferrocat-examples --example actix_session_store
+//! ```
 
 use std::sync::Arc;
 
@@ -18,24 +27,26 @@ use actix_session::{Session, SessionMiddleware};
 use actix_web::cookie::Key;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use ferrocat_session::actix_store::BackendSessionStore;
+use ferrocat_session::stats::Stats;
+use ferrocat_session::store::memcached::{MemcachedStoreConfig, ReplicatedMemcachedStore};
 use ferrocat_session::store::memory::MemoryStore;
 use ferrocat_session::SessionBackend;
 
-/// Chooses the session backend.
-///
-/// Today this is the in-process store. The replicated memcached store
-/// (issue 3) will be selected here when `MEMCACHED_NODES` is set
-/// (`"n1:127.0.0.1:11211 n2:127.0.0.1:11212"`): build it from that string and
-/// return it as `Arc<dyn SessionBackend>`; nothing else in this file changes.
-fn backend() -> Arc<dyn SessionBackend> {
-    if let Ok(nodes) = std::env::var("MEMCACHED_NODES") {
-        // Plug-in point for the memcached backend (not wired up yet).
-        log::warn!(
-            "MEMCACHED_NODES={nodes:?} is set, but this example does not use the memcached \
-             backend yet; sessions stay in this process"
-        );
+/// Chooses the session backend: the replicated memcached store when
+/// `MEMCACHED_NODES` is set (msm syntax, e.g.
+/// `"n1:127.0.0.1:11211 n2:127.0.0.1:11212"`), else the in-process store.
+/// Must run inside the actix System (the memcached store's health actor runs
+/// there).
+fn backend() -> Result<Arc<dyn SessionBackend>, String> {
+    match std::env::var("MEMCACHED_NODES") {
+        Ok(nodes) => {
+            let cfg = MemcachedStoreConfig::from_msm(&nodes, "")?;
+            let store = ReplicatedMemcachedStore::new(cfg, Arc::new(Stats::default()))
+                .map_err(|e| e.to_string())?;
+            Ok(Arc::new(store))
+        }
+        Err(_) => Ok(Arc::new(MemoryStore::default())),
     }
-    Arc::new(MemoryStore::default())
 }
 
 async fn index(session: Session) -> actix_web::Result<HttpResponse> {
@@ -58,7 +69,7 @@ async fn main() -> std::io::Result<()> {
         .unwrap_or(8080);
     // One store for all workers: the backend is shared, so every worker sees
     // every session.
-    let backend = backend();
+    let backend = backend().map_err(|e| std::io::Error::other(format!("session backend: {e}")))?;
     // The cookie signing key. Generated per process here; a real deployment
     // loads the same key on every node.
     let key = Key::generate();
