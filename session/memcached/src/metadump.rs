@@ -32,10 +32,16 @@ pub(crate) async fn dump(
     opts: &ClientOptions,
 ) -> Result<Vec<DumpedKey>, McError> {
     let work = async {
+        // `hash` walks the hash table: items that the LRU maintainer moves
+        // during the crawl (touched, bumped HOT -> WARM) are not missed, as
+        // they can be with `all`. Servers without it (< 1.6) get `all`.
+        let mut scope = Scope::Hash;
         loop {
-            match dump_once(addr, opts).await? {
-                Some(keys) => return Ok(keys),
-                None => tokio::time::sleep(BUSY_RETRY).await,
+            match dump_once(addr, opts, scope).await {
+                Ok(Some(keys)) => return Ok(keys),
+                Ok(None) => tokio::time::sleep(BUSY_RETRY).await,
+                Err(McError::Server { .. }) if scope == Scope::Hash => scope = Scope::All,
+                Err(e) => return Err(e),
             }
         }
     };
@@ -47,10 +53,20 @@ pub(crate) async fn dump(
         })?
 }
 
+/// What the crawler walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// The hash table (memcached >= 1.6): complete under LRU reordering.
+    Hash,
+    /// Every LRU.
+    All,
+}
+
 /// One attempt; `Ok(None)` when the crawler was busy.
 async fn dump_once(
     addr: SocketAddr,
     opts: &ClientOptions,
+    scope: Scope,
 ) -> Result<Option<Vec<DumpedKey>>, McError> {
     let io = |e| McError::from_io(addr, "metadump", e);
     let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
@@ -60,10 +76,11 @@ async fn dump_once(
             op: "connect",
         })?
         .map_err(|e| McError::from_io(addr, "connect", e))?;
-    stream
-        .write_all(b"lru_crawler metadump all\r\n")
-        .await
-        .map_err(io)?;
+    let command: &[u8] = match scope {
+        Scope::Hash => b"lru_crawler metadump hash\r\n",
+        Scope::All => b"lru_crawler metadump all\r\n",
+    };
+    stream.write_all(command).await.map_err(io)?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut keys = Vec::new();
     loop {
@@ -115,6 +132,7 @@ fn parse_line(line: &[u8]) -> Line {
         return Line::Busy;
     }
     if line.starts_with(b"ERROR")
+        || line.starts_with(b"BADCLASS")
         || line.starts_with(b"CLIENT_ERROR")
         || line.starts_with(b"SERVER_ERROR")
     {
