@@ -184,6 +184,15 @@ async fn run(
                 rbuf.reserve(READ_CHUNK);
             }
             match rd.read_buf(&mut rbuf).await {
+                Ok(0) if !rbuf.is_empty() => {
+                    return McError::Protocol {
+                        addr,
+                        detail: format!(
+                            "connection closed inside a response ({} bytes of it received)",
+                            rbuf.len()
+                        ),
+                    };
+                }
                 Ok(0) => {
                     let eof = std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
