@@ -162,3 +162,21 @@ async fn dropping_the_client_closes_its_connections() {
     .await;
     assert!(closed, "connections still open: {}", curr_connections(&m));
 }
+
+#[tokio::test]
+async fn a_long_freeze_replaces_the_stalled_connection_and_the_client_recovers() {
+    let mut m = Memcached::start();
+    let c = client(&m); // 500 ms timeout: the watchdog drops the connection after 1 s
+    c.set(&key("k"), b"v", 0, 0, SetMode::Set).await.unwrap();
+    m.freeze();
+    let frozen_until = Instant::now() + Duration::from_millis(1800);
+    while Instant::now() < frozen_until {
+        assert!(c.get(&key("k")).await.unwrap_err().is_node_failure());
+    }
+    m.unfreeze();
+    let back = eventually(Duration::from_secs(1), || async {
+        matches!(c.get(&key("k")).await, Ok(Some(_)))
+    })
+    .await;
+    assert!(back, "client did not recover after SIGCONT");
+}
