@@ -9,6 +9,7 @@
 //! the serializer. Futures are boxed so a backend can be used as
 //! `Arc<dyn SessionBackend>`.
 
+pub mod memcached;
 pub mod memory;
 
 use std::time::Duration;

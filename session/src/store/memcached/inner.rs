@@ -1,0 +1,333 @@
+//! The shared inner state of the store and its memcached primitives.
+//!
+//! [`Core`] is shared (`Arc`) by every actix worker and by the health actor.
+//! Each primitive here does one operation on one node, bounded by
+//! `operation_timeout`, decodes what came back (garbage is counted and
+//! becomes [`Stored::Garbage`]), and feeds the node's health: a success
+//! clears its consecutive-failure counter (one atomic store, only when it was
+//! set), a failure bumps it and tells the health actor by `do_send`. The
+//! request path reads node health from the published [`HealthSnapshot`]
+//! without locks.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix::Addr;
+use arc_swap::ArcSwap;
+use ferrocat_memcached::{DumpedKey, Key, McError, NodeClient, SetMode, StoreStatus};
+
+use super::config::MemcachedStoreConfig;
+use super::degraded::Degraded;
+use super::health::{HealthActor, HealthSnapshot, NodeFailed};
+use super::placement::Placement;
+use crate::record::SessionRecord;
+use crate::stats::Stats;
+use crate::store::StoreError;
+
+/// Backend name in errors and logs.
+pub(crate) const BACKEND: &str = "memcached";
+/// Key of the warm-up sentinel: present on a node that holds its share of
+/// sessions; missing on a node that restarted empty.
+pub(crate) const SENTINEL_KEY: &str = "ferrocat:warm";
+/// memcached reads an expiry above 30 days as an absolute Unix time.
+const MAX_RELATIVE_TTL: u32 = 30 * 24 * 3600;
+
+/// The backup copy's key.
+pub(crate) fn backup_key(key: &str) -> String {
+    format!("bak:{key}")
+}
+
+/// The lock's key.
+pub(crate) fn lock_key(key: &str) -> String {
+    format!("lock:{key}")
+}
+
+/// memcached expiry for an interval in seconds (0 = never).
+pub(crate) fn ttl_for(secs: u32) -> u32 {
+    if secs <= MAX_RELATIVE_TTL {
+        return secs;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    u32::try_from(now + u64::from(secs)).unwrap_or(u32::MAX)
+}
+
+/// One stored copy as read from a node.
+#[derive(Debug, Clone)]
+pub(crate) enum Stored {
+    /// The node has no such key (expired, evicted, or restarted empty).
+    Missing,
+    /// The value could not be decoded (counted in `garbage_values`).
+    Garbage {
+        /// CAS token, so a repair can replace exactly this value.
+        cas: u64,
+    },
+    /// A decoded record.
+    Record {
+        /// the record
+        rec: SessionRecord,
+        /// CAS token of the value read
+        cas: u64,
+    },
+}
+
+impl Stored {
+    /// The decoded record, if any.
+    pub(crate) fn record(&self) -> Option<&SessionRecord> {
+        match self {
+            Stored::Record { rec, .. } => Some(rec),
+            _ => None,
+        }
+    }
+}
+
+/// The newest record among `copies` (`supersedes` decides).
+pub(crate) fn newest<'a>(
+    copies: impl IntoIterator<Item = &'a SessionRecord>,
+) -> Option<&'a SessionRecord> {
+    copies.into_iter().fold(None, |best, r| match best {
+        Some(b) if !r.supersedes(b) => Some(b),
+        _ => Some(r),
+    })
+}
+
+/// State shared by the store's users and its health actor.
+pub(crate) struct Core {
+    pub(crate) cfg: MemcachedStoreConfig,
+    pub(crate) placement: Placement,
+    pub(crate) clients: Vec<NodeClient>,
+    pub(crate) stats: Arc<Stats>,
+    /// Published by the health actor; read lock-free by every operation.
+    pub(crate) health: ArcSwap<HealthSnapshot>,
+    /// Consecutive failures per node, as seen by the request path.
+    fails: Vec<AtomicU32>,
+    /// Where failures are reported; set once the actor is started.
+    pub(crate) reporter: OnceLock<Addr<HealthActor>>,
+    /// Sessions held in memory while no node could take them.
+    pub(crate) degraded: Degraded,
+}
+
+impl Core {
+    pub(crate) fn new(
+        cfg: MemcachedStoreConfig,
+        clients: Vec<NodeClient>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let placement = Placement::new(&cfg);
+        let health = ArcSwap::from_pointee(HealthSnapshot::all_up(&cfg));
+        Core {
+            fails: (0..cfg.nodes.len()).map(|_| AtomicU32::new(0)).collect(),
+            degraded: Degraded::new(cfg.degraded_max_sessions),
+            placement,
+            clients,
+            stats,
+            health,
+            reporter: OnceLock::new(),
+            cfg,
+        }
+    }
+
+    /// The node id of node number `node`.
+    pub(crate) fn node_id(&self, node: usize) -> &str {
+        self.placement.id(node)
+    }
+
+    /// Runs one memcached operation on `node` within `operation_timeout` and
+    /// feeds the outcome into the node's health.
+    pub(crate) async fn timed<T>(
+        &self,
+        node: usize,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, McError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.cfg.operation_timeout, fut).await {
+            Ok(Ok(v)) => {
+                if self.fails[node].load(Relaxed) != 0 {
+                    self.fails[node].store(0, Relaxed);
+                }
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if e.is_timeout() || e.is_node_failure() || e.is_refused() {
+                    self.report_failure(node, e.is_refused());
+                }
+                if e.is_timeout() {
+                    return Err(StoreError::Timeout {
+                        node: self.node_id(node).to_owned(),
+                        op,
+                    });
+                }
+                Err(StoreError::Node {
+                    node: self.node_id(node).to_owned(),
+                    op,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => {
+                self.report_failure(node, false);
+                Err(StoreError::Timeout {
+                    node: self.node_id(node).to_owned(),
+                    op,
+                })
+            }
+        }
+    }
+
+    fn report_failure(&self, node: usize, refused: bool) {
+        let consecutive = self.fails[node].fetch_add(1, Relaxed).saturating_add(1);
+        if let Some(addr) = self.reporter.get() {
+            addr.do_send(NodeFailed {
+                node,
+                refused,
+                consecutive,
+            });
+        }
+    }
+
+    fn key(&self, node: usize, key: &str, op: &'static str) -> Result<Key, StoreError> {
+        Key::new(key).map_err(|e| StoreError::Node {
+            node: self.node_id(node).to_owned(),
+            op,
+            reason: format!("invalid key: {e}"),
+        })
+    }
+
+    /// Reads and decodes one copy.
+    pub(crate) async fn read(&self, node: usize, key: &str) -> Result<Stored, StoreError> {
+        let k = self.key(node, key, "get")?;
+        let item = self.timed(node, "get", self.clients[node].get(&k)).await?;
+        Ok(match item {
+            None => Stored::Missing,
+            Some(item) => match SessionRecord::decode(&item.value) {
+                Ok(rec) => Stored::Record { rec, cas: item.cas },
+                Err(e) => {
+                    self.stats.garbage_values.fetch_add(1, Relaxed);
+                    log::warn!(
+                        "memcached node {}: undecodable value under a session key ({} bytes): {e}",
+                        self.node_id(node),
+                        item.value.len()
+                    );
+                    Stored::Garbage { cas: item.cas }
+                }
+            },
+        })
+    }
+
+    /// Reads a copy on a node that may not exist (`None`: no such location).
+    pub(crate) async fn read_opt(
+        &self,
+        node: Option<usize>,
+        key: &str,
+    ) -> Option<Result<Stored, StoreError>> {
+        match node {
+            Some(n) => Some(self.read(n, key).await),
+            None => None,
+        }
+    }
+
+    /// Writes a record with `mode`, expiring after its max inactive interval.
+    pub(crate) async fn write(
+        &self,
+        node: usize,
+        key: &str,
+        rec: &SessionRecord,
+        mode: SetMode,
+    ) -> Result<StoreStatus, StoreError> {
+        let k = self.key(node, key, "set")?;
+        let value = rec.encode();
+        let ttl = ttl_for(rec.max_inactive_secs);
+        self.timed(
+            node,
+            "set",
+            self.clients[node].set(&k, &value, 0, ttl, mode),
+        )
+        .await
+    }
+
+    /// Writes raw bytes (locks, sentinel).
+    pub(crate) async fn write_raw(
+        &self,
+        node: usize,
+        key: &str,
+        value: &[u8],
+        ttl: u32,
+        mode: SetMode,
+    ) -> Result<StoreStatus, StoreError> {
+        let k = self.key(node, key, "set")?;
+        self.timed(node, "set", self.clients[node].set(&k, value, 0, ttl, mode))
+            .await
+    }
+
+    /// Refreshes a key's expiry; `false` when the key is missing.
+    pub(crate) async fn touch_key(
+        &self,
+        node: usize,
+        key: &str,
+        ttl: u32,
+    ) -> Result<bool, StoreError> {
+        let k = self.key(node, key, "touch")?;
+        self.timed(node, "touch", self.clients[node].touch(&k, ttl))
+            .await
+    }
+
+    /// Deletes a key; `false` when it was missing.
+    pub(crate) async fn delete_key(&self, node: usize, key: &str) -> Result<bool, StoreError> {
+        let k = self.key(node, key, "delete")?;
+        self.timed(node, "delete", self.clients[node].delete(&k))
+            .await
+    }
+
+    /// Makes the copy at (`node`, `key`), last read as `found`, hold `winner`
+    /// unless it already does or holds something newer. A missing copy is
+    /// added (add-if-absent), a stale or garbage one replaced by CAS, so a
+    /// write that raced in meanwhile is never overwritten. Returns whether
+    /// this call wrote.
+    pub(crate) async fn repair(
+        &self,
+        node: usize,
+        key: &str,
+        found: &Stored,
+        winner: &SessionRecord,
+    ) -> Result<bool, StoreError> {
+        let mode = match found {
+            Stored::Missing => SetMode::Add,
+            Stored::Garbage { cas } => SetMode::Cas(*cas),
+            Stored::Record { rec, cas } => {
+                if !winner.supersedes(rec) {
+                    return Ok(false);
+                }
+                SetMode::Cas(*cas)
+            }
+        };
+        let status = self.write(node, key, winner, mode).await?;
+        Ok(status == StoreStatus::Stored)
+    }
+
+    /// True when `key` exists on `node` (raw, no decoding).
+    pub(crate) async fn exists(&self, node: usize, key: &str) -> Result<bool, StoreError> {
+        let k = self.key(node, key, "get")?;
+        let item = self.timed(node, "get", self.clients[node].get(&k)).await?;
+        Ok(item.is_some())
+    }
+
+    /// Every key of `node` (for warm-up), bounded by `warmup_timeout`.
+    pub(crate) async fn dump(&self, node: usize) -> Result<Vec<DumpedKey>, StoreError> {
+        let id = || self.node_id(node).to_owned();
+        match tokio::time::timeout(self.cfg.warmup_timeout, self.clients[node].metadump()).await {
+            Ok(Ok(keys)) => Ok(keys),
+            Ok(Err(e)) => Err(StoreError::Node {
+                node: id(),
+                op: "metadump",
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(StoreError::Timeout {
+                node: id(),
+                op: "metadump",
+            }),
+        }
+    }
+}

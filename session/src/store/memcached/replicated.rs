@@ -1,0 +1,323 @@
+//! Reading a session: both copies, the newer wins, failover and repair.
+//!
+//! `load(id)`:
+//! 1. Read the primary `<random>-<node>` (node named in the id) and the backup
+//!    `bak:<random>-<node>` (first usable rendezvous node) concurrently, each
+//!    bounded by `operation_timeout`. The copy that `supersedes` the other
+//!    wins; garbage counts as a miss. A missing, stale or garbage copy is
+//!    repaired from the winner (add-if-absent or CAS, so a racing newer write
+//!    wins). When both miss, the backups on the remaining usable nodes are
+//!    read too (a backup written while its node was down).
+//! 2. Tombstone -> `None`. Moved marker -> follow it (bounded hops; a marker
+//!    leading back to a key already visited is stale, the live copy seen
+//!    there wins).
+//! 3. Primary down or failing: read the backups on every usable node; a live
+//!    winner is *relocated*: same random part, the first usable rendezvous
+//!    node as new primary, written there with a version two above the
+//!    winner's, plus a new backup; the old id's reachable backup locations get
+//!    a moved marker (winner + 1). The caller gets the new id (new cookie).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use ferrocat_memcached::SetMode;
+
+use super::health::HealthSnapshot;
+use super::inner::{backup_key, newest, Core, Stored};
+use crate::id::SessionId;
+use crate::record::{RecordKind, SessionRecord};
+use crate::store::{Loaded, StoreError};
+
+/// Moved markers followed at most per load.
+const MAX_HOPS: usize = 4;
+
+/// What one key resolved to.
+enum Resolved {
+    /// A live session (possibly under a new id after relocation).
+    Live { id: SessionId, rec: SessionRecord },
+    /// Tombstone, expired, or nothing reachable.
+    Gone,
+    /// A moved marker; `live` is the newest live copy it beat at this key.
+    Moved {
+        to: SessionId,
+        live: Option<SessionRecord>,
+    },
+}
+
+fn bump(n: &std::sync::atomic::AtomicU64) {
+    n.fetch_add(1, Relaxed);
+}
+
+impl Core {
+    /// `SessionBackend::load`.
+    pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
+        bump(&self.stats.store_loads);
+        let res = self.load_inner(id).await;
+        if matches!(res, Ok(None)) {
+            bump(&self.stats.store_load_misses);
+        }
+        res
+    }
+
+    async fn load_inner(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
+        let route = id.route();
+        if self.health.load().all_down() {
+            bump(&self.stats.degraded_operations);
+            return Ok(self.degraded.load(id).await.map(|l| Loaded {
+                id: l.id.with_route(route),
+                record: l.record,
+            }));
+        }
+        let mut cur = id.with_route(None);
+        let mut visited: Vec<(SessionId, Option<SessionRecord>)> = Vec::new();
+        for _ in 0..MAX_HOPS {
+            match self.resolve(&cur).await? {
+                Resolved::Live { id: at, rec } => {
+                    return Ok(self.with_pending(&at, Some(rec), route));
+                }
+                Resolved::Gone => return Ok(self.with_pending(&cur, None, route)),
+                Resolved::Moved { to, live } => {
+                    if let Some((_, seen)) = visited.iter().find(|(v, _)| *v == to) {
+                        // The marker points back: the session returned to
+                        // that key later, and its live copy there is current.
+                        return Ok(self.with_pending(&to, seen.clone(), route));
+                    }
+                    visited.push((cur, live));
+                    cur = to.with_route(None);
+                }
+            }
+        }
+        log::warn!("session {id:?}: more than {MAX_HOPS} moved markers, treated as missing");
+        Ok(None)
+    }
+
+    /// The result for key `at`, unless a newer copy waits in degraded memory.
+    fn with_pending(
+        &self,
+        at: &SessionId,
+        found: Option<SessionRecord>,
+        route: Option<&str>,
+    ) -> Option<Loaded> {
+        let rec = match (self.degraded.pending_record(at), found) {
+            (Some(p), Some(f)) if !p.supersedes(&f) => Some(f),
+            (Some(p), _) => p.is_live().then_some(p),
+            (None, f) => f,
+        };
+        rec.map(|record| Loaded {
+            id: at.with_route(route),
+            record,
+        })
+    }
+
+    async fn resolve(&self, id: &SessionId) -> Result<Resolved, StoreError> {
+        let key = id.key();
+        let bkey = backup_key(&key);
+        let snap = self.health.load_full();
+        let Some(p) = id.node().and_then(|n| self.placement.index(n)) else {
+            // A node not (or no longer) configured: only backups can help.
+            return self.failover(id, None, Vec::new(), &snap).await;
+        };
+        if !snap.usable(p) {
+            return self.failover(id, Some(p), Vec::new(), &snap).await;
+        }
+        let b = self
+            .placement
+            .first_usable(id.random(), &[p], |i| snap.usable(i));
+        let (pr, br) = futures::join!(self.read(p, &key), self.read_opt(b, &bkey));
+        let pr = match pr {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("session {id:?}: primary failed ({e}), failing over");
+                let known = b.zip(br.and_then(Result::ok)).into_iter().collect();
+                return self.failover(id, Some(p), known, &snap).await;
+            }
+        };
+        let mut copies = vec![(p, key, pr)];
+        if let (Some(b), Some(Ok(s))) = (b, br) {
+            copies.push((b, bkey.clone(), s));
+        }
+        let mut winner = newest(copies.iter().filter_map(|c| c.2.record())).cloned();
+        if winner.is_none() {
+            let others: Vec<usize> = (0..self.placement.len())
+                .filter(|&i| i != p && Some(i) != b && snap.usable(i))
+                .collect();
+            let reads =
+                futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+            winner = newest(reads.iter().filter_map(|r| r.as_ref().ok()?.record())).cloned();
+        }
+        let Some(w) = winner else {
+            return Ok(Resolved::Gone);
+        };
+        let fixes =
+            futures::future::join_all(copies.iter().map(|(n, k, s)| self.repair(*n, k, s, &w)))
+                .await;
+        for _ in fixes.iter().filter(|r| matches!(r, Ok(true))) {
+            bump(&self.stats.repairs);
+        }
+        if copies[0].2.record() != Some(&w) && w.is_live() {
+            // Served from the backup: the primary missed it or was stale.
+            bump(&self.stats.memcached_failovers);
+        }
+        let live = newest(
+            copies
+                .iter()
+                .filter_map(|c| c.2.record())
+                .filter(|r| r.is_live()),
+        )
+        .cloned();
+        Ok(self.outcome(id, w, live))
+    }
+
+    fn outcome(&self, id: &SessionId, w: SessionRecord, live: Option<SessionRecord>) -> Resolved {
+        match w.kind {
+            RecordKind::Live => Resolved::Live {
+                id: id.clone(),
+                rec: w,
+            },
+            RecordKind::Deleted => Resolved::Gone,
+            RecordKind::Moved(ref to) => match SessionId::parse(to) {
+                Ok(to) if to.key() != id.key() => Resolved::Moved { to, live },
+                _ => Resolved::Gone,
+            },
+        }
+    }
+
+    /// The primary `p` is down or failing: find the newest backup on any
+    /// usable node (`known`: backup copies already read) and relocate.
+    async fn failover(
+        &self,
+        id: &SessionId,
+        p: Option<usize>,
+        known: Vec<(usize, Stored)>,
+        snap: &HealthSnapshot,
+    ) -> Result<Resolved, StoreError> {
+        let bkey = backup_key(&id.key());
+        let others: Vec<usize> = (0..self.placement.len())
+            .filter(|&i| Some(i) != p && snap.usable(i) && !known.iter().any(|(n, _)| *n == i))
+            .collect();
+        let reads = futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+        let mut copies = known;
+        copies.extend(
+            others
+                .into_iter()
+                .zip(reads)
+                .filter_map(|(n, r)| Some((n, r.ok()?))),
+        );
+        if copies.is_empty() {
+            // No node answered: nothing to serve but degraded memory.
+            bump(&self.stats.degraded_operations);
+            return Ok(Resolved::Gone);
+        }
+        let Some(w) = newest(copies.iter().filter_map(|c| c.1.record())).cloned() else {
+            return Ok(Resolved::Gone);
+        };
+        match (&w.kind, p) {
+            (RecordKind::Live, Some(p)) => Ok(self.relocate(id, p, w, &copies).await),
+            (RecordKind::Live, None) => {
+                // Unknown node: place it afresh like a relocation from nowhere.
+                Ok(self.relocate(id, usize::MAX, w, &copies).await)
+            }
+            _ => Ok(self.outcome(id, w, None)),
+        }
+    }
+
+    /// Moves a live session away from its unreachable primary `p`.
+    async fn relocate(
+        &self,
+        id: &SessionId,
+        p: usize,
+        w: SessionRecord,
+        old_backups: &[(usize, Stored)],
+    ) -> Resolved {
+        let snap = self.health.load_full();
+        let Some(t) = self
+            .placement
+            .first_usable(id.random(), &[p], |i| i != p && snap.usable(i))
+        else {
+            bump(&self.stats.memcached_failovers);
+            return Resolved::Live {
+                id: id.clone(),
+                rec: w,
+            };
+        };
+        let new = id.with_node(Some(self.node_id(t))).with_route(None);
+        let nkey = new.key();
+        let mut rec = w.clone();
+        rec.version = w.version.saturating_add(2);
+        // Guarded write of the new primary: a concurrent relocation (or a
+        // tombstone) already there wins.
+        let placed = match self.read(t, &nkey).await {
+            Ok(Stored::Record { rec: e, .. }) if e.kind == RecordKind::Deleted => {
+                return Resolved::Gone
+            }
+            Ok(Stored::Record { rec: e, .. }) if e.is_live() && e.version >= rec.version => false,
+            Ok(found) => matches!(self.repair(t, &nkey, &found, &rec).await, Ok(true)),
+            Err(_) => {
+                // The target failed too; serve what we have under the old id.
+                bump(&self.stats.memcached_failovers);
+                return Resolved::Live {
+                    id: id.clone(),
+                    rec: w,
+                };
+            }
+        };
+        if !placed {
+            return Resolved::Moved {
+                to: new,
+                live: None,
+            };
+        }
+        let nb = self
+            .placement
+            .first_usable(id.random(), &[p, t], |i| snap.usable(i));
+        let marker = w.moved_to(&new.to_string());
+        let bkey = backup_key(&id.key());
+        let nbkey = backup_key(&nkey);
+        let backup = async {
+            match nb {
+                Some(nb) => self.write(nb, &nbkey, &rec, SetMode::Set).await.is_ok(),
+                None => false,
+            }
+        };
+        let markers = futures::future::join_all(
+            old_backups
+                .iter()
+                .map(|(n, found)| self.repair(*n, &bkey, found, &marker)),
+        );
+        let (backed_up, _) = futures::join!(backup, markers);
+        bump(&self.stats.memcached_failovers);
+        if backed_up {
+            bump(&self.stats.backups);
+        } else if self.placement.len() > 1 {
+            bump(&self.stats.backup_failures);
+        }
+        log::info!(
+            "session {id:?} relocated from {} to {}",
+            id.node().unwrap_or("?"),
+            self.node_id(t)
+        );
+        Resolved::Live { id: new, rec }
+    }
+
+    /// The newest copy of `id`'s key anywhere reachable, without repairing
+    /// or relocating (degraded flush).
+    pub(crate) async fn newest_copy(&self, id: &SessionId) -> Option<SessionRecord> {
+        let key = id.key();
+        let bkey = backup_key(&key);
+        let snap: Arc<HealthSnapshot> = self.health.load_full();
+        let p = id.node().and_then(|n| self.placement.index(n));
+        let reads =
+            futures::future::join_all((0..self.placement.len()).filter(|&i| snap.usable(i)).map(
+                |i| {
+                    let k = if Some(i) == p {
+                        key.clone()
+                    } else {
+                        bkey.clone()
+                    };
+                    async move { self.read(i, &k).await }
+                },
+            ))
+            .await;
+        newest(reads.iter().filter_map(|r| r.as_ref().ok()?.record())).cloned()
+    }
+}

@@ -1,0 +1,357 @@
+//! Writing a session: save, touch, invalidate, locks, degraded flush.
+//!
+//! * `save`: primary and backup written concurrently (expiry = the record's
+//!   max inactive interval). A failed backup goes to the next rendezvous
+//!   node. A failed or down primary relocates the session (same random part,
+//!   first usable rendezvous node), leaves a moved marker at the old backup
+//!   location and returns the new id. A write that reaches no node is parked
+//!   in memory (degraded mode).
+//! * `touch`: refreshes both copies' expiry; a copy found missing is added
+//!   from the caller's record.
+//! * `invalidate`: writes a tombstone (version at least
+//!   [`TOMBSTONE_VERSION`], above any live write) to both copy locations
+//!   instead of deleting, so a node that missed the logout and returns with
+//!   its old copy never resurrects the session; removes the lock.
+//! * locks: `lock:<key>` added if absent, with expiry, on the primary (the
+//!   backup node when the primary is down or fails).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use ferrocat_memcached::{SetMode, StoreStatus};
+
+use super::inner::{backup_key, lock_key, Core};
+use crate::id::SessionId;
+use crate::record::{now_ms, RecordKind, SessionRecord};
+use crate::store::StoreError;
+
+/// Lowest version of a tombstone: far above any count of writes, so no live
+/// copy written before or racing with the logout can supersede it.
+pub const TOMBSTONE_VERSION: u64 = 1 << 62;
+
+fn bump(n: &std::sync::atomic::AtomicU64) {
+    n.fetch_add(1, Relaxed);
+}
+
+/// memcached expiry for a lock.
+fn lock_ttl(expiration: Duration) -> u32 {
+    let secs = expiration.as_secs() + u64::from(expiration.subsec_nanos() > 0);
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+impl Core {
+    /// `SessionBackend::new_id`.
+    pub(crate) fn new_id(&self, route: Option<&str>) -> SessionId {
+        let snap = self.health.load();
+        let node = self.placement.new_primary(|i| snap.usable(i));
+        SessionId::generate(Some(self.node_id(node)), route)
+    }
+
+    /// `SessionBackend::save`.
+    pub(crate) async fn save(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+    ) -> Result<SessionId, StoreError> {
+        if !self.health.load().all_down() {
+            if let Some(at) = self.save_to_nodes(id, rec).await {
+                self.degraded.drop_pending(&at);
+                return Ok(at.with_route(id.route()));
+            }
+            bump(&self.stats.backup_failures);
+        }
+        bump(&self.stats.degraded_operations);
+        self.degraded.park(id, rec).await;
+        Ok(id.clone())
+    }
+
+    /// Writes `rec` to memcached; the id it landed under, or `None` when no
+    /// node took it.
+    pub(crate) async fn save_to_nodes(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+    ) -> Option<SessionId> {
+        let id = id.with_route(None);
+        if !rec.is_live() {
+            return self.write_tombstone(&id, rec).await.then_some(id);
+        }
+        let snap = self.health.load_full();
+        let p = id.node().and_then(|n| self.placement.index(n));
+        let mut exclude = Vec::new();
+        if let Some(p) = p {
+            exclude.push(p);
+            if snap.usable(p) {
+                let key = id.key();
+                let bkey = backup_key(&key);
+                let b = self
+                    .placement
+                    .first_usable(id.random(), &[p], |i| snap.usable(i));
+                let (pw, bw) = futures::join!(self.write(p, &key, rec, SetMode::Set), async {
+                    match b {
+                        Some(b) => Some(self.write(b, &bkey, rec, SetMode::Set).await),
+                        None => None,
+                    }
+                });
+                if pw.is_ok() {
+                    let backed_up = match (b, bw) {
+                        (Some(b), Some(Err(_))) => {
+                            self.backup_elsewhere(&id, &[p, b], &bkey, rec).await
+                        }
+                        (_, bw) => bw.is_some(),
+                    };
+                    self.count_backup(backed_up);
+                    return Some(id);
+                }
+            }
+        }
+        // The primary is down or failed: relocate.
+        for _ in 0..2 {
+            let t = self
+                .placement
+                .first_usable(id.random(), &exclude, |i| snap.usable(i))?;
+            let new = id.with_node(Some(self.node_id(t)));
+            let nkey = new.key();
+            let nbkey = backup_key(&nkey);
+            let mut skip = exclude.clone();
+            skip.push(t);
+            let nb = self
+                .placement
+                .first_usable(id.random(), &skip, |i| snap.usable(i));
+            let (tw, bw) = futures::join!(self.write(t, &nkey, rec, SetMode::Set), async {
+                match nb {
+                    Some(nb) => self.write(nb, &nbkey, rec, SetMode::Set).await.is_ok(),
+                    None => false,
+                }
+            });
+            if tw.is_err() {
+                exclude.push(t);
+                continue;
+            }
+            self.count_backup(bw);
+            bump(&self.stats.memcached_failovers);
+            if let Some(p) = p {
+                // Requests still carrying the old id follow this marker.
+                let ob = self
+                    .placement
+                    .first_usable(id.random(), &[p], |i| snap.usable(i));
+                if let Some(ob) = ob {
+                    let marker = rec.moved_to(&new.to_string());
+                    let _ = self
+                        .write(ob, &backup_key(&id.key()), &marker, SetMode::Set)
+                        .await;
+                }
+            }
+            log::info!(
+                "session {id:?} relocated on save from {} to {}",
+                id.node().unwrap_or("?"),
+                self.node_id(t)
+            );
+            return Some(new);
+        }
+        None
+    }
+
+    async fn backup_elsewhere(
+        &self,
+        id: &SessionId,
+        skip: &[usize],
+        bkey: &str,
+        rec: &SessionRecord,
+    ) -> bool {
+        let snap = self.health.load_full();
+        match self
+            .placement
+            .first_usable(id.random(), skip, |i| snap.usable(i))
+        {
+            Some(n) => self.write(n, bkey, rec, SetMode::Set).await.is_ok(),
+            None => false,
+        }
+    }
+
+    fn count_backup(&self, backed_up: bool) {
+        if backed_up {
+            bump(&self.stats.backups);
+        } else if self.placement.len() > 1 {
+            bump(&self.stats.backup_failures);
+        }
+    }
+
+    /// The nodes holding `id`'s copies now: primary (if usable) and backup.
+    fn copy_locations(&self, id: &SessionId) -> Vec<(usize, String)> {
+        let snap = self.health.load();
+        let key = id.key();
+        let p = id.node().and_then(|n| self.placement.index(n));
+        let mut out = Vec::with_capacity(2);
+        if let Some(p) = p.filter(|&p| snap.usable(p)) {
+            out.push((p, key.clone()));
+        }
+        let exclude: Vec<usize> = p.into_iter().collect();
+        if let Some(b) = self
+            .placement
+            .first_usable(id.random(), &exclude, |i| snap.usable(i))
+        {
+            out.push((b, backup_key(&key)));
+        }
+        out
+    }
+
+    /// `SessionBackend::touch`.
+    pub(crate) async fn touch(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+    ) -> Result<(), StoreError> {
+        if self.health.load().all_down() {
+            bump(&self.stats.degraded_operations);
+            self.degraded.touch(id, rec).await;
+            return Ok(());
+        }
+        let ttl = super::inner::ttl_for(rec.max_inactive_secs);
+        let locs = self.copy_locations(id);
+        let results =
+            futures::future::join_all(locs.iter().map(|(n, k)| self.touch_key(*n, k, ttl))).await;
+        let mut any = false;
+        for ((n, k), r) in locs.iter().zip(results) {
+            match r {
+                Ok(true) => any = true,
+                Ok(false) => {
+                    // The copy is gone (node restarted empty): put it back.
+                    if let Ok(StoreStatus::Stored) = self.write(*n, k, rec, SetMode::Add).await {
+                        bump(&self.stats.repairs);
+                        any = true;
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        if !any {
+            bump(&self.stats.degraded_operations);
+            self.degraded.park(id, rec).await;
+        }
+        Ok(())
+    }
+
+    /// `SessionBackend::invalidate`.
+    pub(crate) async fn invalidate(
+        &self,
+        id: &SessionId,
+        last: Option<&SessionRecord>,
+    ) -> Result<(), StoreError> {
+        let base = match last {
+            Some(r) => Some(r.clone()),
+            None if !self.health.load().all_down() => self.newest_copy(id).await,
+            None => None,
+        };
+        let mut tomb = match base {
+            Some(r) => r.tombstone(),
+            None => SessionRecord {
+                kind: RecordKind::Deleted,
+                serializer: 0,
+                version: 0,
+                created_ms: now_ms(),
+                last_access_ms: now_ms(),
+                max_inactive_secs: self.cfg.default_max_inactive_secs,
+                payload: Vec::new(),
+            },
+        };
+        tomb.version = tomb.version.max(TOMBSTONE_VERSION);
+        let id = id.with_route(None);
+        if self.health.load().all_down() || !self.write_tombstone(&id, &tomb).await {
+            bump(&self.stats.degraded_operations);
+            self.degraded.park(&id, &tomb).await;
+        } else {
+            self.degraded.drop_pending(&id);
+        }
+        self.unlock(&id).await
+    }
+
+    /// Writes a tombstone to both copy locations; true when one took it.
+    async fn write_tombstone(&self, id: &SessionId, tomb: &SessionRecord) -> bool {
+        let locs = self.copy_locations(id);
+        let results = futures::future::join_all(
+            locs.iter()
+                .map(|(n, k)| self.write(*n, k, tomb, SetMode::Set)),
+        )
+        .await;
+        results.iter().any(Result::is_ok)
+    }
+
+    /// Where `id`'s lock lives: the primary, else the backup node.
+    fn lock_nodes(&self, id: &SessionId) -> Vec<usize> {
+        self.copy_locations(id)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    /// `SessionBackend::try_lock`.
+    pub(crate) async fn try_lock(
+        &self,
+        id: &SessionId,
+        expiration: Duration,
+    ) -> Result<bool, StoreError> {
+        if self.health.load().all_down() {
+            bump(&self.stats.degraded_operations);
+            return self.degraded.try_lock(id, expiration).await;
+        }
+        let key = lock_key(&id.key());
+        let mut last = StoreError::Unavailable {
+            backend: super::inner::BACKEND,
+            op: "lock",
+        };
+        for n in self.lock_nodes(id) {
+            match self
+                .write_raw(n, &key, b"1", lock_ttl(expiration), SetMode::Add)
+                .await
+            {
+                Ok(StoreStatus::Stored) => return Ok(true),
+                Ok(_) => return Ok(false),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `SessionBackend::unlock`.
+    pub(crate) async fn unlock(&self, id: &SessionId) -> Result<(), StoreError> {
+        if self.health.load().all_down() {
+            bump(&self.stats.degraded_operations);
+            self.degraded.unlock(id).await;
+            return Ok(());
+        }
+        let key = lock_key(&id.key());
+        let mut last = None;
+        for n in self.lock_nodes(id) {
+            match self.delete_key(n, &key).await {
+                Ok(_) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        match last {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes the sessions parked in memory to memcached, keeping
+    /// memcached's copy where it is newer. Returns (flushed, still parked).
+    pub(crate) async fn flush_degraded(&self) -> (usize, usize) {
+        let (mut flushed, mut left) = (0, 0);
+        for (id, rec) in self.degraded.take_pending() {
+            let current = self.newest_copy(&id).await;
+            let written = match current {
+                Some(cur) if !rec.supersedes(&cur) => true,
+                _ => self.save_to_nodes(&id, &rec).await.is_some(),
+            };
+            if written {
+                self.degraded.forget(&id).await;
+                flushed += 1;
+            } else {
+                self.degraded.park(&id, &rec).await;
+                left += 1;
+            }
+        }
+        (flushed, left)
+    }
+}

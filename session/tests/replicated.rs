@@ -1,0 +1,435 @@
+//! The replicated memcached store against real memcached processes: node
+//! failures, freezes, empty restarts, logouts during an outage, one node,
+//! no node, and garbage. Three nodes unless a test says otherwise.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrocat_memcached::{ClientOptions, Key, NodeClient, SetMode};
+use ferrocat_session::record::{RecordKind, SessionRecord};
+use ferrocat_session::stats::Stats;
+use ferrocat_session::store::memcached::{
+    MemcachedStoreConfig, NodeState, ReplicatedMemcachedStore,
+};
+use ferrocat_session::{SessionBackend, SessionId};
+use ferrocat_testkit::Cluster;
+use futures::stream::{self, StreamExt};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(200);
+/// What a request may take beyond `operation_timeout` (relocation writes on
+/// healthy nodes, scheduling on a busy 2-core machine).
+const MARGIN: Duration = Duration::from_millis(300);
+
+fn store(cluster: &Cluster) -> (ReplicatedMemcachedStore, Arc<Stats>) {
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+        .unwrap()
+        .operation_timeout(OP_TIMEOUT)
+        .probe_interval(Duration::from_millis(50));
+    let stats = Arc::new(Stats::default());
+    (
+        ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap(),
+        stats,
+    )
+}
+
+fn live(version: u64, payload: &str) -> SessionRecord {
+    let mut r = SessionRecord::new_live(0, 600, payload.as_bytes().to_vec());
+    r.version = version;
+    r
+}
+
+/// Polls `cond` every 20 ms; panics after `limit`.
+async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn warmups(store: &ReplicatedMemcachedStore, node: &str) -> u64 {
+    store.health().node(node).unwrap().warmups_completed
+}
+
+fn state(store: &ReplicatedMemcachedStore, node: &str) -> NodeState {
+    store.health().node(node).unwrap().state
+}
+
+/// Waits until every node finished its start-up warm-up.
+async fn settled(store: &ReplicatedMemcachedStore) {
+    wait_until("start-up warm-ups", Duration::from_secs(10), || {
+        store
+            .health()
+            .nodes
+            .iter()
+            .all(|n| n.state == NodeState::Up && n.warmups_completed >= 1)
+    })
+    .await;
+}
+
+fn raw(cluster: &mut Cluster, node: &str) -> NodeClient {
+    NodeClient::new(cluster.node(node).addr(), ClientOptions::default())
+}
+
+async fn raw_record(client: &NodeClient, key: &str) -> Option<SessionRecord> {
+    let item = client.get(&Key::new(key).unwrap()).await.unwrap()?;
+    Some(SessionRecord::decode(&item.value).unwrap())
+}
+
+async fn payload(store: &ReplicatedMemcachedStore, id: &SessionId) -> Option<(SessionId, String)> {
+    let l = store.load(id).await.unwrap()?;
+    Some((l.id, String::from_utf8(l.record.payload).unwrap()))
+}
+
+#[actix_rt::test]
+async fn primary_down_reads_backup_and_relocates() {
+    let mut cluster = Cluster::start(3);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(Some("app1"));
+    store.save(&id, &live(1, "visits=1")).await.unwrap();
+    let primary = id.node().unwrap().to_owned();
+
+    cluster.node(&primary).kill();
+    let loaded = store
+        .load(&id)
+        .await
+        .unwrap()
+        .expect("session lost with its primary");
+    assert_eq!(loaded.record.payload, b"visits=1");
+    assert_ne!(
+        loaded.id.node(),
+        Some(primary.as_str()),
+        "node suffix unchanged"
+    );
+    assert_eq!(loaded.id.random(), id.random());
+    assert_eq!(loaded.id.route(), Some("app1"));
+    assert!(stats.memcached_failovers.load(Relaxed) >= 1);
+
+    // visits + 1 under the new id; the id then stays stable
+    let mut next = loaded.record.clone();
+    next.version += 1;
+    next.payload = b"visits=2".to_vec();
+    assert_eq!(store.save(&loaded.id, &next).await.unwrap(), loaded.id);
+    assert_eq!(
+        payload(&store, &loaded.id).await,
+        Some((loaded.id.clone(), "visits=2".into()))
+    );
+    // a request still carrying the old cookie follows the move
+    assert_eq!(
+        payload(&store, &id).await,
+        Some((loaded.id.clone(), "visits=2".into()))
+    );
+}
+
+#[actix_rt::test]
+async fn successive_failures_move_the_session_to_the_last_node() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "cart=3")).await.unwrap();
+
+    let first = id.node().unwrap().to_owned();
+    cluster.node(&first).kill();
+    let moved = store.load(&id).await.unwrap().unwrap().id;
+    let second = moved.node().unwrap().to_owned();
+    assert_ne!(second, first);
+
+    cluster.node(&second).kill();
+    let (last_id, data) = payload(&store, &moved)
+        .await
+        .expect("session lost on the second failure");
+    assert_eq!(data, "cart=3");
+    let last = last_id.node().unwrap();
+    assert!(
+        last != first && last != second,
+        "not on the surviving node: {last}"
+    );
+    assert_eq!(state(&store, last), NodeState::Up);
+    // and it keeps working there
+    assert_eq!(
+        store.save(&last_id, &live(9, "cart=4")).await.unwrap(),
+        last_id
+    );
+    assert_eq!(payload(&store, &last_id).await.unwrap().1, "cart=4");
+}
+
+#[actix_rt::test]
+async fn frozen_primary_costs_at_most_the_operation_timeout_and_never_serves_stale_data() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "visits=1")).await.unwrap();
+    let primary = id.node().unwrap().to_owned();
+    let before = warmups(&store, &primary);
+
+    cluster.node(&primary).freeze();
+    let t = Instant::now();
+    let loaded = store
+        .load(&id)
+        .await
+        .unwrap()
+        .expect("session lost while primary frozen");
+    assert!(
+        t.elapsed() < OP_TIMEOUT + MARGIN,
+        "load took {:?}",
+        t.elapsed()
+    );
+    assert_ne!(loaded.id, id);
+    let mut v = loaded.record.clone();
+    v.version += 1;
+    v.payload = b"visits=2".to_vec();
+    let t = Instant::now();
+    let saved = store.save(&loaded.id, &v).await.unwrap();
+    assert!(
+        t.elapsed() < OP_TIMEOUT + MARGIN,
+        "save took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(saved, loaded.id);
+    // other sessions created now avoid the frozen node once it is marked down
+    for i in 0..5 {
+        let other = store.new_id(None);
+        let t = Instant::now();
+        store
+            .save(&other, &live(1, &format!("o{i}")))
+            .await
+            .unwrap();
+        assert!(
+            t.elapsed() < OP_TIMEOUT + MARGIN,
+            "save took {:?}",
+            t.elapsed()
+        );
+    }
+    wait_until("frozen node marked down", Duration::from_secs(5), || {
+        state(&store, &primary) == NodeState::Down
+    })
+    .await;
+
+    cluster.node(&primary).unfreeze();
+    // the frozen node still holds visits=1 under the old key: never served
+    assert_eq!(payload(&store, &id).await.unwrap().1, "visits=2");
+    assert_eq!(payload(&store, &loaded.id).await.unwrap().1, "visits=2");
+    wait_until("warm-up after SIGCONT", Duration::from_secs(10), || {
+        warmups(&store, &primary) > before && state(&store, &primary) == NodeState::Up
+    })
+    .await;
+    // warm-up replaced the stale copy with the moved marker
+    let old = raw_record(&raw(&mut cluster, &primary), &id.key())
+        .await
+        .unwrap();
+    assert!(
+        matches!(old.kind, RecordKind::Moved(_)),
+        "stale copy kept: {:?}",
+        old.kind
+    );
+    assert_eq!(payload(&store, &id).await.unwrap().1, "visits=2");
+}
+
+#[actix_rt::test]
+async fn restarted_primary_is_warmed_up_so_losing_the_backup_node_loses_nothing() {
+    const SESSIONS: usize = 1000;
+    let mut cluster = Cluster::start(3);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    let ids: Vec<SessionId> = (0..SESSIONS).map(|_| store.new_id(None)).collect();
+    stream::iter(ids.iter().enumerate())
+        .for_each_concurrent(32, |(i, id)| {
+            let store = &store;
+            async move {
+                store.save(id, &live(1, &format!("user{i}"))).await.unwrap();
+            }
+        })
+        .await;
+    // every session with a copy on n1 needs exactly one copy back on it
+    let on_n1 = ids
+        .iter()
+        .filter(|id| {
+            let c = store.copy_nodes(id);
+            c.primary.as_deref() == Some("n1") || c.backup.as_deref() == Some("n1")
+        })
+        .count() as u64;
+    let before = warmups(&store, "n1");
+    let copied_before = stats.warmup_copied.load(Relaxed);
+
+    cluster.node("n1").restart();
+    wait_until(
+        "warm-up of the restarted node",
+        Duration::from_secs(20),
+        || warmups(&store, "n1") > before && state(&store, "n1") == NodeState::Up,
+    )
+    .await;
+    assert_eq!(stats.warmup_copied.load(Relaxed) - copied_before, on_n1);
+
+    cluster.node("n2").kill();
+    let lost: Vec<usize> = stream::iter(ids.iter().enumerate())
+        .map(|(i, id)| {
+            let store = &store;
+            async move {
+                match payload(store, id).await {
+                    Some((_, p)) if p == format!("user{i}") => None,
+                    _ => Some(i),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    assert!(
+        lost.is_empty(),
+        "{} of {SESSIONS} sessions lost: {lost:?}",
+        lost.len()
+    );
+}
+
+#[actix_rt::test]
+async fn logout_while_primary_frozen_is_never_undone() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    let rec = live(5, "logged-in");
+    store.save(&id, &rec).await.unwrap();
+    let primary = id.node().unwrap().to_owned();
+
+    cluster.node(&primary).freeze();
+    let t = Instant::now();
+    store.invalidate(&id, Some(&rec)).await.unwrap();
+    assert!(
+        t.elapsed() < OP_TIMEOUT + MARGIN,
+        "invalidate took {:?}",
+        t.elapsed()
+    );
+    assert!(store.load(&id).await.unwrap().is_none());
+
+    cluster.node(&primary).unfreeze();
+    // the primary answers again with its old live copy: rejected
+    assert!(
+        store.load(&id).await.unwrap().is_none(),
+        "logged-out session came back"
+    );
+    // and the tombstone reaches the returned node
+    let client = raw(&mut cluster, &primary);
+    let start = Instant::now();
+    loop {
+        let r = raw_record(&client, &id.key()).await;
+        if r.as_ref().is_some_and(|r| r.kind == RecordKind::Deleted) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "stale copy still live: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.load(&id).await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn one_node_works_without_writing_a_backup() {
+    let mut cluster = Cluster::start(1);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    assert_eq!(id.node(), Some("n1"));
+    store.save(&id, &live(1, "solo")).await.unwrap();
+    assert_eq!(payload(&store, &id).await.unwrap().1, "solo");
+    let client = raw(&mut cluster, "n1");
+    let bak = client
+        .get(&Key::new(format!("bak:{}", id.key())).unwrap())
+        .await
+        .unwrap();
+    assert!(bak.is_none(), "a backup was written on a single node");
+    assert_eq!(stats.backup_failures.load(Relaxed), 0);
+    store.invalidate(&id, None).await.unwrap();
+    assert!(store.load(&id).await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn all_nodes_down_is_a_counted_degraded_mode_that_recovers() {
+    let mut cluster = Cluster::start(3);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    for n in ["n1", "n2", "n3"] {
+        cluster.node(n).kill();
+    }
+    wait_until("degraded mode", Duration::from_secs(5), || {
+        store.is_degraded()
+    })
+    .await;
+
+    let id = store.new_id(None);
+    let t = Instant::now();
+    assert_eq!(store.save(&id, &live(1, "offline")).await.unwrap(), id);
+    assert_eq!(payload(&store, &id).await.unwrap().1, "offline");
+    assert!(store.try_lock(&id, Duration::from_secs(5)).await.unwrap());
+    store.unlock(&id).await.unwrap();
+    assert!(
+        t.elapsed() < OP_TIMEOUT,
+        "degraded operations must not wait on dead nodes"
+    );
+    assert!(stats.degraded_operations.load(Relaxed) >= 4);
+    assert_eq!(store.degraded_pending(), 1);
+
+    cluster.node("n2").restart();
+    wait_until("recovery and flush", Duration::from_secs(10), || {
+        !store.is_degraded() && store.degraded_pending() == 0
+    })
+    .await;
+    // served from memcached now (the flush dropped the in-memory copy)
+    let (at, data) = payload(&store, &id)
+        .await
+        .expect("degraded session lost on recovery");
+    assert_eq!(data, "offline");
+    assert_eq!(at.node(), Some("n2"));
+    let stored = raw_record(&raw(&mut cluster, "n2"), &at.key()).await;
+    assert!(stored.is_some_and(|r| r.is_live()));
+}
+
+#[actix_rt::test]
+async fn garbage_under_a_session_key_is_counted_and_treated_as_a_miss() {
+    let mut cluster = Cluster::start(3);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    let good = live(3, "fine");
+    store.save(&id, &good).await.unwrap();
+    let primary = raw(&mut cluster, id.node().unwrap());
+    let backup_node = store.copy_nodes(&id).backup.unwrap();
+    let backup = raw(&mut cluster, &backup_node);
+    let key = Key::new(id.key()).unwrap();
+    let bak = Key::new(format!("bak:{}", id.key())).unwrap();
+
+    // garbage on the primary only: served from the backup, primary repaired
+    primary
+        .set(&key, b"\x00garbage", 0, 60, SetMode::Set)
+        .await
+        .unwrap();
+    assert_eq!(payload(&store, &id).await.unwrap().1, "fine");
+    assert_eq!(stats.garbage_values.load(Relaxed), 1);
+    assert!(stats.repairs.load(Relaxed) >= 1);
+    assert_eq!(raw_record(&primary, &id.key()).await, Some(good.clone()));
+
+    // a truncated record and a wrong header on both copies: a miss, no panic
+    let encoded = good.encode();
+    primary
+        .set(&key, &encoded[..20], 0, 60, SetMode::Set)
+        .await
+        .unwrap();
+    let mut wrong = encoded.clone();
+    wrong[0] = b'X';
+    backup.set(&bak, &wrong, 0, 60, SetMode::Set).await.unwrap();
+    assert!(store.load(&id).await.unwrap().is_none());
+    assert!(stats.garbage_values.load(Relaxed) >= 3);
+    // and the session can be saved again over the garbage
+    store.save(&id, &live(4, "again")).await.unwrap();
+    assert_eq!(payload(&store, &id).await.unwrap().1, "again");
+}
