@@ -1,9 +1,15 @@
-//! Key enumeration with `lru_crawler metadump all`, for warming up a recovered node.
+//! Key enumeration with `lru_crawler metadump`, for warming up a recovered node.
 //!
 //! Runs on its own short-lived connection so a long dump never delays pipelined
 //! requests. memcached streams one line per item (`key=<url-encoded> exp=<unix|-1> ...`)
 //! and ends with `END`. Lines are parsed as they arrive; only decoded keys are kept. If the
 //! crawler is busy (another dump running) the command is retried until the time limit.
+//!
+//! Completeness: `metadump all` walks the LRU lists and misses items that the LRU
+//! maintainer moves between lists during the walk (observed on memcached 1.6.18 for
+//! just-written or just-touched items). `metadump hash` walks the hash table and sees
+//! every item, so it is used; on a server that does not know it, two `all` walks are
+//! merged.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,16 +38,20 @@ pub(crate) async fn dump(
     opts: &ClientOptions,
 ) -> Result<Vec<DumpedKey>, McError> {
     let work = async {
-        // `hash` walks the hash table: items that the LRU maintainer moves
-        // during the crawl (touched, bumped HOT -> WARM) are not missed, as
-        // they can be with `all`. Servers without it (< 1.6) get `all`.
-        let mut scope = Scope::Hash;
-        loop {
-            match dump_once(addr, opts, scope).await {
-                Ok(Some(keys)) => return Ok(keys),
-                Ok(None) => tokio::time::sleep(BUSY_RETRY).await,
-                Err(McError::Server { .. }) if scope == Scope::Hash => scope = Scope::All,
-                Err(e) => return Err(e),
+        match dump_retrying(addr, opts, "hash").await? {
+            Ok(keys) => Ok(keys),
+            Err(unsupported) => {
+                log::info!("memcached {addr}: metadump hash unsupported ({unsupported}), merging two LRU walks");
+                let mut keys = dump_retrying(addr, opts, "all")
+                    .await?
+                    .map_err(|detail| McError::Server { addr, detail })?;
+                let again = dump_retrying(addr, opts, "all")
+                    .await?
+                    .map_err(|detail| McError::Server { addr, detail })?;
+                let seen: std::collections::HashSet<String> =
+                    keys.iter().map(|k| k.key.clone()).collect();
+                keys.extend(again.into_iter().filter(|k| !seen.contains(&k.key)));
+                Ok(keys)
             }
         }
     };
@@ -53,21 +63,27 @@ pub(crate) async fn dump(
         })?
 }
 
-/// What the crawler walks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Scope {
-    /// The hash table (memcached >= 1.6): complete under LRU reordering.
-    Hash,
-    /// Every LRU.
-    All,
+/// Dump with `lru_crawler metadump <what>`, retrying while the crawler is busy.
+/// The inner `Err` is the server's error line (the variant is not supported).
+async fn dump_retrying(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    what: &str,
+) -> Result<Result<Vec<DumpedKey>, String>, McError> {
+    loop {
+        match dump_once(addr, opts, what).await? {
+            Some(result) => return Ok(result),
+            None => tokio::time::sleep(BUSY_RETRY).await,
+        }
+    }
 }
 
 /// One attempt; `Ok(None)` when the crawler was busy.
 async fn dump_once(
     addr: SocketAddr,
     opts: &ClientOptions,
-    scope: Scope,
-) -> Result<Option<Vec<DumpedKey>>, McError> {
+    what: &str,
+) -> Result<Option<Result<Vec<DumpedKey>, String>>, McError> {
     let io = |e| McError::from_io(addr, "metadump", e);
     let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
@@ -76,11 +92,10 @@ async fn dump_once(
             op: "connect",
         })?
         .map_err(|e| McError::from_io(addr, "connect", e))?;
-    let command: &[u8] = match scope {
-        Scope::Hash => b"lru_crawler metadump hash\r\n",
-        Scope::All => b"lru_crawler metadump all\r\n",
-    };
-    stream.write_all(command).await.map_err(io)?;
+    stream
+        .write_all(format!("lru_crawler metadump {what}\r\n").as_bytes())
+        .await
+        .map_err(io)?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut keys = Vec::new();
     loop {
@@ -91,9 +106,9 @@ async fn dump_once(
             match parse_line(line) {
                 Line::Key(k) => keys.push(k),
                 Line::Skip => {}
-                Line::End => return Ok(Some(keys)),
+                Line::End => return Ok(Some(Ok(keys))),
                 Line::Busy => return Ok(None),
-                Line::Error(detail) => return Err(McError::Server { addr, detail }),
+                Line::Error(detail) => return Ok(Some(Err(detail))),
                 Line::Garbage(detail) => return Err(McError::Protocol { addr, detail }),
             }
         }
@@ -132,7 +147,6 @@ fn parse_line(line: &[u8]) -> Line {
         return Line::Busy;
     }
     if line.starts_with(b"ERROR")
-        || line.starts_with(b"BADCLASS")
         || line.starts_with(b"CLIENT_ERROR")
         || line.starts_with(b"SERVER_ERROR")
     {
