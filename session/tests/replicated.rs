@@ -267,6 +267,10 @@ async fn restarted_primary_is_warmed_up_so_losing_the_backup_node_loses_nothing(
     )
     .await;
     assert_eq!(stats.warmup_copied.load(Relaxed) - copied_before, on_n1);
+    eprintln!(
+        "warm-up of n1: {on_n1} of {SESSIONS} sessions had a copy on n1, {} copied back",
+        stats.warmup_copied.load(Relaxed) - copied_before
+    );
 
     cluster.node("n2").kill();
     let lost: Vec<usize> = stream::iter(ids.iter().enumerate())
@@ -432,4 +436,16 @@ async fn garbage_under_a_session_key_is_counted_and_treated_as_a_miss() {
     // and the session can be saved again over the garbage
     store.save(&id, &live(4, "again")).await.unwrap();
     assert_eq!(payload(&store, &id).await.unwrap().1, "again");
+}
+
+#[test]
+fn creation_needs_an_actix_system_and_a_valid_config() {
+    let cfg = MemcachedStoreConfig::from_msm("n1:127.0.0.1:1", "").unwrap();
+    let err = ReplicatedMemcachedStore::new(cfg, Arc::new(Stats::default())).unwrap_err();
+    assert!(err.to_string().contains("actix System"), "{err}");
+    let bad = MemcachedStoreConfig::from_msm("n1:127.0.0.1:1", "")
+        .unwrap()
+        .operation_timeout(Duration::ZERO);
+    let err = ReplicatedMemcachedStore::new(bad, Arc::new(Stats::default())).unwrap_err();
+    assert!(err.to_string().contains("operation_timeout"), "{err}");
 }

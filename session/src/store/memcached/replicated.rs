@@ -291,7 +291,7 @@ impl Core {
         } else if self.placement.len() > 1 {
             bump(&self.stats.backup_failures);
         }
-        log::info!(
+        log::debug!(
             "session {id:?} relocated from {} to {}",
             id.node().unwrap_or("?"),
             self.node_id(t)

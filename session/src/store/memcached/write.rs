@@ -55,6 +55,7 @@ impl Core {
     ) -> Result<SessionId, StoreError> {
         if !self.health.load().all_down() {
             if let Some(at) = self.save_to_nodes(id, rec).await {
+                self.degraded.drop_pending(id);
                 self.degraded.drop_pending(&at);
                 return Ok(at.with_route(id.route()));
             }
@@ -142,7 +143,7 @@ impl Core {
                         .await;
                 }
             }
-            log::info!(
+            log::debug!(
                 "session {id:?} relocated on save from {} to {}",
                 id.node().unwrap_or("?"),
                 self.node_id(t)
