@@ -160,11 +160,14 @@ impl Memcached {
             .take();
         if let Some(mut child) = taken {
             // Only signal a child we have not reaped yet: its pid cannot have been reused.
+            // SIGKILL first: a frozen process must not resume and answer queued requests
+            // before dying. (SIGKILL also ends a stopped process; the SIGCONT is belt and
+            // braces.)
             if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
                 if self.frozen {
                     let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGCONT);
                 }
-                let _ = child.kill();
             }
             let _ = child.wait();
             log::debug!("killed memcached pid {} on port {}", self.pid, self.port);
