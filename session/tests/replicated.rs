@@ -449,3 +449,82 @@ fn creation_needs_an_actix_system_and_a_valid_config() {
     let err = ReplicatedMemcachedStore::new(bad, Arc::new(Stats::default())).unwrap_err();
     assert!(err.to_string().contains("operation_timeout"), "{err}");
 }
+
+#[actix_rt::test]
+async fn one_store_serves_workers_on_other_threads() {
+    let cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let store = Arc::new(store);
+    // like actix-web workers: one thread and one single-threaded runtime each
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let mut ids = Vec::new();
+                    for i in 0..50 {
+                        let id = store.new_id(Some(&format!("app{w}")));
+                        store
+                            .save(&id, &live(1, &format!("{w}/{i}")))
+                            .await
+                            .unwrap();
+                        ids.push(id);
+                    }
+                    ids
+                })
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for (w, h) in workers.into_iter().enumerate() {
+        for (i, id) in h.join().unwrap().into_iter().enumerate() {
+            all.push((id, format!("{w}/{i}")));
+        }
+    }
+    // every session written by any worker is readable here
+    for (id, expect) in &all {
+        assert_eq!(payload(&store, id).await.unwrap().1, *expect);
+    }
+}
+
+#[actix_rt::test]
+async fn failover_nodes_are_used_only_when_no_regular_node_is_up() {
+    let mut cluster = Cluster::start(3);
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "n3")
+        .unwrap()
+        .operation_timeout(OP_TIMEOUT)
+        .probe_interval(Duration::from_millis(50));
+    let store = ReplicatedMemcachedStore::new(cfg, Arc::new(Stats::default())).unwrap();
+    settled(&store).await;
+    for i in 0..20 {
+        let id = store.new_id(None);
+        assert_ne!(id.node(), Some("n3"));
+        store.save(&id, &live(1, &format!("s{i}"))).await.unwrap();
+    }
+    let n3 = raw(&mut cluster, "n3");
+    let keys = n3.metadump().await.unwrap();
+    assert!(
+        keys.iter().all(|k| !k.key.contains('-')),
+        "session copies on the failover node while regular nodes are up: {keys:?}"
+    );
+
+    cluster.node("n1").kill();
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "late")).await.unwrap();
+    wait_until("n1 down", Duration::from_secs(5), || {
+        state(&store, "n1") == NodeState::Down
+    })
+    .await;
+    let id = store.new_id(None);
+    assert_eq!(id.node(), Some("n2"));
+    store.save(&id, &live(1, "late")).await.unwrap();
+    assert_eq!(store.copy_nodes(&id).backup.as_deref(), Some("n3"));
+    assert!(raw_record(&n3, &format!("bak:{}", id.key()))
+        .await
+        .is_some());
+}
