@@ -528,3 +528,74 @@ async fn failover_nodes_are_used_only_when_no_regular_node_is_up() {
         .await
         .is_some());
 }
+
+#[actix_rt::test]
+async fn two_app_nodes_agree_on_placement_and_relocation() {
+    let mut cluster = Cluster::start(3);
+    let (a, _) = store(&cluster);
+    let (b, _) = store(&cluster);
+    settled(&a).await;
+    settled(&b).await;
+    let id = a.new_id(None);
+    a.save(&id, &live(1, "shared")).await.unwrap();
+    assert_eq!(a.copy_nodes(&id), b.copy_nodes(&id));
+    assert_eq!(payload(&b, &id).await.unwrap().1, "shared");
+
+    cluster.node(id.node().unwrap()).kill();
+    let (moved_b, data_b) = payload(&b, &id).await.unwrap();
+    let (moved_a, data_a) = payload(&a, &id).await.unwrap();
+    assert_ne!(moved_b, id);
+    assert_eq!(
+        moved_a, moved_b,
+        "app nodes relocated the session to different ids"
+    );
+    assert_eq!((data_a.as_str(), data_b.as_str()), ("shared", "shared"));
+}
+
+#[actix_rt::test]
+async fn a_session_can_move_back_to_a_recovered_node() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    // a session on n1 whose relocation target B would in turn relocate back to n1
+    let (id, b) = loop {
+        let id = SessionId::generate(Some("n1"), None);
+        let b = store.copy_nodes(&id).backup.unwrap();
+        if store.copy_nodes(&id.with_node(Some(&b))).backup.as_deref() == Some("n1") {
+            break (id, b);
+        }
+    };
+    store.save(&id, &live(1, "a")).await.unwrap();
+    cluster.node("n1").kill();
+    let at_b = store.load(&id).await.unwrap().unwrap();
+    assert_eq!(at_b.id.node(), Some(b.as_str()));
+    let mut v = at_b.record.clone();
+    v.version += 1;
+    v.payload = b"b".to_vec();
+    store.save(&at_b.id, &v).await.unwrap();
+
+    let before = warmups(&store, "n1");
+    cluster.node("n1").restart();
+    wait_until("warm-up of n1", Duration::from_secs(10), || {
+        warmups(&store, "n1") > before && state(&store, "n1") == NodeState::Up
+    })
+    .await;
+    cluster.node(&b).kill();
+    // n1 holds a moved marker for this very key: the session moves back anyway
+    let back = store
+        .load(&at_b.id)
+        .await
+        .unwrap()
+        .expect("lost moving back");
+    assert_eq!(back.id, id);
+    assert_eq!(back.record.payload, b"b");
+    let mut v = back.record.clone();
+    v.version += 1;
+    v.payload = b"c".to_vec();
+    assert_eq!(store.save(&back.id, &v).await.unwrap(), id);
+    assert_eq!(payload(&store, &id).await, Some((id.clone(), "c".into())));
+    assert_eq!(
+        payload(&store, &at_b.id).await,
+        Some((id.clone(), "c".into()))
+    );
+}
