@@ -7,7 +7,9 @@
 //!
 //! * probes each `Down` node with `mn`; when it answers the node turns
 //!   `Warming` and a warm-up ([`super::warmup`]) brings it up to date, then
-//!   it is `Up`;
+//!   it is `Up` (a failed warm-up is retried after 10 probe intervals;
+//!   the node stays usable meanwhile, and failure reports take it down if it
+//!   really failed again);
 //! * reads the warm-up sentinel on each `Up` node: a node that restarted
 //!   empty between two probes has lost it, so it is warmed up too (no user
 //!   traffic needed to notice). A node that had failures without going down
@@ -111,6 +113,8 @@ struct Track {
     /// Failures seen without going down: it may have missed writes.
     dirty: bool,
     last_sync: Option<Instant>,
+    /// When a failed warm-up may be retried.
+    retry_at: Option<Instant>,
 }
 
 /// Owns node health; see the module docs.
@@ -130,6 +134,7 @@ impl HealthActor {
                 warmups: 0,
                 dirty: false,
                 last_sync: None,
+                retry_at: None,
             })
             .collect();
         HealthActor {
@@ -235,7 +240,11 @@ impl HealthActor {
                         }
                     }));
                 }
-                NodeState::Warming => {}
+                NodeState::Warming => {
+                    if t.retry_at.is_none_or(|at| Instant::now() >= at) {
+                        self.start_warmup(node, ctx);
+                    }
+                }
             }
         }
         self.maybe_flush(ctx);
@@ -247,6 +256,7 @@ impl HealthActor {
         t.busy = true;
         t.dirty = false;
         t.last_sync = Some(Instant::now());
+        t.retry_at = None;
         let was_up = t.state == NodeState::Up;
         if !was_up {
             t.state = NodeState::Warming;
@@ -273,7 +283,15 @@ impl HealthActor {
                     act.maybe_flush(ctx);
                 }
                 Err(e) => {
-                    act.mark_down(node, &format!("warm-up failed: {e}"));
+                    // A node that really failed again goes down through the
+                    // failure reports; otherwise retry a little later.
+                    let t = &mut act.nodes[node];
+                    t.busy = false;
+                    t.retry_at = Some(Instant::now() + act.core.cfg.probe_interval * 10);
+                    log::warn!(
+                        "warm-up of memcached node {} failed, will retry: {e}",
+                        act.core.node_id(node)
+                    );
                 }
             }
         }));

@@ -258,13 +258,27 @@ impl Core {
         };
         tomb.version = tomb.version.max(TOMBSTONE_VERSION);
         let id = id.with_route(None);
-        if self.health.load().all_down() || !self.write_tombstone(&id, &tomb).await {
+        if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
             self.degraded.park(&id, &tomb).await;
-        } else {
-            self.degraded.drop_pending(&id);
+            self.degraded.unlock(&id).await;
+            return Ok(());
         }
-        self.unlock(&id).await
+        // Tombstones and lock removal at once: a frozen node costs one timeout.
+        let lock = lock_key(&id.key());
+        let unlocks = futures::future::join_all(
+            self.lock_nodes(&id)
+                .into_iter()
+                .map(|n| self.delete_key(n, &lock)),
+        );
+        let (written, _) = futures::join!(self.write_tombstone(&id, &tomb), unlocks);
+        if written {
+            self.degraded.drop_pending(&id);
+        } else {
+            bump(&self.stats.degraded_operations);
+            self.degraded.park(&id, &tomb).await;
+        }
+        Ok(())
     }
 
     /// Writes a tombstone to both copy locations; true when one took it.
@@ -339,17 +353,16 @@ impl Core {
     /// memcached's copy where it is newer. Returns (flushed, still parked).
     pub(crate) async fn flush_degraded(&self) -> (usize, usize) {
         let (mut flushed, mut left) = (0, 0);
-        for (id, rec) in self.degraded.take_pending() {
+        for (id, rec) in self.degraded.pending_snapshot() {
             let current = self.newest_copy(&id).await;
             let written = match current {
                 Some(cur) if !rec.supersedes(&cur) => true,
                 _ => self.save_to_nodes(&id, &rec).await.is_some(),
             };
             if written {
-                self.degraded.forget(&id).await;
+                self.degraded.settle(&id, &rec).await;
                 flushed += 1;
             } else {
-                self.degraded.park(&id, &rec).await;
                 left += 1;
             }
         }
