@@ -603,3 +603,16 @@ async fn a_session_can_move_back_to_a_recovered_node() {
         Some((id.clone(), "c".into()))
     );
 }
+
+#[actix_rt::test]
+async fn an_oversized_session_is_an_error_not_a_failover() {
+    let cluster = Cluster::start(3);
+    let (store, stats) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    let huge = SessionRecord::new_live(0, 600, vec![b'x'; 2 * 1024 * 1024]);
+    assert!(store.save(&id, &huge).await.is_err());
+    assert_eq!(store.degraded_pending(), 0);
+    assert_eq!(stats.memcached_failovers.load(Relaxed), 0);
+    assert!(store.load(&id).await.unwrap().is_none());
+}

@@ -309,9 +309,13 @@ impl HealthActor {
         let fut = async move { core.flush_degraded().await };
         ctx.spawn(fut.into_actor(self).map(|(flushed, left), act, _| {
             act.flushing = false;
-            log::info!(
-                "degraded mode: flushed {flushed} sessions to memcached, {left} still in memory"
-            );
+            if flushed > 0 {
+                log::info!(
+                    "degraded mode: flushed {flushed} sessions to memcached, {left} still in memory"
+                );
+            } else {
+                log::debug!("degraded mode: {left} sessions still waiting in memory");
+            }
         }));
     }
 }

@@ -22,7 +22,7 @@ use ferrocat_memcached::{SetMode, StoreStatus};
 
 use super::inner::{backup_key, lock_key, Core};
 use crate::id::SessionId;
-use crate::record::{now_ms, RecordKind, SessionRecord};
+use crate::record::{now_ms, RecordKind, SessionRecord, HEADER_LEN};
 use crate::store::StoreError;
 
 /// Lowest version of a tombstone: far above any count of writes, so no live
@@ -53,6 +53,16 @@ impl Core {
         id: &SessionId,
         rec: &SessionRecord,
     ) -> Result<SessionId, StoreError> {
+        let max = self.clients[0].options().max_value_size;
+        let size = HEADER_LEN + rec.payload.len();
+        if size > max {
+            // No node will take it: an error for the caller, not a failover.
+            return Err(StoreError::Node {
+                node: id.node().unwrap_or("?").to_owned(),
+                op: "set",
+                reason: format!("session of {size} bytes exceeds the {max} byte item limit"),
+            });
+        }
         if !self.health.load().all_down() {
             if let Some(at) = self.save_to_nodes(id, rec).await {
                 self.degraded.drop_pending(id);
