@@ -6,7 +6,7 @@
 //! `probe_interval` the actor
 //!
 //! * probes each `Down` node with `mn`; when it answers the node turns
-//!   `Warming` and a warm-up ([`super::warmup`]) brings it up to date, then
+//!   `Warming` and a warm-up (module `warmup`) brings it up to date, then
 //!   it is `Up` (a failed warm-up is retried after 10 probe intervals;
 //!   the node stays usable meanwhile, and failure reports take it down if it
 //!   really failed again);

@@ -18,7 +18,14 @@
 //!   flushed to memcached when a node returns.
 //!
 //! Every memcached operation is bounded by `operation_timeout`, so a frozen
-//! node costs a request at most that long.
+//! node costs a request about that long, until the health actor marks it
+//! down and requests stop waiting for it.
+//!
+//! Statistics bumped here: `store_loads`, `store_load_misses`,
+//! `memcached_failovers` (served from a backup, or relocated), `repairs`,
+//! `warmup_copied`, `garbage_values`, `degraded_operations`, `backups`
+//! (a save whose backup copy was written), `backup_failures` (a backup copy
+//! that could not be written anywhere).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
