@@ -237,9 +237,21 @@ impl Core {
         rec: &SessionRecord,
         mode: SetMode,
     ) -> Result<StoreStatus, StoreError> {
+        self.write_ttl(node, key, rec, mode, ttl_for(rec.max_inactive_secs))
+            .await
+    }
+
+    /// [`Core::write`] with an explicit memcached expiry.
+    pub(crate) async fn write_ttl(
+        &self,
+        node: usize,
+        key: &str,
+        rec: &SessionRecord,
+        mode: SetMode,
+        ttl: u32,
+    ) -> Result<StoreStatus, StoreError> {
         let k = self.key(node, key, "set")?;
         let value = rec.encode();
-        let ttl = ttl_for(rec.max_inactive_secs);
         self.timed(
             node,
             "set",
@@ -293,6 +305,20 @@ impl Core {
         found: &Stored,
         winner: &SessionRecord,
     ) -> Result<bool, StoreError> {
+        self.repair_ttl(node, key, found, winner, ttl_for(winner.max_inactive_secs))
+            .await
+    }
+
+    /// [`Core::repair`] with an explicit memcached expiry (warm-up keeps the
+    /// source copy's remaining lifetime instead of granting a new interval).
+    pub(crate) async fn repair_ttl(
+        &self,
+        node: usize,
+        key: &str,
+        found: &Stored,
+        winner: &SessionRecord,
+        ttl: u32,
+    ) -> Result<bool, StoreError> {
         let mode = match found {
             Stored::Missing => SetMode::Add,
             Stored::Garbage { cas } => SetMode::Cas(*cas),
@@ -303,7 +329,7 @@ impl Core {
                 SetMode::Cas(*cas)
             }
         };
-        let status = self.write(node, key, winner, mode).await?;
+        let status = self.write_ttl(node, key, winner, mode, ttl).await?;
         Ok(status == StoreStatus::Stored)
     }
 
