@@ -1,0 +1,296 @@
+//! The ferrocat config file: parse, then validate.
+//!
+//! Pipeline:
+//! 1. the TOML file (`--config FILE`; none = every default),
+//! 2. environment overrides `FERROCAT__SECTION__KEY=value` (e.g.
+//!    `FERROCAT__SESSION__COOKIE_SECRET`, `FERROCAT__NODE__NAME`), which win
+//!    over the file,
+//! 3. serde into [`Config`]: unknown keys and wrong types are rejected, and
+//!    the error names the key's full path (`balancer.upstream[0].weight`),
+//! 4. each section's `validate()`: value rules, again naming the key.
+//!
+//! Sections: `[node]` (this app node), `[session]` (see
+//! `ferrocat_session::config`), `[balancer]` and `[[balancer.upstream]]` (see
+//! `ferrocat_balancer::config`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ferrocat_balancer::config::BalancerConfig;
+use ferrocat_session::config::{SessionConfig, SessionSettings};
+use serde::Deserialize;
+
+/// Default app node name (route).
+pub const DEFAULT_NODE_NAME: &str = "app1";
+/// Default app node listen address.
+pub const DEFAULT_NODE_LISTEN: &str = "127.0.0.1:8081";
+/// Environment variable prefix for overrides.
+pub const ENV_PREFIX: &str = "FERROCAT";
+
+/// A config error that names the key and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or is not TOML.
+    #[error("{path}: {reason}")]
+    File {
+        /// the file
+        path: String,
+        /// why
+        reason: String,
+    },
+    /// A key is unknown, missing, of the wrong type, or has an invalid value.
+    #[error("{key}: {reason}")]
+    Invalid {
+        /// dotted path of the key
+        key: String,
+        /// why
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// The key the error is about, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::File { .. } => None,
+        }
+    }
+}
+
+/// `[node]`: this app node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// The node's name and route (Tomcat's jvmRoute), written into session ids.
+    pub name: String,
+    /// Where the app node listens.
+    pub listen: SocketAddr,
+    /// actix workers; 0 = one per core.
+    pub workers: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: DEFAULT_NODE_NAME.into(),
+            listen: DEFAULT_NODE_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8081))),
+            workers: 0,
+        }
+    }
+}
+
+impl NodeConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !ferrocat_session::id::is_valid_name(&self.name) {
+            return Err(ConfigError::Invalid {
+                key: "node.name".into(),
+                reason: format!(
+                    "{:?} is not a valid route: 1 to 64 characters of [A-Za-z0-9_]",
+                    self.name
+                ),
+            });
+        }
+        if self.workers > 1024 {
+            return Err(ConfigError::Invalid {
+                key: "node.workers".into(),
+                reason: "at most 1024".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeConfig,
+    /// `[session]`
+    pub session: SessionConfig,
+    /// `[balancer]`
+    pub balancer: BalancerConfig,
+}
+
+/// A loaded and validated config.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// As written (plus overrides).
+    pub config: Config,
+    /// The validated session settings.
+    pub session: SessionSettings,
+}
+
+impl Config {
+    /// Reads `path` (or nothing), applies the environment, deserializes and validates.
+    pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with explicit environment variables (for tests).
+    pub fn load_with_env(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Loaded, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(p) = path {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError::File {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+        }
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        );
+        let raw = builder.build().map_err(|e| ConfigError::File {
+            path: path.map_or("<defaults>".into(), |p| p.display().to_string()),
+            reason: e.to_string(),
+        })?;
+        let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
+            let path = e.path().to_string();
+            let reason = e.into_inner().to_string();
+            // serde reports an unknown key at its parent's path; name the key itself.
+            let unknown = reason
+                .strip_prefix("unknown field `")
+                .and_then(|r| r.split_once('`'))
+                .map(|(field, _)| field.to_owned());
+            let key = match (path.as_str(), unknown) {
+                (".", Some(f)) => f,
+                (p, Some(f)) => format!("{p}.{f}"),
+                (".", None) => "(top level)".into(),
+                (p, None) => p.to_owned(),
+            };
+            ConfigError::Invalid { key, reason }
+        })?;
+        config.validate()
+    }
+
+    /// Validates every section.
+    pub fn validate(self) -> Result<Loaded, ConfigError> {
+        self.node.validate()?;
+        let session = self.session.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        })?;
+        self.balancer.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            reason: e.reason,
+        })?;
+        Ok(Loaded {
+            config: self,
+            session,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load_with_env(
+            Some(f.path()),
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let l = Config::load_with_env(None, Vec::new()).unwrap();
+        assert_eq!(l.config.node.name, "app1");
+    }
+
+    #[test]
+    fn full_example_loads() {
+        let l = load(
+            r#"
+            [node]
+            name = "app2"
+            listen = "127.0.0.1:9081"
+            [session]
+            locking_mode = "uriPattern:^/api/"
+            lock_expiration = "5s"
+            session_backup_timeout = "100ms"
+            max_inactive_interval = "30m"
+            cookie_secret = "0123456789abcdef0123456789abcdef"
+            [balancer]
+            listen = "127.0.0.1:9080"
+            client_max_body_size = "100m"
+            deny = ['^/(WEB-INF)/']
+            [[balancer.upstream]]
+            address = "127.0.0.1:9081"
+            route = "app2"
+            weight = 2
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(l.config.node.name, "app2");
+        assert_eq!(l.config.balancer.upstream.len(), 1);
+    }
+
+    #[test]
+    fn misspelt_key_is_named() {
+        let e = load("[session]\nstickyy = true\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("session.stickyy"), "{e}");
+        assert!(e.to_string().contains("stickyy"), "{e}");
+    }
+
+    #[test]
+    fn negative_weight_is_named() {
+        let e = load(
+            "[[balancer.upstream]]\naddress = \"127.0.0.1:1\"\nweight = -1\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.key().unwrap_or("").ends_with("weight"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named() {
+        let e = load("[session]\noperation_timeout = \"soon\"\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("session.operation_timeout"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let l = load(
+            "[node]\nname = \"app1\"\n",
+            &[
+                ("FERROCAT__NODE__NAME", "app7"),
+                ("FERROCAT__SESSION__STICKY", "true"),
+                ("UNRELATED", "x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.config.node.name, "app7");
+        assert!(l.session.sticky);
+    }
+
+    #[test]
+    fn bad_node_name_is_named() {
+        let e = load("[node]\nname = \"app 1\"\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("node.name"));
+    }
+
+    #[test]
+    fn unreadable_file_is_an_error() {
+        let e = Config::load_with_env(Some(Path::new("/nonexistent/ferrocat.toml")), Vec::new());
+        assert!(matches!(e, Err(ConfigError::File { .. })));
+    }
+}

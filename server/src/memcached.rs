@@ -1,0 +1,26 @@
+//! Wiring of the replicated memcached backend from `[session]`.
+
+use std::sync::Arc;
+
+use ferrocat_session::config::SessionSettings;
+use ferrocat_session::store::memcached::{MemcachedStoreConfig, ReplicatedMemcachedStore};
+use ferrocat_session::{SessionBackend, Stats};
+
+/// Builds the replicated memcached store from `[session]`. Call inside an
+/// actix `System` (the store's health actor runs there).
+pub fn build(
+    settings: &SessionSettings,
+    stats: Arc<Stats>,
+) -> Result<Arc<dyn SessionBackend>, String> {
+    let cfg = MemcachedStoreConfig::from_msm(&settings.memcached_nodes, &settings.failover_nodes)?
+        .operation_timeout(settings.operation_timeout)
+        .connections_per_node(settings.memcached_connections);
+    let nodes: Vec<String> = cfg
+        .nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id, n.addr))
+        .collect();
+    let store = ReplicatedMemcachedStore::new(cfg, stats).map_err(|e| e.to_string())?;
+    log::info!("sessions: replicated memcached over {}", nodes.join(", "));
+    Ok(Arc::new(store))
+}

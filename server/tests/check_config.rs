@@ -1,0 +1,76 @@
+//! `ferrocat check-config`: exit codes and messages naming the key.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn check(toml: &str) -> (i32, String) {
+    let f = write_config(toml);
+    let out = Command::new(binary())
+        .arg("check-config")
+        .arg("--config")
+        .arg(f.path())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn valid_config_exits_zero() {
+    let (code, out) = check(&all_in_one_config(8080, 8081, ""));
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn misspelt_key_is_named() {
+    let (code, out) = check("[session]\nstiky = true\n");
+    assert_ne!(code, 0);
+    assert!(out.contains("session.stiky"), "{out}");
+}
+
+#[test]
+fn negative_weight_is_named() {
+    let (code, out) = check("[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\nweight = -1\n");
+    assert_ne!(code, 0);
+    assert!(out.contains("balancer.upstream[0].weight"), "{out}");
+}
+
+#[test]
+fn bad_value_is_named() {
+    let (code, out) = check("[session]\nlocking_mode = \"sometimes\"\n");
+    assert_ne!(code, 0);
+    assert!(out.contains("session.locking_mode"), "{out}");
+}
+
+#[test]
+fn env_override_is_validated_too() {
+    let f = write_config("[node]\nname = \"app1\"\n");
+    let out = Command::new(binary())
+        .args(["check-config", "--config"])
+        .arg(f.path())
+        .env("FERROCAT__SESSION__SERIALIZER", "kryo")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("session.serializer"));
+}
+
+#[test]
+fn help_works_on_every_subcommand() {
+    for sub in ["all-in-one", "balancer", "app", "check-config"] {
+        let out = Command::new(binary())
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
+    }
+}

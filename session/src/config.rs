@@ -1,0 +1,405 @@
+//! The `[session]` section: parse, then validate.
+//!
+//! Pipeline: TOML file -> `FERROCAT__SESSION__*` environment overrides (both
+//! applied by the server's loader) -> [`SessionConfig`] (serde, unknown keys
+//! rejected) -> [`SessionConfig::validate`] -> [`SessionSettings`] (typed,
+//! checked values the manager runs on). Names follow msm's attributes in
+//! snake_case.
+
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::manager::locking::LockingMode;
+use crate::serializer::SerializerKind;
+
+/// Default `lock_expiration` (msm's lockExpiration).
+pub const DEFAULT_LOCK_EXPIRATION: Duration = Duration::from_secs(5);
+/// Default `session_backup_timeout` (msm's sessionBackupTimeout).
+pub const DEFAULT_BACKUP_TIMEOUT: Duration = Duration::from_millis(100);
+/// Default `operation_timeout` (msm's operationTimeout).
+pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default `max_inactive_interval` (Tomcat's 30 minutes).
+pub const DEFAULT_MAX_INACTIVE: Duration = Duration::from_secs(30 * 60);
+/// Default `request_uri_ignore_pattern`: static files.
+pub const DEFAULT_IGNORE_PATTERN: &str = r".*\.(png|gif|jpg|css|js|ico)$";
+/// Default cookie name (Tomcat's).
+pub const DEFAULT_COOKIE_NAME: &str = "JSESSIONID";
+/// Shortest accepted `cookie_secret`.
+pub const MIN_SECRET_LEN: usize = 32;
+/// Default sticky cache bounds.
+pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 100_000;
+/// Default sticky cache byte bound (256 MiB).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A config value that failed validation; `key` is the dotted path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// e.g. `session.locking_mode`
+    pub key: String,
+    /// why the value is rejected
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: format!("session.{key}"),
+        reason: reason.into(),
+    }
+}
+
+/// Serde helpers for human-readable durations ("5s", "100ms", "30m").
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    /// Deserializes a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); use e.g. \"100ms\", \"5s\", \"30m\""
+            ))
+        })
+    }
+}
+
+/// Parses a size such as `256m`, `64k`, `1g` or `1024`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let (num, mult) = match s.chars().last()? {
+        'k' => (&s[..s.len() - 1], 1024),
+        'm' => (&s[..s.len() - 1], 1024 * 1024),
+        'g' => (&s[..s.len() - 1], 1024 * 1024 * 1024),
+        _ => (s.as_str(), 1),
+    };
+    num.trim().parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// The `[session]` section as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// msm's memcachedNodes: `n1:host:port n2:host:port`; empty = in-process store.
+    pub memcached_nodes: String,
+    /// msm's failoverNodes: node ids used only when no other node is up.
+    pub failover_nodes: String,
+    /// Sticky sessions: the app node caches sessions and backs them up.
+    pub sticky: bool,
+    /// none | all | auto | uriPattern:<regex> (non-sticky only).
+    pub locking_mode: String,
+    /// Expiry of the lock key.
+    #[serde(with = "duration_str")]
+    pub lock_expiration: Duration,
+    /// Requests whose URI matches neither load nor store the session.
+    pub request_uri_ignore_pattern: String,
+    /// Response goes first; the persistence actor stores.
+    pub session_backup_async: bool,
+    /// Longest a response waits for the store in sync mode.
+    #[serde(with = "duration_str")]
+    pub session_backup_timeout: Duration,
+    /// Bound on every memcached operation.
+    #[serde(with = "duration_str")]
+    pub operation_timeout: Duration,
+    /// bincode | postcard | msgpack | json
+    pub serializer: String,
+    /// Session expiry after inactivity (also the memcached expiry).
+    #[serde(with = "duration_str")]
+    pub max_inactive_interval: Duration,
+    /// Session cookie name.
+    pub cookie_name: String,
+    /// Signs the cookie; the same on every app node; >= 32 bytes.
+    pub cookie_secret: Option<String>,
+    /// Sets the cookie's Secure flag (HTTPS deployments).
+    pub cookie_secure: bool,
+    /// Sticky cache bound: sessions held in memory.
+    pub cache_max_entries: usize,
+    /// Sticky cache bound: bytes held in memory ("256m").
+    pub cache_max_bytes: String,
+    /// Connections per memcached node.
+    pub memcached_connections: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            memcached_nodes: String::new(),
+            failover_nodes: String::new(),
+            sticky: false,
+            locking_mode: "none".into(),
+            lock_expiration: DEFAULT_LOCK_EXPIRATION,
+            request_uri_ignore_pattern: DEFAULT_IGNORE_PATTERN.into(),
+            session_backup_async: false,
+            session_backup_timeout: DEFAULT_BACKUP_TIMEOUT,
+            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            serializer: SerializerKind::default().name().into(),
+            max_inactive_interval: DEFAULT_MAX_INACTIVE,
+            cookie_name: DEFAULT_COOKIE_NAME.into(),
+            cookie_secret: None,
+            cookie_secure: false,
+            cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
+            cache_max_bytes: "256m".into(),
+            memcached_connections: 2,
+        }
+    }
+}
+
+/// Validated, typed session settings.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    /// The memcached node list as written (empty: in-process store).
+    pub memcached_nodes: String,
+    /// Failover node ids as written.
+    pub failover_nodes: String,
+    /// Sticky mode.
+    pub sticky: bool,
+    /// Parsed locking mode.
+    pub locking: LockingMode,
+    /// Lock key expiry.
+    pub lock_expiration: Duration,
+    /// Compiled ignore pattern (None when empty).
+    pub ignore: Option<Regex>,
+    /// Async backups.
+    pub backup_async: bool,
+    /// Sync backup bound.
+    pub backup_timeout: Duration,
+    /// Store operation bound.
+    pub operation_timeout: Duration,
+    /// Serializer for new writes.
+    pub serializer: SerializerKind,
+    /// Max inactive interval.
+    pub max_inactive: Duration,
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Cookie secret (None: generate one per process).
+    pub cookie_secret: Option<Vec<u8>>,
+    /// Cookie Secure flag.
+    pub cookie_secure: bool,
+    /// Sticky cache entry bound.
+    pub cache_max_entries: usize,
+    /// Sticky cache byte bound.
+    pub cache_max_bytes: usize,
+    /// Connections per memcached node.
+    pub memcached_connections: usize,
+}
+
+impl SessionConfig {
+    /// Checks every value; the error names the first bad key.
+    pub fn validate(&self) -> Result<SessionSettings, ConfigError> {
+        let locking = LockingMode::parse(&self.locking_mode).map_err(|r| err("locking_mode", r))?;
+        if self.sticky && locking != LockingMode::None {
+            return Err(err(
+                "locking_mode",
+                "locking applies to non-sticky sessions only; use \"none\" with sticky = true",
+            ));
+        }
+        let ignore =
+            if self.request_uri_ignore_pattern.is_empty() {
+                None
+            } else {
+                Some(Regex::new(&self.request_uri_ignore_pattern).map_err(|e| {
+                    err("request_uri_ignore_pattern", format!("invalid regex: {e}"))
+                })?)
+            };
+        let serializer = SerializerKind::from_name(&self.serializer).ok_or_else(|| {
+            err(
+                "serializer",
+                format!(
+                    "unknown serializer {:?}; use bincode, postcard, msgpack or json",
+                    self.serializer
+                ),
+            )
+        })?;
+        for (key, d) in [
+            ("lock_expiration", self.lock_expiration),
+            ("session_backup_timeout", self.session_backup_timeout),
+            ("operation_timeout", self.operation_timeout),
+            ("max_inactive_interval", self.max_inactive_interval),
+        ] {
+            if d.is_zero() {
+                return Err(err(key, "must be greater than zero"));
+            }
+        }
+        if self.max_inactive_interval.as_secs() > u64::from(u32::MAX) {
+            return Err(err("max_inactive_interval", "too large"));
+        }
+        if self.cookie_name.is_empty()
+            || !self
+                .cookie_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err("cookie_name", "must be non-empty [A-Za-z0-9_-]"));
+        }
+        let cookie_secret = match &self.cookie_secret {
+            Some(s) if s.len() < MIN_SECRET_LEN => {
+                return Err(err(
+                    "cookie_secret",
+                    format!("must be at least {MIN_SECRET_LEN} bytes (got {})", s.len()),
+                ))
+            }
+            Some(s) => Some(s.as_bytes().to_vec()),
+            None => None,
+        };
+        if self.cache_max_entries == 0 {
+            return Err(err("cache_max_entries", "must be at least 1"));
+        }
+        let cache_max_bytes = parse_size(&self.cache_max_bytes)
+            .filter(|b| *b > 0)
+            .ok_or_else(|| err("cache_max_bytes", "expected a size such as \"256m\""))?;
+        if self.memcached_connections == 0 || self.memcached_connections > 64 {
+            return Err(err("memcached_connections", "must be between 1 and 64"));
+        }
+        if !self.memcached_nodes.trim().is_empty() {
+            crate::store::memcached::parse_memcached_nodes(&self.memcached_nodes)
+                .map_err(|r| err("memcached_nodes", r))?;
+            crate::store::memcached::MemcachedStoreConfig::from_msm(
+                &self.memcached_nodes,
+                &self.failover_nodes,
+            )
+            .map_err(|r| err("failover_nodes", r))?;
+        } else if !self.failover_nodes.trim().is_empty() {
+            return Err(err("failover_nodes", "set without memcached_nodes"));
+        }
+        Ok(SessionSettings {
+            memcached_nodes: self.memcached_nodes.trim().to_owned(),
+            failover_nodes: self.failover_nodes.trim().to_owned(),
+            sticky: self.sticky,
+            locking,
+            lock_expiration: self.lock_expiration,
+            ignore,
+            backup_async: self.session_backup_async,
+            backup_timeout: self.session_backup_timeout,
+            operation_timeout: self.operation_timeout,
+            serializer,
+            max_inactive: self.max_inactive_interval,
+            cookie_name: self.cookie_name.clone(),
+            cookie_secret,
+            cookie_secure: self.cookie_secure,
+            cache_max_entries: self.cache_max_entries,
+            cache_max_bytes: usize::try_from(cache_max_bytes).unwrap_or(usize::MAX),
+            memcached_connections: self.memcached_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bad(f: impl FnOnce(&mut SessionConfig)) -> ConfigError {
+        let mut c = SessionConfig::default();
+        f(&mut c);
+        c.validate().expect_err("should be rejected")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let s = SessionConfig::default().validate().unwrap();
+        assert!(s.ignore.as_ref().unwrap().is_match("/static/a.css"));
+        assert_eq!(s.locking, LockingMode::None);
+    }
+
+    #[test]
+    fn locking_mode_is_checked() {
+        assert_eq!(
+            bad(|c| c.locking_mode = "sometimes".into()).key,
+            "session.locking_mode"
+        );
+        assert_eq!(
+            bad(|c| c.locking_mode = "uriPattern:(".into()).key,
+            "session.locking_mode"
+        );
+    }
+
+    #[test]
+    fn sticky_with_locking_is_rejected() {
+        let e = bad(|c| {
+            c.sticky = true;
+            c.locking_mode = "all".into();
+        });
+        assert_eq!(e.key, "session.locking_mode");
+    }
+
+    #[test]
+    fn ignore_pattern_must_compile() {
+        assert_eq!(
+            bad(|c| c.request_uri_ignore_pattern = "[".into()).key,
+            "session.request_uri_ignore_pattern"
+        );
+    }
+
+    #[test]
+    fn serializer_must_be_known() {
+        assert_eq!(
+            bad(|c| c.serializer = "kryo".into()).key,
+            "session.serializer"
+        );
+    }
+
+    #[test]
+    fn durations_must_be_positive() {
+        assert_eq!(
+            bad(|c| c.operation_timeout = Duration::ZERO).key,
+            "session.operation_timeout"
+        );
+    }
+
+    #[test]
+    fn short_secret_is_rejected() {
+        assert_eq!(
+            bad(|c| c.cookie_secret = Some("short".into())).key,
+            "session.cookie_secret"
+        );
+    }
+
+    #[test]
+    fn cookie_name_is_checked() {
+        assert_eq!(
+            bad(|c| c.cookie_name = "a b".into()).key,
+            "session.cookie_name"
+        );
+    }
+
+    #[test]
+    fn cache_bounds_are_checked() {
+        assert_eq!(
+            bad(|c| c.cache_max_entries = 0).key,
+            "session.cache_max_entries"
+        );
+        assert_eq!(
+            bad(|c| c.cache_max_bytes = "lots".into()).key,
+            "session.cache_max_bytes"
+        );
+        assert_eq!(parse_size("64k"), Some(65536));
+        assert_eq!(parse_size("2m"), Some(2 * 1024 * 1024));
+    }
+
+    #[test]
+    fn memcached_nodes_are_checked() {
+        assert_eq!(
+            bad(|c| c.memcached_nodes = "n1:127.0.0.1".into()).key,
+            "session.memcached_nodes"
+        );
+        let e = bad(|c| {
+            c.memcached_nodes = "n1:127.0.0.1:11211 n2:127.0.0.1:11212".into();
+            c.failover_nodes = "n9".into();
+        });
+        assert_eq!(e.key, "session.failover_nodes");
+        let mut c = SessionConfig::default();
+        c.memcached_nodes = "n1:127.0.0.1:11211,n2:127.0.0.1:11212".into();
+        c.failover_nodes = "n2".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn connections_are_bounded() {
+        assert_eq!(
+            bad(|c| c.memcached_connections = 0).key,
+            "session.memcached_connections"
+        );
+    }
+}

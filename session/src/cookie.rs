@@ -1,0 +1,125 @@
+//! Signed session cookies: `<sig>.<session id>`.
+//!
+//! `sig` is HMAC-SHA256 over the id with `cookie_secret`, truncated to 128
+//! bits, as 32 hex characters. The id stays readable (not encrypted) so that
+//! the balancer can route on its `.route` suffix: the route is always the text
+//! after the last `.`, as in Tomcat's `<id>.<jvmRoute>`. Anything that is not a
+//! well-formed, correctly signed id of sane length is rejected, and the caller
+//! starts a fresh session.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::id::SessionId;
+
+/// Longest cookie value considered; longer ones are rejected unparsed.
+pub const MAX_COOKIE_LEN: usize = 256;
+const SIG_HEX_LEN: usize = 32;
+
+/// Why a cookie was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CookieError {
+    /// Longer than [`MAX_COOKIE_LEN`].
+    #[error("cookie too long")]
+    TooLong,
+    /// Not `<sig>.<id>`.
+    #[error("cookie malformed")]
+    Malformed,
+    /// The signature does not match (forged or another secret).
+    #[error("cookie signature invalid")]
+    BadSignature,
+}
+
+/// Signs and verifies session cookie values.
+#[derive(Clone)]
+pub struct CookieSigner {
+    key: Vec<u8>,
+}
+
+impl std::fmt::Debug for CookieSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieSigner(..)")
+    }
+}
+
+impl CookieSigner {
+    /// A signer with the shared secret.
+    pub fn new(secret: &[u8]) -> Self {
+        CookieSigner {
+            key: secret.to_vec(),
+        }
+    }
+
+    /// A signer with a random per-process secret.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            use rand::RngCore;
+            rand::thread_rng().fill_bytes(&mut key);
+        }
+        CookieSigner { key: key.to_vec() }
+    }
+
+    fn mac(&self, id: &str) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length; this cannot fail.
+        let mut mac = match Hmac::<Sha256>::new_from_slice(&self.key) {
+            Ok(m) => m,
+            Err(_) => unreachable!("HMAC takes keys of any length"),
+        };
+        mac.update(id.as_bytes());
+        mac
+    }
+
+    /// The cookie value for `id`.
+    pub fn sign(&self, id: &SessionId) -> String {
+        let id = id.to_string();
+        let tag = self.mac(&id).finalize().into_bytes();
+        format!("{}.{}", hex::encode(&tag[..SIG_HEX_LEN / 2]), id)
+    }
+
+    /// Parses and verifies a cookie value.
+    pub fn verify(&self, value: &str) -> Result<SessionId, CookieError> {
+        if value.len() > MAX_COOKIE_LEN {
+            return Err(CookieError::TooLong);
+        }
+        let (sig, id) = value.split_once('.').ok_or(CookieError::Malformed)?;
+        if sig.len() != SIG_HEX_LEN {
+            return Err(CookieError::Malformed);
+        }
+        let sig = hex::decode(sig).map_err(|_| CookieError::Malformed)?;
+        let parsed = SessionId::parse(id).map_err(|_| CookieError::Malformed)?;
+        self.mac(id)
+            .verify_truncated_left(&sig)
+            .map_err(|_| CookieError::BadSignature)?;
+        Ok(parsed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_then_verify() {
+        let s = CookieSigner::new(&[7; 32]);
+        let id = SessionId::generate(Some("n1"), Some("app1"));
+        let v = s.sign(&id);
+        assert!(v.ends_with(".app1"), "route must be the last dot-part: {v}");
+        assert_eq!(s.verify(&v).unwrap(), id);
+    }
+
+    #[test]
+    fn forged_and_garbled_are_rejected() {
+        let s = CookieSigner::new(&[7; 32]);
+        let other = CookieSigner::new(&[8; 32]);
+        let id = SessionId::generate(Some("n1"), Some("app1"));
+        assert_eq!(other.verify(&s.sign(&id)), Err(CookieError::BadSignature));
+        let mut v = s.sign(&id);
+        v.replace_range(40..41, if &v[40..41] == "a" { "b" } else { "a" });
+        assert!(s.verify(&v).is_err());
+        assert_eq!(s.verify(&"x".repeat(8192)), Err(CookieError::TooLong));
+        for bad in ["", ".", "zz.zz", "%%%", "0123.abc-n1.app1"] {
+            assert!(s.verify(bad).is_err(), "{bad}");
+        }
+    }
+}

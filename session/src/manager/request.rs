@@ -1,0 +1,528 @@
+//! One request's session life cycle: lock, load, then persist and unlock.
+//!
+//! The middleware calls [`Inner::begin`] before the handler and
+//! [`Inner::finish`] after it. Store writes run in a spawned task that owns
+//! the request's locks, so a write that outlives `session_backup_timeout`
+//! still completes (and unlocks) after the response has left.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServiceRequest;
+use tokio::sync::OwnedMutexGuard;
+
+use super::locking::LockingMode;
+use super::session::SessionState;
+use super::{CachedSession, Inner};
+use crate::id::SessionId;
+use crate::record::{now_ms, SessionRecord};
+use crate::serializer::SerializerKind;
+use crate::store::SessionBackend;
+
+/// Longest back-off between two store lock attempts (msm: 500 ms).
+const LOCK_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// First back-off between two store lock attempts (msm: 10 ms).
+const LOCK_BACKOFF_START: Duration = Duration::from_millis(10);
+
+/// Locks one request holds on its session.
+#[derive(Default)]
+pub(crate) struct RequestLocks {
+    local: Option<OwnedMutexGuard<()>>,
+    store: Option<(Arc<dyn SessionBackend>, SessionId)>,
+}
+
+impl RequestLocks {
+    /// Releases both locks (the store one in the background).
+    fn release(mut self) {
+        if let Some((backend, id)) = self.store.take() {
+            tokio::spawn(async move {
+                if let Err(e) = backend.unlock(&id).await {
+                    log::debug!("session unlock failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Hands the locks to a task that releases them after `work`.
+    fn release_after(self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        tokio::spawn(async move {
+            work.await;
+            self.release();
+        });
+    }
+}
+
+impl Drop for RequestLocks {
+    fn drop(&mut self) {
+        // A handler error or a dropped future must not leave the store lock
+        // behind until it expires.
+        if let Some((backend, id)) = self.store.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(async move {
+                    let _ = backend.unlock(&id).await;
+                });
+            }
+        }
+    }
+}
+
+/// What to do with the cookie on the way out.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum CookieAction {
+    /// Leave it.
+    Keep,
+    /// Send a cookie for this id.
+    Set(SessionId),
+    /// Remove it (invalidated).
+    Remove,
+}
+
+/// What `begin` found, for `finish`.
+pub(crate) struct Begun {
+    pub cookie_id: Option<SessionId>,
+    pub locks: RequestLocks,
+    pub pattern: Option<String>,
+}
+
+fn hash_payload(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload)
+}
+
+impl Inner {
+    /// True when the request's path matches `request_uri_ignore_pattern`.
+    pub(crate) fn is_ignored(&self, path: &str) -> bool {
+        self.settings
+            .ignore
+            .as_ref()
+            .is_some_and(|re| re.is_match(path))
+    }
+
+    /// The verified session id from the request's cookie, if any.
+    pub(crate) fn cookie_id(&self, req: &ServiceRequest) -> Option<SessionId> {
+        let cookie = req.cookie(&self.settings.cookie_name)?;
+        match self.signer.verify(cookie.value()) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                self.stats.invalid_cookies.fetch_add(1, Relaxed);
+                log::debug!("rejected session cookie: {e}");
+                None
+            }
+        }
+    }
+
+    fn wants_lock(&self, req: &ServiceRequest, pattern: &str) -> bool {
+        match &self.settings.locking {
+            LockingMode::None => false,
+            LockingMode::All => true,
+            LockingMode::Auto => {
+                if self.learner.is_readonly(pattern) {
+                    self.stats.lock_skipped_readonly.fetch_add(1, Relaxed);
+                    false
+                } else {
+                    true
+                }
+            }
+            LockingMode::UriPattern(re) => {
+                let uri = req.uri();
+                re.is_match(uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()))
+            }
+        }
+    }
+
+    /// Verifies the cookie, locks and loads. Returns the state for the handler.
+    pub(crate) async fn begin(&self, req: &ServiceRequest) -> (SessionState, Begun) {
+        let cookie_id = self.cookie_id(req);
+        let pattern = matches!(self.settings.locking, LockingMode::Auto)
+            .then(|| format!("{} {}", req.method(), req.path()));
+        let mut locks = RequestLocks::default();
+        let mut state = SessionState {
+            serializer: self.settings.serializer,
+            ..Default::default()
+        };
+        if let Some(id) = &cookie_id {
+            if self.wants_lock(req, pattern.as_deref().unwrap_or("")) {
+                locks = self.acquire(id).await;
+            }
+            self.load(id, &mut state).await;
+        }
+        (
+            state,
+            Begun {
+                cookie_id,
+                locks,
+                pattern,
+            },
+        )
+    }
+
+    async fn acquire(&self, id: &SessionId) -> RequestLocks {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.settings.operation_timeout;
+        let mut waited = false;
+        let mut locks = RequestLocks::default();
+        let mutex = self.local_locks.get(&id.key());
+        locks.local = match mutex.clone().try_lock_owned() {
+            Ok(g) => Some(g),
+            Err(_) => {
+                waited = true;
+                tokio::time::timeout_at(deadline, mutex.lock_owned())
+                    .await
+                    .ok()
+            }
+        };
+        let mut failed = locks.local.is_none();
+        // The store lock serializes requests on other app nodes; a sticky
+        // session has one owner, so the in-process lock is enough.
+        if !self.settings.sticky && !failed {
+            let mut backoff = LOCK_BACKOFF_START;
+            loop {
+                let attempt = self.backend.try_lock(id, self.settings.lock_expiration);
+                match tokio::time::timeout_at(deadline, attempt).await {
+                    Ok(Ok(true)) => {
+                        locks.store = Some((self.backend.clone(), id.clone()));
+                        break;
+                    }
+                    Ok(Ok(false)) => {
+                        waited = true;
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            failed = true;
+                            break;
+                        }
+                        tokio::time::sleep(backoff.min(deadline - now)).await;
+                        backoff = (backoff * 2).min(LOCK_BACKOFF_MAX);
+                    }
+                    Ok(Err(e)) => {
+                        // Store unreachable: proceed unlocked rather than fail the request.
+                        log::warn!("session lock unavailable: {e}");
+                        failed = true;
+                        break;
+                    }
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if waited {
+            self.stats.lock_waits.fetch_add(1, Relaxed);
+        }
+        if failed {
+            self.stats.lock_failures.fetch_add(1, Relaxed);
+            log::warn!(
+                "could not lock session {id:?} within operation_timeout; continuing unlocked"
+            );
+        } else {
+            self.stats.locks_acquired.fetch_add(1, Relaxed);
+        }
+        self.stats.lock_wait.record(started.elapsed());
+        locks
+    }
+
+    fn fill_state(
+        &self,
+        state: &mut SessionState,
+        id: SessionId,
+        record: SessionRecord,
+        hash: u64,
+    ) -> bool {
+        let Some(serializer) = SerializerKind::from_id(record.serializer) else {
+            self.stats.garbage_values.fetch_add(1, Relaxed);
+            return false;
+        };
+        match serializer.decode_attributes(&record.payload) {
+            Ok(attrs) => {
+                state.id = Some(id);
+                state.attrs = attrs;
+                state.serializer = serializer;
+                state.loaded_hash = Some(hash);
+                state.record = Some(record);
+                true
+            }
+            Err(e) => {
+                // msm #253 deleted such sessions; we only treat it as a miss.
+                self.stats.garbage_values.fetch_add(1, Relaxed);
+                log::warn!("undecodable session payload ({e}); starting a fresh session");
+                false
+            }
+        }
+    }
+
+    async fn load(&self, id: &SessionId, state: &mut SessionState) {
+        let started = Instant::now();
+        if let Some(cache) = &self.cache {
+            if let Some(hit) = cache.get(&id.key()) {
+                let c = CachedSession::clone(&hit);
+                if self.fill_state(state, c.id, c.record, c.hash) {
+                    return;
+                }
+            }
+            self.stats.cache_misses.fetch_add(1, Relaxed);
+        }
+        self.stats.store_loads.fetch_add(1, Relaxed);
+        // The backend bounds each operation; this outer bound only guards
+        // against a backend that does not.
+        let bound = self.settings.operation_timeout * 3;
+        match tokio::time::timeout(bound, self.backend.load(id)).await {
+            Ok(Ok(Some(loaded))) => {
+                let mut new_id = loaded.id;
+                if self.settings.sticky && new_id.route() != Some(self.route.as_str()) {
+                    // Another app node's session (it failed or was drained): take it over.
+                    self.stats.tomcat_failovers.fetch_add(1, Relaxed);
+                    new_id = new_id.with_route(Some(&self.route));
+                } else if new_id.route().is_none() {
+                    new_id = new_id.with_route(Some(&self.route));
+                }
+                let hash = hash_payload(&loaded.record.payload);
+                self.fill_state(state, new_id, loaded.record, hash);
+            }
+            Ok(Ok(None)) => {
+                self.stats.store_load_misses.fetch_add(1, Relaxed);
+            }
+            Ok(Err(e)) => log::warn!("session load failed: {e}"),
+            Err(_) => log::warn!("session load timed out after {bound:?}"),
+        }
+        self.stats.load.record(started.elapsed());
+    }
+
+    /// Persists the state after the handler and decides the cookie.
+    pub(crate) async fn finish(&self, state: &mut SessionState, begun: Begun) -> CookieAction {
+        let Begun {
+            cookie_id,
+            locks,
+            pattern,
+        } = begun;
+        if state.invalidate {
+            return self.finish_invalidated(state, cookie_id, locks).await;
+        }
+        if state.id.is_none() && state.attrs.is_empty() {
+            self.stats.requests_without_session.fetch_add(1, Relaxed);
+            locks.release();
+            return CookieAction::Keep;
+        }
+        self.stats.requests_with_session.fetch_add(1, Relaxed);
+
+        let mut retired = None;
+        if state.renew && state.id.is_some() {
+            retired = state.id.take();
+            self.stats.sessions_renewed.fetch_add(1, Relaxed);
+        }
+        let is_new = state.id.is_none();
+        let id = match state.id.clone() {
+            Some(id) => id,
+            None => {
+                if retired.is_none() {
+                    self.stats.sessions_created.fetch_add(1, Relaxed);
+                }
+                let id = self.backend.new_id(Some(&self.route));
+                state.id = Some(id.clone());
+                id
+            }
+        };
+
+        let payload = if state.dirty || is_new {
+            let t = Instant::now();
+            match state.serializer.encode_attributes(&state.attrs) {
+                Ok(p) => {
+                    self.stats.serialization.record(t.elapsed());
+                    Some(p)
+                }
+                Err(e) => {
+                    log::error!("session attributes could not be serialized: {e}");
+                    self.stats.backup_failures.fetch_add(1, Relaxed);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let hash = payload.as_deref().map(hash_payload);
+        let changed = is_new || (hash.is_some() && hash != state.loaded_hash);
+        if let Some(p) = &pattern {
+            self.learner.record(p, changed);
+        }
+
+        if let (true, Some(payload), Some(hash)) = (changed, payload, hash) {
+            let now = now_ms();
+            let record = match &state.record {
+                Some(prev) if !is_new || retired.is_some() => SessionRecord {
+                    version: prev.version + 1,
+                    last_access_ms: now,
+                    payload,
+                    serializer: state.serializer.id(),
+                    max_inactive_secs: self.max_inactive_secs(),
+                    ..prev.clone()
+                },
+                _ => SessionRecord::new_live(
+                    state.serializer.id(),
+                    self.max_inactive_secs(),
+                    payload,
+                ),
+            };
+            self.stats
+                .stored_size
+                .record_value(record.payload.len() as u64);
+            if let Some(cache) = &self.cache {
+                let size = record.payload.len() + 128;
+                let entry = Arc::new(CachedSession {
+                    id: id.clone(),
+                    record: record.clone(),
+                    hash,
+                });
+                let evicted = cache.insert(id.key(), entry, size);
+                self.stats
+                    .cache_evictions
+                    .fetch_add(evicted as u64, Relaxed);
+            }
+            if let Some(new_id) = self.store(id.clone(), record, locks).await {
+                state.id = Some(new_id);
+            }
+        } else {
+            if !state.dirty {
+                // Loaded and untouched: nothing to write.
+            } else {
+                self.stats.unchanged_sessions_skipped.fetch_add(1, Relaxed);
+            }
+            self.refresh_expiry(&id, state.record.as_ref());
+            if let (Some(cache), Some(record), Some(h)) =
+                (&self.cache, &state.record, state.loaded_hash)
+            {
+                // Keep (or take over into) the cache under the current id.
+                if cache.get(&id.key()).is_none_or(|c| c.id != id) {
+                    let entry = Arc::new(CachedSession {
+                        id: id.clone(),
+                        record: record.clone(),
+                        hash: h,
+                    });
+                    let evicted = cache.insert(id.key(), entry, record.payload.len() + 128);
+                    self.stats
+                        .cache_evictions
+                        .fetch_add(evicted as u64, Relaxed);
+                }
+            }
+            locks.release();
+        }
+
+        if let Some(old) = retired {
+            self.retire(old, state.id.clone());
+        }
+        match &state.id {
+            Some(id) if Some(id) != cookie_id.as_ref() => CookieAction::Set(id.clone()),
+            _ => CookieAction::Keep,
+        }
+    }
+
+    fn max_inactive_secs(&self) -> u32 {
+        u32::try_from(self.settings.max_inactive.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    /// Refreshes the store expiry of an unchanged session, at most about four
+    /// times per max inactive interval (msm refreshes, it does not rewrite).
+    fn refresh_expiry(&self, id: &SessionId, record: Option<&SessionRecord>) {
+        let Some(record) = record else { return };
+        let age_ms = now_ms().saturating_sub(record.last_access_ms);
+        if age_ms < self.settings.max_inactive.as_millis() as u64 / 4 {
+            return;
+        }
+        self.stats.touches.fetch_add(1, Relaxed);
+        let backend = self.backend.clone();
+        let (id, record) = (id.clone(), record.clone());
+        tokio::spawn(async move {
+            if let Err(e) = backend.touch(&id, &record).await {
+                log::debug!("session touch failed: {e}");
+            }
+        });
+    }
+
+    /// Writes a changed session; returns a new id if the backend relocated it
+    /// within the wait.
+    async fn store(
+        &self,
+        id: SessionId,
+        record: SessionRecord,
+        mut locks: RequestLocks,
+    ) -> Option<SessionId> {
+        if let Some(persister) = &self.persister {
+            persister.do_send(super::persist::Persist {
+                unlock: locks.store.take().is_some(),
+                local_guard: locks.local.take(),
+                id,
+                record,
+            });
+            return None;
+        }
+        let backend = self.backend.clone();
+        let stats = self.stats.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        locks.release_after(async move {
+            let started = Instant::now();
+            let result = backend.save(&id, &record).await;
+            match &result {
+                Ok(_) => {
+                    stats.backups.fetch_add(1, Relaxed);
+                    stats.store.record(started.elapsed());
+                }
+                Err(e) => {
+                    stats.backup_failures.fetch_add(1, Relaxed);
+                    log::warn!("session backup failed: {e}");
+                }
+            }
+            let _ = tx.send(result.ok().filter(|new| *new != id));
+        });
+        match tokio::time::timeout(self.settings.backup_timeout, rx).await {
+            Ok(Ok(relocated)) => relocated,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                log::debug!(
+                    "session backup still running after session_backup_timeout ({:?}); responding",
+                    self.settings.backup_timeout
+                );
+                None
+            }
+        }
+    }
+
+    /// Makes a renewed session's old id unusable.
+    fn retire(&self, old: SessionId, _new: Option<SessionId>) {
+        if let Some(cache) = &self.cache {
+            cache.remove(&old.key());
+        }
+        let backend = self.backend.clone();
+        tokio::spawn(async move {
+            if let Err(e) = backend.invalidate(&old, None).await {
+                log::warn!("could not invalidate the renewed session's old id: {e}");
+            }
+        });
+    }
+
+    async fn finish_invalidated(
+        &self,
+        state: &mut SessionState,
+        cookie_id: Option<SessionId>,
+        locks: RequestLocks,
+    ) -> CookieAction {
+        let Some(id) = state.id.take().or(cookie_id.clone()) else {
+            locks.release();
+            return CookieAction::Keep;
+        };
+        self.stats.sessions_invalidated.fetch_add(1, Relaxed);
+        if let Some(cache) = &self.cache {
+            cache.remove(&id.key());
+        }
+        let bound = self.settings.operation_timeout * 3;
+        match tokio::time::timeout(bound, self.backend.invalidate(&id, state.record.as_ref())).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::warn!("session invalidation incomplete: {e}"),
+            Err(_) => log::warn!("session invalidation timed out"),
+        }
+        locks.release();
+        if cookie_id.is_some() {
+            CookieAction::Remove
+        } else {
+            CookieAction::Keep
+        }
+    }
+}

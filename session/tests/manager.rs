@@ -1,0 +1,386 @@
+//! The session manager's behaviour over the in-process store: locking modes,
+//! the ignore pattern, unchanged sessions, sync/async backups, renewal,
+//! invalidation and the sticky cache bounds. (The same behaviour over real
+//! memcached is covered in the server's cluster tests.)
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::cookie::Cookie;
+use actix_web::dev::ServiceResponse;
+use actix_web::{test, web, App, HttpResponse};
+use ferrocat_session::id::SessionId;
+use ferrocat_session::record::SessionRecord;
+use ferrocat_session::store::memory::MemoryStore;
+use ferrocat_session::store::{Loaded, SessionBackend, StoreFuture};
+use ferrocat_session::{Session, SessionConfig, SessionManager, Stats};
+
+fn manager(backend: Arc<dyn SessionBackend>, f: impl FnOnce(&mut SessionConfig)) -> SessionManager {
+    let mut cfg = SessionConfig {
+        cookie_secret: Some("x".repeat(32)),
+        ..Default::default()
+    };
+    f(&mut cfg);
+    SessionManager::new(
+        cfg.validate().unwrap(),
+        "app1",
+        backend,
+        Arc::new(Stats::default()),
+    )
+}
+
+async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
+    // Read, work a little (yield), then write: the classic lost-update window.
+    let _ = session.keys();
+    actix_rt::time::sleep(Duration::from_millis(5)).await;
+    session.insert(path.into_inner(), &true).unwrap();
+    HttpResponse::Ok().finish()
+}
+
+async fn read(session: Session) -> HttpResponse {
+    HttpResponse::Ok().json(session.keys())
+}
+
+async fn set_same(session: Session) -> HttpResponse {
+    session.insert("v", &1u32).unwrap();
+    HttpResponse::Ok().finish()
+}
+
+async fn login(session: Session) -> HttpResponse {
+    session.insert("user", "alice").unwrap();
+    session.renew();
+    HttpResponse::Ok().finish()
+}
+
+async fn logout(session: Session) -> HttpResponse {
+    session.invalidate();
+    HttpResponse::Ok().finish()
+}
+
+macro_rules! app {
+    ($mgr:expr) => {
+        test::init_service(
+            App::new()
+                .wrap($mgr.middleware())
+                .route("/attr/{name}", web::post().to(add_attr))
+                .route("/read", web::get().to(read))
+                .route("/same", web::post().to(set_same))
+                .route("/login", web::post().to(login))
+                .route("/logout", web::post().to(logout))
+                .route("/static/a.css", web::get().to(read)),
+        )
+        .await
+    };
+}
+
+fn cookie_of<B>(res: &ServiceResponse<B>) -> Option<Cookie<'static>> {
+    res.response()
+        .cookies()
+        .find(|c| c.name() == "JSESSIONID")
+        .map(|c| c.into_owned())
+}
+
+macro_rules! keys {
+    ($app:expr, $cookie:expr) => {{
+        let req = test::TestRequest::get()
+            .uri("/read")
+            .cookie($cookie.clone())
+            .to_request();
+        let v: Vec<String> = test::call_and_read_body_json($app, req).await;
+        v
+    }};
+}
+
+async fn twenty_parallel_attrs(mode: &str) -> usize {
+    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
+        c.locking_mode = mode.into()
+    });
+    let app = app!(mgr);
+    let res = test::call_service(
+        &app,
+        test::TestRequest::post().uri("/attr/first").to_request(),
+    )
+    .await;
+    let cookie = cookie_of(&res).unwrap();
+    let calls = (0..20).map(|i| {
+        let req = test::TestRequest::post()
+            .uri(&format!("/attr/a{i}"))
+            .cookie(cookie.clone())
+            .to_request();
+        test::call_service(&app, req)
+    });
+    for res in futures::future::join_all(calls).await {
+        assert!(res.status().is_success());
+    }
+    // Let the last stores land.
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    keys!(&app, cookie)
+        .iter()
+        .filter(|k| k.starts_with('a'))
+        .count()
+}
+
+#[actix_rt::test]
+async fn locking_all_loses_no_parallel_attribute() {
+    assert_eq!(twenty_parallel_attrs("all").await, 20);
+}
+
+#[actix_rt::test]
+async fn locking_none_can_lose_parallel_attributes() {
+    // Without a lock the parallel requests overwrite each other: this is what
+    // `all` prevents, and it shows the test above can fail.
+    assert!(twenty_parallel_attrs("none").await < 20);
+}
+
+#[actix_rt::test]
+async fn uri_pattern_locks_only_matching_requests() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
+        c.locking_mode = "uriPattern:^/attr/".into()
+    });
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    let _ = keys!(&app, cookie);
+    assert_eq!(mgr.stats().locks_acquired, 0);
+    let req = test::TestRequest::post()
+        .uri("/attr/y")
+        .cookie(cookie.clone())
+        .to_request();
+    test::call_service(&app, req).await;
+    assert_eq!(mgr.stats().locks_acquired, 1);
+}
+
+#[actix_rt::test]
+async fn auto_mode_learns_read_only_requests_and_stops_locking_them() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
+        c.locking_mode = "auto".into()
+    });
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    for _ in 0..5 {
+        let _ = keys!(&app, cookie);
+    }
+    let s = mgr.stats();
+    // The first two reads were locked while being learnt; the rest were not.
+    assert_eq!(s.locks_acquired, 2, "{s:?}");
+    assert_eq!(s.lock_skipped_readonly, 3, "{s:?}");
+    // Modifying requests stay locked.
+    let req = test::TestRequest::post()
+        .uri("/attr/y")
+        .cookie(cookie.clone())
+        .to_request();
+    test::call_service(&app, req).await;
+    assert_eq!(mgr.stats().locks_acquired, 3);
+}
+
+#[actix_rt::test]
+async fn ignored_requests_neither_load_nor_store() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    let before = mgr.stats();
+    let req = test::TestRequest::get()
+        .uri("/static/a.css")
+        .cookie(cookie.clone())
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    assert!(res.status().is_success());
+    assert!(cookie_of(&res).is_none());
+    let after = mgr.stats();
+    assert_eq!(after.store_loads, before.store_loads);
+    assert_eq!(after.backups, before.backups);
+    assert_eq!(after.requests_ignored, before.requests_ignored + 1);
+}
+
+#[actix_rt::test]
+async fn an_unchanged_session_is_not_written_again() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/same").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(mgr.stats().backups, 1);
+    for _ in 0..3 {
+        // Sets the same value again: serialized form unchanged.
+        let req = test::TestRequest::post()
+            .uri("/same")
+            .cookie(cookie.clone())
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        assert!(
+            cookie_of(&res).is_none(),
+            "no new cookie for an unchanged session"
+        );
+        let _ = keys!(&app, cookie);
+    }
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    let s = mgr.stats();
+    assert_eq!(s.backups, 1, "{s:?}");
+    assert_eq!(s.unchanged_sessions_skipped, 3, "{s:?}");
+}
+
+#[actix_rt::test]
+async fn renew_gives_a_new_id_and_kills_the_old_one() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let old = cookie_of(&res).unwrap();
+    let req = test::TestRequest::post()
+        .uri("/login")
+        .cookie(old.clone())
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    let new = cookie_of(&res).unwrap();
+    assert_ne!(old.value(), new.value());
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    let mut on_new = keys!(&app, new);
+    on_new.sort();
+    assert_eq!(on_new, ["user", "x"]);
+    assert!(keys!(&app, old).is_empty(), "the pre-login id must be dead");
+}
+
+#[actix_rt::test]
+async fn invalidate_removes_the_session_and_the_cookie() {
+    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    let req = test::TestRequest::post()
+        .uri("/logout")
+        .cookie(cookie.clone())
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    let removal = cookie_of(&res).unwrap();
+    assert_eq!(removal.value(), "");
+    assert!(keys!(&app, cookie).is_empty());
+    assert_eq!(mgr.stats().sessions_invalidated, 1);
+}
+
+/// The in-process store with a slow `save`, to make backup timing visible.
+struct SlowSaves {
+    inner: MemoryStore,
+    delay: Duration,
+}
+
+impl SessionBackend for SlowSaves {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn new_id(&self, route: Option<&str>) -> SessionId {
+        self.inner.new_id(route)
+    }
+    fn load<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, Option<Loaded>> {
+        self.inner.load(id)
+    }
+    fn save<'a>(
+        &'a self,
+        id: &'a SessionId,
+        record: &'a SessionRecord,
+    ) -> StoreFuture<'a, SessionId> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.save(id, record).await
+        })
+    }
+    fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()> {
+        self.inner.touch(id, record)
+    }
+    fn invalidate<'a>(
+        &'a self,
+        id: &'a SessionId,
+        last: Option<&'a SessionRecord>,
+    ) -> StoreFuture<'a, ()> {
+        self.inner.invalidate(id, last)
+    }
+    fn try_lock<'a>(&'a self, id: &'a SessionId, exp: Duration) -> StoreFuture<'a, bool> {
+        self.inner.try_lock(id, exp)
+    }
+    fn unlock<'a>(&'a self, id: &'a SessionId) -> StoreFuture<'a, ()> {
+        self.inner.unlock(id)
+    }
+}
+
+async fn timed_write(async_backup: bool) -> (Duration, u64, SessionManager) {
+    let backend = Arc::new(SlowSaves {
+        inner: MemoryStore::default(),
+        delay: Duration::from_millis(600),
+    });
+    let mgr = manager(backend, |c| {
+        c.session_backup_async = async_backup;
+        c.session_backup_timeout = Duration::from_millis(150);
+    });
+    let app = app!(mgr);
+    let started = Instant::now();
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let took = started.elapsed();
+    assert!(res.status().is_success());
+    let backups_at_response = mgr.stats().backups;
+    (took, backups_at_response, mgr)
+}
+
+#[actix_rt::test]
+async fn sync_backup_waits_at_most_the_timeout_and_still_completes() {
+    let (took, backups, mgr) = timed_write(false).await;
+    assert!(
+        took >= Duration::from_millis(150),
+        "sync waits for the store: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(550),
+        "but not past session_backup_timeout: {took:?}"
+    );
+    assert_eq!(backups, 0);
+    actix_rt::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        mgr.stats().backups,
+        1,
+        "the store finishes after the response"
+    );
+}
+
+#[actix_rt::test]
+async fn async_backup_responds_first_and_the_actor_stores() {
+    let (took, backups, mgr) = timed_write(true).await;
+    assert!(
+        took < Duration::from_millis(100),
+        "async does not wait: {took:?}"
+    );
+    assert_eq!(backups, 0);
+    actix_rt::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(mgr.stats().backups, 1);
+}
+
+#[actix_rt::test]
+async fn sticky_cache_is_bounded_and_evicted_sessions_come_from_the_store() {
+    let store = Arc::new(MemoryStore::default());
+    let mgr = manager(store.clone(), |c| {
+        c.sticky = true;
+        c.cache_max_entries = 100;
+    });
+    let app = app!(mgr);
+    let mut cookies = Vec::new();
+    for i in 0..1000 {
+        let req = test::TestRequest::post()
+            .uri(&format!("/attr/s{i}"))
+            .to_request();
+        let res = test::call_service(&app, req).await;
+        cookies.push(cookie_of(&res).unwrap());
+    }
+    actix_rt::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        mgr.cached_sessions() <= 100,
+        "cache holds {}",
+        mgr.cached_sessions()
+    );
+    assert!(mgr.stats().cache_evictions >= 900);
+    // The oldest session was evicted from the cache but is served from the store.
+    assert_eq!(keys!(&app, cookies[0]), ["s0"]);
+    assert!(mgr.stats().cache_misses >= 1);
+    assert_eq!(store.len(), 1000);
+    let stats = mgr.stats_handle();
+    assert!(stats.requests_with_session.load(Relaxed) >= 1001);
+}
