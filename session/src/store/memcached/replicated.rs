@@ -49,17 +49,8 @@ fn bump(n: &std::sync::atomic::AtomicU64) {
 }
 
 impl Core {
-    /// `SessionBackend::load`.
+    /// `SessionBackend::load` (the manager counts loads and misses).
     pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
-        bump(&self.stats.store_loads);
-        let res = self.load_inner(id).await;
-        if matches!(res, Ok(None)) {
-            bump(&self.stats.store_load_misses);
-        }
-        res
-    }
-
-    async fn load_inner(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
         let route = id.route();
         if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
@@ -286,9 +277,7 @@ impl Core {
         );
         let (backed_up, _) = futures::join!(backup, markers);
         bump(&self.stats.memcached_failovers);
-        if backed_up {
-            bump(&self.stats.backups);
-        } else if self.placement.len() > 1 {
+        if !backed_up && self.placement.len() > 1 {
             bump(&self.stats.backup_failures);
         }
         log::debug!(

@@ -180,10 +180,10 @@ impl Core {
         }
     }
 
+    /// The manager counts saves (`backups`); the store counts the saves
+    /// that found no node for the backup copy.
     fn count_backup(&self, backed_up: bool) {
-        if backed_up {
-            bump(&self.stats.backups);
-        } else if self.placement.len() > 1 {
+        if !backed_up && self.placement.len() > 1 {
             bump(&self.stats.backup_failures);
         }
     }
