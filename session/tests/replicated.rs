@@ -60,15 +60,20 @@ fn state(store: &ReplicatedMemcachedStore, node: &str) -> NodeState {
     store.health().node(node).unwrap().state
 }
 
-/// Waits until every node finished its start-up warm-up.
+/// Waits until every node is up and known to be in sync (start-up checks
+/// and warm-ups done).
 async fn settled(store: &ReplicatedMemcachedStore) {
-    wait_until("start-up warm-ups", Duration::from_secs(10), || {
-        store
-            .health()
-            .nodes
-            .iter()
-            .all(|n| n.state == NodeState::Up && n.warmups_completed >= 1)
-    })
+    wait_until(
+        "start-up checks and warm-ups",
+        Duration::from_secs(10),
+        || {
+            store
+                .health()
+                .nodes
+                .iter()
+                .all(|n| n.state == NodeState::Up && n.in_sync)
+        },
+    )
     .await;
 }
 
@@ -615,4 +620,27 @@ async fn an_oversized_session_is_an_error_not_a_failover() {
     assert_eq!(store.degraded_pending(), 0);
     assert_eq!(stats.memcached_failovers.load(Relaxed), 0);
     assert!(store.load(&id).await.unwrap().is_none());
+}
+
+#[actix_rt::test]
+async fn a_locked_request_on_a_frozen_primary_waits_about_one_timeout() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "visits=1")).await.unwrap();
+    cluster.node(id.node().unwrap()).freeze();
+
+    // what a non-sticky request with locking does: lock, load, save, unlock
+    let t = Instant::now();
+    assert!(store.try_lock(&id, Duration::from_secs(5)).await.unwrap());
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    let mut v = loaded.record.clone();
+    v.version += 1;
+    v.payload = b"visits=2".to_vec();
+    let saved = store.save(&loaded.id, &v).await.unwrap();
+    store.unlock(&saved).await.unwrap();
+    let took = t.elapsed();
+    assert!(took < OP_TIMEOUT + MARGIN, "request took {took:?}");
+    assert_eq!(payload(&store, &saved).await.unwrap().1, "visits=2");
 }

@@ -51,6 +51,10 @@ pub struct NodeHealth {
     pub state: NodeState,
     /// Warm-ups of this node completed since the store started.
     pub warmups_completed: u64,
+    /// The node is known to hold its share of sessions: its warm-up
+    /// sentinel was seen, or this store warmed it up. False until the
+    /// first check after start and while a lost sentinel is being handled.
+    pub in_sync: bool,
 }
 
 /// Node health as published by the health actor.
@@ -70,6 +74,7 @@ impl HealthSnapshot {
                     id: n.id.clone(),
                     state: NodeState::Up,
                     warmups_completed: 0,
+                    in_sync: false,
                 })
                 .collect(),
         }
@@ -110,6 +115,8 @@ struct Track {
     /// warm-ups are ignored.
     generation: u64,
     warmups: u64,
+    /// Published as [`NodeHealth::in_sync`].
+    in_sync: bool,
     /// Failures seen without going down: it may have missed writes.
     dirty: bool,
     last_sync: Option<Instant>,
@@ -122,6 +129,8 @@ pub(crate) struct HealthActor {
     core: Arc<Core>,
     nodes: Vec<Track>,
     flushing: bool,
+    /// A warm-up is running (they run one at a time).
+    warming: bool,
 }
 
 impl HealthActor {
@@ -132,6 +141,7 @@ impl HealthActor {
                 busy: false,
                 generation: 0,
                 warmups: 0,
+                in_sync: false,
                 dirty: false,
                 last_sync: None,
                 retry_at: None,
@@ -141,6 +151,7 @@ impl HealthActor {
             core,
             nodes,
             flushing: false,
+            warming: false,
         }
     }
 
@@ -155,6 +166,7 @@ impl HealthActor {
                     id: self.core.node_id(i).to_owned(),
                     state: t.state,
                     warmups_completed: t.warmups,
+                    in_sync: t.in_sync,
                 })
                 .collect(),
         };
@@ -178,6 +190,7 @@ impl HealthActor {
             return;
         }
         t.state = NodeState::Down;
+        t.in_sync = false;
         t.generation += 1;
         t.busy = false;
         log::warn!("memcached node {} is down: {why}", self.core.node_id(node));
@@ -222,7 +235,18 @@ impl HealthActor {
                         }
                         act.nodes[node].busy = false;
                         match res {
+                            Ok(true) if !act.nodes[node].in_sync => {
+                                act.nodes[node].in_sync = true;
+                                act.publish();
+                                if resync {
+                                    act.start_warmup(node, ctx);
+                                }
+                            }
                             Ok(false) => {
+                                if act.nodes[node].in_sync {
+                                    act.nodes[node].in_sync = false;
+                                    act.publish();
+                                }
                                 log::warn!(
                                     "memcached node {} lost its data (restarted empty?): warming it up",
                                     act.core.node_id(node)
@@ -251,6 +275,17 @@ impl HealthActor {
     }
 
     fn start_warmup(&mut self, node: usize, ctx: &mut Context<Self>) {
+        if self.warming {
+            // One warm-up at a time: each enumerates every node, and
+            // memcached runs one crawler per node. This one waits its turn
+            // (the next ticks start it), usable meanwhile.
+            if self.nodes[node].state == NodeState::Down {
+                self.nodes[node].state = NodeState::Warming;
+                self.publish();
+            }
+            return;
+        }
+        self.warming = true;
         let t = &mut self.nodes[node];
         let gen = t.generation;
         t.busy = true;
@@ -264,6 +299,7 @@ impl HealthActor {
         }
         let fut = warm_up(self.core.clone(), node);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.warming = false;
             if act.nodes[node].generation != gen {
                 return;
             }
@@ -273,6 +309,7 @@ impl HealthActor {
                     t.busy = false;
                     t.state = NodeState::Up;
                     t.warmups += 1;
+                    t.in_sync = true;
                     log::info!(
                         "memcached node {} is up to date: {} sessions checked, {} copies written to it",
                         act.core.node_id(node),

@@ -114,7 +114,7 @@ impl Core {
         let b = self
             .placement
             .first_usable(id.random(), &[p], |i| snap.usable(i));
-        let (pr, br) = futures::join!(self.read(p, &key), self.read_opt(b, &bkey));
+        let (pr, br) = futures::join!(self.read_fast(p, &key), self.read_opt(b, &bkey));
         let pr = match pr {
             Ok(s) => s,
             Err(e) => {
@@ -133,7 +133,7 @@ impl Core {
                 .filter(|&i| i != p && Some(i) != b && snap.usable(i))
                 .collect();
             let reads =
-                futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+                futures::future::join_all(others.iter().map(|&o| self.read_fast(o, &bkey))).await;
             winner = newest(reads.iter().filter_map(|r| r.as_ref().ok()?.record())).cloned();
         }
         let Some(w) = winner else {
@@ -186,7 +186,8 @@ impl Core {
         let others: Vec<usize> = (0..self.placement.len())
             .filter(|&i| Some(i) != p && snap.usable(i) && !known.iter().any(|(n, _)| *n == i))
             .collect();
-        let reads = futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+        let reads =
+            futures::future::join_all(others.iter().map(|&o| self.read_fast(o, &bkey))).await;
         let mut copies = known;
         copies.extend(
             others

@@ -359,6 +359,33 @@ impl Core {
         }
     }
 
+    /// Writes one parked session. With its primary node still down it is not
+    /// relocated (the user's cookie still names the old id, and a relocation
+    /// would hang on a moved marker): backup copies go to the first two
+    /// usable rendezvous nodes, and the user's next load relocates it.
+    async fn flush_one(&self, id: &SessionId, rec: &SessionRecord) -> bool {
+        let snap = self.health.load_full();
+        let p = id.node().and_then(|n| self.placement.index(n));
+        let Some(p) = p.filter(|&p| rec.is_live() && !snap.usable(p)) else {
+            return self.save_to_nodes(id, rec).await.is_some();
+        };
+        let bkey = backup_key(&id.key());
+        let nodes: Vec<usize> = self
+            .placement
+            .ranked(id.random())
+            .into_iter()
+            .filter(|&i| i != p && snap.usable(i))
+            .take(2)
+            .collect();
+        let writes = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|&n| self.write(n, &bkey, rec, SetMode::Set)),
+        )
+        .await;
+        writes.iter().any(Result::is_ok)
+    }
+
     /// Writes the sessions parked in memory to memcached, keeping
     /// memcached's copy where it is newer. Returns (flushed, still parked).
     pub(crate) async fn flush_degraded(&self) -> (usize, usize) {
@@ -367,7 +394,7 @@ impl Core {
             let current = self.newest_copy(&id).await;
             let written = match current {
                 Some(cur) if !rec.supersedes(&cur) => true,
-                _ => self.save_to_nodes(&id, &rec).await.is_some(),
+                _ => self.flush_one(&id, &rec).await,
             };
             if written {
                 self.degraded.settle(&id, &rec).await;
