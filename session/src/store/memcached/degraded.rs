@@ -103,16 +103,28 @@ impl Degraded {
         let _ = self.memory.touch(id, rec).await;
     }
 
-    /// Takes every pending session for a flush.
-    pub(crate) fn take_pending(&self) -> Vec<(SessionId, SessionRecord)> {
-        let mut p = self.pending.lock();
-        self.pending_len.store(0, Relaxed);
-        p.drain().map(|(_, v)| v).collect()
+    /// A copy of every pending session, for a flush. Entries stay pending
+    /// (and keep serving reads) until [`Degraded::settle`] removes them.
+    pub(crate) fn pending_snapshot(&self) -> Vec<(SessionId, SessionRecord)> {
+        self.pending.lock().values().cloned().collect()
     }
 
-    /// Drops `id` from memory after it reached memcached.
-    pub(crate) async fn forget(&self, id: &SessionId) {
-        let _ = self.memory.invalidate(id, None).await;
+    /// `rec` reached memcached: drop it from memory, unless a newer write of
+    /// the same session was parked meanwhile.
+    pub(crate) async fn settle(&self, id: &SessionId, rec: &SessionRecord) {
+        let removed = {
+            let mut p = self.pending.lock();
+            let key = id.key();
+            let same = p.get(&key).is_some_and(|(_, r)| r == rec);
+            if same {
+                p.remove(&key);
+                self.pending_len.store(p.len(), Relaxed);
+            }
+            same
+        };
+        if removed {
+            let _ = self.memory.invalidate(id, None).await;
+        }
     }
 
     /// Lock held in memory while degraded.

@@ -6,8 +6,10 @@
 //! `probe_interval` the actor
 //!
 //! * probes each `Down` node with `mn`; when it answers the node turns
-//!   `Warming` and a warm-up ([`super::warmup`]) brings it up to date, then
-//!   it is `Up`;
+//!   `Warming` and a warm-up (module `warmup`) brings it up to date, then
+//!   it is `Up` (a failed warm-up is retried after 10 probe intervals;
+//!   the node stays usable meanwhile, and failure reports take it down if it
+//!   really failed again);
 //! * reads the warm-up sentinel on each `Up` node: a node that restarted
 //!   empty between two probes has lost it, so it is warmed up too (no user
 //!   traffic needed to notice). A node that had failures without going down
@@ -49,6 +51,10 @@ pub struct NodeHealth {
     pub state: NodeState,
     /// Warm-ups of this node completed since the store started.
     pub warmups_completed: u64,
+    /// The node is known to hold its share of sessions: its warm-up
+    /// sentinel was seen, or this store warmed it up. False until the
+    /// first check after start and while a lost sentinel is being handled.
+    pub in_sync: bool,
 }
 
 /// Node health as published by the health actor.
@@ -68,6 +74,7 @@ impl HealthSnapshot {
                     id: n.id.clone(),
                     state: NodeState::Up,
                     warmups_completed: 0,
+                    in_sync: false,
                 })
                 .collect(),
         }
@@ -108,9 +115,13 @@ struct Track {
     /// warm-ups are ignored.
     generation: u64,
     warmups: u64,
+    /// Published as [`NodeHealth::in_sync`].
+    in_sync: bool,
     /// Failures seen without going down: it may have missed writes.
     dirty: bool,
     last_sync: Option<Instant>,
+    /// When a failed warm-up may be retried.
+    retry_at: Option<Instant>,
 }
 
 /// Owns node health; see the module docs.
@@ -118,6 +129,8 @@ pub(crate) struct HealthActor {
     core: Arc<Core>,
     nodes: Vec<Track>,
     flushing: bool,
+    /// A warm-up is running (they run one at a time).
+    warming: bool,
 }
 
 impl HealthActor {
@@ -128,14 +141,17 @@ impl HealthActor {
                 busy: false,
                 generation: 0,
                 warmups: 0,
+                in_sync: false,
                 dirty: false,
                 last_sync: None,
+                retry_at: None,
             })
             .collect();
         HealthActor {
             core,
             nodes,
             flushing: false,
+            warming: false,
         }
     }
 
@@ -150,6 +166,7 @@ impl HealthActor {
                     id: self.core.node_id(i).to_owned(),
                     state: t.state,
                     warmups_completed: t.warmups,
+                    in_sync: t.in_sync,
                 })
                 .collect(),
         };
@@ -173,6 +190,7 @@ impl HealthActor {
             return;
         }
         t.state = NodeState::Down;
+        t.in_sync = false;
         t.generation += 1;
         t.busy = false;
         log::warn!("memcached node {} is down: {why}", self.core.node_id(node));
@@ -217,7 +235,18 @@ impl HealthActor {
                         }
                         act.nodes[node].busy = false;
                         match res {
+                            Ok(true) if !act.nodes[node].in_sync => {
+                                act.nodes[node].in_sync = true;
+                                act.publish();
+                                if resync {
+                                    act.start_warmup(node, ctx);
+                                }
+                            }
                             Ok(false) => {
+                                if act.nodes[node].in_sync {
+                                    act.nodes[node].in_sync = false;
+                                    act.publish();
+                                }
                                 log::warn!(
                                     "memcached node {} lost its data (restarted empty?): warming it up",
                                     act.core.node_id(node)
@@ -235,18 +264,34 @@ impl HealthActor {
                         }
                     }));
                 }
-                NodeState::Warming => {}
+                NodeState::Warming => {
+                    if t.retry_at.is_none_or(|at| Instant::now() >= at) {
+                        self.start_warmup(node, ctx);
+                    }
+                }
             }
         }
         self.maybe_flush(ctx);
     }
 
     fn start_warmup(&mut self, node: usize, ctx: &mut Context<Self>) {
+        if self.warming {
+            // One warm-up at a time: each enumerates every node, and
+            // memcached runs one crawler per node. This one waits its turn
+            // (the next ticks start it), usable meanwhile.
+            if self.nodes[node].state == NodeState::Down {
+                self.nodes[node].state = NodeState::Warming;
+                self.publish();
+            }
+            return;
+        }
+        self.warming = true;
         let t = &mut self.nodes[node];
         let gen = t.generation;
         t.busy = true;
         t.dirty = false;
         t.last_sync = Some(Instant::now());
+        t.retry_at = None;
         let was_up = t.state == NodeState::Up;
         if !was_up {
             t.state = NodeState::Warming;
@@ -254,6 +299,7 @@ impl HealthActor {
         }
         let fut = warm_up(self.core.clone(), node);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.warming = false;
             if act.nodes[node].generation != gen {
                 return;
             }
@@ -263,6 +309,7 @@ impl HealthActor {
                     t.busy = false;
                     t.state = NodeState::Up;
                     t.warmups += 1;
+                    t.in_sync = true;
                     log::info!(
                         "memcached node {} is up to date: {} sessions checked, {} copies written to it",
                         act.core.node_id(node),
@@ -273,7 +320,15 @@ impl HealthActor {
                     act.maybe_flush(ctx);
                 }
                 Err(e) => {
-                    act.mark_down(node, &format!("warm-up failed: {e}"));
+                    // A node that really failed again goes down through the
+                    // failure reports; otherwise retry a little later.
+                    let t = &mut act.nodes[node];
+                    t.busy = false;
+                    t.retry_at = Some(Instant::now() + act.core.cfg.probe_interval * 10);
+                    log::warn!(
+                        "warm-up of memcached node {} failed, will retry: {e}",
+                        act.core.node_id(node)
+                    );
                 }
             }
         }));
@@ -291,9 +346,13 @@ impl HealthActor {
         let fut = async move { core.flush_degraded().await };
         ctx.spawn(fut.into_actor(self).map(|(flushed, left), act, _| {
             act.flushing = false;
-            log::info!(
-                "degraded mode: flushed {flushed} sessions to memcached, {left} still in memory"
-            );
+            if flushed > 0 {
+                log::info!(
+                    "degraded mode: flushed {flushed} sessions to memcached, {left} still in memory"
+                );
+            } else {
+                log::debug!("degraded mode: {left} sessions still waiting in memory");
+            }
         }));
     }
 }

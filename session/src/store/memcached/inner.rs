@@ -5,14 +5,15 @@
 //! `operation_timeout`, decodes what came back (garbage is counted and
 //! becomes [`Stored::Garbage`]), and feeds the node's health: a success
 //! clears its consecutive-failure counter (one atomic store, only when it was
-//! set), a failure bumps it and tells the health actor by `do_send`. The
+//! set), a failure bumps it and tells the health actor by `do_send`, and
+//! the node's next operations get a shorter time limit until it answers. The
 //! request path reads node health from the published [`HealthSnapshot`]
 //! without locks.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix::Addr;
 use arc_swap::ArcSwap;
@@ -31,6 +32,8 @@ pub(crate) const BACKEND: &str = "memcached";
 /// Key of the warm-up sentinel: present on a node that holds its share of
 /// sessions; missing on a node that restarted empty.
 pub(crate) const SENTINEL_KEY: &str = "ferrocat:warm";
+/// Shortest time limit for an operation on a suspect node.
+const SUSPECT_MIN_TIMEOUT: Duration = Duration::from_millis(20);
 /// memcached reads an expiry above 30 days as an absolute Unix time.
 const MAX_RELATIVE_TTL: u32 = 30 * 24 * 3600;
 
@@ -136,15 +139,42 @@ impl Core {
         self.placement.id(node)
     }
 
-    /// Runs one memcached operation on `node` within `operation_timeout` and
-    /// feeds the outcome into the node's health.
+    /// The patience of a request-path read on `node`: `operation_timeout`,
+    /// or a tenth of it (at least 20 ms) while a usable node's last
+    /// operation failed. A node that just timed out is likely frozen, and a
+    /// read has the other copy to fall back on: the next request should not
+    /// wait a whole timeout again before the health actor marks the node
+    /// down (memcached answers in well under a millisecond when healthy).
+    /// Writes, probes and warm-up always get the full time.
+    fn read_limit(&self, node: usize) -> Duration {
+        let full = self.cfg.operation_timeout;
+        if self.fails[node].load(Relaxed) > 0 && self.health.load().usable(node) {
+            (full / 10).max(SUSPECT_MIN_TIMEOUT).min(full)
+        } else {
+            full
+        }
+    }
+
+    /// Runs one memcached operation on `node` within `operation_timeout`
+    /// and feeds the outcome into the node's health.
     pub(crate) async fn timed<T>(
         &self,
         node: usize,
         op: &'static str,
         fut: impl Future<Output = Result<T, McError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.cfg.operation_timeout, fut).await {
+        self.timed_within(node, op, fut, self.cfg.operation_timeout)
+            .await
+    }
+
+    async fn timed_within<T>(
+        &self,
+        node: usize,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, McError>>,
+        limit: Duration,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(Ok(v)) => {
                 if self.fails[node].load(Relaxed) != 0 {
                     self.fails[node].store(0, Relaxed);
@@ -198,8 +228,26 @@ impl Core {
 
     /// Reads and decodes one copy.
     pub(crate) async fn read(&self, node: usize, key: &str) -> Result<Stored, StoreError> {
+        self.read_within(node, key, self.cfg.operation_timeout)
+            .await
+    }
+
+    /// [`Core::read`] for the request path: shorter patience with a node
+    /// that just failed (see `read_limit`).
+    pub(crate) async fn read_fast(&self, node: usize, key: &str) -> Result<Stored, StoreError> {
+        self.read_within(node, key, self.read_limit(node)).await
+    }
+
+    async fn read_within(
+        &self,
+        node: usize,
+        key: &str,
+        limit: Duration,
+    ) -> Result<Stored, StoreError> {
         let k = self.key(node, key, "get")?;
-        let item = self.timed(node, "get", self.clients[node].get(&k)).await?;
+        let item = self
+            .timed_within(node, "get", self.clients[node].get(&k), limit)
+            .await?;
         Ok(match item {
             None => Stored::Missing,
             Some(item) => match SessionRecord::decode(&item.value) {
@@ -217,14 +265,14 @@ impl Core {
         })
     }
 
-    /// Reads a copy on a node that may not exist (`None`: no such location).
+    /// [`Core::read_fast`] on a node that may not exist (`None`: no such location).
     pub(crate) async fn read_opt(
         &self,
         node: Option<usize>,
         key: &str,
     ) -> Option<Result<Stored, StoreError>> {
         match node {
-            Some(n) => Some(self.read(n, key).await),
+            Some(n) => Some(self.read_fast(n, key).await),
             None => None,
         }
     }
@@ -237,9 +285,21 @@ impl Core {
         rec: &SessionRecord,
         mode: SetMode,
     ) -> Result<StoreStatus, StoreError> {
+        self.write_ttl(node, key, rec, mode, ttl_for(rec.max_inactive_secs))
+            .await
+    }
+
+    /// [`Core::write`] with an explicit memcached expiry.
+    pub(crate) async fn write_ttl(
+        &self,
+        node: usize,
+        key: &str,
+        rec: &SessionRecord,
+        mode: SetMode,
+        ttl: u32,
+    ) -> Result<StoreStatus, StoreError> {
         let k = self.key(node, key, "set")?;
         let value = rec.encode();
-        let ttl = ttl_for(rec.max_inactive_secs);
         self.timed(
             node,
             "set",
@@ -293,6 +353,20 @@ impl Core {
         found: &Stored,
         winner: &SessionRecord,
     ) -> Result<bool, StoreError> {
+        self.repair_ttl(node, key, found, winner, ttl_for(winner.max_inactive_secs))
+            .await
+    }
+
+    /// [`Core::repair`] with an explicit memcached expiry (warm-up keeps the
+    /// source copy's remaining lifetime instead of granting a new interval).
+    pub(crate) async fn repair_ttl(
+        &self,
+        node: usize,
+        key: &str,
+        found: &Stored,
+        winner: &SessionRecord,
+        ttl: u32,
+    ) -> Result<bool, StoreError> {
         let mode = match found {
             Stored::Missing => SetMode::Add,
             Stored::Garbage { cas } => SetMode::Cas(*cas),
@@ -303,7 +377,7 @@ impl Core {
                 SetMode::Cas(*cas)
             }
         };
-        let status = self.write(node, key, winner, mode).await?;
+        let status = self.write_ttl(node, key, winner, mode, ttl).await?;
         Ok(status == StoreStatus::Stored)
     }
 

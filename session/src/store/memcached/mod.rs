@@ -18,7 +18,15 @@
 //!   flushed to memcached when a node returns.
 //!
 //! Every memcached operation is bounded by `operation_timeout`, so a frozen
-//! node costs a request at most that long.
+//! node costs a request about that long, until the health actor marks it
+//! down and requests stop waiting for it.
+//!
+//! Statistics bumped here: `memcached_failovers` (served from a backup, or
+//! relocated), `repairs`, `warmup_copied`, `garbage_values`,
+//! `degraded_operations`, and `backup_failures` for a save whose backup copy
+//! found no node (or that had to be parked in memory). The session manager
+//! counts `store_loads`, `store_load_misses` and `backups` itself, so the
+//! store does not, to avoid counting twice.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

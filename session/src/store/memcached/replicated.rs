@@ -49,17 +49,8 @@ fn bump(n: &std::sync::atomic::AtomicU64) {
 }
 
 impl Core {
-    /// `SessionBackend::load`.
+    /// `SessionBackend::load` (the manager counts loads and misses).
     pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
-        bump(&self.stats.store_loads);
-        let res = self.load_inner(id).await;
-        if matches!(res, Ok(None)) {
-            bump(&self.stats.store_load_misses);
-        }
-        res
-    }
-
-    async fn load_inner(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
         let route = id.route();
         if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
@@ -123,7 +114,7 @@ impl Core {
         let b = self
             .placement
             .first_usable(id.random(), &[p], |i| snap.usable(i));
-        let (pr, br) = futures::join!(self.read(p, &key), self.read_opt(b, &bkey));
+        let (pr, br) = futures::join!(self.read_fast(p, &key), self.read_opt(b, &bkey));
         let pr = match pr {
             Ok(s) => s,
             Err(e) => {
@@ -142,7 +133,7 @@ impl Core {
                 .filter(|&i| i != p && Some(i) != b && snap.usable(i))
                 .collect();
             let reads =
-                futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+                futures::future::join_all(others.iter().map(|&o| self.read_fast(o, &bkey))).await;
             winner = newest(reads.iter().filter_map(|r| r.as_ref().ok()?.record())).cloned();
         }
         let Some(w) = winner else {
@@ -195,7 +186,8 @@ impl Core {
         let others: Vec<usize> = (0..self.placement.len())
             .filter(|&i| Some(i) != p && snap.usable(i) && !known.iter().any(|(n, _)| *n == i))
             .collect();
-        let reads = futures::future::join_all(others.iter().map(|&o| self.read(o, &bkey))).await;
+        let reads =
+            futures::future::join_all(others.iter().map(|&o| self.read_fast(o, &bkey))).await;
         let mut copies = known;
         copies.extend(
             others
@@ -286,12 +278,10 @@ impl Core {
         );
         let (backed_up, _) = futures::join!(backup, markers);
         bump(&self.stats.memcached_failovers);
-        if backed_up {
-            bump(&self.stats.backups);
-        } else if self.placement.len() > 1 {
+        if !backed_up && self.placement.len() > 1 {
             bump(&self.stats.backup_failures);
         }
-        log::info!(
+        log::debug!(
             "session {id:?} relocated from {} to {}",
             id.node().unwrap_or("?"),
             self.node_id(t)

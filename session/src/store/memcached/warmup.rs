@@ -24,9 +24,18 @@ use std::sync::Arc;
 use ferrocat_memcached::SetMode;
 use futures::stream::{self, StreamExt};
 
-use super::inner::{backup_key, newest, Core, SENTINEL_KEY};
+use super::inner::{backup_key, ttl_for, Core, SENTINEL_KEY};
 use crate::id::SessionId;
+use crate::record::SessionRecord;
 use crate::store::StoreError;
+
+/// One copy found by a dump: node, key there, expiry (Unix s, -1 never).
+#[derive(Debug, Clone)]
+struct Loc {
+    node: usize,
+    key: String,
+    exp: i64,
+}
 
 /// What one warm-up did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -75,8 +84,8 @@ pub(crate) async fn warm_up(core: Arc<Core>, r: usize) -> Result<WarmupReport, S
         .filter(|&i| i == r || snap.usable(i))
         .collect();
     let dumps = futures::future::join_all(nodes.iter().map(|&i| core.dump(i))).await;
-    // session key -> nodes holding a copy, with the key used there
-    let mut seen: HashMap<String, Vec<(usize, String)>> = HashMap::new();
+    // session key -> the copies the dumps found
+    let mut seen: HashMap<String, Vec<Loc>> = HashMap::new();
     for (&node, dump) in nodes.iter().zip(dumps) {
         let keys = match dump {
             Ok(k) => k,
@@ -93,11 +102,15 @@ pub(crate) async fn warm_up(core: Arc<Core>, r: usize) -> Result<WarmupReport, S
         for dk in keys {
             let raw = percent_decode(&dk.key);
             if let Some((skey, _)) = classify(&raw) {
-                seen.entry(skey).or_default().push((node, raw));
+                seen.entry(skey).or_default().push(Loc {
+                    node,
+                    key: raw,
+                    exp: dk.exp,
+                });
             }
         }
     }
-    let relevant: Vec<(String, Vec<(usize, String)>)> = seen
+    let relevant: Vec<(String, Vec<Loc>)> = seen
         .into_iter()
         .filter(|(skey, locs)| concerns(&core, skey, locs, r))
         .collect();
@@ -132,8 +145,8 @@ pub(crate) async fn warm_up(core: Arc<Core>, r: usize) -> Result<WarmupReport, S
 }
 
 /// True when node `r` is the session's primary or backup node, or holds a copy.
-fn concerns(core: &Core, skey: &str, locs: &[(usize, String)], r: usize) -> bool {
-    if locs.iter().any(|(n, _)| *n == r) {
+fn concerns(core: &Core, skey: &str, locs: &[Loc], r: usize) -> bool {
+    if locs.iter().any(|l| l.node == r) {
         return true;
     }
     let Ok(id) = SessionId::parse(skey) else {
@@ -151,35 +164,58 @@ fn concerns(core: &Core, skey: &str, locs: &[(usize, String)], r: usize) -> bool
         == Some(r)
 }
 
-/// Makes the canonical copies of one session hold its newest copy. Returns
-/// the number of copies written to `r`.
-async fn reconcile(core: &Core, skey: &str, locs: &[(usize, String)], r: usize) -> usize {
+/// Makes the canonical copies of one session hold its newest copy, with the
+/// remaining lifetime of the copy it came from. Returns the number of copies
+/// written to `r`.
+async fn reconcile(core: &Core, skey: &str, locs: &[Loc], r: usize) -> usize {
     let Ok(id) = SessionId::parse(skey) else {
         return 0;
     };
     let Some(p) = id.node().and_then(|n| core.placement.index(n)) else {
         return 0;
     };
-    let snap = core.health.load();
+    let snap = core.health.load_full();
     let usable = |i: usize| i == r || snap.usable(i);
-    let mut targets: Vec<(usize, String)> = Vec::with_capacity(2);
+    let mut all: Vec<(usize, String)> = Vec::with_capacity(2 + locs.len());
     if usable(p) {
-        targets.push((p, skey.to_owned()));
+        all.push((p, skey.to_owned()));
     }
     if let Some(b) = core.placement.first_usable(id.random(), &[p], usable) {
-        targets.push((b, backup_key(skey)));
+        all.push((b, backup_key(skey)));
     }
-    let extras = locs.iter().filter(|l| !targets.contains(l));
-    let all: Vec<&(usize, String)> = targets.iter().chain(extras).collect();
+    let targets = all.len();
+    for l in locs {
+        if !all.iter().any(|(n, k)| *n == l.node && *k == l.key) {
+            all.push((l.node, l.key.clone()));
+        }
+    }
     let reads = futures::future::join_all(all.iter().map(|(n, k)| core.read(*n, k))).await;
-    let Some(winner) = newest(reads.iter().filter_map(|r| r.as_ref().ok()?.record())).cloned()
+    let Some((at, winner)) = reads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| Some((i, r.as_ref().ok()?.record()?)))
+        .fold(
+            None,
+            |best: Option<(usize, &SessionRecord)>, (i, r)| match best {
+                Some((_, b)) if !r.supersedes(b) => best,
+                _ => Some((i, r)),
+            },
+        )
     else {
         return 0;
     };
+    let (wn, wk) = &all[at];
+    let exp = locs
+        .iter()
+        .find(|l| l.node == *wn && l.key == *wk)
+        .map(|l| l.exp);
+    let Some(ttl) = remaining_ttl(exp, winner.max_inactive_secs) else {
+        return 0; // expired meanwhile
+    };
     let mut copied = 0;
-    for ((node, key), read) in targets.iter().zip(&reads) {
+    for ((node, key), read) in all[..targets].iter().zip(&reads) {
         let Ok(found) = read else { continue };
-        if let Ok(true) = core.repair(*node, key, found, &winner).await {
+        if let Ok(true) = core.repair_ttl(*node, key, found, winner, ttl).await {
             if *node == r {
                 copied += 1;
                 core.stats.warmup_copied.fetch_add(1, Relaxed);
@@ -189,6 +225,21 @@ async fn reconcile(core: &Core, skey: &str, locs: &[(usize, String)], r: usize) 
         }
     }
     copied
+}
+
+/// memcached expiry for a copy of an item whose dump said it expires at
+/// `exp` (Unix seconds, -1 never); `None` when it has expired. Without a
+/// dump entry, a whole max inactive interval.
+fn remaining_ttl(exp: Option<i64>, max_inactive_secs: u32) -> Option<u32> {
+    match exp {
+        None => Some(ttl_for(max_inactive_secs)),
+        Some(e) if e < 0 => Some(0),
+        Some(e) => {
+            let now = i64::try_from(crate::record::now_ms() / 1000).unwrap_or(i64::MAX);
+            let left = e.saturating_sub(now);
+            (left > 0).then(|| ttl_for(u32::try_from(left).unwrap_or(u32::MAX)))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,5 +264,15 @@ mod tests {
         assert_eq!(classify("random-junk"), None);
         let no_node = SessionId::generate(None, None).key();
         assert_eq!(classify(&no_node), None);
+    }
+
+    #[test]
+    fn copies_keep_the_remaining_lifetime() {
+        let now = i64::try_from(crate::record::now_ms() / 1000).unwrap();
+        assert_eq!(remaining_ttl(None, 1800), Some(1800));
+        assert_eq!(remaining_ttl(Some(-1), 1800), Some(0));
+        assert_eq!(remaining_ttl(Some(now - 5), 1800), None);
+        let left = remaining_ttl(Some(now + 100), 1800).unwrap();
+        assert!((99..=100).contains(&left), "{left}");
     }
 }

@@ -22,7 +22,7 @@ use ferrocat_memcached::{SetMode, StoreStatus};
 
 use super::inner::{backup_key, lock_key, Core};
 use crate::id::SessionId;
-use crate::record::{now_ms, RecordKind, SessionRecord};
+use crate::record::{now_ms, RecordKind, SessionRecord, HEADER_LEN};
 use crate::store::StoreError;
 
 /// Lowest version of a tombstone: far above any count of writes, so no live
@@ -53,8 +53,19 @@ impl Core {
         id: &SessionId,
         rec: &SessionRecord,
     ) -> Result<SessionId, StoreError> {
+        let max = self.clients[0].options().max_value_size;
+        let size = HEADER_LEN + rec.payload.len();
+        if size > max {
+            // No node will take it: an error for the caller, not a failover.
+            return Err(StoreError::Node {
+                node: id.node().unwrap_or("?").to_owned(),
+                op: "set",
+                reason: format!("session of {size} bytes exceeds the {max} byte item limit"),
+            });
+        }
         if !self.health.load().all_down() {
             if let Some(at) = self.save_to_nodes(id, rec).await {
+                self.degraded.drop_pending(id);
                 self.degraded.drop_pending(&at);
                 return Ok(at.with_route(id.route()));
             }
@@ -142,7 +153,7 @@ impl Core {
                         .await;
                 }
             }
-            log::info!(
+            log::debug!(
                 "session {id:?} relocated on save from {} to {}",
                 id.node().unwrap_or("?"),
                 self.node_id(t)
@@ -169,10 +180,10 @@ impl Core {
         }
     }
 
+    /// The manager counts saves (`backups`); the store counts the saves
+    /// that found no node for the backup copy.
     fn count_backup(&self, backed_up: bool) {
-        if backed_up {
-            bump(&self.stats.backups);
-        } else if self.placement.len() > 1 {
+        if !backed_up && self.placement.len() > 1 {
             bump(&self.stats.backup_failures);
         }
     }
@@ -257,13 +268,27 @@ impl Core {
         };
         tomb.version = tomb.version.max(TOMBSTONE_VERSION);
         let id = id.with_route(None);
-        if self.health.load().all_down() || !self.write_tombstone(&id, &tomb).await {
+        if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
             self.degraded.park(&id, &tomb).await;
-        } else {
-            self.degraded.drop_pending(&id);
+            self.degraded.unlock(&id).await;
+            return Ok(());
         }
-        self.unlock(&id).await
+        // Tombstones and lock removal at once: a frozen node costs one timeout.
+        let lock = lock_key(&id.key());
+        let unlocks = futures::future::join_all(
+            self.lock_nodes(&id)
+                .into_iter()
+                .map(|n| self.delete_key(n, &lock)),
+        );
+        let (written, _) = futures::join!(self.write_tombstone(&id, &tomb), unlocks);
+        if written {
+            self.degraded.drop_pending(&id);
+        } else {
+            bump(&self.stats.degraded_operations);
+            self.degraded.park(&id, &tomb).await;
+        }
+        Ok(())
     }
 
     /// Writes a tombstone to both copy locations; true when one took it.
@@ -334,21 +359,47 @@ impl Core {
         }
     }
 
+    /// Writes one parked session. With its primary node still down it is not
+    /// relocated (the user's cookie still names the old id, and a relocation
+    /// would hang on a moved marker): backup copies go to the first two
+    /// usable rendezvous nodes, and the user's next load relocates it.
+    async fn flush_one(&self, id: &SessionId, rec: &SessionRecord) -> bool {
+        let snap = self.health.load_full();
+        let p = id.node().and_then(|n| self.placement.index(n));
+        let Some(p) = p.filter(|&p| rec.is_live() && !snap.usable(p)) else {
+            return self.save_to_nodes(id, rec).await.is_some();
+        };
+        let bkey = backup_key(&id.key());
+        let nodes: Vec<usize> = self
+            .placement
+            .ranked(id.random())
+            .into_iter()
+            .filter(|&i| i != p && snap.usable(i))
+            .take(2)
+            .collect();
+        let writes = futures::future::join_all(
+            nodes
+                .iter()
+                .map(|&n| self.write(n, &bkey, rec, SetMode::Set)),
+        )
+        .await;
+        writes.iter().any(Result::is_ok)
+    }
+
     /// Writes the sessions parked in memory to memcached, keeping
     /// memcached's copy where it is newer. Returns (flushed, still parked).
     pub(crate) async fn flush_degraded(&self) -> (usize, usize) {
         let (mut flushed, mut left) = (0, 0);
-        for (id, rec) in self.degraded.take_pending() {
+        for (id, rec) in self.degraded.pending_snapshot() {
             let current = self.newest_copy(&id).await;
             let written = match current {
                 Some(cur) if !rec.supersedes(&cur) => true,
-                _ => self.save_to_nodes(&id, &rec).await.is_some(),
+                _ => self.flush_one(&id, &rec).await,
             };
             if written {
-                self.degraded.forget(&id).await;
+                self.degraded.settle(&id, &rec).await;
                 flushed += 1;
             } else {
-                self.degraded.park(&id, &rec).await;
                 left += 1;
             }
         }
