@@ -13,23 +13,82 @@ use actix_web::dev::ServiceResponse;
 use actix_web::{test, web, App, HttpResponse};
 use ferrocat_session::id::SessionId;
 use ferrocat_session::record::SessionRecord;
+use ferrocat_session::store::memcached::{MemcachedStoreConfig, ReplicatedMemcachedStore};
 use ferrocat_session::store::memory::MemoryStore;
 use ferrocat_session::store::{Loaded, SessionBackend, StoreFuture};
 use ferrocat_session::{Session, SessionConfig, SessionManager, Stats};
+use ferrocat_testkit::Cluster;
 
 fn manager(backend: Arc<dyn SessionBackend>, f: impl FnOnce(&mut SessionConfig)) -> SessionManager {
+    manager_with(backend, Arc::new(Stats::default()), f)
+}
+
+fn manager_with(
+    backend: Arc<dyn SessionBackend>,
+    stats: Arc<Stats>,
+    f: impl FnOnce(&mut SessionConfig),
+) -> SessionManager {
     let mut cfg = SessionConfig {
         cookie_secret: Some("x".repeat(32)),
         ..Default::default()
     };
     f(&mut cfg);
-    SessionManager::new(
-        cfg.validate().unwrap(),
-        "app1",
-        backend,
-        Arc::new(Stats::default()),
-    )
+    SessionManager::new(cfg.validate().unwrap(), "app1", backend, stats)
 }
+
+/// Which store a test runs on: the behaviour must be the same on both.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Memory,
+    /// Three real memcached processes, replicated store.
+    Memcached,
+}
+
+/// A manager over `kind`; keep the returned cluster alive for the test.
+fn manager_on(kind: Kind, f: impl FnOnce(&mut SessionConfig)) -> (SessionManager, Option<Cluster>) {
+    let stats = Arc::new(Stats::default());
+    match kind {
+        Kind::Memory => (
+            manager_with(Arc::new(MemoryStore::default()), stats, f),
+            None,
+        ),
+        Kind::Memcached => {
+            let cluster = Cluster::start(3);
+            let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+                .unwrap()
+                .operation_timeout(Duration::from_millis(500));
+            let store = ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap();
+            (manager_with(Arc::new(store), stats, f), Some(cluster))
+        }
+    }
+}
+
+/// Runs a test body once per store.
+macro_rules! on_every_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_rt::test]
+            async fn in_process() {
+                super::$name(super::Kind::Memory).await;
+            }
+            #[actix_rt::test]
+            async fn memcached() {
+                super::$name(super::Kind::Memcached).await;
+            }
+        }
+    )*};
+}
+
+on_every_store!(
+    locking_all_loses_no_parallel_attribute,
+    locking_none_can_lose_parallel_attributes,
+    uri_pattern_locks_only_matching_requests,
+    auto_mode_learns_read_only_requests_and_stops_locking_them,
+    ignored_requests_neither_load_nor_store,
+    an_unchanged_session_is_not_written_again,
+    renew_gives_a_new_id_and_kills_the_old_one,
+    invalidate_removes_the_session_and_the_cookie,
+);
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
     // Read, work a little (yield), then write: the classic lost-update window.
@@ -93,10 +152,8 @@ macro_rules! keys {
     }};
 }
 
-async fn twenty_parallel_attrs(mode: &str) -> usize {
-    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
-        c.locking_mode = mode.into()
-    });
+async fn twenty_parallel_attrs(mode: &str, kind: Kind) -> usize {
+    let (mgr, _cluster) = manager_on(kind, |c| c.locking_mode = mode.into());
     let app = app!(mgr);
     let res = test::call_service(
         &app,
@@ -122,23 +179,18 @@ async fn twenty_parallel_attrs(mode: &str) -> usize {
         .count()
 }
 
-#[actix_rt::test]
-async fn locking_all_loses_no_parallel_attribute() {
-    assert_eq!(twenty_parallel_attrs("all").await, 20);
+async fn locking_all_loses_no_parallel_attribute(kind: Kind) {
+    assert_eq!(twenty_parallel_attrs("all", kind).await, 20);
 }
 
-#[actix_rt::test]
-async fn locking_none_can_lose_parallel_attributes() {
+async fn locking_none_can_lose_parallel_attributes(kind: Kind) {
     // Without a lock the parallel requests overwrite each other: this is what
     // `all` prevents, and it shows the test above can fail.
-    assert!(twenty_parallel_attrs("none").await < 20);
+    assert!(twenty_parallel_attrs("none", kind).await < 20);
 }
 
-#[actix_rt::test]
-async fn uri_pattern_locks_only_matching_requests() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
-        c.locking_mode = "uriPattern:^/attr/".into()
-    });
+async fn uri_pattern_locks_only_matching_requests(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |c| c.locking_mode = "uriPattern:^/attr/".into());
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
     let cookie = cookie_of(&res).unwrap();
@@ -152,11 +204,8 @@ async fn uri_pattern_locks_only_matching_requests() {
     assert_eq!(mgr.stats().locks_acquired, 1);
 }
 
-#[actix_rt::test]
-async fn auto_mode_learns_read_only_requests_and_stops_locking_them() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |c| {
-        c.locking_mode = "auto".into()
-    });
+async fn auto_mode_learns_read_only_requests_and_stops_locking_them(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |c| c.locking_mode = "auto".into());
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
     let cookie = cookie_of(&res).unwrap();
@@ -176,9 +225,8 @@ async fn auto_mode_learns_read_only_requests_and_stops_locking_them() {
     assert_eq!(mgr.stats().locks_acquired, 3);
 }
 
-#[actix_rt::test]
-async fn ignored_requests_neither_load_nor_store() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+async fn ignored_requests_neither_load_nor_store(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |_| {});
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
     let cookie = cookie_of(&res).unwrap();
@@ -196,9 +244,8 @@ async fn ignored_requests_neither_load_nor_store() {
     assert_eq!(after.requests_ignored, before.requests_ignored + 1);
 }
 
-#[actix_rt::test]
-async fn an_unchanged_session_is_not_written_again() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+async fn an_unchanged_session_is_not_written_again(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |_| {});
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/same").to_request()).await;
     let cookie = cookie_of(&res).unwrap();
@@ -223,9 +270,8 @@ async fn an_unchanged_session_is_not_written_again() {
     assert_eq!(s.unchanged_sessions_skipped, 3, "{s:?}");
 }
 
-#[actix_rt::test]
-async fn renew_gives_a_new_id_and_kills_the_old_one() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+async fn renew_gives_a_new_id_and_kills_the_old_one(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |_| {});
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
     let old = cookie_of(&res).unwrap();
@@ -243,9 +289,8 @@ async fn renew_gives_a_new_id_and_kills_the_old_one() {
     assert!(keys!(&app, old).is_empty(), "the pre-login id must be dead");
 }
 
-#[actix_rt::test]
-async fn invalidate_removes_the_session_and_the_cookie() {
-    let mgr = manager(Arc::new(MemoryStore::default()), |_| {});
+async fn invalidate_removes_the_session_and_the_cookie(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |_| {});
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
     let cookie = cookie_of(&res).unwrap();
