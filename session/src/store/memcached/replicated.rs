@@ -13,9 +13,15 @@
 //!    there wins).
 //! 3. Primary down or failing: read the backups on every usable node; a live
 //!    winner is *relocated*: same random part, the first usable rendezvous
-//!    node as new primary, written there with a version two above the
-//!    winner's, plus a new backup; the old id's reachable backup locations get
-//!    a moved marker (winner + 1). The caller gets the new id (new cookie).
+//!    node as new primary, added there with a version two above the
+//!    winner's, plus a new backup (one round trip; a leftover moved marker or
+//!    older copy is replaced by CAS, a concurrent relocation or a tombstone
+//!    wins). Only then the old id's reachable backup locations get a moved
+//!    marker (winner + 1). The caller gets the new id (new cookie).
+//!
+//! Request-path reads give a node whose last operation failed only a tenth
+//! of `operation_timeout`, so a frozen node costs about one timeout per
+//! request until the health actor marks it down.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
