@@ -1,1 +1,215 @@
-//! placeholder
+//! ferrocat's HTTP load balancer: an nginx-grade reverse proxy in front of any HTTP/1 servers.
+//!
+//! `ferrocat balancer` runs it alone; `ferrocat all-in-one` runs it in the same process as the
+//! local app node (which is then one upstream among others).
+//!
+//! Components and data flow:
+//! - [`config`]: the `[balancer]` section, parsed then validated.
+//! - `upstream`: a config becomes a `Snapshot` (upstreams with live atomics, selectors, deny
+//!   set, error page) published through an `ArcSwap`; reload swaps it whole.
+//! - `server`: worker threads (current-thread runtimes) accept clients and serve HTTP/1 with hyper.
+//! - `proxy`: per request, deny/size checks, session route (`sticky`), method (`selection`),
+//!   attempts over the per-worker keep-alive `pool`, retries, streamed `body`, rewritten `headers`.
+//! - `health`: the single owner of upstream health (passive failures reported by the request
+//!   path, active `checks`), writing atomics the request path reads without locks.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use ferrocat_balancer::{Balancer, BalancerConfig, UpstreamConfig};
+//! let cfg = BalancerConfig {
+//!     listen: "127.0.0.1:0".parse().expect("address"),
+//!     upstream: vec![UpstreamConfig::new("127.0.0.1:8081").with_route("app1")],
+//!     ..BalancerConfig::default()
+//! };
+//! let handle = Balancer::start(cfg).await?;
+//! println!("balancing on {}", handle.local_addr());
+//! handle.stop(true).await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod body;
+mod checks;
+pub mod config;
+mod error;
+mod hashkey;
+mod headers;
+mod health;
+mod pages;
+mod pool;
+mod proxy;
+mod selection;
+mod server;
+mod sticky;
+mod units;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+pub use config::{
+    BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, UpstreamConfig,
+};
+pub use units::parse_size;
+
+use health::HealthEvent;
+use server::{RunState, Shared};
+use upstream::Snapshot;
+
+/// Entry point: starts a balancer.
+#[derive(Debug)]
+pub struct Balancer;
+
+impl Balancer {
+    /// Validates `cfg`, binds `cfg.listen` (port 0 allowed) and starts the worker threads and the
+    /// health owner. Returns once the socket is bound; works on any tokio runtime (actix included).
+    pub async fn start(cfg: BalancerConfig) -> std::io::Result<BalancerHandle> {
+        let invalid = |e: ConfigError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+        let listen = cfg.listen;
+        let workers = cfg.effective_workers();
+        let snapshot = Snapshot::build(cfg.clone(), None).map_err(invalid)?;
+        let listeners = server::bind(listen, workers).await?;
+        let local_addr = listeners
+            .first()
+            .map(|l| l.local_addr())
+            .transpose()?
+            .unwrap_or(listen);
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            health: health_tx,
+        });
+        let (state_tx, state_rx) = watch::channel(RunState::Running);
+        let (stopped_tx, stopped_rx) = watch::channel(false);
+
+        let mut threads = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (shared, state) = (shared.clone(), state_rx.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("ferrocat-bal-{i}"))
+                    .spawn(move || server::run_worker(listener, shared, state))?,
+            );
+        }
+        let health = {
+            let (shared, state) = (shared.clone(), state_rx.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            std::thread::Builder::new()
+                .name("ferrocat-bal-health".into())
+                .spawn(move || rt.block_on(health::run(shared, health_rx, state)))?
+        };
+        std::thread::Builder::new()
+            .name("ferrocat-bal-supervisor".into())
+            .spawn(move || {
+                for t in threads {
+                    match t.join() {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::error!("balancer worker failed: {e}"),
+                        Err(_) => log::error!("balancer worker panicked"),
+                    }
+                }
+                let _ = health.join();
+                let _ = stopped_tx.send(true);
+            })?;
+        log::info!("balancer listening on {local_addr} with {workers} worker(s)");
+        Ok(BalancerHandle {
+            inner: Arc::new(Inner {
+                shared,
+                local_addr,
+                listen,
+                workers: cfg.workers,
+                state: state_tx,
+                stopped: stopped_rx,
+                reload: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+/// Controls a running balancer; cheap to clone.
+#[derive(Clone)]
+pub struct BalancerHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    listen: SocketAddr,
+    workers: usize,
+    state: watch::Sender<RunState>,
+    stopped: watch::Receiver<bool>,
+    reload: Mutex<()>,
+}
+
+impl std::fmt::Debug for BalancerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BalancerHandle")
+            .field("local_addr", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+impl BalancerHandle {
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// Applies a new config without dropping connections: new upstream set, weights, drain,
+    /// limits, timeouts. Upstreams whose address stays keep their counters and health. `listen`
+    /// and `workers` cannot change without a restart.
+    pub fn reload(&self, cfg: BalancerConfig) -> Result<(), ConfigError> {
+        let _serial = self.inner.reload.lock();
+        if cfg.listen != self.inner.listen {
+            return Err(ConfigError::new(
+                "balancer.listen",
+                "changing the listen address needs a restart",
+            ));
+        }
+        if cfg.workers != self.inner.workers {
+            return Err(ConfigError::new(
+                "balancer.workers",
+                "changing the number of workers needs a restart",
+            ));
+        }
+        let current = self.inner.shared.snapshot.load_full();
+        let next = Snapshot::build(cfg, Some(&current))?;
+        self.inner.shared.snapshot.store(Arc::new(next));
+        let _ = self.inner.shared.health.send(HealthEvent::Reloaded);
+        log::info!("balancer config reloaded");
+        Ok(())
+    }
+
+    /// Stops the balancer. Graceful: stop accepting, let in-flight requests finish (at most
+    /// `shutdown_timeout`), then return. Otherwise connections are dropped at once.
+    pub async fn stop(&self, graceful: bool) {
+        let mode = if graceful {
+            RunState::Graceful
+        } else {
+            RunState::Immediate
+        };
+        self.inner.state.send_if_modified(|s| {
+            let change = *s == RunState::Running
+                || (*s == RunState::Graceful && mode == RunState::Immediate);
+            if change {
+                *s = mode;
+            }
+            change
+        });
+        self.stopped().await;
+    }
+
+    /// Resolves when the balancer has stopped.
+    pub async fn stopped(&self) {
+        let mut rx = self.inner.stopped.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}

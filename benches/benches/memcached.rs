@@ -12,7 +12,8 @@
 //!
 //! Every cell runs a fixed time (warm-up, then measurement), so the whole run stays
 //! around a minute. Run: `cargo bench -p ferrocat-benches --bench memcached`.
-//! `FERROCAT_BENCH_SECS` overrides the measured seconds per cell.
+//! `FERROCAT_BENCH_SECS` overrides the measured seconds per cell,
+//! `FERROCAT_BENCH_CONNECTIONS` ferrocat's connections per node (default 2).
 #![allow(clippy::unwrap_used)]
 
 use std::future::Future;
@@ -129,7 +130,11 @@ where
 }
 
 fn ferrocat(addr: SocketAddr, rt: &tokio::runtime::Runtime, c: usize) -> Rate {
-    let client = NodeClient::new(addr, ClientOptions::default());
+    let conns = std::env::var("FERROCAT_BENCH_CONNECTIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ferrocat_memcached::DEFAULT_CONNECTIONS);
+    let client = NodeClient::new(addr, ClientOptions::default().connections(conns));
     let keys: Arc<Vec<Key>> =
         Arc::new((0..USERS).map(|i| Key::new(user_key(i)).unwrap()).collect());
     let value: Arc<[u8]> = vec![b'f'; VALUE_SIZE].into();

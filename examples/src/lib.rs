@@ -91,11 +91,13 @@ async fn index(session: Session, node: web::Data<NodeName>) -> actix_web::Result
              <button>Log in</button></form>"
         ),
     };
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ferrocat demo</title>\
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>ferrocat demo</title>\
          <link rel=\"stylesheet\" href=\"/static/style.css\"></head>\
          <body><h1>ferrocat demo</h1>{body}</body></html>"
-    )))
+        )))
 }
 
 /// `POST /login` form.
@@ -112,8 +114,9 @@ fn valid_field(s: &str) -> bool {
 
 async fn login(session: Session, form: web::Form<LoginForm>) -> actix_web::Result<HttpResponse> {
     if !valid_field(&form.username) {
-        return Ok(HttpResponse::BadRequest()
-            .body(format!("username must be 1 to {MAX_FIELD_LEN} printable characters")));
+        return Ok(HttpResponse::BadRequest().body(format!(
+            "username must be 1 to {MAX_FIELD_LEN} printable characters"
+        )));
     }
     session.insert("user", form.username.trim())?;
     // A new id on login: a session id known before login is worthless after it.
@@ -152,10 +155,14 @@ async fn cart(session: Session) -> actix_web::Result<HttpResponse> {
     Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
 }
 
-async fn add_to_cart(session: Session, form: web::Form<CartForm>) -> actix_web::Result<HttpResponse> {
+async fn add_to_cart(
+    session: Session,
+    form: web::Form<CartForm>,
+) -> actix_web::Result<HttpResponse> {
     if !valid_field(&form.item) {
-        return Ok(HttpResponse::BadRequest()
-            .body(format!("item must be 1 to {MAX_FIELD_LEN} printable characters")));
+        return Ok(HttpResponse::BadRequest().body(format!(
+            "item must be 1 to {MAX_FIELD_LEN} printable characters"
+        )));
     }
     let mut items = session.get::<Vec<String>>("cart")?.unwrap_or_default();
     if items.len() >= MAX_CART_ITEMS {
@@ -183,7 +190,10 @@ mod tests {
 
     #[test]
     fn escapes_html() {
-        assert_eq!(escape_html("<b>\"x\"&'"), "&lt;b&gt;&quot;x&quot;&amp;&#39;");
+        assert_eq!(
+            escape_html("<b>\"x\"&'"),
+            "&lt;b&gt;&quot;x&quot;&amp;&#39;"
+        );
     }
 
     #[test]

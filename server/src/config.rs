@@ -168,9 +168,9 @@ impl Config {
                 .map(|(field, _)| field.to_owned());
             let key = match (path.as_str(), unknown) {
                 (".", Some(f)) => f,
-                (p, Some(f)) => format!("{p}.{f}"),
+                (p, Some(f)) if !p.ends_with(&format!(".{f}")) => format!("{p}.{f}"),
                 (".", None) => "(top level)".into(),
-                (p, None) => p.to_owned(),
+                (p, _) => p.to_owned(),
             };
             ConfigError::Invalid { key, reason }
         })?;

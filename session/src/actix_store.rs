@@ -2,8 +2,15 @@
 //! the replicated memcached store) as an `actix_session::storage::SessionStore`,
 //! so an existing actix-web app switches with one line:
 //!
-//! ```ignore
-//! App::new().wrap(SessionMiddleware::new(BackendSessionStore::new(backend), key))
+//! ```
+//! # use std::sync::Arc;
+//! # use actix_session::SessionMiddleware;
+//! # use actix_web::{cookie::Key, App};
+//! # use ferrocat_session::actix_store::BackendSessionStore;
+//! # use ferrocat_session::store::memory::MemoryStore;
+//! # let backend = Arc::new(MemoryStore::default());
+//! # let key = Key::generate();
+//! let app = App::new().wrap(SessionMiddleware::new(BackendSessionStore::new(backend), key));
 //! ```
 //!
 //! Data flow: actix-session hands over its state, a map of attribute name to
@@ -14,6 +21,11 @@
 //! session key actix-session puts into its (signed) cookie is the ferrocat
 //! session id, so the backend places and replicates the session exactly as
 //! it does for ferrocat's own sessions.
+//!
+//! `update` reads the stored copy once before writing, to store the next
+//! version (so a stale copy on a node that comes back never wins) and keep
+//! the creation time; an update of a session that is gone starts a new one,
+//! as actix-session's own stores do.
 //!
 //! A key that is not a session id, an unknown serializer id or an undecodable
 //! payload is a miss (`Ok(None)`, counted in [`BackendSessionStore::garbled`]):

@@ -108,24 +108,18 @@ impl<V> Lru<V> {
     }
 
     fn remove(&mut self, key: &str) -> Option<V> {
-        let i = self.index.remove(key)?;
-        self.unlink(i);
-        let node = self.slots.get_mut(i)?.take()?;
-        self.free.push(i);
-        self.bytes -= node.size;
-        Some(node.value)
+        let i = *self.index.get(key)?;
+        self.remove_at(i).map(|n| n.value)
     }
 
-    fn evict_lru(&mut self) -> bool {
-        let Some(key) = self
-            .slots
-            .get(self.tail)
-            .and_then(|s| s.as_ref())
-            .map(|n| n.key.clone())
-        else {
-            return false;
-        };
-        self.remove(&key).is_some()
+    /// Unlinks and frees slot `i`, dropping its index entry.
+    fn remove_at(&mut self, i: usize) -> Option<Node<V>> {
+        self.unlink(i);
+        let node = self.slots.get_mut(i)?.take()?;
+        self.index.remove(&node.key);
+        self.free.push(i);
+        self.bytes -= node.size;
+        Some(node)
     }
 
     /// Inserts or replaces; returns how many entries left the cache.
@@ -167,7 +161,7 @@ impl<V> Lru<V> {
         let mut evicted = 0;
         // The newest entry fits alone, so this stops before evicting it.
         while (self.index.len() > self.max_entries || self.bytes > self.max_bytes)
-            && self.evict_lru()
+            && self.remove_at(self.tail).is_some()
         {
             evicted += 1;
         }

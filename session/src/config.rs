@@ -389,9 +389,11 @@ mod tests {
             c.failover_nodes = "n9".into();
         });
         assert_eq!(e.key, "session.failover_nodes");
-        let mut c = SessionConfig::default();
-        c.memcached_nodes = "n1:127.0.0.1:11211,n2:127.0.0.1:11212".into();
-        c.failover_nodes = "n2".into();
+        let c = SessionConfig {
+            memcached_nodes: "n1:127.0.0.1:11211,n2:127.0.0.1:11212".into(),
+            failover_nodes: "n2".into(),
+            ..Default::default()
+        };
         assert!(c.validate().is_ok());
     }
 

@@ -181,7 +181,7 @@ impl NodeClient {
         let addr = self.inner.addr;
         let op = cmd.op();
         let (reply, rx) = oneshot::channel();
-        let submitted = pool::submit(&self.inner, Request { cmd, reply })?;
+        let (submitted, _in_flight) = pool::submit(&self.inner, Request { cmd, reply })?;
         let exchange = async {
             if let Submitted::Wait(sender, req) = submitted {
                 sender.send(req).await.map_err(|_| McError::Closed)?;

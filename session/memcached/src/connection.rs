@@ -7,7 +7,9 @@
 //! parses responses and completes the oldest pending request, checking the echoed opaque.
 //!
 //! Failure: a broken connection or garbage from the node fails every pending request with
-//! that error and the slot reconnects on the next request. A refused connect fails the
+//! that error and the slot reconnects on the next request. A watchdog treats a connection
+//! whose oldest request waited more than twice the operation timeout (at least 1 s) as
+//! dead, so a peer that vanished without a reset cannot stall the slot forever. A refused connect fails the
 //! queued requests and starts a back-off during which new requests fail at once (never
 //! hang); the pause doubles up to the configured maximum. The task ends when the client
 //! is dropped (its shutdown watch closes) or the channel's senders are gone.
@@ -15,6 +17,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -42,6 +45,9 @@ pub(crate) struct Request {
 /// A request written to the socket, waiting for its response.
 struct Pending {
     opaque: Option<u32>,
+    /// When its batch was written; the watchdog drops a connection whose oldest request
+    /// has waited too long (a dead peer that sent no RST would otherwise hang forever).
+    sent_at: Instant,
     reply: oneshot::Sender<Result<Response, McError>>,
 }
 
@@ -144,10 +150,11 @@ async fn run(
             };
             {
                 let mut p = pending.lock();
-                enqueue(req, &mut opaque, &mut wbuf, &mut p);
+                let now = Instant::now();
+                enqueue(req, now, &mut opaque, &mut wbuf, &mut p);
                 while wbuf.len() < BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(r) => enqueue(r, &mut opaque, &mut wbuf, &mut p),
+                        Ok(r) => enqueue(r, now, &mut opaque, &mut wbuf, &mut p),
                         Err(_) => break,
                     }
                 }
@@ -206,9 +213,26 @@ async fn run(
         }
     };
 
+    let stall = stall_limit(opts);
+    let watchdog = async {
+        let mut tick = tokio::time::interval(stall / 2);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let oldest = pending.lock().front().map(|p| p.sent_at.elapsed());
+            if oldest.is_some_and(|waited| waited > stall) {
+                return McError::Timeout {
+                    addr,
+                    op: "response (connection stalled)",
+                };
+            }
+        }
+    };
+
     let outcome = tokio::select! {
         r = writer => r,
         e = reader => Some(e),
+        e = watchdog => Some(e),
         _ = shutdown.changed() => None,
     };
     let err = outcome.clone().unwrap_or(McError::Closed);
@@ -218,8 +242,20 @@ async fn run(
     outcome
 }
 
+/// How long the oldest request may wait before the connection is declared dead:
+/// twice the operation timeout, at least a second.
+fn stall_limit(opts: &ClientOptions) -> Duration {
+    (opts.operation_timeout * 2).max(Duration::from_secs(1))
+}
+
 /// Encode `req` into the batch and record it as pending (unless its caller gave up).
-fn enqueue(req: Request, opaque: &mut u32, wbuf: &mut BytesMut, pending: &mut VecDeque<Pending>) {
+fn enqueue(
+    req: Request,
+    now: Instant,
+    opaque: &mut u32,
+    wbuf: &mut BytesMut,
+    pending: &mut VecDeque<Pending>,
+) {
     if req.reply.is_closed() {
         return; // the caller timed out while it was queued: do not send it
     }
@@ -227,6 +263,7 @@ fn enqueue(req: Request, opaque: &mut u32, wbuf: &mut BytesMut, pending: &mut Ve
     let echoed = req.cmd.encode(*opaque, wbuf);
     pending.push_back(Pending {
         opaque: echoed.then_some(*opaque),
+        sent_at: now,
         reply: req.reply,
     });
 }

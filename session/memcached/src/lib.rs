@@ -8,7 +8,11 @@
 //!   `protocol::Command`, queues it with a oneshot reply on a connection slot, and waits
 //!   within `operation_timeout`.
 //! * `pool`: per-thread connection slots, spawned on the caller's runtime, so the client
-//!   works from any actix worker without cross-thread hops.
+//!   works from any actix worker (or any tokio runtime) without cross-thread hops. A
+//!   slot is filled up to 32 requests in flight before the next is used. On a
+//!   multi-thread runtime it still works, but tasks and connections may sit on different
+//!   threads (the benchmark shows the cost); actix's current-thread workers are the fast
+//!   case.
 //! * `connection`: one task per slot; batches every queued request into one write,
 //!   matches responses to requests in order (checking the echoed opaque `O`), reconnects
 //!   with back-off, and fails in-flight requests when the connection breaks.

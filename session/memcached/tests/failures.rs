@@ -146,14 +146,27 @@ fn curr_connections(m: &Memcached) -> u64 {
 }
 
 #[tokio::test]
+async fn one_sequential_caller_uses_one_connection() {
+    let m = Memcached::start();
+    let base = curr_connections(&m);
+    let c = NodeClient::new(m.addr(), opts().connections(3));
+    for i in 0..20 {
+        c.get(&key(&format!("k{i}"))).await.unwrap();
+    }
+    assert_eq!(curr_connections(&m), base + 1);
+}
+
+#[tokio::test]
 async fn dropping_the_client_closes_its_connections() {
     let m = Memcached::start();
     let base = curr_connections(&m);
     let c = NodeClient::new(m.addr(), opts().connections(3));
-    for i in 0..6 {
-        c.noop().await.unwrap();
-        c.get(&key(&format!("k{i}"))).await.unwrap();
-    }
+    // Enough concurrent requests to spill over onto every slot.
+    let ops = (0..300).map(|i| {
+        let c = c.clone();
+        async move { c.get(&key(&format!("k{i}"))).await.unwrap() }
+    });
+    futures::future::join_all(ops).await;
     assert_eq!(curr_connections(&m), base + 3);
     drop(c);
     let closed = eventually(Duration::from_secs(2), || async {
@@ -161,4 +174,22 @@ async fn dropping_the_client_closes_its_connections() {
     })
     .await;
     assert!(closed, "connections still open: {}", curr_connections(&m));
+}
+
+#[tokio::test]
+async fn a_long_freeze_replaces_the_stalled_connection_and_the_client_recovers() {
+    let mut m = Memcached::start();
+    let c = client(&m); // 500 ms timeout: the watchdog drops the connection after 1 s
+    c.set(&key("k"), b"v", 0, 0, SetMode::Set).await.unwrap();
+    m.freeze();
+    let frozen_until = Instant::now() + Duration::from_millis(1800);
+    while Instant::now() < frozen_until {
+        assert!(c.get(&key("k")).await.unwrap_err().is_node_failure());
+    }
+    m.unfreeze();
+    let back = eventually(Duration::from_secs(1), || async {
+        matches!(c.get(&key("k")).await, Ok(Some(_)))
+    })
+    .await;
+    assert!(back, "client did not recover after SIGCONT");
 }

@@ -184,3 +184,40 @@ async fn metadump_falls_back_to_lru_walks_on_servers_without_hash_dumps() {
     keys.sort();
     assert_eq!(keys, ["a", "b c", "d"]);
 }
+
+#[tokio::test]
+async fn a_connection_that_never_answers_is_replaced_by_a_new_one() {
+    // The first connection swallows everything (a dead peer without RST); later ones answer.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let silent = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while sock.read(&mut buf).await.unwrap_or(0) > 0 {
+                    if !silent && sock.write_all(b"MN\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let c = NodeClient::new(
+        addr,
+        opts()
+            .connections(1)
+            .operation_timeout(Duration::from_millis(200)),
+    );
+    assert!(c.noop().await.unwrap_err().is_timeout());
+    let t0 = Instant::now();
+    while c.noop().await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "stalled connection never replaced"
+        );
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -1,0 +1,307 @@
+//! The `[balancer]` section of the ferrocat config: typed, defaulted, then validated.
+//!
+//! Pipeline: the lead's loader reads the TOML file and the `FERROCAT__BALANCER__*` environment
+//! overrides and deserializes them into [`BalancerConfig`] (serde rejects unknown keys, wrong
+//! types and negative numbers, and the loader reports the key path). [`BalancerConfig::validate`]
+//! then checks the rules serde cannot express (one unit test per rule in `validate.rs`) and
+//! names the offending key as a dotted path such as `balancer.upstream[0].weight`.
+//! [`crate::Balancer::start`] and [`crate::BalancerHandle::reload`] validate again before use.
+//!
+//! Key names follow nginx's directives in snake_case (`client_max_body_size`, `max_fails`,
+//! `fail_timeout`, `proxy_next_upstream`, ...), so an nginx config translates line by line.
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::units;
+
+/// Default listen address, as issue 2 specifies.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// nginx's default `client_max_body_size` (1 MiB).
+pub const DEFAULT_CLIENT_MAX_BODY_SIZE: u64 = 1 << 20;
+/// Default sticky cookie: Tomcat's and ferrocat's session cookie.
+pub const DEFAULT_STICKY_COOKIE: &str = "JSESSIONID";
+/// Default key for `method = "hash"`.
+pub const DEFAULT_HASH_KEY: &str = "$request_uri";
+/// nginx's default proxy connect/read/send timeouts.
+pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle keep-alive connections kept per upstream and worker.
+pub const DEFAULT_KEEPALIVE: usize = 64;
+/// How long an idle upstream connection stays in the pool (nginx `keepalive_timeout` 60s).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a graceful stop waits for in-flight requests.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// nginx's default `max_fails`.
+pub const DEFAULT_MAX_FAILS: u32 = 1;
+/// nginx's default `fail_timeout`.
+pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest accepted `weight` (keeps the smooth round-robin cycle small).
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// A config rule that failed: which key and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `balancer.upstream[0].weight`.
+    pub key: String,
+    /// Why the value is rejected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    /// Builds an error for `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How an upstream is chosen for a request that is not bound to one by its session cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Method {
+    /// nginx's smooth weighted round robin (weights 5,1,1 give a a b a c a a).
+    #[default]
+    RoundRobin,
+    /// Fewest active requests relative to weight.
+    LeastConn,
+    /// Client address hash (first three octets of IPv4, as nginx).
+    IpHash,
+    /// Ketama consistent hash on `hash_key`.
+    Hash,
+    /// Random with two choices, the one with fewer active requests wins.
+    Random,
+}
+
+/// When a failed attempt is retried on the next upstream (nginx `proxy_next_upstream`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum NextUpstream {
+    /// Connection error, or an error while sending the request or reading the response head.
+    Error,
+    /// Connect or read timeout.
+    Timeout,
+    /// Upstream answered 500.
+    Http500,
+    /// Upstream answered 502.
+    Http502,
+    /// Upstream answered 503.
+    Http503,
+    /// Upstream answered 504.
+    Http504,
+    /// Also retry non-idempotent requests (POST, PATCH) that reached an upstream.
+    NonIdempotent,
+    /// Never retry.
+    Off,
+}
+
+/// Active HTTP health checks (nginx Plus `health_check`, HAProxy `check inter rise fall`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthCheckConfig {
+    /// Path requested with GET on each upstream.
+    pub path: String,
+    /// Time between two checks of one upstream.
+    #[serde(with = "units::duration")]
+    pub interval: Duration,
+    /// A check not answered within this time fails.
+    #[serde(with = "units::duration")]
+    pub timeout: Duration,
+    /// Consecutive passed checks that bring a down upstream back.
+    pub rise: u32,
+    /// Consecutive failed checks that take an upstream down.
+    pub fall: u32,
+    /// Status codes that pass; empty means any 2xx or 3xx.
+    pub expect_status: Vec<u16>,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 3,
+            expect_status: Vec::new(),
+        }
+    }
+}
+
+/// One `[[balancer.upstream]]`: an HTTP server requests are passed to.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `host:port` (a literal IP or a name resolved when the config is applied).
+    pub address: String,
+    /// The route suffix of session ids this upstream owns (Tomcat's jvmRoute, ferrocat's node name).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// Share of requests relative to the other upstreams (1..=1000).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failed attempts within `fail_timeout` that mark the upstream down for `fail_timeout`; 0 disables.
+    #[serde(default = "default_max_fails")]
+    pub max_fails: u32,
+    /// Window for counting failures and time the upstream then stays down.
+    #[serde(default = "default_fail_timeout", with = "units::duration")]
+    pub fail_timeout: Duration,
+    /// Used only while no primary upstream is available.
+    #[serde(default)]
+    pub backup: bool,
+    /// Permanently unavailable (nginx `down`).
+    #[serde(default)]
+    pub down: bool,
+    /// Most requests in flight to this upstream per balancer (0 = unlimited).
+    #[serde(default)]
+    pub max_conns: u32,
+    /// Takes no new (unbound) requests; requests bound to its route keep going.
+    #[serde(default)]
+    pub drain: bool,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+fn default_max_fails() -> u32 {
+    DEFAULT_MAX_FAILS
+}
+fn default_fail_timeout() -> Duration {
+    DEFAULT_FAIL_TIMEOUT
+}
+
+impl UpstreamConfig {
+    /// An upstream at `address` with nginx's defaults.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            route: None,
+            weight: 1,
+            max_fails: DEFAULT_MAX_FAILS,
+            fail_timeout: DEFAULT_FAIL_TIMEOUT,
+            backup: false,
+            down: false,
+            max_conns: 0,
+            drain: false,
+        }
+    }
+
+    /// Sets the route (builder style).
+    #[must_use]
+    pub fn with_route(mut self, route: impl Into<String>) -> Self {
+        self.route = Some(route.into());
+        self
+    }
+
+    /// Sets the weight (builder style).
+    #[must_use]
+    pub fn with_weight(mut self, weight: u32) -> Self {
+        self.weight = weight;
+        self
+    }
+}
+
+/// The `[balancer]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancerConfig {
+    /// Address the balancer accepts clients on (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Worker threads, each with its own event loop and upstream pool; 0 = one per core.
+    pub workers: usize,
+    /// Selection method for unbound requests.
+    pub method: Method,
+    /// Key for `method = "hash"`: `$request_uri`, `$uri`, `$remote_addr`, `$host`,
+    /// `$cookie_NAME`, `$arg_NAME`, `$http_NAME`, mixed with literal text.
+    pub hash_key: String,
+    /// Largest request body (0 = unlimited); larger gets 413.
+    #[serde(with = "units::size")]
+    pub client_max_body_size: u64,
+    /// Path regexes answered with 403 (nginx `location ~ ... { deny all; }`).
+    pub deny: Vec<String>,
+    /// HTML page served with 502/503/504 when no upstream can answer.
+    pub error_page: Option<PathBuf>,
+    /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
+    pub sticky_cookie: String,
+    /// Active health checks; absent = passive checks only.
+    pub health_check: Option<HealthCheckConfig>,
+    /// Conditions for passing a request to the next upstream.
+    pub proxy_next_upstream: Vec<NextUpstream>,
+    /// Most attempts per request (0 = as many as there are upstreams).
+    pub proxy_next_upstream_tries: u32,
+    /// Time limit for passing a request to the next upstream (0 = none).
+    #[serde(with = "units::duration")]
+    pub proxy_next_upstream_timeout: Duration,
+    /// Time to establish a connection to an upstream.
+    #[serde(with = "units::duration")]
+    pub proxy_connect_timeout: Duration,
+    /// Time between two reads from an upstream (response head, then each body chunk).
+    #[serde(with = "units::duration")]
+    pub proxy_read_timeout: Duration,
+    /// Time allowed for sending the request to an upstream.
+    #[serde(with = "units::duration")]
+    pub proxy_send_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
+    pub keepalive: usize,
+    /// How long an idle upstream connection is kept.
+    #[serde(with = "units::duration")]
+    pub keepalive_timeout: Duration,
+    /// Longest wait for in-flight requests on a graceful stop.
+    #[serde(with = "units::duration")]
+    pub shutdown_timeout: Duration,
+    /// The upstream servers.
+    pub upstream: Vec<UpstreamConfig>,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            workers: 0,
+            method: Method::RoundRobin,
+            hash_key: DEFAULT_HASH_KEY.into(),
+            client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
+            deny: Vec::new(),
+            error_page: None,
+            sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
+            health_check: None,
+            proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
+            proxy_next_upstream_tries: 0,
+            proxy_next_upstream_timeout: Duration::ZERO,
+            proxy_connect_timeout: DEFAULT_PROXY_TIMEOUT,
+            proxy_read_timeout: DEFAULT_PROXY_TIMEOUT,
+            proxy_send_timeout: DEFAULT_PROXY_TIMEOUT,
+            keepalive: DEFAULT_KEEPALIVE,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            upstream: Vec::new(),
+        }
+    }
+}
+
+impl BalancerConfig {
+    /// Checks the rules serde cannot express; the error names the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate::validate(self)
+    }
+
+    /// Number of worker threads to run (`workers = 0` means one per core).
+    pub fn effective_workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            self.workers
+        }
+    }
+}

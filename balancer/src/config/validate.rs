@@ -1,0 +1,393 @@
+//! The rules of [`BalancerConfig::validate`], one function per concern, one test per rule.
+
+use std::collections::HashSet;
+
+use super::{BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, MAX_WEIGHT};
+
+/// Largest `workers` value accepted.
+const MAX_WORKERS: usize = 256;
+
+pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
+    if cfg.workers > MAX_WORKERS {
+        return Err(ConfigError::new(
+            "balancer.workers",
+            format!("at most {MAX_WORKERS}"),
+        ));
+    }
+    if cfg.method == Method::Hash && cfg.hash_key.trim().is_empty() {
+        return Err(ConfigError::new(
+            "balancer.hash_key",
+            "required with method = \"hash\"",
+        ));
+    }
+    for (i, pattern) in cfg.deny.iter().enumerate() {
+        if let Err(e) = regex::Regex::new(pattern) {
+            return Err(ConfigError::new(
+                format!("balancer.deny[{i}]"),
+                format!("invalid regex: {e}"),
+            ));
+        }
+    }
+    if let Some(page) = &cfg.error_page {
+        if let Err(e) = std::fs::metadata(page) {
+            return Err(ConfigError::new(
+                "balancer.error_page",
+                format!("cannot read {}: {e}", page.display()),
+            ));
+        }
+    }
+    if !cfg.sticky_cookie.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(
+            "balancer.sticky_cookie",
+            "not a valid cookie name",
+        ));
+    }
+    if cfg.proxy_next_upstream.len() > 1 && cfg.proxy_next_upstream.contains(&NextUpstream::Off) {
+        return Err(ConfigError::new(
+            "balancer.proxy_next_upstream",
+            "\"off\" cannot be combined with other conditions",
+        ));
+    }
+    for (key, d) in [
+        ("proxy_connect_timeout", cfg.proxy_connect_timeout),
+        ("proxy_read_timeout", cfg.proxy_read_timeout),
+        ("proxy_send_timeout", cfg.proxy_send_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::new(
+                format!("balancer.{key}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if let Some(hc) = &cfg.health_check {
+        validate_health(hc)?;
+    }
+    validate_upstreams(cfg)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn validate_health(hc: &HealthCheckConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("balancer.health_check.{k}");
+    if !hc.path.starts_with('/') {
+        return Err(ConfigError::new(key("path"), "must start with '/'"));
+    }
+    if hc.interval.is_zero() {
+        return Err(ConfigError::new(key("interval"), "must be greater than 0"));
+    }
+    if hc.timeout.is_zero() {
+        return Err(ConfigError::new(key("timeout"), "must be greater than 0"));
+    }
+    if hc.rise == 0 {
+        return Err(ConfigError::new(key("rise"), "must be at least 1"));
+    }
+    if hc.fall == 0 {
+        return Err(ConfigError::new(key("fall"), "must be at least 1"));
+    }
+    if let Some(s) = hc.expect_status.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err(ConfigError::new(
+            key("expect_status"),
+            format!("{s} is not an HTTP status"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_upstreams(cfg: &BalancerConfig) -> Result<(), ConfigError> {
+    let mut addresses = HashSet::new();
+    let mut routes = HashSet::new();
+    for (i, up) in cfg.upstream.iter().enumerate() {
+        let key = |k: &str| format!("balancer.upstream[{i}].{k}");
+        if !valid_host_port(&up.address) {
+            return Err(ConfigError::new(
+                key("address"),
+                format!("{:?} is not host:port", up.address),
+            ));
+        }
+        if !addresses.insert(up.address.as_str()) {
+            return Err(ConfigError::new(
+                key("address"),
+                format!("{} is listed twice", up.address),
+            ));
+        }
+        if up.weight == 0 || up.weight > MAX_WEIGHT {
+            return Err(ConfigError::new(
+                key("weight"),
+                format!("must be between 1 and {MAX_WEIGHT}"),
+            ));
+        }
+        if let Some(route) = &up.route {
+            if route.is_empty()
+                || !route
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'.' && b != b';')
+            {
+                return Err(ConfigError::new(
+                    key("route"),
+                    "must be non-empty, printable, without '.', ';' or spaces",
+                ));
+            }
+            if !routes.insert(route.as_str()) {
+                return Err(ConfigError::new(
+                    key("route"),
+                    format!("{route:?} is used twice"),
+                ));
+            }
+        }
+        if up.max_fails > 0 && up.fail_timeout.is_zero() {
+            return Err(ConfigError::new(
+                key("fail_timeout"),
+                "must be greater than 0",
+            ));
+        }
+        if up.backup && matches!(cfg.method, Method::IpHash | Method::Hash | Method::Random) {
+            return Err(ConfigError::new(
+                key("backup"),
+                "not supported with the hash, ip_hash and random methods (as in nginx)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_host_port(address: &str) -> bool {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && !host.contains(['/', ' ', '[', ']'])
+                && port.parse::<u16>().map(|p| p > 0).unwrap_or(false)
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::UpstreamConfig;
+    use super::*;
+    use std::time::Duration;
+
+    fn with_upstreams(ups: Vec<UpstreamConfig>) -> BalancerConfig {
+        BalancerConfig {
+            upstream: ups,
+            ..BalancerConfig::default()
+        }
+    }
+
+    fn key_of(cfg: &BalancerConfig) -> String {
+        cfg.validate().expect_err("config should be rejected").key
+    }
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(BalancerConfig::default().validate(), Ok(()));
+        let cfg = with_upstreams(vec![
+            UpstreamConfig::new("127.0.0.1:8081").with_route("app1"),
+            UpstreamConfig::new("localhost:8082").with_route("app2"),
+        ]);
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn too_many_workers_is_rejected() {
+        let cfg = BalancerConfig {
+            workers: 10_000,
+            ..BalancerConfig::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.workers");
+    }
+
+    #[test]
+    fn hash_method_needs_a_key() {
+        let cfg = BalancerConfig {
+            method: Method::Hash,
+            hash_key: " ".into(),
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.hash_key");
+    }
+
+    #[test]
+    fn invalid_deny_regex_names_its_index() {
+        let cfg = BalancerConfig {
+            deny: vec!["^/ok".into(), "(".into()],
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.deny[1]");
+    }
+
+    #[test]
+    fn missing_error_page_is_rejected() {
+        let cfg = BalancerConfig {
+            error_page: Some("/nonexistent/ferrocat/50x.html".into()),
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.error_page");
+    }
+
+    #[test]
+    fn sticky_cookie_must_be_a_token() {
+        let cfg = BalancerConfig {
+            sticky_cookie: "JSESSION ID".into(),
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.sticky_cookie");
+    }
+
+    #[test]
+    fn next_upstream_off_stands_alone() {
+        let cfg = BalancerConfig {
+            proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Off],
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.proxy_next_upstream");
+    }
+
+    #[test]
+    fn zero_proxy_timeouts_are_rejected() {
+        let cfg = BalancerConfig {
+            proxy_read_timeout: Duration::ZERO,
+            ..Default::default()
+        };
+        assert_eq!(key_of(&cfg), "balancer.proxy_read_timeout");
+    }
+
+    #[test]
+    fn health_check_rules() {
+        let bad = |hc: HealthCheckConfig| BalancerConfig {
+            health_check: Some(hc),
+            ..Default::default()
+        };
+        let d = HealthCheckConfig::default;
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig {
+                path: "health".into(),
+                ..d()
+            })),
+            "balancer.health_check.path"
+        );
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig {
+                interval: Duration::ZERO,
+                ..d()
+            })),
+            "balancer.health_check.interval"
+        );
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig {
+                timeout: Duration::ZERO,
+                ..d()
+            })),
+            "balancer.health_check.timeout"
+        );
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig { rise: 0, ..d() })),
+            "balancer.health_check.rise"
+        );
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig { fall: 0, ..d() })),
+            "balancer.health_check.fall"
+        );
+        assert_eq!(
+            key_of(&bad(HealthCheckConfig {
+                expect_status: vec![200, 99],
+                ..d()
+            })),
+            "balancer.health_check.expect_status"
+        );
+    }
+
+    #[test]
+    fn upstream_address_must_be_host_port() {
+        for bad in ["127.0.0.1", "http://a:80", ":80", "a:0", "a:99999"] {
+            let cfg = with_upstreams(vec![UpstreamConfig::new(bad)]);
+            assert_eq!(key_of(&cfg), "balancer.upstream[0].address", "{bad}");
+        }
+        assert!(with_upstreams(vec![UpstreamConfig::new("[::1]:80")])
+            .validate()
+            .is_ok());
+    }
+
+    #[test]
+    fn duplicate_upstream_address_is_rejected() {
+        let cfg = with_upstreams(vec![
+            UpstreamConfig::new("127.0.0.1:1"),
+            UpstreamConfig::new("127.0.0.1:1"),
+        ]);
+        assert_eq!(key_of(&cfg), "balancer.upstream[1].address");
+    }
+
+    #[test]
+    fn weight_must_be_between_1_and_max() {
+        let cfg = with_upstreams(vec![UpstreamConfig::new("127.0.0.1:1").with_weight(0)]);
+        assert_eq!(key_of(&cfg), "balancer.upstream[0].weight");
+        let cfg = with_upstreams(vec![
+            UpstreamConfig::new("127.0.0.1:1").with_weight(MAX_WEIGHT + 1)
+        ]);
+        assert_eq!(key_of(&cfg), "balancer.upstream[0].weight");
+    }
+
+    #[test]
+    fn route_must_be_a_clean_suffix() {
+        for bad in ["", "a.b", "a b", "a;b"] {
+            let cfg = with_upstreams(vec![UpstreamConfig::new("127.0.0.1:1").with_route(bad)]);
+            assert_eq!(key_of(&cfg), "balancer.upstream[0].route", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn duplicate_route_is_rejected() {
+        let cfg = with_upstreams(vec![
+            UpstreamConfig::new("127.0.0.1:1").with_route("app1"),
+            UpstreamConfig::new("127.0.0.1:2").with_route("app1"),
+        ]);
+        assert_eq!(key_of(&cfg), "balancer.upstream[1].route");
+    }
+
+    #[test]
+    fn fail_timeout_must_be_positive_when_counting_failures() {
+        let mut up = UpstreamConfig::new("127.0.0.1:1");
+        up.fail_timeout = Duration::ZERO;
+        assert_eq!(
+            key_of(&with_upstreams(vec![up.clone()])),
+            "balancer.upstream[0].fail_timeout"
+        );
+        up.max_fails = 0;
+        assert!(with_upstreams(vec![up]).validate().is_ok());
+    }
+
+    #[test]
+    fn backup_is_rejected_with_hash_methods() {
+        let mut up = UpstreamConfig::new("127.0.0.1:1");
+        up.backup = true;
+        let cfg = BalancerConfig {
+            method: Method::IpHash,
+            ..with_upstreams(vec![up])
+        };
+        assert_eq!(key_of(&cfg), "balancer.upstream[0].backup");
+    }
+
+    #[test]
+    fn serde_rejects_unknown_keys_and_negative_weights() {
+        let err = toml::from_str::<BalancerConfig>("listen = \"127.0.0.1:0\"\nlisten_port = 1\n");
+        assert!(err.is_err());
+        let err = toml::from_str::<BalancerConfig>(
+            "[[upstream]]\naddress = \"127.0.0.1:1\"\nweight = -1\n",
+        );
+        assert!(err.is_err());
+        let cfg: BalancerConfig = toml::from_str(
+            "client_max_body_size = \"100m\"\nmethod = \"least_conn\"\n[[upstream]]\naddress = \"127.0.0.1:1\"\nfail_timeout = \"3s\"\n",
+        )
+        .expect("valid toml");
+        assert_eq!(cfg.client_max_body_size, 100 << 20);
+        assert_eq!(cfg.method, Method::LeastConn);
+        assert_eq!(cfg.upstream[0].fail_timeout, Duration::from_secs(3));
+        assert_eq!(cfg.upstream[0].max_fails, 1);
+    }
+}

@@ -1,0 +1,142 @@
+//! The `hash_key` template of `method = "hash"`, in nginx variable syntax.
+//!
+//! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`, `$host`,
+//! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), and literal text between
+//! them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
+
+use std::net::IpAddr;
+
+use http::request::Parts;
+
+/// A parsed key template.
+#[derive(Debug, Clone)]
+pub(crate) struct HashKey(Vec<Part>);
+
+#[derive(Debug, Clone)]
+enum Part {
+    Literal(String),
+    RequestUri,
+    Uri,
+    Args,
+    RemoteAddr,
+    Host,
+    Cookie(String),
+    Arg(String),
+    Header(String),
+}
+
+impl HashKey {
+    /// Parses `template`; never fails (unknown variables are empty).
+    pub fn parse(template: &str) -> Self {
+        let mut parts = Vec::new();
+        let mut rest = template;
+        while let Some(pos) = rest.find('$') {
+            if pos > 0 {
+                parts.push(Part::Literal(rest[..pos].to_owned()));
+            }
+            let after = &rest[pos + 1..];
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            parts.push(match name {
+                "request_uri" => Part::RequestUri,
+                "uri" => Part::Uri,
+                "args" => Part::Args,
+                "remote_addr" => Part::RemoteAddr,
+                "host" => Part::Host,
+                _ => {
+                    if let Some(c) = name.strip_prefix("cookie_") {
+                        Part::Cookie(c.to_owned())
+                    } else if let Some(a) = name.strip_prefix("arg_") {
+                        Part::Arg(a.to_owned())
+                    } else if let Some(h) = name.strip_prefix("http_") {
+                        Part::Header(h.replace('_', "-"))
+                    } else {
+                        Part::Literal(String::new())
+                    }
+                }
+            });
+            rest = &after[end..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_owned()));
+        }
+        Self(parts)
+    }
+
+    /// Evaluates the template for a request from `client`.
+    pub fn eval(&self, req: &Parts, client: IpAddr) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in &self.0 {
+            match part {
+                Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                Part::RequestUri => {
+                    let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
+                    out.extend_from_slice(pq.as_bytes());
+                }
+                Part::Uri => out.extend_from_slice(req.uri.path().as_bytes()),
+                Part::Args => out.extend_from_slice(req.uri.query().unwrap_or("").as_bytes()),
+                Part::RemoteAddr => out.extend_from_slice(client.to_string().as_bytes()),
+                Part::Host => {
+                    if let Some(h) = req.headers.get(http::header::HOST) {
+                        out.extend_from_slice(h.as_bytes());
+                    }
+                }
+                Part::Cookie(name) => {
+                    if let Some(v) = crate::sticky::cookie_value(&req.headers, name) {
+                        out.extend_from_slice(v);
+                    }
+                }
+                Part::Arg(name) => {
+                    let query = req.uri.query().unwrap_or("");
+                    if let Some(v) = query.split('&').find_map(|kv| {
+                        kv.split_once('=')
+                            .filter(|(k, _)| k == name)
+                            .map(|(_, v)| v)
+                    }) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+                Part::Header(name) => {
+                    if let Some(v) = req.headers.get(name.as_str()) {
+                        out.extend_from_slice(v.as_bytes());
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request").into_parts().0
+    }
+
+    #[test]
+    fn variables_and_literals_are_evaluated() {
+        let p = parts(
+            "/a/b?user=7&x=1",
+            &[
+                ("host", "shop"),
+                ("cookie", "sid=abc; t=1"),
+                ("x-tenant", "acme"),
+            ],
+        );
+        let ip: IpAddr = [10, 0, 0, 9].into();
+        let eval = |t: &str| String::from_utf8(HashKey::parse(t).eval(&p, ip)).expect("utf8");
+        assert_eq!(eval("$request_uri"), "/a/b?user=7&x=1");
+        assert_eq!(eval("$uri|$args"), "/a/b|user=7&x=1");
+        assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");
+        assert_eq!(eval("u$arg_user:$cookie_sid:$http_x_tenant"), "u7:abc:acme");
+        assert_eq!(eval("$nope$cookie_missing"), "");
+    }
+}

@@ -1,0 +1,182 @@
+//! Worker threads: accept loop, HTTP/1 connections to clients, graceful and immediate stop.
+//!
+//! Every worker is an OS thread with a current-thread tokio runtime and a `LocalSet`, its own
+//! listening socket on the shared port (`SO_REUSEPORT` when there are several workers, so the
+//! kernel spreads connections) and its own upstream [`Pool`]. Nothing is shared between workers
+//! but [`Shared`]: the config snapshot (`ArcSwap`), the upstreams' atomics and the sender to the
+//! health owner. On stop the accept loop closes its socket; a graceful stop then lets each
+//! connection finish its current request (hyper's graceful shutdown) within `shutdown_timeout`.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::health::HealthEvent;
+use crate::pool::Pool;
+use crate::proxy::{Client, Worker};
+use crate::upstream::{Snapshot, Upstream};
+
+/// Listen backlog (as nginx's default 511, rounded).
+const BACKLOG: u32 = 1024;
+
+/// What the workers are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunState {
+    /// Serve.
+    Running,
+    /// Stop accepting, finish in-flight requests.
+    Graceful,
+    /// Stop now, dropping connections.
+    Immediate,
+}
+
+/// State shared by all workers.
+pub(crate) struct Shared {
+    /// The current config snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Inbox of the health owner.
+    pub health: mpsc::UnboundedSender<HealthEvent>,
+}
+
+impl Shared {
+    /// Tells the health owner that an attempt on `up` failed (no waiting).
+    pub fn report_failure(&self, up: &Upstream) {
+        if up.cfg.max_fails > 0 {
+            let _ = self.health.send(HealthEvent::Failure {
+                address: up.cfg.address.clone(),
+                down_until: up.down_until.clone(),
+                max_fails: up.cfg.max_fails,
+                fail_timeout: up.cfg.fail_timeout,
+            });
+        }
+    }
+}
+
+/// Binds `count` listening sockets on `addr` (the first decides the port when it is 0).
+pub(crate) async fn bind(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut out = Vec::with_capacity(count);
+    let mut at = addr;
+    for _ in 0..count {
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if count > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.set_nodelay(true)?;
+        socket.bind(at)?;
+        let listener = socket.listen(BACKLOG)?;
+        at = listener.local_addr()?;
+        out.push(listener.into_std()?);
+    }
+    Ok(out)
+}
+
+/// Runs one worker on the current thread until stopped.
+pub(crate) fn run_worker(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut state: watch::Receiver<RunState>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = TcpListener::from_std(listener)?;
+        let cfg = shared.snapshot.load();
+        let worker = Rc::new(Worker {
+            pool: Rc::new(Pool::new(cfg.cfg.keepalive, cfg.cfg.keepalive_timeout)),
+            generation: Cell::new(cfg.generation),
+            shared: shared.clone(),
+        });
+        drop(cfg);
+        let mut conns = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = state.changed() => if *state.borrow() != RunState::Running { break },
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        conns.spawn_local(serve(worker.clone(), stream, peer, state.clone()));
+                    }
+                    Err(e) => {
+                        log::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        drop(listener);
+        if *state.borrow() == RunState::Graceful {
+            let limit = shared.snapshot.load().cfg.shutdown_timeout;
+            let drained =
+                tokio::time::timeout(limit, async { while conns.join_next().await.is_some() {} });
+            if drained.await.is_err() {
+                log::warn!(
+                    "graceful stop: {} connections still busy after {limit:?}, closing them",
+                    conns.len()
+                );
+            }
+        }
+        conns.shutdown().await;
+        Ok(())
+    })
+}
+
+async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut state: watch::Receiver<RunState>,
+) {
+    let _ = stream.set_nodelay(true);
+    let ip = peer.ip().to_canonical();
+    let client = Rc::new(Client {
+        ip,
+        ip_header: HeaderValue::from_str(&ip.to_string())
+            .unwrap_or(HeaderValue::from_static("unknown")),
+    });
+    let svc = service_fn(move |req| {
+        let worker = worker.clone();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(worker.handle(req, &client).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                log::debug!("client connection {peer}: {e}");
+            }
+        }
+        _ = state.wait_for(|s| *s != RunState::Running) => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                log::debug!("client connection {peer} during stop: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Sticky routing on the session cookie's route suffix.
+//!
+//! ferrocat's session cookie looks like `<sig>.<random>-<node>.<route>`, Tomcat's (jvmRoute) like
+//! `<id>.<route>`: in both the route is the text after the last `.`. A request whose route names
+//! an available upstream goes there; otherwise it is balanced as if unbound, and the app node that
+//! gets it takes the session over (and rewrites the cookie with its own route).
+
+use http::HeaderMap;
+
+/// Value of the cookie `name` in the request's `Cookie` headers, if present.
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    for header in headers.get_all(http::header::COOKIE) {
+        for pair in header.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii_start();
+            if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
+                if let Some(value) = rest.strip_prefix(b"=") {
+                    let value = value.trim_ascii_end();
+                    let value = value
+                        .strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(value);
+                    return Some(value);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The route suffix of the session cookie `name`: the text after its last `.`, if non-empty.
+pub(crate) fn route<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    if name.is_empty() {
+        return None;
+    }
+    let value = cookie_value(headers, name)?;
+    let dot = value.iter().rposition(|&b| b == b'.')?;
+    let route = std::str::from_utf8(&value[dot + 1..]).ok()?;
+    (!route.is_empty()).then_some(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cookies {
+            h.append(http::header::COOKIE, c.parse().expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn ferrocat_cookie_route_is_the_last_dot_suffix() {
+        let h = headers(&["theme=dark; JSESSIONID=c2lnbmF0dXJl.8f3a9c-n1.app2; other=x"]);
+        assert_eq!(route(&h, "JSESSIONID"), Some("app2"));
+    }
+
+    #[test]
+    fn tomcat_cookie_route_is_the_jvm_route() {
+        let h = headers(&["JSESSIONID=5A8F1C2B3D4E.tomcat1"]);
+        assert_eq!(route(&h, "JSESSIONID"), Some("tomcat1"));
+        let h = headers(&["a=1", "JSESSIONID=\"ABC.tomcat2\""]);
+        assert_eq!(route(&h, "JSESSIONID"), Some("tomcat2"));
+    }
+
+    #[test]
+    fn missing_or_routeless_cookie_has_no_route() {
+        assert_eq!(route(&headers(&["JSESSIONID=ABCDEF"]), "JSESSIONID"), None);
+        assert_eq!(route(&headers(&["JSESSIONID=ABC."]), "JSESSIONID"), None);
+        assert_eq!(route(&headers(&["XJSESSIONID=a.b"]), "JSESSIONID"), None);
+        assert_eq!(route(&headers(&["sid=a.b"]), "JSESSIONID"), None);
+        assert_eq!(route(&headers(&["sid=a.b"]), ""), None);
+        assert_eq!(route(&headers(&["sid=a.b"]), "sid"), Some("b"));
+    }
+}

@@ -1,0 +1,259 @@
+//! Runtime state of the upstreams and the snapshot the request path reads.
+//!
+//! A [`Snapshot`] is built from a validated [`BalancerConfig`] on start and on every reload and is
+//! published whole through an `ArcSwap` ([`crate::server::Shared`]). An [`Upstream`] keeps its
+//! identity across reloads while its address stays the same, so its in-flight counter (used by
+//! `least_conn`, `max_conns`, drain and graceful stop) and its health survive a reload.
+//!
+//! Health lives in two atomics per upstream with exactly one writer, the health owner
+//! ([`crate::health`]): `healthy` (active checks) and `down_until` (passive failures). The request
+//! path only reads them, and only increments/decrements `active`.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use regex::RegexSet;
+
+use crate::config::{BalancerConfig, ConfigError, Method, NextUpstream, UpstreamConfig};
+use crate::hashkey::HashKey;
+use crate::selection::{self, Selector};
+
+/// Milliseconds since a process-wide epoch; 0 is never returned so that 0 can mean "not set".
+pub(crate) fn now_millis() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_millis(1));
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One upstream server and its live counters.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    /// The configuration it was built from (reload replaces the whole `Upstream` when it changes).
+    pub cfg: UpstreamConfig,
+    /// Resolved address connections go to.
+    pub addr: SocketAddr,
+    /// `Host` value for requests that arrive without one (HTTP/1.0).
+    pub authority: HeaderValue,
+    /// Requests in flight to this upstream from all workers.
+    pub active: Arc<AtomicUsize>,
+    /// Result of active health checks (true when checks are off). Written by the health owner.
+    pub healthy: Arc<AtomicBool>,
+    /// Passive failures: down until this `now_millis()` value (0 = not down). Written by the health owner.
+    pub down_until: Arc<AtomicU64>,
+}
+
+impl Upstream {
+    /// Whether this upstream may take a request now (ignoring drain, which only affects unbound requests).
+    pub fn available(&self, now: &mut LazyNow) -> bool {
+        if self.cfg.down || !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.down_until.load(Ordering::Relaxed);
+        if until != 0 && now.get() < until {
+            return false;
+        }
+        self.cfg.max_conns == 0 || self.active.load(Ordering::Relaxed) < self.cfg.max_conns as usize
+    }
+
+    /// Whether the upstream is up (health and `down`) regardless of its connection limit.
+    pub fn up(&self, now: &mut LazyNow) -> bool {
+        if self.cfg.down || !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.down_until.load(Ordering::Relaxed);
+        until == 0 || now.get() >= until
+    }
+}
+
+/// Reads the clock at most once per request, and only if some upstream was marked down.
+#[derive(Debug, Default)]
+pub(crate) struct LazyNow(u64);
+
+impl LazyNow {
+    /// The current `now_millis()`, read on first use.
+    pub fn get(&mut self) -> u64 {
+        if self.0 == 0 {
+            self.0 = now_millis();
+        }
+        self.0
+    }
+}
+
+/// A group of upstreams chosen among by one selector (the primaries, or the backups).
+pub(crate) struct Group {
+    /// Indices into [`Snapshot::upstreams`].
+    pub members: Vec<usize>,
+    /// Picks a member position for an unbound request.
+    pub selector: Box<dyn Selector>,
+}
+
+/// Everything a request needs, derived from one config; swapped whole on reload.
+pub(crate) struct Snapshot {
+    /// Counts reloads; workers compare it to apply pool settings once.
+    pub generation: u64,
+    /// The config it was built from (reload compares with it).
+    pub cfg: BalancerConfig,
+    /// All upstreams, in config order.
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Route suffix -> index into `upstreams`.
+    pub routes: HashMap<String, usize>,
+    /// Primary upstreams.
+    pub primary: Group,
+    /// Backup upstreams, used only while no primary is available.
+    pub backup: Group,
+    /// `deny` patterns.
+    pub deny: RegexSet,
+    /// Body of 502/503/504 answers (the configured error page), if any.
+    pub error_page: Option<Bytes>,
+    /// Key template for `method = "hash"`.
+    pub hash_key: Option<HashKey>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+}
+
+/// `proxy_next_upstream*` in a form cheap to test per attempt.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RetryPolicy {
+    pub on_error: bool,
+    pub on_timeout: bool,
+    pub on_status: [bool; 5],
+    pub non_idempotent: bool,
+    pub tries: u32,
+    pub timeout: Duration,
+}
+
+impl RetryPolicy {
+    fn from_cfg(cfg: &BalancerConfig) -> Self {
+        let has = |c| cfg.proxy_next_upstream.contains(&c);
+        Self {
+            on_error: has(NextUpstream::Error),
+            on_timeout: has(NextUpstream::Timeout),
+            on_status: [
+                has(NextUpstream::Http500),
+                false,
+                has(NextUpstream::Http502),
+                has(NextUpstream::Http503),
+                has(NextUpstream::Http504),
+            ],
+            non_idempotent: has(NextUpstream::NonIdempotent),
+            tries: cfg.proxy_next_upstream_tries,
+            timeout: cfg.proxy_next_upstream_timeout,
+        }
+    }
+
+    /// Whether an upstream answer with `status` is retried.
+    pub fn retries_status(&self, status: u16) -> bool {
+        (500..=504).contains(&status) && self.on_status[usize::from(status - 500)]
+    }
+}
+
+impl Snapshot {
+    /// Validates `cfg` and builds a snapshot, reusing upstreams of `prev` whose config is unchanged
+    /// (so their counters and health carry over).
+    pub fn build(cfg: BalancerConfig, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let mut upstreams = Vec::with_capacity(cfg.upstream.len());
+        for (i, up) in cfg.upstream.iter().enumerate() {
+            let old = prev.and_then(|p| p.upstreams.iter().find(|u| u.cfg.address == up.address));
+            upstreams.push(Arc::new(build_upstream(i, up, old.map(|o| &**o))?));
+        }
+        let routes = upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.cfg.route.clone().map(|r| (r, i)))
+            .collect();
+        let group = |backup: bool| {
+            let members: Vec<usize> = (0..upstreams.len())
+                .filter(|&i| upstreams[i].cfg.backup == backup)
+                .collect();
+            let peers: Vec<Arc<Upstream>> = members.iter().map(|&i| upstreams[i].clone()).collect();
+            Group {
+                selector: selection::build(cfg.method, &peers),
+                members,
+            }
+        };
+        let (primary, backup) = (group(false), group(true));
+        let deny = RegexSet::new(&cfg.deny)
+            .map_err(|e| ConfigError::new("balancer.deny", e.to_string()))?;
+        let error_page = match &cfg.error_page {
+            Some(path) => Some(Bytes::from(std::fs::read(path).map_err(|e| {
+                ConfigError::new(
+                    "balancer.error_page",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?)),
+            None => None,
+        };
+        let hash_key = (cfg.method == Method::Hash).then(|| HashKey::parse(&cfg.hash_key));
+        let retry = RetryPolicy::from_cfg(&cfg);
+        let generation = prev.map_or(1, |p| p.generation + 1);
+        Ok(Self {
+            generation,
+            cfg,
+            upstreams,
+            routes,
+            primary,
+            backup,
+            deny,
+            error_page,
+            hash_key,
+            retry,
+        })
+    }
+}
+
+fn build_upstream(
+    i: usize,
+    up: &UpstreamConfig,
+    old: Option<&Upstream>,
+) -> Result<Upstream, ConfigError> {
+    let key = || format!("balancer.upstream[{i}].address");
+    let addr = up
+        .address
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::new(key(), format!("cannot resolve {}: {e}", up.address)))?
+        .next()
+        .ok_or_else(|| ConfigError::new(key(), format!("{} resolves to no address", up.address)))?;
+    let authority = HeaderValue::from_str(&up.address)
+        .map_err(|_| ConfigError::new(key(), "not a valid Host header value"))?;
+    // Counters and health are shared with the previous incarnation of the same address, so a
+    // reload that changes weight or drain keeps in-flight accounting and health.
+    let (active, healthy, down_until) = match old {
+        Some(o) => (o.active.clone(), o.healthy.clone(), o.down_until.clone()),
+        None => Default::default(),
+    };
+    if old.is_none() {
+        healthy.store(true, Ordering::Relaxed);
+    }
+    Ok(Upstream {
+        cfg: up.clone(),
+        addr,
+        authority,
+        active,
+        healthy,
+        down_until,
+    })
+}
+
+/// Counts one request in flight to an upstream for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    /// Counts a request on `up`.
+    pub fn new(up: &Upstream) -> Self {
+        up.active.fetch_add(1, Ordering::Relaxed);
+        Self(up.active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,196 @@
+//! Test support: real HTTP upstream servers on loopback port 0, and a balancer in front of them.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrocat_balancer::{Balancer, BalancerConfig, BalancerHandle, UpstreamConfig};
+use futures::StreamExt;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A real HTTP/1 server that answers by path:
+/// `/slow/MS` waits MS ms; `/status/CODE` answers CODE; `/headers` echoes the request headers;
+/// `/big/N` streams N bytes; `/upload` reads the body and answers its size; anything else
+/// answers the server's name. Every answer carries `x-upstream: NAME`.
+pub struct Upstream {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Requests received (any path).
+    pub hits: Arc<AtomicUsize>,
+    /// Requests with method POST received.
+    pub posts: Arc<AtomicUsize>,
+    stop: CancellationToken,
+}
+
+impl Upstream {
+    pub async fn start(name: &str) -> Self {
+        Self::start_at(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_at(name: &str, at: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(at).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let posts = Arc::new(AtomicUsize::new(0));
+        let stop = CancellationToken::new();
+        let (n, h, p, s) = (name.to_owned(), hits.clone(), posts.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = s.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let (n, h, p, s) = (n.clone(), h.clone(), p.clone(), s.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (n, h, p) = (n.clone(), h.clone(), p.clone());
+                        async move { Ok::<_, Infallible>(answer(&n, &h, &p, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = s.cancelled() => {}
+                        _ = conn => {}
+                    }
+                });
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            addr,
+            hits,
+            posts,
+            stop,
+        }
+    }
+
+    /// Kills the server: closes the listener and every open connection at once.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn config(&self) -> UpstreamConfig {
+        UpstreamConfig::new(self.addr.to_string()).with_route(self.name.clone())
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).boxed()
+}
+
+async fn answer(
+    name: &str,
+    hits: &AtomicUsize,
+    posts: &AtomicUsize,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    hits.fetch_add(1, Ordering::SeqCst);
+    if req.method() == hyper::Method::POST {
+        posts.fetch_add(1, Ordering::SeqCst);
+    }
+    let path = req.uri().path().to_owned();
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let (first, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let body = match first {
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(arg.parse().unwrap_or(0))).await;
+            full(name.to_owned())
+        }
+        "status" => {
+            let mut r = Response::new(full(name.to_owned()));
+            *r.status_mut() = hyper::StatusCode::from_u16(arg.parse().unwrap_or(500)).unwrap();
+            r.headers_mut().insert("x-upstream", name.parse().unwrap());
+            return r;
+        }
+        "headers" => {
+            let text: String = req
+                .headers()
+                .iter()
+                .map(|(k, v)| format!("{k}: {}\n", v.to_str().unwrap_or("?")))
+                .collect();
+            full(text)
+        }
+        "big" => {
+            let mut left: u64 = arg.parse().unwrap_or(0);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream = futures::stream::iter(std::iter::from_fn(move || {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64);
+                left -= n;
+                Some(Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))))
+            }));
+            BodyExt::boxed(StreamBody::new(stream))
+        }
+        "upload" => {
+            let mut body = req.into_body().into_data_stream();
+            let mut total = 0u64;
+            while let Some(Ok(chunk)) = body.next().await {
+                total += chunk.len() as u64;
+            }
+            full(total.to_string())
+        }
+        _ => {
+            let _ = req.into_body().collect().await;
+            full(name.to_owned())
+        }
+    };
+    let mut r = Response::new(body);
+    r.headers_mut().insert("x-upstream", name.parse().unwrap());
+    r
+}
+
+/// A balancer config on a free loopback port with one worker and short timeouts.
+pub fn config(upstreams: &[&Upstream]) -> BalancerConfig {
+    BalancerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        proxy_connect_timeout: Duration::from_secs(2),
+        proxy_read_timeout: Duration::from_secs(5),
+        shutdown_timeout: Duration::from_secs(10),
+        upstream: upstreams.iter().map(|u| u.config()).collect(),
+        ..BalancerConfig::default()
+    }
+}
+
+pub async fn start(cfg: BalancerConfig) -> (BalancerHandle, String) {
+    let h = Balancer::start(cfg).await.unwrap();
+    let base = format!("http://{}", h.local_addr());
+    (h, base)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// GETs `url` and returns (status, x-upstream header).
+pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = c.get(url).send().await.unwrap();
+    let up = r
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (r.status().as_u16(), up)
+}

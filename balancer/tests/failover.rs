@@ -1,0 +1,204 @@
+//! Failures: upstream killed under load, POST never resent, error page, time-outs, health.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{client, config, get, start, Upstream};
+use ferrocat_balancer::{HealthCheckConfig, NextUpstream};
+
+fn error_page() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/html/50x.html")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_mid_load_fails_no_get() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (h, base) = start(config(&[&a, &b])).await;
+    let http = client();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0;
+            for i in 0..150 {
+                let path = if i % 10 == 0 { "/slow/20" } else { "/" };
+                let r = http.get(format!("{base}{path}")).send().await;
+                if !matches!(r, Ok(ref r) if r.status() == 200) {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(b.hits() > 0, "b served before it was killed");
+    b.kill();
+    let mut failed = 0;
+    for t in tasks {
+        failed += t.await.unwrap();
+    }
+    assert_eq!(failed, 0, "failed GETs");
+    assert!(a.hits() > b.hits());
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_that_reached_an_upstream_is_never_sent_again() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut cfg = config(&[&a, &b]);
+    cfg.proxy_read_timeout = Duration::from_millis(300);
+    cfg.proxy_next_upstream = vec![
+        NextUpstream::Error,
+        NextUpstream::Timeout,
+        NextUpstream::Http502,
+    ];
+    cfg.upstream.iter_mut().for_each(|u| u.max_fails = 0);
+    let (h, base) = start(cfg).await;
+    let http = client();
+    // Time-out after the POST was sent: 504, not retried.
+    let r = http
+        .post(format!("{base}/slow/1000"))
+        .body("order=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    // 502 from the upstream: passed through, not retried.
+    let r = http
+        .post(format!("{base}/status/502"))
+        .body("order=2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        a.posts.load(std::sync::atomic::Ordering::SeqCst)
+            + b.posts.load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    // The same for GET is retried on the other upstream.
+    let before = a.hits() + b.hits();
+    let r = http.get(format!("{base}/status/502")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(
+        a.hits() + b.hits() - before,
+        2,
+        "GET tried on both upstreams"
+    );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_goes_to_the_next_upstream_when_the_first_refuses_the_connection() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (h, base) = start(config(&[&a, &b])).await;
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let http = client();
+    for i in 0..4 {
+        let r = http
+            .post(format!("{base}/"))
+            .body(format!("n={i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-upstream"], "b");
+    }
+    assert_eq!(b.posts.load(std::sync::atomic::Ordering::SeqCst), 4);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_upstreams_down_serves_the_error_page_with_502() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut cfg = config(&[&a, &b]);
+    cfg.error_page = Some(error_page());
+    let (h, base) = start(cfg).await;
+    a.kill();
+    b.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let http = client();
+    let page = std::fs::read_to_string(error_page()).unwrap();
+    // First request: both refuse the connection; later ones: both are marked down.
+    for _ in 0..3 {
+        let r = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(r.status(), 502);
+        assert_eq!(r.text().await.unwrap(), page);
+    }
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_upstream_times_out_with_504() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.proxy_read_timeout = Duration::from_millis(200);
+    cfg.error_page = Some(error_page());
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let started = std::time::Instant::now();
+    let r = http.get(format!("{base}/slow/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(r.text().await.unwrap().contains("An error occurred"));
+    h.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_upstream_is_skipped_for_fail_timeout() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut cfg = config(&[&a, &b]);
+    cfg.proxy_next_upstream = vec![NextUpstream::Error, NextUpstream::Http503];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    // One 503 from whichever upstream answers /status/503 marks it down (max_fails = 1).
+    let r = http.get(format!("{base}/status/503")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "both answered 503, the last answer is passed on"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Both are down now: no live upstream.
+    assert_eq!(get(&http, &format!("{base}/")).await.0, 502);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_health_check_takes_a_failing_upstream_out() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut cfg = config(&[&a, &b]);
+    cfg.health_check = Some(HealthCheckConfig {
+        path: "/status/200".into(),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        rise: 1,
+        fall: 2,
+        expect_status: vec![200],
+    });
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Expect a status no upstream answers: every check fails and both go down.
+    let mut failing = cfg.clone();
+    failing.health_check.as_mut().unwrap().expect_status = vec![299];
+    h.reload(failing).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        get(&http, &format!("{base}/")).await.0,
+        502,
+        "all upstreams failed their checks"
+    );
+    h.reload(cfg).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        get(&http, &format!("{base}/")).await.0,
+        200,
+        "checks pass again: back up"
+    );
+    h.stop(true).await;
+}
