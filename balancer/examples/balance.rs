@@ -1,0 +1,38 @@
+//! Runs a ferrocat balancer from the command line, for benchmarks and trying things out:
+//!
+//! ```text
+//! cargo run --release -p ferrocat-balancer --example balance -- LISTEN WORKERS UPSTREAM...
+//! cargo run --release -p ferrocat-balancer --example balance -- 127.0.0.1:0 1 127.0.0.1:8081 127.0.0.1:8082
+//! ```
+//! Prints `listening on ADDR`, serves until Ctrl-C or SIGTERM, then stops gracefully.
+
+use ferrocat_balancer::{Balancer, BalancerConfig, UpstreamConfig};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::init();
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: balance LISTEN WORKERS UPSTREAM...";
+    let listen = args.next().ok_or(usage)?.parse()?;
+    let workers = args.next().ok_or(usage)?.parse()?;
+    let upstream: Vec<UpstreamConfig> = args.map(UpstreamConfig::new).collect();
+    if upstream.is_empty() {
+        return Err(usage.into());
+    }
+    let cfg = BalancerConfig {
+        listen,
+        workers,
+        upstream,
+        ..BalancerConfig::default()
+    };
+    let handle = Balancer::start(cfg).await?;
+    println!("listening on {}", handle.local_addr());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        () = handle.stopped() => {}
+    }
+    handle.stop(true).await;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# ferrocat balancer vs nginx as a reverse proxy, same upstream, same wrk load, alternated.
+#
+#   benches/balancer-vs-nginx.sh [ROUNDS] [SECONDS] [CONNECTIONS]
+#
+# Upstream: nginx (1 worker) answering `return 200` on a loopback port. Proxies, each 1 worker:
+# nginx (Debian package, upstream keepalive) and ferrocat (release build of
+# `balancer/examples/balance.rs`). wrk (1 thread) runs against each in turn, ROUNDS times.
+# Prints requests/s and p99 per run, then the medians and the ratio ferrocat/nginx.
+# Everything listens on free loopback ports and is stopped at exit.
+set -euo pipefail
+ROUNDS=${1:-3}
+SECS=${2:-10}
+CONNS=${3:-50}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NGINX=${NGINX:-/usr/sbin/nginx}
+WRK=${WRK:-wrk}
+command -v "$WRK" >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
+[ -x "$NGINX" ] || { echo "nginx is missing: apt-get install -y nginx-light (or nginx)" >&2; exit 1; }
+
+TMP=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$TMP/up.pid" ] && kill "$(cat "$TMP/up.pid")" 2>/dev/null || true
+  [ -f "$TMP/px.pid" ] && kill "$(cat "$TMP/px.pid")" 2>/dev/null || true
+  sleep 0.2
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP_PORT=$(free_port); NG_PORT=$(free_port)
+
+common() {
+  cat <<CONF
+worker_processes 1;
+daemon off;
+error_log $TMP/$1-error.log warn;
+pid $TMP/$1.pid;
+events { worker_connections 4096; }
+CONF
+}
+{ common up; cat <<CONF
+http {
+  access_log off;
+  client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello from upstream\n"; } }
+}
+CONF
+} > "$TMP/up.conf"
+{ common px; cat <<CONF
+http {
+  access_log off;
+  client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
+  server {
+    listen 127.0.0.1:$NG_PORT;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Real-IP \$remote_addr;
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+  }
+}
+CONF
+} > "$TMP/px.conf"
+
+"$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
+"$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
+
+(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance)
+"$ROOT/target/release/examples/balance" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
+for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
+FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
+sleep 0.5
+NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
+for url in "http://127.0.0.1:$NG_PORT/" "http://$FC_ADDR/"; do
+  curl -sf "$url" >/dev/null || { echo "proxy at $url does not answer" >&2; exit 1; }
+done
+
+# Convert wrk's latency ("1.23ms", "850.00us", "1.02s") to microseconds.
+to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
+# CPU ticks (user+system) a process has used, all threads.
+ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+run() { # name url pid
+  local out rps p99 t0 t1 reqs cpu
+  t0=$(ticks "$3")
+  out=$("$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
+  t1=$(ticks "$3")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+  if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "  ($1 had errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out"))"; fi
+  printf '  %-9s %10.0f req/s   p99 %8s   proxy CPU %6s us/req\n' "$1" "$rps" "$p99" "$cpu"
+  echo "$1 $rps $(to_us "$p99") $cpu" >> "$TMP/results"
+}
+
+echo "warm-up"; "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
+for r in $(seq "$ROUNDS"); do
+  echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
+  if (( r % 2 )); then run nginx "http://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "http://$FC_ADDR/" "$FC_PID";
+  else run ferrocat "http://$FC_ADDR/" "$FC_PID"; run nginx "http://127.0.0.1:$NG_PORT/" "$NG_WORKER"; fi
+done
+
+median() { sort -n | awk '{a[NR]=$1} END { if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+NG_RPS=$(awk '$1=="nginx" {print $2}' "$TMP/results" | median)
+FC_RPS=$(awk '$1=="ferrocat" {print $2}' "$TMP/results" | median)
+NG_P99=$(awk '$1=="nginx" {print $3}' "$TMP/results" | median)
+FC_P99=$(awk '$1=="ferrocat" {print $3}' "$TMP/results" | median)
+NG_CPU=$(awk '$1=="nginx" {print $4}' "$TMP/results" | median)
+FC_CPU=$(awk '$1=="ferrocat" {print $4}' "$TMP/results" | median)
+echo
+printf 'median   nginx %.0f req/s p99 %.0fus %.2fus CPU/req | ferrocat %.0f req/s p99 %.0fus %.2fus CPU/req\n' \
+  "$NG_RPS" "$NG_P99" "$NG_CPU" "$FC_RPS" "$FC_P99" "$FC_CPU"
+awk -v f="$FC_RPS" -v n="$NG_RPS" -v fp="$FC_P99" -v np="$NG_P99" -v fc="$FC_CPU" -v nc="$NG_CPU" \
+  'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx (lower is better for p99 and CPU)\n", f/n, fp/np, fc/nc }'
