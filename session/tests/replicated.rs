@@ -589,6 +589,9 @@ async fn a_session_can_move_back_to_a_recovered_node() {
         warmups(&store, "n1") > before && state(&store, "n1") == NodeState::Up
     })
     .await;
+    // This thread's connections to n1 saw it refused while it was down; let
+    // their reconnect back-off (50 ms at first) pass, or n1 looks down here.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     cluster.node(&b).kill();
     // n1 holds a moved marker for this very key: the session moves back anyway
     let back = store

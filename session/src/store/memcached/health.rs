@@ -2,7 +2,9 @@
 //!
 //! States: `Up` -> `Down` after `failure_threshold` consecutive failures or
 //! time-outs, or at once on connection refused (the request path reports
-//! failures with `do_send`, successes are never messages). Every
+//! failures with `do_send`, successes are never messages; for two client
+//! back-offs after a node came back a refusal counts like a time-out, since
+//! other threads' connections may still replay the refusal they saw). Every
 //! `probe_interval` the actor
 //!
 //! * probes each `Down` node with `mn`; when it answers the node turns
@@ -122,6 +124,8 @@ struct Track {
     last_sync: Option<Instant>,
     /// When a failed warm-up may be retried.
     retry_at: Option<Instant>,
+    /// When the node last came back up (after being down).
+    back_since: Option<Instant>,
 }
 
 /// Owns node health; see the module docs.
@@ -131,10 +135,16 @@ pub(crate) struct HealthActor {
     flushing: bool,
     /// A warm-up is running (they run one at a time).
     warming: bool,
+    /// How long after a node came back a refusal does not mark it down at
+    /// once: twice the client's longest reconnect back-off.
+    refused_grace: Duration,
 }
 
 impl HealthActor {
     pub(crate) fn new(core: Arc<Core>) -> Self {
+        let refused_grace = core.clients.first().map_or(Duration::from_secs(2), |c| {
+            c.options().reconnect_backoff_max * 2
+        });
         let nodes = (0..core.placement.len())
             .map(|_| Track {
                 state: NodeState::Up,
@@ -145,6 +155,7 @@ impl HealthActor {
                 dirty: false,
                 last_sync: None,
                 retry_at: None,
+                back_since: None,
             })
             .collect();
         HealthActor {
@@ -152,6 +163,7 @@ impl HealthActor {
             nodes,
             flushing: false,
             warming: false,
+            refused_grace,
         }
     }
 
@@ -307,6 +319,9 @@ impl HealthActor {
                 Ok(report) => {
                     let t = &mut act.nodes[node];
                     t.busy = false;
+                    if t.state != NodeState::Up {
+                        t.back_since = Some(Instant::now());
+                    }
                     t.state = NodeState::Up;
                     t.warmups += 1;
                     t.in_sync = true;
@@ -377,7 +392,13 @@ impl Handler<NodeFailed> for HealthActor {
         if t.state == NodeState::Down {
             return;
         }
-        if msg.refused {
+        // Right after a node came back, other threads' connection slots may
+        // still be in their reconnect back-off and report the refusal they
+        // saw while it was down: then a refusal counts like a time-out.
+        let fresh = t
+            .back_since
+            .is_some_and(|at| at.elapsed() < self.refused_grace);
+        if msg.refused && !fresh {
             self.mark_down(msg.node, "connection refused");
         } else if msg.consecutive >= self.core.cfg.failure_threshold {
             let why = format!("{} consecutive failures or time-outs", msg.consecutive);

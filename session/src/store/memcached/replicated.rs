@@ -13,14 +13,20 @@
 //!    there wins).
 //! 3. Primary down or failing: read the backups on every usable node; a live
 //!    winner is *relocated*: same random part, the first usable rendezvous
-//!    node as new primary, written there with a version two above the
-//!    winner's, plus a new backup; the old id's reachable backup locations get
-//!    a moved marker (winner + 1). The caller gets the new id (new cookie).
+//!    node as new primary, added there with a version two above the
+//!    winner's, plus a new backup (one round trip; a leftover moved marker or
+//!    older copy is replaced by CAS, a concurrent relocation or a tombstone
+//!    wins). Only then the old id's reachable backup locations get a moved
+//!    marker (winner + 1). The caller gets the new id (new cookie).
+//!
+//! Request-path reads give a node whose last operation failed only a tenth
+//! of `operation_timeout`, so a frozen node costs about one timeout per
+//! request until the health actor marks it down.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use ferrocat_memcached::SetMode;
+use ferrocat_memcached::{SetMode, StoreStatus};
 
 use super::health::HealthSnapshot;
 use super::inner::{backup_key, newest, Core, Stored};
@@ -234,16 +240,44 @@ impl Core {
         };
         let new = id.with_node(Some(self.node_id(t))).with_route(None);
         let nkey = new.key();
+        let nbkey = backup_key(&nkey);
         let mut rec = w.clone();
         rec.version = w.version.saturating_add(2);
-        // Guarded write of the new primary: a concurrent relocation (or a
-        // tombstone) already there wins.
-        let placed = match self.read(t, &nkey).await {
-            Ok(Stored::Record { rec: e, .. }) if e.kind == RecordKind::Deleted => {
-                return Resolved::Gone
+        let nb = self
+            .placement
+            .first_usable(id.random(), &[p, t], |i| snap.usable(i));
+        // One round trip in the common case: add the new primary and backup.
+        let (placed, added) = futures::join!(self.write(t, &nkey, &rec, SetMode::Add), async {
+            match nb {
+                Some(nb) => Some(self.write(nb, &nbkey, &rec, SetMode::Add).await),
+                None => None,
             }
-            Ok(Stored::Record { rec: e, .. }) if e.is_live() && e.version >= rec.version => false,
-            Ok(found) => matches!(self.repair(t, &nkey, &found, &rec).await, Ok(true)),
+        });
+        match placed {
+            Ok(StoreStatus::Stored) => {}
+            Ok(_) => {
+                // Something is there already: a concurrent relocation or a
+                // tombstone wins; a leftover moved marker or older copy is
+                // replaced (CAS, so a racing write still wins).
+                let ours = match self.read(t, &nkey).await {
+                    Ok(Stored::Record { rec: e, .. }) if e.kind == RecordKind::Deleted => {
+                        return Resolved::Gone
+                    }
+                    Ok(Stored::Record { rec: e, .. })
+                        if e.is_live() && e.version >= rec.version =>
+                    {
+                        false
+                    }
+                    Ok(found) => matches!(self.repair(t, &nkey, &found, &rec).await, Ok(true)),
+                    Err(_) => false,
+                };
+                if !ours {
+                    return Resolved::Moved {
+                        to: new,
+                        live: None,
+                    };
+                }
+            }
             Err(_) => {
                 // The target failed too; serve what we have under the old id.
                 bump(&self.stats.memcached_failovers);
@@ -252,23 +286,20 @@ impl Core {
                     rec: w,
                 };
             }
-        };
-        if !placed {
-            return Resolved::Moved {
-                to: new,
-                live: None,
-            };
         }
-        let nb = self
-            .placement
-            .first_usable(id.random(), &[p, t], |i| snap.usable(i));
+        // Only now that the new primary holds the session: point the old
+        // backup locations at it, and fix a backup location that held
+        // something older.
         let marker = w.moved_to(&new.to_string());
         let bkey = backup_key(&id.key());
-        let nbkey = backup_key(&nkey);
         let backup = async {
-            match nb {
-                Some(nb) => self.write(nb, &nbkey, &rec, SetMode::Set).await.is_ok(),
-                None => false,
+            match (nb, added) {
+                (Some(_), Some(Ok(StoreStatus::Stored))) => true,
+                (Some(nb), Some(Ok(_))) => match self.read(nb, &nbkey).await {
+                    Ok(found) => self.repair(nb, &nbkey, &found, &rec).await.is_ok(),
+                    Err(_) => false,
+                },
+                _ => false,
             }
         };
         let markers = futures::future::join_all(
