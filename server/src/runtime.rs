@@ -107,7 +107,6 @@ async fn serve(mode: Mode, path: Option<PathBuf>, loaded: Loaded) -> Result<(), 
         let handle = Balancer::start(bcfg)
             .await
             .map_err(|e| format!("balancer: cannot listen on {}: {e}", config.balancer.listen))?;
-        log::info!("balancer listening on http://{}", handle.local_addr());
         balancer = Some(handle);
     }
     let app_addr = app.as_ref().map(|a| a.addr);
