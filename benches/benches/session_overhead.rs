@@ -1,5 +1,5 @@
-//! Session overhead: the demo's `GET /api/me` with non-sticky memcached
-//! sessions against the same route with sessions off, under the same `wrk`
+//! Session overhead: the demo's `GET /api/me` with non-sticky sessions on two
+//! memcached nodes (primary + backup) against the same route with sessions off, under the same `wrk`
 //! load, alternated in one run. Prints requests/s, p99 and the ratio.
 //!
 //! Run: `cargo bench -p ferrocat-benches --bench session_overhead`
@@ -16,62 +16,61 @@ use actix_web::{web, App, HttpServer};
 use ferrocat_examples::NodeName;
 use ferrocat_session::store::memcached::{MemcachedStoreConfig, ReplicatedMemcachedStore};
 use ferrocat_session::{SessionConfig, SessionManager, Stats};
-use ferrocat_testkit::Memcached;
+use ferrocat_testkit::Cluster;
 
 const SESSIONS: usize = 200;
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 5;
 const CONNECTIONS: u32 = 32;
 
-fn start_servers(memcached: SocketAddr) -> (SocketAddr, SocketAddr) {
+/// Starts one demo server (1 worker) on its own thread and actix System:
+/// with sessions on the memcached nodes (`Some(sticky)`) or without (`None`).
+fn start_server(memcached_nodes: String, sessions: Option<bool>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let settings = SessionConfig {
-                memcached_nodes: format!("n1:{memcached}"),
-                cookie_secret: Some("bench-secret-bench-secret-bench-secret".into()),
-                ..Default::default()
+            let mgr = sessions.map(|sticky| {
+                let settings = SessionConfig {
+                    memcached_nodes,
+                    sticky,
+                    cookie_secret: Some("bench-secret-bench-secret-bench-secret".into()),
+                    ..Default::default()
+                }
+                .validate()
+                .expect("valid settings");
+                let stats = Arc::new(Stats::default());
+                let store_cfg = MemcachedStoreConfig::from_msm(&settings.memcached_nodes, "")
+                    .expect("node list");
+                let store = ReplicatedMemcachedStore::new(store_cfg, stats.clone()).expect("store");
+                SessionManager::new(settings, "app1", Arc::new(store), stats)
+            });
+            macro_rules! serve {
+                ($app:expr) => {{
+                    let server = HttpServer::new($app)
+                        .workers(1)
+                        .bind("127.0.0.1:0")
+                        .expect("bind");
+                    tx.send(server.addrs()[0]).expect("send addr");
+                    let _ = server.run().await;
+                }};
             }
-            .validate()
-            .expect("valid settings");
-            let stats = Arc::new(Stats::default());
-            let store_cfg =
-                MemcachedStoreConfig::from_msm(&settings.memcached_nodes, "").expect("node list");
-            let store = ReplicatedMemcachedStore::new(store_cfg, stats.clone()).expect("store");
-            let mgr = SessionManager::new(settings, "app1", Arc::new(store), stats);
-            let with = HttpServer::new(move || {
-                App::new()
-                    .app_data(web::Data::new(NodeName("app1".into())))
+            let node = web::Data::new(NodeName("app1".into()));
+            match mgr {
+                Some(mgr) => serve!(move || App::new()
+                    .app_data(node.clone())
                     .wrap(mgr.middleware())
-                    .configure(ferrocat_examples::configure)
-            })
-            .workers(1)
-            .bind("127.0.0.1:0")
-            .expect("bind");
-            let without = HttpServer::new(|| {
-                App::new()
-                    .app_data(web::Data::new(NodeName("app1".into())))
-                    .configure(ferrocat_examples::configure)
-            })
-            .workers(1)
-            .bind("127.0.0.1:0")
-            .expect("bind");
-            let addrs = (with.addrs()[0], without.addrs()[0]);
-            let (a, b) = (with.run(), without.run());
-            tx.send(addrs).expect("send addrs");
-            let _ = futures_join(a, b).await;
+                    .configure(ferrocat_examples::configure)),
+                None => serve!(move || App::new()
+                    .app_data(node.clone())
+                    .configure(ferrocat_examples::configure)),
+            }
         });
     });
-    rx.recv().expect("servers started")
+    rx.recv().expect("server started")
 }
 
-async fn futures_join(a: actix_web::dev::Server, b: actix_web::dev::Server) {
-    let (ha, hb) = (actix_rt::spawn(a), actix_rt::spawn(b));
-    let _ = ha.await;
-    let _ = hb.await;
-}
-
-/// One raw GET; returns the session cookie the server set.
+/// One raw GET; returns the session cookie the server set (a dummy one when
+/// sessions are off).
 fn fetch_cookie(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5))).ok();
@@ -89,7 +88,7 @@ fn fetch_cookie(addr: SocketAddr) -> String {
                 .or_else(|| l.strip_prefix("Set-Cookie: "))?;
             Some(v.split(';').next()?.to_owned())
         })
-        .expect("a session cookie")
+        .unwrap_or_else(|| "JSESSIONID=none".into())
 }
 
 fn wrk(addr: SocketAddr, script: &std::path::Path) -> (f64, f64) {
@@ -143,48 +142,66 @@ fn main() {
         eprintln!("session_overhead: `wrk` not found (apt-get install wrk); skipped");
         return;
     }
-    let mc = Memcached::start();
-    let (with, without) = start_servers(mc.addr());
-    let cookies: Vec<String> = (0..SESSIONS).map(|_| fetch_cookie(with)).collect();
+    // Two memcached nodes: every session has a primary and a backup copy.
+    let cluster = Cluster::start(2);
+    let variants = [
+        ("non-sticky memcached sessions", Some(false)),
+        ("sticky memcached sessions", Some(true)),
+        ("sessions off", None),
+    ];
+    let servers: Vec<(&str, SocketAddr)> = variants
+        .iter()
+        .map(|(name, v)| (*name, start_server(cluster.memcached_nodes(), *v)))
+        .collect();
     let dir = std::env::temp_dir().join(format!("ferrocat-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let script = dir.join("cookies.lua");
-    let list = cookies
+    let scripts: Vec<std::path::PathBuf> = servers
         .iter()
-        .map(|c| format!("{c:?}"))
-        .collect::<Vec<_>>()
-        .join(",\n");
-    std::fs::write(
-        &script,
-        format!(
-            "local cookies = {{\n{list}\n}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  \
-             return wrk.format(\"GET\", \"/api/me\", {{ [\"Cookie\"] = cookies[(i % #cookies) + 1] }})\nend\n"
-        ),
-    )
-    .expect("write script");
+        .enumerate()
+        .map(|(i, (_, addr))| {
+            let cookies: Vec<String> = (0..SESSIONS).map(|_| fetch_cookie(*addr)).collect();
+            let script = dir.join(format!("cookies{i}.lua"));
+            let list = cookies.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(",\n");
+            std::fs::write(
+                &script,
+                format!(
+                    "local cookies = {{\n{list}\n}}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  \
+                     return wrk.format(\"GET\", \"/api/me\", {{ [\"Cookie\"] = cookies[(i % #cookies) + 1] }})\nend\n"
+                ),
+            )
+            .expect("write script");
+            script
+        })
+        .collect();
 
-    println!("session overhead: GET /api/me, {SESSIONS} sessions, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, 1 actix worker each, {ROUNDS} alternated rounds");
-    let (mut w_rps, mut w_p99, mut o_rps, mut o_p99) = (vec![], vec![], vec![], vec![]);
-    for round in 1..=ROUNDS {
-        let (r, p) = wrk(with, &script);
-        println!("round {round}: memcached sessions  {r:>10.0} req/s  p99 {p:>7.2} ms");
-        w_rps.push(r);
-        w_p99.push(p);
-        let (r, p) = wrk(without, &script);
-        println!("round {round}: sessions off        {r:>10.0} req/s  p99 {p:>7.2} ms");
-        o_rps.push(r);
-        o_p99.push(p);
-    }
-    let (wr, or) = (median(w_rps), median(o_rps));
-    println!();
-    println!("| variant | req/s (median) | p99 ms (median) |");
-    println!("|---|---|---|");
     println!(
-        "| non-sticky memcached sessions | {wr:.0} | {:.2} |",
-        median(w_p99)
+        "session overhead: GET /api/me, 2 memcached nodes, {SESSIONS} sessions, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s, \
+         1 actix worker each, {ROUNDS} alternated rounds"
     );
-    println!("| sessions off | {or:.0} | {:.2} |", median(o_p99));
+    let mut rps = vec![Vec::new(); servers.len()];
+    let mut p99 = vec![Vec::new(); servers.len()];
+    for round in 1..=ROUNDS {
+        for (i, (name, addr)) in servers.iter().enumerate() {
+            let (r, p) = wrk(*addr, &scripts[i]);
+            println!("round {round}: {name:<32} {r:>10.0} req/s  p99 {p:>7.2} ms");
+            rps[i].push(r);
+            p99[i].push(p);
+        }
+    }
+    let medians: Vec<f64> = rps.into_iter().map(median).collect();
+    let off = medians[servers.len() - 1];
     println!();
-    println!("ratio sessions/off = {:.2} (target >= 0.60)", wr / or);
+    println!("| variant | req/s (median) | p99 ms (median) | ratio to sessions off |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _)) in servers.iter().enumerate() {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} |",
+            medians[i],
+            median(p99[i].clone()),
+            medians[i] / off
+        );
+    }
+    println!();
+    println!("target: non-sticky memcached sessions / sessions off >= 0.60");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,12 +12,14 @@ pub fn build(
     settings: &SessionSettings,
     stats: Arc<Stats>,
 ) -> Result<Arc<dyn SessionBackend>, String> {
-    let mut cfg = MemcachedStoreConfig::from_msm(&settings.memcached_nodes, &settings.failover_nodes)?
-        .operation_timeout(settings.operation_timeout)
-        .connections_per_node(settings.memcached_connections);
+    let mut cfg =
+        MemcachedStoreConfig::from_msm(&settings.memcached_nodes, &settings.failover_nodes)?
+            .operation_timeout(settings.operation_timeout)
+            .connections_per_node(settings.memcached_connections);
     // Tombstones of sessions whose last record is unknown must outlive any
     // stale copy, which lives at most one max inactive interval.
-    cfg.default_max_inactive_secs = u32::try_from(settings.max_inactive.as_secs()).unwrap_or(u32::MAX);
+    cfg.default_max_inactive_secs =
+        u32::try_from(settings.max_inactive.as_secs()).unwrap_or(u32::MAX);
     let nodes: Vec<String> = cfg
         .nodes
         .iter()
