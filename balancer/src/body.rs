@@ -256,11 +256,12 @@ pub(crate) struct PoolReturn {
 }
 
 /// The body of a response sent to the client.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum RespBody {
     /// A page made by the balancer (errors, 403, 413).
     Full(Option<Bytes>),
-    /// An upstream's response, streamed.
-    Upstream(Box<UpstreamBody>),
+    /// An upstream's response, streamed (inline: a box would cost an allocation per request).
+    Upstream(UpstreamBody),
 }
 
 /// An upstream response body with what must happen when it ends.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1::SendRequest;
 
 use crate::body::{
@@ -56,7 +56,14 @@ impl Worker {
         if !snap.deny.is_empty() && snap.deny.is_match(parts.uri.path()) {
             return pages::plain(StatusCode::FORBIDDEN);
         }
-        let body = match body::prepare(incoming, snap.cfg.client_max_body_size).await {
+        // Boxed: reading a body is the rare case, and keeping its state out of this future keeps
+        // the per-request future small (it is moved into hyper's dispatcher on every request).
+        let prepared = if incoming.is_end_stream() {
+            Prepared::Body(ReqBody::Full(None))
+        } else {
+            Box::pin(body::prepare(incoming, snap.cfg.client_max_body_size)).await
+        };
+        let body = match prepared {
             Prepared::Body(b) => b,
             Prepared::TooLarge(rest) => {
                 if let Some(rest) = rest {
@@ -107,13 +114,13 @@ impl Worker {
         let deadline = (!policy.timeout.is_zero()).then(|| Instant::now() + policy.timeout);
         let may_resend = idempotent(&parts.method) || policy.non_idempotent;
         let stream_state = body.stream_state();
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut next = Some((parts, body));
         let mut last_status = None;
         let mut stale_retry_used = false;
         while let Some((parts, body)) = next.take() {
             let mut now = LazyNow::default();
-            let idx = match choose(snap, ctx, &tried, bound, &mut now) {
+            let idx = match choose(snap, ctx, tried.as_slice(), bound, &mut now) {
                 Some(i) => i,
                 None => break,
             };
@@ -171,7 +178,7 @@ impl Worker {
                 }
             }
         }
-        let status = last_status.unwrap_or_else(|| no_upstream_status(snap, &tried));
+        let status = last_status.unwrap_or_else(|| no_upstream_status(snap, tried.as_slice()));
         pages::error(status, snap.error_page.as_ref())
     }
 
@@ -188,7 +195,7 @@ impl Worker {
             let (mut tx, reused) = match self.pool.checkout(up.addr) {
                 Some(tx) => (tx, true),
                 None => (
-                    Pool::connect(up.addr, snap.cfg.proxy_connect_timeout)
+                    Box::pin(Pool::connect(up.addr, snap.cfg.proxy_connect_timeout))
                         .await
                         .map_err(Failure::Upstream)?,
                     false,
@@ -256,7 +263,7 @@ impl Worker {
             conn,
             guard: Some(guard),
         };
-        Response::from_parts(parts, RespBody::Upstream(Box::new(body)))
+        Response::from_parts(parts, RespBody::Upstream(body))
     }
 }
 
@@ -270,6 +277,51 @@ enum Failure {
     TooLarge,
     /// The client failed while sending its body.
     Client,
+}
+
+/// Upstreams already tried by one request, kept inline (no allocation per request).
+#[derive(Default)]
+struct Tried {
+    inline: [usize; 8],
+    len: usize,
+    more: Vec<usize>,
+}
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = i;
+            self.len += 1;
+        } else {
+            if self.more.is_empty() {
+                self.more.extend_from_slice(&self.inline);
+            }
+            self.more.push(i);
+        }
+    }
+
+    fn pop(&mut self) {
+        if !self.more.is_empty() {
+            self.more.pop();
+            if self.more.len() == self.inline.len() {
+                self.more.clear();
+            }
+        } else {
+            self.len = self.len.saturating_sub(1);
+        }
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        if self.more.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.more
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
 }
 
 fn req_method(spare: &Option<(http::request::Parts, ReqBody)>) -> Method {
