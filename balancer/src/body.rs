@@ -15,9 +15,8 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 
-use crate::pool::Pool;
+use crate::pool::{Pool, Upconn};
 use crate::upstream::{now_millis, ActiveGuard};
 
 /// Bodies up to this size are read before the upstream is contacted, so they can be retried.
@@ -248,13 +247,6 @@ impl Body for ReqBody {
     }
 }
 
-/// Where a finished upstream connection goes back to.
-pub(crate) struct PoolReturn {
-    pub pool: Rc<Pool>,
-    pub addr: std::net::SocketAddr,
-    pub tx: SendRequest<ReqBody>,
-}
-
 /// The body of a response sent to the client.
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum RespBody {
@@ -266,17 +258,23 @@ pub(crate) enum RespBody {
 
 /// An upstream response body with what must happen when it ends.
 pub(crate) struct UpstreamBody {
+    /// The body as hyper's client delivers it.
     pub incoming: Incoming,
+    /// Set once the body was read to its end.
     pub done: bool,
-    pub conn: Option<PoolReturn>,
+    /// The connection it arrives on, driven from `poll_frame` (dropped = closed).
+    pub conn: Option<Upconn>,
+    /// Where the connection goes when the body is complete (`None`: keep-alive off).
+    pub pool: Option<Rc<Pool>>,
+    /// The upstream's in-flight count, released at the end.
     pub guard: Option<ActiveGuard>,
 }
 
 impl UpstreamBody {
     fn finish(&mut self) {
         self.done = true;
-        if let Some(r) = self.conn.take() {
-            r.pool.put(r.addr, r.tx);
+        if let (Some(conn), Some(pool)) = (self.conn.take(), &self.pool) {
+            pool.put(conn);
         }
         self.guard = None;
     }
@@ -309,6 +307,9 @@ impl Body for RespBody {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(u) => {
+                if let Some(conn) = &mut u.conn {
+                    conn.drive(cx);
+                }
                 let frame = ready!(Pin::new(&mut u.incoming).poll_frame(cx));
                 match &frame {
                     None => u.finish(),

@@ -6,6 +6,7 @@
 //! stop. Each attempt takes a pooled keep-alive connection (or opens one), counts itself in the
 //! upstream's `active` counter, and reports failures to the health owner without waiting.
 
+use std::future::Future as _;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -14,14 +15,11 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1::SendRequest;
 
-use crate::body::{
-    self, outcome, PoolReturn, Prepared, ReqBody, RespBody, StreamState, UpstreamBody,
-};
+use crate::body::{self, outcome, Prepared, ReqBody, RespBody, StreamState, UpstreamBody};
 use crate::error::AttemptError;
 use crate::pages;
-use crate::pool::Pool;
+use crate::pool::{Pool, Upconn};
 use crate::selection::SelectCtx;
 use crate::server::Shared;
 use crate::upstream::{now_millis, ActiveGuard, LazyNow, Snapshot, Upstream};
@@ -136,7 +134,7 @@ impl Worker {
                     .insert(http::header::HOST, up.authority.clone());
             }
             match self.exchange(snap, up, req, stream_state.as_deref()).await {
-                Ok((resp, tx)) => {
+                Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     if policy.retries_status(status) {
                         self.shared.report_failure(up);
@@ -149,7 +147,7 @@ impl Worker {
                             continue;
                         }
                     }
-                    return self.respond(resp, up, tx, guard, snap);
+                    return self.respond(resp, conn, guard, snap);
                 }
                 Err(Failure::TooLarge) => return pages::plain(StatusCode::PAYLOAD_TOO_LARGE),
                 Err(Failure::Client) => return pages::plain(StatusCode::BAD_REQUEST),
@@ -189,11 +187,11 @@ impl Worker {
         up: &Upstream,
         req: Request<ReqBody>,
         stream: Option<&StreamState>,
-    ) -> Result<(Response<Incoming>, SendRequest<ReqBody>), Failure> {
+    ) -> Result<(Response<Incoming>, Upconn), Failure> {
         let mut req = req;
         loop {
-            let (mut tx, reused) = match self.pool.checkout(up.addr) {
-                Some(tx) => (tx, true),
+            let (mut conn, reused) = match self.pool.checkout(up.addr) {
+                Some(conn) => (conn, true),
                 None => (
                     Box::pin(Pool::connect(up.addr, snap.cfg.proxy_connect_timeout))
                         .await
@@ -201,15 +199,20 @@ impl Worker {
                     false,
                 ),
             };
-            if reused && tx.ready().await.is_err() {
+            if reused && !conn.ready().await {
                 continue;
             }
             let result = {
-                let fut = pin!(tx.try_send_request(req));
-                with_timeouts(fut, up, snap, stream).await?
+                let mut send = pin!(conn.tx.try_send_request(req));
+                // The connection is driven from this task while the request goes out.
+                let driven = std::future::poll_fn(|cx| {
+                    conn.drive(cx);
+                    send.as_mut().poll(cx)
+                });
+                with_timeouts(pin!(driven), up, snap, stream).await?
             };
             match result {
-                Ok(resp) => return Ok((resp, tx)),
+                Ok(resp) => return Ok((resp, conn)),
                 Err(mut e) => {
                     let back = e.take_message();
                     let sent = back.is_none();
@@ -245,22 +248,17 @@ impl Worker {
     fn respond(
         &self,
         resp: Response<Incoming>,
-        up: &Upstream,
-        tx: SendRequest<ReqBody>,
+        conn: Upconn,
         guard: ActiveGuard,
         snap: &Snapshot,
     ) -> Response<RespBody> {
         let (mut parts, incoming) = resp.into_parts();
         crate::headers::strip_hop_by_hop(&mut parts.headers);
-        let conn = (snap.cfg.keepalive > 0).then(|| PoolReturn {
-            pool: self.pool.clone(),
-            addr: up.addr,
-            tx,
-        });
         let body = UpstreamBody {
             incoming,
             done: false,
-            conn,
+            conn: Some(conn),
+            pool: (snap.cfg.keepalive > 0).then(|| self.pool.clone()),
             guard: Some(guard),
         };
         Response::from_parts(parts, RespBody::Upstream(body))
