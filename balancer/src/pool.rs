@@ -29,19 +29,18 @@ use crate::error::AttemptError;
 pub(crate) struct Upconn {
     /// Sends requests on this connection.
     pub tx: SendRequest<ReqBody>,
-    io: Pin<Box<Connection<TokioIo<TcpStream>, ReqBody>>>,
-    ended: bool,
+    /// The connection's state machine; dropped as soon as it ends, which cancels requests still
+    /// queued on it (they come back unsent through `TrySendError::take_message`).
+    io: Option<Pin<Box<Connection<TokioIo<TcpStream>, ReqBody>>>>,
     addr: SocketAddr,
 }
 
 impl Upconn {
     /// Makes progress on the connection's reads and writes (call before polling what waits on it).
     pub fn drive(&mut self, cx: &mut Context<'_>) {
-        if self.ended {
-            return;
-        }
-        if let Poll::Ready(result) = self.io.as_mut().poll(cx) {
-            self.ended = true;
+        let Some(io) = &mut self.io else { return };
+        if let Poll::Ready(result) = io.as_mut().poll(cx) {
+            self.io = None;
             if let Err(e) = result {
                 log::debug!("upstream connection to {} ended: {e}", self.addr);
             }
@@ -50,7 +49,7 @@ impl Upconn {
 
     /// Whether the connection can still carry requests, as far as is known without polling it.
     pub fn is_open(&self) -> bool {
-        !self.ended && !self.tx.is_closed()
+        self.io.is_some() && !self.tx.is_closed()
     }
 
     /// Waits until the connection accepts the next request (false if it closed meanwhile).
@@ -138,8 +137,7 @@ impl Pool {
             })?;
         Ok(Upconn {
             tx,
-            io: Box::pin(io),
-            ended: false,
+            io: Some(Box::pin(io)),
             addr,
         })
     }
