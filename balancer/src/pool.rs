@@ -25,13 +25,16 @@ use tokio::net::TcpStream;
 use crate::body::ReqBody;
 use crate::error::AttemptError;
 
+/// hyper's I/O state machine of one upstream connection.
+type ConnIo = Connection<TokioIo<TcpStream>, ReqBody>;
+
 /// One HTTP/1 connection to an upstream: the request sender and the I/O state machine.
 pub(crate) struct Upconn {
     /// Sends requests on this connection.
     pub tx: SendRequest<ReqBody>,
     /// The connection's state machine; dropped as soon as it ends, which cancels requests still
     /// queued on it (they come back unsent through `TrySendError::take_message`).
-    io: Option<Pin<Box<Connection<TokioIo<TcpStream>, ReqBody>>>>,
+    io: Option<Pin<Box<ConnIo>>>,
     addr: SocketAddr,
 }
 
