@@ -260,6 +260,8 @@ impl Worker {
             conn: Some(conn),
             pool: (snap.cfg.keepalive > 0).then(|| self.pool.clone()),
             guard: Some(guard),
+            read_timeout: snap.cfg.proxy_read_timeout,
+            idle: None,
         };
         Response::from_parts(parts, RespBody::Upstream(body))
     }

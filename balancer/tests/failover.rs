@@ -247,3 +247,25 @@ async fn pooled_connections_to_a_restarted_upstream_are_replaced_without_errors(
     assert_eq!(again.hits(), 6);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_silent_in_the_middle_of_a_body_is_cut_after_read_timeout() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.proxy_read_timeout = Duration::from_millis(300);
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let started = std::time::Instant::now();
+    let r = http.get(format!("{base}/stall/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the head arrived in time");
+    assert!(r.bytes().await.is_err(), "the body is cut, not completed");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    // A body that keeps coming within the timeout completes.
+    let r = http.get(format!("{base}/stall/100")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "partial-end");
+    h.stop(true).await;
+}
