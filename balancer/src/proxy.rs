@@ -17,6 +17,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::{Body as _, Incoming};
 
 use crate::body::{self, outcome, Prepared, ReqBody, RespBody, StreamState, UpstreamBody};
+use crate::choose::{choose, no_upstream_status, Tried};
 use crate::error::AttemptError;
 use crate::pages;
 use crate::pool::{Pool, Upconn};
@@ -279,51 +280,6 @@ enum Failure {
     Client,
 }
 
-/// Upstreams already tried by one request, kept inline (no allocation per request).
-#[derive(Default)]
-struct Tried {
-    inline: [usize; 8],
-    len: usize,
-    more: Vec<usize>,
-}
-
-impl Tried {
-    fn push(&mut self, i: usize) {
-        if self.len < self.inline.len() {
-            self.inline[self.len] = i;
-            self.len += 1;
-        } else {
-            if self.more.is_empty() {
-                self.more.extend_from_slice(&self.inline);
-            }
-            self.more.push(i);
-        }
-    }
-
-    fn pop(&mut self) {
-        if !self.more.is_empty() {
-            self.more.pop();
-            if self.more.len() == self.inline.len() {
-                self.more.clear();
-            }
-        } else {
-            self.len = self.len.saturating_sub(1);
-        }
-    }
-
-    fn as_slice(&self) -> &[usize] {
-        if self.more.is_empty() {
-            &self.inline[..self.len]
-        } else {
-            &self.more
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.as_slice().len()
-    }
-}
-
 fn req_method(spare: &Option<(http::request::Parts, ReqBody)>) -> Method {
     spare
         .as_ref()
@@ -376,49 +332,4 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     *req.version_mut() = p.version;
     *req.headers_mut() = p.headers.clone();
     req.into_parts().0
-}
-
-/// Picks the upstream for the next attempt: the bound route while it is available, else the
-/// primaries (not draining), else the backups; draining upstreams only if nothing else is left.
-fn choose(
-    snap: &Snapshot,
-    ctx: &SelectCtx<'_>,
-    tried: &[usize],
-    bound: Option<usize>,
-    now: &mut LazyNow,
-) -> Option<usize> {
-    if let Some(i) = bound {
-        if !tried.contains(&i) && snap.upstreams[i].available(now) {
-            return Some(i);
-        }
-    }
-    for allow_drain in [false, true] {
-        for group in [&snap.primary, &snap.backup] {
-            let mut eligible = |pos: usize| {
-                let i = group.members[pos];
-                let u = &snap.upstreams[i];
-                (allow_drain || !u.cfg.drain) && !tried.contains(&i) && u.available(now)
-            };
-            if let Some(pos) = group.selector.select(ctx, &mut eligible) {
-                return Some(group.members[pos]);
-            }
-        }
-    }
-    None
-}
-
-/// Status when no attempt could be made: 503 if every live upstream is at `max_conns`
-/// (busy), 502 otherwise (no live upstream, as nginx).
-fn no_upstream_status(snap: &Snapshot, tried: &[usize]) -> StatusCode {
-    let mut now = LazyNow::default();
-    let busy = snap
-        .upstreams
-        .iter()
-        .enumerate()
-        .any(|(i, u)| !tried.contains(&i) && u.up(&mut now));
-    if busy {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_GATEWAY
-    }
 }
