@@ -162,7 +162,15 @@ impl Worker {
                     tried.pop();
                     next = spare;
                 }
-                Err(Failure::Stale(e) | Failure::Upstream(e)) => {
+                Err(Failure::Stale(e)) => {
+                    // A kept-alive connection closed under us says nothing about the upstream.
+                    log::warn!("{e}");
+                    last_status = Some(e.status());
+                    if !e.maybe_sent() || may_resend {
+                        next = spare.filter(|_| !out_of_tries);
+                    }
+                }
+                Err(Failure::Upstream(e)) => {
                     log::warn!("{e}");
                     self.shared.report_failure(up);
                     last_status = Some(e.status());
