@@ -6,18 +6,19 @@
 //! to the client: the upstream's stream, which on its end hands the connection back to the pool
 //! and releases the upstream's in-flight count, or a small page made by the balancer.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
 
-use crate::pool::Pool;
+use crate::pool::{Pool, Upconn};
 use crate::upstream::{now_millis, ActiveGuard};
 
 /// Bodies up to this size are read before the upstream is contacted, so they can be retried.
@@ -248,34 +249,38 @@ impl Body for ReqBody {
     }
 }
 
-/// Where a finished upstream connection goes back to.
-pub(crate) struct PoolReturn {
-    pub pool: Rc<Pool>,
-    pub addr: std::net::SocketAddr,
-    pub tx: SendRequest<ReqBody>,
-}
-
 /// The body of a response sent to the client.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum RespBody {
     /// A page made by the balancer (errors, 403, 413).
     Full(Option<Bytes>),
-    /// An upstream's response, streamed.
-    Upstream(Box<UpstreamBody>),
+    /// An upstream's response, streamed (inline: a box would cost an allocation per request).
+    Upstream(UpstreamBody),
 }
 
 /// An upstream response body with what must happen when it ends.
 pub(crate) struct UpstreamBody {
+    /// The body as hyper's client delivers it.
     pub incoming: Incoming,
+    /// Set once the body was read to its end.
     pub done: bool,
-    pub conn: Option<PoolReturn>,
+    /// The connection it arrives on, driven from `poll_frame` (dropped = closed).
+    pub conn: Option<Upconn>,
+    /// Where the connection goes when the body is complete (`None`: keep-alive off).
+    pub pool: Option<Rc<Pool>>,
+    /// The upstream's in-flight count, released at the end.
     pub guard: Option<ActiveGuard>,
+    /// `proxy_read_timeout`: longest wait for the next piece of the body.
+    pub read_timeout: Duration,
+    /// Deadline of the current wait, created on the first wait.
+    pub idle: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl UpstreamBody {
     fn finish(&mut self) {
         self.done = true;
-        if let Some(r) = self.conn.take() {
-            r.pool.put(r.addr, r.tx);
+        if let (Some(conn), Some(pool)) = (self.conn.take(), &self.pool) {
+            pool.put(conn);
         }
         self.guard = None;
     }
@@ -297,26 +302,67 @@ impl RespBody {
     }
 }
 
+/// Error ending a response body early (the client connection is then closed, as nginx does).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RespBodyError {
+    /// The upstream connection failed while the body was streaming.
+    #[error("upstream failed while sending the response body: {0}")]
+    Upstream(#[from] hyper::Error),
+    /// Nothing arrived from the upstream for `proxy_read_timeout`.
+    #[error("upstream sent nothing for {0:?} while sending the response body")]
+    ReadTimeout(Duration),
+}
+
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RespBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RespBodyError>>> {
         match self.get_mut() {
             Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(u) => {
-                let frame = ready!(Pin::new(&mut u.incoming).poll_frame(cx));
-                match &frame {
-                    None => u.finish(),
-                    Some(Ok(_)) if u.incoming.is_end_stream() => u.finish(),
-                    Some(Ok(_)) => {}
-                    // The connection is broken: dropping it (not pooling) closes it.
-                    Some(Err(_)) => u.conn = None,
+                if let Some(conn) = &mut u.conn {
+                    conn.drive(cx);
                 }
-                Poll::Ready(frame)
+                let frame = match Pin::new(&mut u.incoming).poll_frame(cx) {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        // The timer exists only for bodies that make us wait.
+                        let limit = u.read_timeout;
+                        let idle = u
+                            .idle
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                        ready!(idle.as_mut().poll(cx));
+                        u.conn = None;
+                        u.guard = None;
+                        u.done = true;
+                        return Poll::Ready(Some(Err(RespBodyError::ReadTimeout(limit))));
+                    }
+                };
+                if let Some(idle) = &mut u.idle {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + u.read_timeout);
+                }
+                Poll::Ready(match frame {
+                    None => {
+                        u.finish();
+                        None
+                    }
+                    Some(Ok(f)) => {
+                        if u.incoming.is_end_stream() {
+                            u.finish();
+                        }
+                        Some(Ok(f))
+                    }
+                    Some(Err(e)) => {
+                        // The connection is broken: dropping it (not pooling) closes it.
+                        u.conn = None;
+                        Some(Err(e.into()))
+                    }
+                })
             }
         }
     }

@@ -48,6 +48,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Rewrites request headers for the upstream (`client_ip` is the peer address as a header value).
 pub(crate) fn to_upstream(headers: &mut HeaderMap, client_ip: &HeaderValue) {
     strip_hop_by_hop(headers);
+    // `Expect: 100-continue` was answered to the client by hyper; the body is already on its way.
+    headers.remove(header::EXPECT);
     headers.insert(X_REAL_IP.clone(), client_ip.clone());
     let forwarded = match headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {

@@ -80,7 +80,7 @@ pub(crate) async fn run(
     let mut ticker = new_ticker(&shared);
     loop {
         tokio::select! {
-            _ = state.changed() => if *state.borrow() != RunState::Running { break },
+            () = crate::server::stop_requested(&mut state) => break,
             event = inbox.recv() => match event {
                 None => break,
                 Some(HealthEvent::Failure { address, down_until, max_fails, fail_timeout }) => {

@@ -8,7 +8,7 @@
 //! - `upstream`: a config becomes a `Snapshot` (upstreams with live atomics, selectors, deny
 //!   set, error page) published through an `ArcSwap`; reload swaps it whole.
 //! - `server`: worker threads (current-thread runtimes) accept clients and serve HTTP/1 with hyper.
-//! - `proxy`: per request, deny/size checks, session route (`sticky`), method (`selection`),
+//! - `proxy`: per request, deny/size checks, session route (`sticky`), upstream `choose`r and method (`selection`),
 //!   attempts over the per-worker keep-alive `pool`, retries, streamed `body`, rewritten `headers`.
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
@@ -31,6 +31,7 @@
 
 mod body;
 mod checks;
+mod choose;
 pub mod config;
 mod error;
 mod hashkey;

@@ -6,6 +6,7 @@
 //! stop. Each attempt takes a pooled keep-alive connection (or opens one), counts itself in the
 //! upstream's `active` counter, and reports failures to the health owner without waiting.
 
+use std::future::Future as _;
 use std::pin::pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -13,15 +14,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
+use hyper::body::{Body as _, Incoming};
 
-use crate::body::{
-    self, outcome, PoolReturn, Prepared, ReqBody, RespBody, StreamState, UpstreamBody,
-};
+use crate::body::{self, outcome, Prepared, ReqBody, RespBody, StreamState, UpstreamBody};
+use crate::choose::{choose, no_upstream_status, Tried};
 use crate::error::AttemptError;
 use crate::pages;
-use crate::pool::Pool;
+use crate::pool::{Pool, Upconn};
 use crate::selection::SelectCtx;
 use crate::server::Shared;
 use crate::upstream::{now_millis, ActiveGuard, LazyNow, Snapshot, Upstream};
@@ -56,7 +55,14 @@ impl Worker {
         if !snap.deny.is_empty() && snap.deny.is_match(parts.uri.path()) {
             return pages::plain(StatusCode::FORBIDDEN);
         }
-        let body = match body::prepare(incoming, snap.cfg.client_max_body_size).await {
+        // Boxed: reading a body is the rare case, and keeping its state out of this future keeps
+        // the per-request future small (it is moved into hyper's dispatcher on every request).
+        let prepared = if incoming.is_end_stream() {
+            Prepared::Body(ReqBody::Full(None))
+        } else {
+            Box::pin(body::prepare(incoming, snap.cfg.client_max_body_size)).await
+        };
+        let body = match prepared {
             Prepared::Body(b) => b,
             Prepared::TooLarge(rest) => {
                 if let Some(rest) = rest {
@@ -107,13 +113,13 @@ impl Worker {
         let deadline = (!policy.timeout.is_zero()).then(|| Instant::now() + policy.timeout);
         let may_resend = idempotent(&parts.method) || policy.non_idempotent;
         let stream_state = body.stream_state();
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried = Tried::default();
         let mut next = Some((parts, body));
         let mut last_status = None;
         let mut stale_retry_used = false;
         while let Some((parts, body)) = next.take() {
             let mut now = LazyNow::default();
-            let idx = match choose(snap, ctx, &tried, bound, &mut now) {
+            let idx = match choose(snap, ctx, tried.as_slice(), bound, &mut now) {
                 Some(i) => i,
                 None => break,
             };
@@ -129,7 +135,7 @@ impl Worker {
                     .insert(http::header::HOST, up.authority.clone());
             }
             match self.exchange(snap, up, req, stream_state.as_deref()).await {
-                Ok((resp, tx)) => {
+                Ok((resp, conn)) => {
                     let status = resp.status().as_u16();
                     if policy.retries_status(status) {
                         self.shared.report_failure(up);
@@ -142,7 +148,7 @@ impl Worker {
                             continue;
                         }
                     }
-                    return self.respond(resp, up, tx, guard, snap);
+                    return self.respond(resp, conn, guard, snap);
                 }
                 Err(Failure::TooLarge) => return pages::plain(StatusCode::PAYLOAD_TOO_LARGE),
                 Err(Failure::Client) => return pages::plain(StatusCode::BAD_REQUEST),
@@ -156,7 +162,15 @@ impl Worker {
                     tried.pop();
                     next = spare;
                 }
-                Err(Failure::Stale(e) | Failure::Upstream(e)) => {
+                Err(Failure::Stale(e)) => {
+                    // A kept-alive connection closed under us says nothing about the upstream.
+                    log::warn!("{e}");
+                    last_status = Some(e.status());
+                    if !e.maybe_sent() || may_resend {
+                        next = spare.filter(|_| !out_of_tries);
+                    }
+                }
+                Err(Failure::Upstream(e)) => {
                     log::warn!("{e}");
                     self.shared.report_failure(up);
                     last_status = Some(e.status());
@@ -171,7 +185,7 @@ impl Worker {
                 }
             }
         }
-        let status = last_status.unwrap_or_else(|| no_upstream_status(snap, &tried));
+        let status = last_status.unwrap_or_else(|| no_upstream_status(snap, tried.as_slice()));
         pages::error(status, snap.error_page.as_ref())
     }
 
@@ -182,27 +196,32 @@ impl Worker {
         up: &Upstream,
         req: Request<ReqBody>,
         stream: Option<&StreamState>,
-    ) -> Result<(Response<Incoming>, SendRequest<ReqBody>), Failure> {
+    ) -> Result<(Response<Incoming>, Upconn), Failure> {
         let mut req = req;
         loop {
-            let (mut tx, reused) = match self.pool.checkout(up.addr) {
-                Some(tx) => (tx, true),
+            let (mut conn, reused) = match self.pool.checkout(up.addr) {
+                Some(conn) => (conn, true),
                 None => (
-                    Pool::connect(up.addr, snap.cfg.proxy_connect_timeout)
+                    Box::pin(Pool::connect(up.addr, snap.cfg.proxy_connect_timeout))
                         .await
                         .map_err(Failure::Upstream)?,
                     false,
                 ),
             };
-            if reused && tx.ready().await.is_err() {
+            if reused && !conn.ready().await {
                 continue;
             }
             let result = {
-                let fut = pin!(tx.try_send_request(req));
-                with_timeouts(fut, up, snap, stream).await?
+                let mut send = pin!(conn.tx.try_send_request(req));
+                // The connection is driven from this task while the request goes out.
+                let driven = std::future::poll_fn(|cx| {
+                    conn.drive(cx);
+                    send.as_mut().poll(cx)
+                });
+                with_timeouts(pin!(driven), up, snap, stream).await?
             };
             match result {
-                Ok(resp) => return Ok((resp, tx)),
+                Ok(resp) => return Ok((resp, conn)),
                 Err(mut e) => {
                     let back = e.take_message();
                     let sent = back.is_none();
@@ -238,25 +257,22 @@ impl Worker {
     fn respond(
         &self,
         resp: Response<Incoming>,
-        up: &Upstream,
-        tx: SendRequest<ReqBody>,
+        conn: Upconn,
         guard: ActiveGuard,
         snap: &Snapshot,
     ) -> Response<RespBody> {
         let (mut parts, incoming) = resp.into_parts();
         crate::headers::strip_hop_by_hop(&mut parts.headers);
-        let conn = (snap.cfg.keepalive > 0).then(|| PoolReturn {
-            pool: self.pool.clone(),
-            addr: up.addr,
-            tx,
-        });
         let body = UpstreamBody {
             incoming,
             done: false,
-            conn,
+            conn: Some(conn),
+            pool: (snap.cfg.keepalive > 0).then(|| self.pool.clone()),
             guard: Some(guard),
+            read_timeout: snap.cfg.proxy_read_timeout,
+            idle: None,
         };
-        Response::from_parts(parts, RespBody::Upstream(Box::new(body)))
+        Response::from_parts(parts, RespBody::Upstream(body))
     }
 }
 
@@ -324,49 +340,4 @@ fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
     *req.version_mut() = p.version;
     *req.headers_mut() = p.headers.clone();
     req.into_parts().0
-}
-
-/// Picks the upstream for the next attempt: the bound route while it is available, else the
-/// primaries (not draining), else the backups; draining upstreams only if nothing else is left.
-fn choose(
-    snap: &Snapshot,
-    ctx: &SelectCtx<'_>,
-    tried: &[usize],
-    bound: Option<usize>,
-    now: &mut LazyNow,
-) -> Option<usize> {
-    if let Some(i) = bound {
-        if !tried.contains(&i) && snap.upstreams[i].available(now) {
-            return Some(i);
-        }
-    }
-    for allow_drain in [false, true] {
-        for group in [&snap.primary, &snap.backup] {
-            let mut eligible = |pos: usize| {
-                let i = group.members[pos];
-                let u = &snap.upstreams[i];
-                (allow_drain || !u.cfg.drain) && !tried.contains(&i) && u.available(now)
-            };
-            if let Some(pos) = group.selector.select(ctx, &mut eligible) {
-                return Some(group.members[pos]);
-            }
-        }
-    }
-    None
-}
-
-/// Status when no attempt could be made: 503 if every live upstream is at `max_conns`
-/// (busy), 502 otherwise (no live upstream, as nginx).
-fn no_upstream_status(snap: &Snapshot, tried: &[usize]) -> StatusCode {
-    let mut now = LazyNow::default();
-    let busy = snap
-        .upstreams
-        .iter()
-        .enumerate()
-        .any(|(i, u)| !tried.contains(&i) && u.up(&mut now));
-    if busy {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::BAD_GATEWAY
-    }
 }

@@ -113,7 +113,7 @@ pub(crate) fn run_worker(
         loop {
             tokio::select! {
                 biased;
-                _ = state.changed() => if *state.borrow() != RunState::Running { break },
+                () = stop_requested(&mut state) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         conns.spawn_local(serve(worker.clone(), stream, peer, state.clone()));
@@ -172,11 +172,19 @@ async fn serve(
                 log::debug!("client connection {peer}: {e}");
             }
         }
-        _ = state.wait_for(|s| *s != RunState::Running) => {
+        () = stop_requested(&mut state) => {
             conn.as_mut().graceful_shutdown();
             if let Err(e) = conn.await {
                 log::debug!("client connection {peer} during stop: {e}");
             }
         }
+    }
+}
+
+/// Resolves once a stop is requested. If every handle was dropped without a stop, the balancer
+/// keeps serving (this never resolves) instead of spinning on a closed channel.
+pub(crate) async fn stop_requested(state: &mut watch::Receiver<RunState>) {
+    if state.wait_for(|s| *s != RunState::Running).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

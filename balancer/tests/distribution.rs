@@ -128,3 +128,39 @@ async fn backup_serves_only_while_no_primary_is_up() {
     }
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ip_hash_and_consistent_hash_keep_a_client_on_one_upstream() {
+    let (a, b, c) = (
+        Upstream::start("a").await,
+        Upstream::start("b").await,
+        Upstream::start("c").await,
+    );
+    let http = client();
+    for method in [
+        ferrocat_balancer::Method::IpHash,
+        ferrocat_balancer::Method::Hash,
+    ] {
+        let mut cfg = config(&[&a, &b, &c]);
+        cfg.method = method;
+        cfg.hash_key = "$arg_user".into();
+        let (h, base) = start(cfg).await;
+        let first = get(&http, &format!("{base}/?user=42")).await;
+        for _ in 0..10 {
+            assert_eq!(
+                get(&http, &format!("{base}/?user=42")).await,
+                first,
+                "{method:?}"
+            );
+        }
+        h.stop(true).await;
+    }
+}
+
+#[actix_rt::test]
+async fn starts_and_stops_inside_an_actix_system() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    assert_eq!(get(&client(), &format!("{base}/")).await, (200, "a".into()));
+    h.stop(true).await;
+}

@@ -202,3 +202,70 @@ async fn active_health_check_takes_a_failing_upstream_out() {
     );
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_capped_by_tries() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mut cfg = config(&[&a, &b]);
+    cfg.proxy_next_upstream_tries = 1;
+    cfg.proxy_next_upstream = vec![NextUpstream::Error, NextUpstream::Http503];
+    cfg.upstream.iter_mut().for_each(|u| u.max_fails = 0);
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let r = http.get(format!("{base}/status/503")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(a.hits() + b.hits(), 1, "one try only");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_to_a_restarted_upstream_are_replaced_without_errors() {
+    let a = Upstream::start("a").await;
+    let addr = a.addr;
+    let (h, base) = start(config(&[&a])).await;
+    let http = client();
+    // Fill the keep-alive pool with several connections.
+    let warm: Vec<_> = (0..4)
+        .map(|_| http.get(format!("{base}/slow/50")).send())
+        .collect();
+    for r in futures::future::join_all(warm).await {
+        assert_eq!(r.unwrap().status(), 200);
+    }
+    a.kill();
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let again = Upstream::start_at("a2", addr).await;
+    let started = std::time::Instant::now();
+    for _ in 0..6 {
+        assert_eq!(get(&http, &format!("{base}/")).await, (200, "a2".into()));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stale connections cost {:?}",
+        started.elapsed()
+    );
+    assert_eq!(again.hits(), 6);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_silent_in_the_middle_of_a_body_is_cut_after_read_timeout() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.proxy_read_timeout = Duration::from_millis(300);
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let started = std::time::Instant::now();
+    let r = http.get(format!("{base}/stall/3000")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the head arrived in time");
+    assert!(r.bytes().await.is_err(), "the body is cut, not completed");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cut after {:?}",
+        started.elapsed()
+    );
+    // A body that keeps coming within the timeout completes.
+    let r = http.get(format!("{base}/stall/100")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "partial-end");
+    h.stop(true).await;
+}

@@ -126,3 +126,13 @@ async fn large_bodies_stream_with_bounded_memory() {
     );
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_every_handle_keeps_the_balancer_serving() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    drop(h);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = client().get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}

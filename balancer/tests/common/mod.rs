@@ -20,7 +20,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A real HTTP/1 server that answers by path:
 /// `/slow/MS` waits MS ms; `/status/CODE` answers CODE; `/headers` echoes the request headers;
-/// `/big/N` streams N bytes; `/upload` reads the body and answers its size; anything else
+/// `/big/N` streams N bytes; `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; anything else
 /// answers the server's name. Every answer carries `x-upstream: NAME`.
 pub struct Upstream {
     pub name: String,
@@ -142,6 +142,18 @@ async fn answer(
                 Some(Ok::<_, Infallible>(Frame::data(chunk.slice(..n as usize))))
             }));
             BodyExt::boxed(StreamBody::new(stream))
+        }
+        "stall" => {
+            // One chunk, then silence for ARG ms, then the end.
+            let ms: u64 = arg.parse().unwrap_or(0);
+            let first = futures::stream::iter([Ok::<_, Infallible>(Frame::data(
+                Bytes::from_static(b"partial"),
+            ))]);
+            let rest = futures::stream::once(async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"-end")))
+            });
+            BodyExt::boxed(StreamBody::new(first.chain(rest)))
         }
         "upload" => {
             let mut body = req.into_body().into_data_stream();
