@@ -48,14 +48,7 @@ async fn login_then_visits_count_up() {
     assert_eq!(v2["visits"], 2);
     assert_eq!(v2["node"], "app1");
 
-    let page = c
-        .get(f.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&c, f.url("/")).await;
     assert!(
         page.contains("Hello alice, visit 3, served by app1"),
         "{page}"
@@ -161,14 +154,7 @@ async fn cart_keeps_items_in_order() {
             .unwrap();
         assert_eq!(res.status(), 200);
     }
-    let v: Value = c
-        .get(f.url("/api/cart"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&c, f.url("/api/cart")).await;
     assert_eq!(v["items"], serde_json::json!(["apple", "pear", "plum"]));
 }
 
@@ -183,14 +169,7 @@ async fn static_files_and_health_do_not_touch_the_session() {
     let res = c.get(f.url("/health")).send().await.unwrap();
     assert_eq!(res.status(), 200);
     assert!(session_cookie(&res, "JSESSIONID").is_none());
-    let stats: Value = c
-        .get(f.url("/ferrocat/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = get_json(&c, f.url("/ferrocat/stats")).await;
     assert_eq!(stats["requests_ignored"], 1, "{stats}");
     assert_eq!(stats["sessions_created"], 0, "{stats}");
 }
@@ -199,28 +178,14 @@ async fn static_files_and_health_do_not_touch_the_session() {
 async fn login_form_and_greeting_render() {
     let f = start();
     let c = client();
-    let page = c
-        .get(f.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&c, f.url("/")).await;
     assert!(page.contains("name=\"username\""));
     c.post(f.url("/login"))
         .form(&[("username", "<script>x</script>")])
         .send()
         .await
         .unwrap();
-    let page = c
-        .get(f.url("/"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&c, f.url("/")).await;
     assert!(
         page.contains("Hello &lt;script&gt;x&lt;/script&gt;, visit 1"),
         "{page}"

@@ -163,14 +163,7 @@ async fn parallel_cart_posts_across_two_nodes_lose_nothing_with_locking_all() {
         }
     });
     futures::future::join_all(posts).await;
-    let v: Value = c
-        .get(format!("http://{}/api/cart", s.app_addrs[1]))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = get_json(&c, format!("http://{}/api/cart", s.app_addrs[1])).await;
     let items: HashSet<String> = v["items"]
         .as_array()
         .unwrap()

@@ -175,34 +175,14 @@ async fn all_nodes_down_degrades_to_memory_and_recovers() {
         v["user"], "dave",
         "sessions live in the app node's memory while memcached is down"
     );
-    let stats: Value = bare_client()
-        .get(f.url("/ferrocat/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        stats["degraded_operations"].as_u64().unwrap() > 0,
-        "{stats}"
-    );
+    let s = stats(&f).await;
+    assert!(s["degraded_operations"].as_u64().unwrap() > 0, "{s}");
     for id in ["n1", "n2"] {
         cluster.node(id).restart();
     }
     // Recovery: the session survives and is written to memcached again, so
     // it outlives this app process.
-    let degraded = || async {
-        let stats: Value = bare_client()
-            .get(f.url("/ferrocat/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        stats["degraded_operations"].as_u64().unwrap()
-    };
+    let degraded = || async { stats(&f).await["degraded_operations"].as_u64().unwrap() };
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut visits = 1;
     loop {

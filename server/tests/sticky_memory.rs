@@ -73,14 +73,7 @@ cookie_secret = "memory-test-secret-memory-test-secret!!"
     let rss_end = rss_kib(pid);
     eprintln!("RSS with a full cache: {rss_full} KiB; after {SESSIONS} sessions: {rss_end} KiB");
 
-    let stats: Value = bare_client()
-        .get(f.url("/ferrocat/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stats(&f).await;
     assert!(
         stats["cached_sessions"].as_u64().unwrap() <= CACHE as u64,
         "{stats}"

@@ -119,6 +119,21 @@ pub fn bare_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// GET `url` and parse the JSON body.
+pub async fn get_json(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// GET `url` and return the body text.
+pub async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// The app node's session statistics.
+pub async fn stats(f: &Ferrocat) -> serde_json::Value {
+    get_json(&bare_client(), f.url("/ferrocat/stats")).await
+}
+
 /// The value of the session cookie in a response, if set.
 pub fn session_cookie(res: &reqwest::Response, name: &str) -> Option<String> {
     res.headers()
