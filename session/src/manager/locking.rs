@@ -15,12 +15,20 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
+use actix_web::dev::ServiceRequest;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use regex::Regex;
+use tokio::sync::OwnedMutexGuard;
+
+use super::Inner;
+use crate::id::SessionId;
+use crate::store::SessionBackend;
 
 /// When to lock a session for the duration of a request.
 #[derive(Debug, Clone)]
@@ -146,6 +154,143 @@ impl LocalLocks {
         let m = Arc::new(tokio::sync::Mutex::new(()));
         shard.insert(key.to_owned(), Arc::downgrade(&m));
         m
+    }
+}
+
+/// Longest back-off between two store lock attempts (msm: 500 ms).
+const LOCK_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// First back-off between two store lock attempts (msm: 10 ms).
+const LOCK_BACKOFF_START: Duration = Duration::from_millis(10);
+
+/// Locks one request holds on its session.
+#[derive(Default)]
+pub(crate) struct RequestLocks {
+    pub(crate) local: Option<OwnedMutexGuard<()>>,
+    pub(crate) store: Option<(Arc<dyn SessionBackend>, SessionId)>,
+}
+
+impl RequestLocks {
+    /// Releases both locks (the store one in the background).
+    pub(crate) fn release(mut self) {
+        if let Some((backend, id)) = self.store.take() {
+            tokio::spawn(async move {
+                if let Err(e) = backend.unlock(&id).await {
+                    log::debug!("session unlock failed: {e}");
+                }
+            });
+        }
+    }
+
+    /// Hands the locks to a task that releases them after `work`.
+    pub(crate) fn release_after(
+        self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        tokio::spawn(async move {
+            work.await;
+            self.release();
+        });
+    }
+}
+
+impl Drop for RequestLocks {
+    fn drop(&mut self) {
+        // A handler error or a dropped future must not leave the store lock
+        // behind until it expires.
+        if let Some((backend, id)) = self.store.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(async move {
+                    let _ = backend.unlock(&id).await;
+                });
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn wants_lock(&self, req: &ServiceRequest, pattern: &str) -> bool {
+        match &self.settings.locking {
+            LockingMode::None => false,
+            LockingMode::All => true,
+            LockingMode::Auto => {
+                if self.learner.is_readonly(pattern) {
+                    self.stats.lock_skipped_readonly.fetch_add(1, Relaxed);
+                    false
+                } else {
+                    true
+                }
+            }
+            LockingMode::UriPattern(re) => {
+                let uri = req.uri();
+                re.is_match(uri.path_and_query().map_or(uri.path(), |pq| pq.as_str()))
+            }
+        }
+    }
+
+    /// Verifies the cookie, locks and loads. Returns the state for the handler.
+    pub(crate) async fn acquire(&self, id: &SessionId) -> RequestLocks {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.settings.operation_timeout;
+        let mut waited = false;
+        let mut locks = RequestLocks::default();
+        let mutex = self.local_locks.get(&id.key());
+        locks.local = match mutex.clone().try_lock_owned() {
+            Ok(g) => Some(g),
+            Err(_) => {
+                waited = true;
+                tokio::time::timeout_at(deadline, mutex.lock_owned())
+                    .await
+                    .ok()
+            }
+        };
+        let mut failed = locks.local.is_none();
+        // The store lock serializes requests on other app nodes; a sticky
+        // session has one owner, so the in-process lock is enough.
+        if !self.settings.sticky && !failed {
+            let mut backoff = LOCK_BACKOFF_START;
+            loop {
+                let attempt = self.backend.try_lock(id, self.settings.lock_expiration);
+                match tokio::time::timeout_at(deadline, attempt).await {
+                    Ok(Ok(true)) => {
+                        locks.store = Some((self.backend.clone(), id.clone()));
+                        break;
+                    }
+                    Ok(Ok(false)) => {
+                        waited = true;
+                        let now = tokio::time::Instant::now();
+                        if now >= deadline {
+                            failed = true;
+                            break;
+                        }
+                        tokio::time::sleep(backoff.min(deadline - now)).await;
+                        backoff = (backoff * 2).min(LOCK_BACKOFF_MAX);
+                    }
+                    Ok(Err(e)) => {
+                        // Store unreachable: proceed unlocked rather than fail the request.
+                        log::warn!("session lock unavailable: {e}");
+                        failed = true;
+                        break;
+                    }
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        if waited {
+            self.stats.lock_waits.fetch_add(1, Relaxed);
+        }
+        if failed {
+            self.stats.lock_failures.fetch_add(1, Relaxed);
+            log::warn!(
+                "could not lock session {id:?} within operation_timeout; continuing unlocked"
+            );
+        } else {
+            self.stats.locks_acquired.fetch_add(1, Relaxed);
+        }
+        self.stats.lock_wait.record(started.elapsed());
+        locks
     }
 }
 
