@@ -429,3 +429,33 @@ async fn sticky_cache_is_bounded_and_evicted_sessions_come_from_the_store() {
     let stats = mgr.stats_handle();
     assert!(stats.requests_with_session.load(Relaxed) >= 1001);
 }
+
+#[actix_rt::test]
+async fn an_unchanged_sticky_session_is_kept_alive_by_touches_not_writes() {
+    let store = Arc::new(MemoryStore::default());
+    let mgr = manager(store.clone(), |c| {
+        c.sticky = true;
+        c.max_inactive_interval = Duration::from_secs(2);
+    });
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    // 3 s of reads, longer than the 2 s max inactive interval.
+    for _ in 0..5 {
+        actix_rt::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(keys!(&app, cookie), ["x"]);
+        assert_eq!(keys!(&app, cookie), ["x"]);
+    }
+    // The store copy outlived its 2 s interval because it was touched.
+    let id = SessionId::parse(cookie.value().split_once('.').unwrap().1).unwrap();
+    assert!(
+        store.load(&id).await.unwrap().is_some(),
+        "store copy expired"
+    );
+    let s = mgr.stats();
+    assert_eq!(s.backups, 1, "unchanged: never rewritten: {s:?}");
+    assert_eq!(
+        s.touches, 5,
+        "one touch per quarter interval, not per request: {s:?}"
+    );
+}

@@ -251,18 +251,25 @@ impl Inner {
             } else {
                 self.stats.unchanged_sessions_skipped.fetch_add(1, Relaxed);
             }
-            self.refresh_expiry(&id, state.record.as_ref());
+            let touched = self.refresh_expiry(&id, state.record.as_ref());
             if let (Some(cache), Some(record), Some(h)) =
                 (&self.cache, &state.record, state.loaded_hash)
             {
-                // Keep (or take over into) the cache under the current id.
-                if cache.get(&id.key()).is_none_or(|c| c.id != id) {
+                // Keep (or take over into) the cache under the current id; a
+                // touched session remembers when, so the next requests do not
+                // touch it again.
+                if touched || cache.get(&id.key()).is_none_or(|c| c.id != id) {
+                    let mut record = record.clone();
+                    if touched {
+                        record.last_access_ms = now_ms();
+                    }
                     let entry = Arc::new(CachedSession {
                         id: id.clone(),
-                        record: record.clone(),
+                        record,
                         hash: h,
                     });
-                    let evicted = cache.insert(id.key(), entry, record.payload.len() + 128);
+                    let size = entry.record.payload.len() + 128;
+                    let evicted = cache.insert(id.key(), entry, size);
                     self.stats
                         .cache_evictions
                         .fetch_add(evicted as u64, Relaxed);
@@ -286,11 +293,12 @@ impl Inner {
 
     /// Refreshes the store expiry of an unchanged session, at most about four
     /// times per max inactive interval (msm refreshes, it does not rewrite).
-    fn refresh_expiry(&self, id: &SessionId, record: Option<&SessionRecord>) {
-        let Some(record) = record else { return };
+    /// Returns true when a touch was sent.
+    fn refresh_expiry(&self, id: &SessionId, record: Option<&SessionRecord>) -> bool {
+        let Some(record) = record else { return false };
         let age_ms = now_ms().saturating_sub(record.last_access_ms);
         if age_ms < self.settings.max_inactive.as_millis() as u64 / 4 {
-            return;
+            return false;
         }
         self.stats.touches.fetch_add(1, Relaxed);
         let backend = self.backend.clone();
@@ -300,6 +308,7 @@ impl Inner {
                 log::debug!("session touch failed: {e}");
             }
         });
+        true
     }
 
     /// Writes a changed session; returns a new id if the backend relocated it
