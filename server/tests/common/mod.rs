@@ -77,6 +77,11 @@ impl Ferrocat {
         panic!("ferrocat did not listen on {} in time", self.addr);
     }
 
+    /// The config file the process was started with (rewrite it, then SIGHUP).
+    pub fn config_path(&self) -> PathBuf {
+        self._config.as_ref().unwrap().path().to_owned()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
