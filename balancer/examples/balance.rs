@@ -8,10 +8,6 @@
 
 use ferrocat_balancer::{Balancer, BalancerConfig, UpstreamConfig};
 
-/// The allocator the `ferrocat` binary uses.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();

@@ -18,10 +18,6 @@ use ferrocat_session::store::memcached::{MemcachedStoreConfig, ReplicatedMemcach
 use ferrocat_session::{SessionConfig, SessionManager, Stats};
 use ferrocat_testkit::Cluster;
 
-/// The allocator the `ferrocat` binary uses.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const SESSIONS: usize = 200;
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 5;

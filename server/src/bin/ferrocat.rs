@@ -4,11 +4,6 @@ use clap::Parser;
 use ferrocat_server::cli::{Cli, Command};
 use ferrocat_server::runtime::{self, Mode};
 
-/// mimalloc: malloc/free were about a tenth of a session request's CPU with
-/// glibc's allocator (see the session_overhead benchmark).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
