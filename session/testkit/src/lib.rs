@@ -18,6 +18,8 @@
 
 #![warn(missing_docs)]
 
+use std::collections::HashSet;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -63,12 +65,21 @@ pub fn memcached_binary() -> PathBuf {
 /// # Panics
 /// When the kernel refuses to bind a loopback socket.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
-    listener
-        .local_addr()
-        .unwrap_or_else(|e| panic!("cannot read the bound port: {e}"))
-        .port()
+    // Never hand the same port to two tests of this process (the kernel may
+    // give a just-released port out again).
+    static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .unwrap_or_else(|e| panic!("cannot bind 127.0.0.1:0 to find a free port: {e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("cannot read the bound port: {e}"))
+            .port();
+        let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if handed.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// One real memcached process started by this test.
@@ -202,6 +213,10 @@ impl Memcached {
     pub fn freeze(&mut self) {
         if self.signal(Signal::SIGSTOP) {
             self.frozen = true;
+            // SIGSTOP lands asynchronously: a thread that is running may still
+            // answer a request after kill(2) returned. Return only once every
+            // thread of the process is stopped.
+            wait_for_threads(self.pid, true);
         }
     }
 
@@ -209,6 +224,7 @@ impl Memcached {
     pub fn unfreeze(&mut self) {
         if self.signal(Signal::SIGCONT) {
             self.frozen = false;
+            wait_for_threads(self.pid, false);
         }
     }
 
@@ -227,6 +243,55 @@ impl Drop for Memcached {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Waits (at most 2 s) until every thread of `pid` is stopped (`stopped`)
+/// or none is, reading `/proc/<pid>/task/*/stat`.
+fn wait_for_threads(pid: u32, stopped: bool) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|dir| {
+                dir.filter_map(Result::ok)
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                    // The state follows the ")" that closes the command name.
+                    .filter_map(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let done = if stopped {
+            !states.is_empty() && states.iter().all(|c| *c == 'T')
+        } else {
+            states.iter().all(|c| *c != 'T')
+        };
+        if done || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The pid a memcached reports in `stats`, if it answers.
+fn server_pid(mut stream: TcpStream) -> Option<u32> {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    stream.write_all(b"stats\r\n").ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while !text.contains("END\r\n") {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    text.lines()
+        .find_map(|l| l.strip_prefix("STAT pid "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Spawn memcached on `port` and wait until it accepts TCP; on failure the child is
@@ -259,10 +324,20 @@ fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
             Ok(None) => {}
             Err(e) => return Err(format!("wait for memcached: {e}")),
         }
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            // Another process could own the port; make sure it is ours that stays up.
-            if matches!(child.try_wait(), Ok(None)) {
-                return Ok(child);
+        if let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            // Another test's memcached can own the port (two tests were handed
+            // the same free port): only the server that reports our child's pid
+            // is ours. Anything else: give the port up and let the caller retry.
+            match server_pid(stream) {
+                Some(pid) if pid == child.id() => return Ok(child),
+                Some(other) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "port {port} belongs to another memcached (pid {other})"
+                    ));
+                }
+                None => {}
             }
         }
         if Instant::now() >= deadline {
