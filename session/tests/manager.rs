@@ -459,3 +459,29 @@ async fn an_unchanged_sticky_session_is_kept_alive_by_touches_not_writes() {
         "one touch per quarter interval, not per request: {s:?}"
     );
 }
+
+#[actix_rt::test]
+async fn a_session_written_with_another_serializer_is_still_read() {
+    let store: Arc<dyn SessionBackend> = Arc::new(MemoryStore::default());
+    let json = manager(store.clone(), |c| c.serializer = "json".into());
+    let bincode = manager(store, |c| c.serializer = "bincode".into());
+    let (app_json, app_bincode) = (app!(json), app!(bincode));
+    let res = test::call_service(
+        &app_json,
+        test::TestRequest::post().uri("/attr/x").to_request(),
+    )
+    .await;
+    let cookie = cookie_of(&res).unwrap();
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    // A node configured with bincode reads the JSON copy (the record names its serializer)...
+    assert_eq!(keys!(&app_bincode, cookie), ["x"]);
+    // ...and keeps writing it consistently.
+    let req = test::TestRequest::post()
+        .uri("/attr/y")
+        .cookie(cookie.clone())
+        .to_request();
+    test::call_service(&app_bincode, req).await;
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(keys!(&app_json, cookie), ["x", "y"]);
+    assert_eq!(bincode.stats().garbage_values, 0);
+}
