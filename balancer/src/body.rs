@@ -1,151 +1,169 @@
-//! Request and response bodies as they pass through the proxy, streamed frame by frame.
+//! Bodies as they pass through the proxy.
 //!
-//! [`ReqBody`] is what goes to an upstream: either a small body already read in full (which can
-//! be sent again on a retry) or the client's stream behind a byte counter that enforces
-//! `client_max_body_size` and records progress for `proxy_send_timeout`. [`RespBody`] is what goes
-//! to the client: the upstream's stream, which on its end hands the connection back to the pool
-//! and releases the upstream's in-flight count, or a small page made by the balancer.
+//! Request side ([`intake`]): a body is read into the connection's reusable buffer before any
+//! upstream is contacted when it is small (`Content-Length` up to [`REPLAY_LIMIT`]) or chunked
+//! with a `client_max_body_size` up to [`CHUNKED_BUFFER_LIMIT`]; such a body can be sent again on
+//! a retry, and an oversized chunked body gets its 413 before any upstream sees it. Larger bodies
+//! are streamed ([`send_stream`]) after the head, chunked ones re-framed chunk by chunk, with the
+//! size limit enforced as they go. Response side ([`forward`]): the body is copied from the
+//! upstream's read buffer to the client by its framing (length, chunked passed through or
+//! decoded, until close), with `proxy_read_timeout` between reads.
 
-use std::future::Future as _;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
-use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use bytes::Buf as _;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use crate::conn::{Conn, BODY_TIMEOUT};
+use crate::h1::chunked::{write_chunk_header, ChunkedDecoder};
+use crate::h1::request::{Framing, Request};
+use crate::h1::response::Body;
+use crate::io;
+use crate::pool::UpConn;
 
-use crate::pool::{Pool, Upconn};
-use crate::upstream::{now_millis, ActiveGuard};
-
-/// Bodies up to this size are read before the upstream is contacted, so they can be retried.
-pub(crate) const REPLAY_LIMIT: usize = 64 * 1024;
-
-/// Error yielded by a [`ReqBody`] stream.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum BodyError {
-    /// The body grew past `client_max_body_size`.
-    #[error("request body larger than client_max_body_size")]
-    TooLarge,
-    /// Reading from the client failed.
-    #[error("reading the request body failed: {0}")]
-    Client(#[from] hyper::Error),
-}
-
-/// Shared between a streamed [`ReqBody`] and the request handler.
-#[derive(Debug, Default)]
-pub(crate) struct StreamState {
-    /// 0 streaming, 1 finished, 2 too large, 3 client error.
-    pub outcome: AtomicU8,
-    /// `now_millis()` of the last frame passed on.
-    pub progress: AtomicU64,
-}
-
-/// `StreamState::outcome` values.
-pub(crate) mod outcome {
-    pub const STREAMING: u8 = 0;
-    pub const FINISHED: u8 = 1;
-    pub const TOO_LARGE: u8 = 2;
-    pub const CLIENT_ERROR: u8 = 3;
-}
-
-/// The body of a request sent upstream.
-pub(crate) enum ReqBody {
-    /// Read in full (or empty): cheap to clone for a retry.
-    Full(Option<Bytes>),
-    /// The client's stream after an already-read prefix.
-    Stream {
-        prefix: Option<Bytes>,
-        incoming: Incoming,
-        limit: u64,
-        seen: u64,
-        state: Arc<StreamState>,
-    },
-}
-
-/// What reading the start of a request body found.
-pub(crate) enum Prepared {
-    /// A body that can be sent (and, if `Full`, resent).
-    Body(ReqBody),
-    /// Larger than `client_max_body_size`: 413 (with the unread rest, to drain before answering).
-    TooLarge(Option<Incoming>),
-    /// The client failed while sending it: 400.
-    ClientError,
-}
-
-/// Reads up to [`REPLAY_LIMIT`] bytes (or, for chunked bodies, up to `limit` when it is at most
-/// 1 MiB, so that an oversized chunked body gets its 413 before any upstream is contacted).
-pub(crate) async fn prepare(mut incoming: Incoming, limit: u64) -> Prepared {
-    if incoming.is_end_stream() {
-        return Prepared::Body(ReqBody::Full(None));
-    }
-    let known = incoming.size_hint().exact();
-    if let Some(len) = known {
-        if limit > 0 && len > limit {
-            return Prepared::TooLarge(Some(incoming));
-        }
-    }
-    let buffer_up_to = match known {
-        Some(len) if len as usize <= REPLAY_LIMIT => len as usize,
-        Some(_) => 0,
-        None if limit > 0 && limit <= 1 << 20 => limit as usize + 1,
-        None => REPLAY_LIMIT,
-    };
-    let mut buf = bytes::BytesMut::new();
-    while buf.len() < buffer_up_to {
-        match incoming.frame().await {
-            None => {
-                return if limit > 0 && buf.len() as u64 > limit {
-                    Prepared::TooLarge(None)
-                } else {
-                    Prepared::Body(ReqBody::Full(Some(buf.freeze())))
-                }
-            }
-            Some(Err(_)) => return Prepared::ClientError,
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    buf.extend_from_slice(&data);
-                }
-                if limit > 0 && buf.len() as u64 > limit {
-                    return Prepared::TooLarge((!incoming.is_end_stream()).then_some(incoming));
-                }
-                if incoming.is_end_stream() {
-                    return Prepared::Body(ReqBody::Full(Some(buf.freeze())));
-                }
-            }
-        }
-    }
-    let seen = buf.len() as u64;
-    let prefix = (!buf.is_empty()).then(|| buf.freeze());
-    let state = Arc::new(StreamState {
-        outcome: AtomicU8::new(outcome::STREAMING),
-        progress: AtomicU64::new(now_millis()),
-    });
-    Prepared::Body(ReqBody::Stream {
-        prefix,
-        incoming,
-        limit,
-        seen,
-        state,
-    })
-}
-
+/// `Content-Length` bodies up to this size are read before an upstream is contacted.
+pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
+/// Chunked bodies are read in full before an upstream is contacted when `client_max_body_size`
+/// is at most this (so an oversized one gets 413 first); with a larger limit they stream.
+pub(crate) const CHUNKED_BUFFER_LIMIT: u64 = 8 << 20;
 /// Most bytes read and discarded from a refused body before answering.
 const DRAIN_LIMIT: u64 = 16 << 20;
 /// Longest time spent discarding a refused body.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads and discards the rest of a refused body (bounded), so that the client, still sending,
-/// reads our answer instead of a connection reset (nginx's lingering close).
-pub(crate) async fn drain(mut incoming: Incoming) {
+/// The body of a request on its way to an upstream.
+#[derive(Debug)]
+pub(crate) enum ReqBody {
+    /// None, or read in full into [`Conn::body`]: can be sent again.
+    Buffered,
+    /// A `Content-Length` body still arriving from the client: bytes not yet passed on.
+    Length { left: u64 },
+    /// A chunked body still arriving: [`Conn::body`] holds the data read so far.
+    Chunked(ChunkedDecoder),
+}
+
+impl ReqBody {
+    /// Whether the client has sent the whole body (the connection can read the next request).
+    pub fn complete(&self) -> bool {
+        match self {
+            Self::Buffered => true,
+            Self::Length { left } => *left == 0,
+            Self::Chunked(d) => d.is_done(),
+        }
+    }
+}
+
+/// What reading the start of a request body found.
+pub(crate) enum Intake {
+    /// A body that can be sent.
+    Body(ReqBody),
+    /// Larger than `client_max_body_size`: 413 (what arrived of it was discarded).
+    TooLarge,
+    /// Malformed: 400.
+    Bad,
+    /// The client went away or stalled.
+    Gone,
+}
+
+/// Why passing a streamed body on failed.
+pub(crate) enum StreamError {
+    /// The client failed, stalled or sent a malformed body.
+    Client,
+    /// The body grew past `client_max_body_size`.
+    TooLarge,
+    /// Writing to the upstream failed.
+    Upstream(std::io::Error),
+    /// The upstream took nothing for `proxy_send_timeout`.
+    Timeout,
+}
+
+/// Reads more from the client into `c.rbuf`; false if it closed, failed or stalled.
+async fn read_client(c: &mut Conn) -> bool {
+    matches!(
+        io::read(&c.stream, &mut c.rbuf, &mut c.ctimer, BODY_TIMEOUT).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+/// Sends `100 Continue` if the client waits for it and nothing of the body has arrived.
+async fn continue_if_expected(c: &mut Conn, req: &Request) -> bool {
+    if req.expect_continue && c.rbuf.is_empty() {
+        c.wbuf.clear();
+        c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        return c.flush().await;
+    }
+    true
+}
+
+/// Reads the start of the request body (all of it when it may be buffered).
+pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
+    c.body.clear();
+    match req.framing {
+        Framing::None => Intake::Body(ReqBody::Buffered),
+        Framing::Length(n) => {
+            if limit > 0 && n > limit {
+                if !(req.expect_continue && c.rbuf.is_empty()) {
+                    drain_length(c, n).await;
+                }
+                return Intake::TooLarge;
+            }
+            if !continue_if_expected(c, req).await {
+                return Intake::Gone;
+            }
+            if n > REPLAY_LIMIT {
+                return Intake::Body(ReqBody::Length { left: n });
+            }
+            let n = n as usize;
+            while c.rbuf.len() < n {
+                if !read_client(c).await {
+                    return Intake::Gone;
+                }
+            }
+            c.body.extend_from_slice(&c.rbuf[..n]);
+            c.rbuf.advance(n);
+            Intake::Body(ReqBody::Buffered)
+        }
+        Framing::Chunked => {
+            if !continue_if_expected(c, req).await {
+                return Intake::Gone;
+            }
+            let buffer_up_to = if limit > 0 && limit <= CHUNKED_BUFFER_LIMIT {
+                limit + 1
+            } else {
+                REPLAY_LIMIT
+            };
+            let mut dec = ChunkedDecoder::default();
+            loop {
+                let body = &mut c.body;
+                let Ok(used) = dec.feed(&c.rbuf, |d| body.extend_from_slice(d)) else {
+                    return Intake::Bad;
+                };
+                c.rbuf.advance(used);
+                if limit > 0 && dec.total() > limit {
+                    drain_chunked(c, dec).await;
+                    return Intake::TooLarge;
+                }
+                if dec.is_done() {
+                    return Intake::Body(ReqBody::Buffered);
+                }
+                if dec.total() >= buffer_up_to {
+                    return Intake::Body(ReqBody::Chunked(dec));
+                }
+                if !read_client(c).await {
+                    return Intake::Gone;
+                }
+            }
+        }
+    }
+}
+
+/// Discards the rest of a refused `Content-Length` body (bounded), so that the client, still
+/// sending, reads the answer instead of a connection reset (nginx's lingering close).
+async fn drain_length(c: &mut Conn, n: u64) {
     let _ = tokio::time::timeout(DRAIN_TIME, async {
-        let mut seen = 0u64;
-        while let Some(Ok(frame)) = incoming.frame().await {
-            seen += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if seen > DRAIN_LIMIT {
+        let mut left = n.min(DRAIN_LIMIT);
+        loop {
+            let take = (c.rbuf.len() as u64).min(left);
+            c.rbuf.advance(take as usize);
+            left -= take;
+            if left == 0 || !read_client(c).await {
                 break;
             }
         }
@@ -153,231 +171,189 @@ pub(crate) async fn drain(mut incoming: Incoming) {
     .await;
 }
 
-impl ReqBody {
-    /// A copy for a retry, if this body can be sent again.
-    pub fn try_clone(&self) -> Option<ReqBody> {
-        match self {
-            Self::Full(b) => Some(Self::Full(b.clone())),
-            Self::Stream { .. } => None,
-        }
-    }
-
-    /// Progress of a streamed body, if it is one.
-    pub fn stream_state(&self) -> Option<Arc<StreamState>> {
-        match self {
-            Self::Full(_) => None,
-            Self::Stream { state, .. } => Some(state.clone()),
-        }
-    }
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Stream {
-                prefix,
-                incoming,
-                limit,
-                seen,
-                state,
-            } => {
-                if let Some(p) = prefix.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(p))));
-                }
-                let frame = ready!(Pin::new(incoming).poll_frame(cx));
-                Poll::Ready(match frame {
-                    None => {
-                        state.outcome.store(outcome::FINISHED, Ordering::Relaxed);
-                        None
-                    }
-                    Some(Err(e)) => {
-                        state
-                            .outcome
-                            .store(outcome::CLIENT_ERROR, Ordering::Relaxed);
-                        Some(Err(BodyError::Client(e)))
-                    }
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            *seen += data.len() as u64;
-                            if *limit > 0 && *seen > *limit {
-                                state.outcome.store(outcome::TOO_LARGE, Ordering::Relaxed);
-                                return Poll::Ready(Some(Err(BodyError::TooLarge)));
-                            }
-                        }
-                        state.progress.store(now_millis(), Ordering::Relaxed);
-                        Some(Ok(frame))
-                    }
-                })
+/// Discards the rest of a refused chunked body (bounded).
+async fn drain_chunked(c: &mut Conn, mut dec: ChunkedDecoder) {
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let start = dec.total();
+        while let Ok(used) = dec.feed(&c.rbuf, |_| {}) {
+            c.rbuf.advance(used);
+            if dec.is_done() || dec.total() - start > DRAIN_LIMIT || !read_client(c).await {
+                break;
             }
         }
-    }
+    })
+    .await;
+}
 
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Stream {
-                prefix, incoming, ..
-            } => prefix.is_none() && incoming.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Stream {
-                prefix, incoming, ..
-            } => {
-                let p = prefix.as_ref().map_or(0, |b| b.len() as u64);
-                let h = incoming.size_hint();
-                match h.exact() {
-                    Some(n) => SizeHint::with_exact(n + p),
-                    None => {
-                        let mut s = SizeHint::new();
-                        s.set_lower(h.lower() + p);
-                        s
+/// Passes the rest of a streamed body from the client to the upstream.
+pub(crate) async fn send_stream(
+    c: &mut Conn,
+    up: &mut UpConn,
+    body: &mut ReqBody,
+    limit: u64,
+    send_timeout: std::time::Duration,
+) -> Result<(), StreamError> {
+    loop {
+        c.wire.clear();
+        match body {
+            ReqBody::Buffered => return Ok(()),
+            ReqBody::Length { left } => {
+                if *left == 0 {
+                    return Ok(());
+                }
+                let take = (c.rbuf.len() as u64).min(*left) as usize;
+                if take > 0 {
+                    let data = &c.rbuf[..take];
+                    match io::write_all(&mut up.stream, data, &mut c.utimer, send_timeout).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(StreamError::Upstream(e)),
+                        Err(_) => return Err(StreamError::Timeout),
+                    }
+                    c.rbuf.advance(take);
+                    *left -= take as u64;
+                }
+            }
+            ReqBody::Chunked(dec) => {
+                if dec.is_done() {
+                    return Ok(());
+                }
+                // The prefix in `c.body` went out with the head: reuse it as scratch space.
+                c.body.clear();
+                let scratch = &mut c.body;
+                let used = dec
+                    .feed(&c.rbuf, |d| scratch.extend_from_slice(d))
+                    .map_err(|_| StreamError::Client)?;
+                c.rbuf.advance(used);
+                if limit > 0 && dec.total() > limit {
+                    return Err(StreamError::TooLarge);
+                }
+                if !c.body.is_empty() {
+                    write_chunk_header(&mut c.wire, c.body.len());
+                    c.wire.extend_from_slice(&c.body);
+                    c.wire.extend_from_slice(b"\r\n");
+                }
+                if dec.is_done() {
+                    c.wire.extend_from_slice(b"0\r\n\r\n");
+                }
+                if !c.wire.is_empty() {
+                    match io::write_all(&mut up.stream, &c.wire, &mut c.utimer, send_timeout).await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Err(StreamError::Upstream(e)),
+                        Err(_) => return Err(StreamError::Timeout),
                     }
                 }
             }
         }
-    }
-}
-
-/// The body of a response sent to the client.
-#[allow(clippy::large_enum_variant)]
-pub(crate) enum RespBody {
-    /// A page made by the balancer (errors, 403, 413).
-    Full(Option<Bytes>),
-    /// An upstream's response, streamed (inline: a box would cost an allocation per request).
-    Upstream(UpstreamBody),
-}
-
-/// An upstream response body with what must happen when it ends.
-pub(crate) struct UpstreamBody {
-    /// The body as hyper's client delivers it.
-    pub incoming: Incoming,
-    /// Set once the body was read to its end.
-    pub done: bool,
-    /// The connection it arrives on, driven from `poll_frame` (dropped = closed).
-    pub conn: Option<Upconn>,
-    /// Where the connection goes when the body is complete (`None`: keep-alive off).
-    pub pool: Option<Rc<Pool>>,
-    /// The upstream's in-flight count, released at the end.
-    pub guard: Option<ActiveGuard>,
-    /// `proxy_read_timeout`: longest wait for the next piece of the body.
-    pub read_timeout: Duration,
-    /// Deadline of the current wait, created on the first wait.
-    pub idle: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl UpstreamBody {
-    fn finish(&mut self) {
-        self.done = true;
-        if let (Some(conn), Some(pool)) = (self.conn.take(), &self.pool) {
-            pool.put(conn);
-        }
-        self.guard = None;
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // hyper does not poll a body it knows to be empty (e.g. 204, HEAD): it is complete.
-        if !self.done && self.incoming.is_end_stream() {
-            self.finish();
+        if !body.complete() && c.rbuf.is_empty() && !read_client(c).await {
+            return Err(StreamError::Client);
         }
     }
 }
 
-impl RespBody {
-    /// A body made by the balancer.
-    pub fn full(b: impl Into<Bytes>) -> Self {
-        Self::Full(Some(b.into()))
-    }
+/// How the response body is written to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ToClient {
+    /// Byte for byte (length, chunked to an HTTP/1.1 client, or until close).
+    AsIs,
+    /// An until-close body re-framed as chunked (HTTP/1.1 client).
+    Rechunk,
+    /// A chunked body decoded, delimited by closing (HTTP/1.0 client).
+    Dechunk,
 }
 
-/// Error ending a response body early (the client connection is then closed, as nginx does).
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum RespBodyError {
-    /// The upstream connection failed while the body was streaming.
-    #[error("upstream failed while sending the response body: {0}")]
-    Upstream(#[from] hyper::Error),
-    /// Nothing arrived from the upstream for `proxy_read_timeout`.
-    #[error("upstream sent nothing for {0:?} while sending the response body")]
-    ReadTimeout(Duration),
+/// How forwarding a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// The whole body reached the client.
+    Complete,
+    /// The upstream failed, stalled or sent garbage: the client's answer is cut.
+    Cut,
+    /// The client went away.
+    ClientGone,
 }
 
-impl Body for RespBody {
-    type Data = Bytes;
-    type Error = RespBodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, RespBodyError>>> {
-        match self.get_mut() {
-            Self::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Self::Upstream(u) => {
-                if let Some(conn) = &mut u.conn {
-                    conn.drive(cx);
+/// Writes `c.wbuf` (the response head) and the body arriving on `up` to the client.
+pub(crate) async fn forward(
+    c: &mut Conn,
+    up: &mut UpConn,
+    framing: Body,
+    mode: ToClient,
+    read_timeout: std::time::Duration,
+) -> Forwarded {
+    let mut left = match framing {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut dec = ChunkedDecoder::default();
+    let mut done = framing == Body::None || framing == Body::Length(0);
+    loop {
+        if !done && !up.rbuf.is_empty() {
+            match framing {
+                Body::None => {}
+                Body::Length(_) => {
+                    let take = (up.rbuf.len() as u64).min(left) as usize;
+                    c.wbuf.extend_from_slice(&up.rbuf[..take]);
+                    up.rbuf.advance(take);
+                    left -= take as u64;
+                    done = left == 0;
                 }
-                let frame = match Pin::new(&mut u.incoming).poll_frame(cx) {
-                    Poll::Ready(frame) => frame,
-                    Poll::Pending => {
-                        // The timer exists only for bodies that make us wait.
-                        let limit = u.read_timeout;
-                        let idle = u
-                            .idle
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                        ready!(idle.as_mut().poll(cx));
-                        u.conn = None;
-                        u.guard = None;
-                        u.done = true;
-                        return Poll::Ready(Some(Err(RespBodyError::ReadTimeout(limit))));
-                    }
-                };
-                if let Some(idle) = &mut u.idle {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + u.read_timeout);
+                Body::Chunked => {
+                    let wbuf = &mut c.wbuf;
+                    let used = if mode == ToClient::Dechunk {
+                        dec.feed(&up.rbuf, |d| wbuf.extend_from_slice(d))
+                    } else {
+                        dec.feed(&up.rbuf, |_| {})
+                            .inspect(|&n| wbuf.extend_from_slice(&up.rbuf[..n]))
+                    };
+                    let Ok(used) = used else {
+                        log::warn!("upstream sent a malformed chunked body");
+                        return Forwarded::Cut;
+                    };
+                    up.rbuf.advance(used);
+                    done = dec.is_done();
                 }
-                Poll::Ready(match frame {
-                    None => {
-                        u.finish();
-                        None
+                Body::Close => {
+                    if mode == ToClient::Rechunk {
+                        write_chunk_header(&mut c.wbuf, up.rbuf.len());
+                        c.wbuf.extend_from_slice(&up.rbuf);
+                        c.wbuf.extend_from_slice(b"\r\n");
+                    } else {
+                        c.wbuf.extend_from_slice(&up.rbuf);
                     }
-                    Some(Ok(f)) => {
-                        if u.incoming.is_end_stream() {
-                            u.finish();
-                        }
-                        Some(Ok(f))
-                    }
-                    Some(Err(e)) => {
-                        // The connection is broken: dropping it (not pooling) closes it.
-                        u.conn = None;
-                        Some(Err(e.into()))
-                    }
-                })
+                    up.rbuf.clear();
+                }
             }
         }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Full(b) => b.is_none(),
-            Self::Upstream(u) => u.done || u.incoming.is_end_stream(),
+        if !c.wbuf.is_empty() && !c.flush().await {
+            return Forwarded::ClientGone;
         }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            Self::Upstream(u) => u.incoming.size_hint(),
+        if done {
+            return Forwarded::Complete;
+        }
+        match io::read(&up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
+            Ok(Ok(0)) if framing == Body::Close => {
+                if mode == ToClient::Rechunk {
+                    c.wbuf.extend_from_slice(b"0\r\n\r\n");
+                    if !c.flush().await {
+                        return Forwarded::ClientGone;
+                    }
+                }
+                return Forwarded::Complete;
+            }
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => {
+                log::warn!("upstream closed the connection in the middle of a response body");
+                return Forwarded::Cut;
+            }
+            Ok(Err(e)) => {
+                log::warn!("reading a response body failed: {e}");
+                return Forwarded::Cut;
+            }
+            Err(_) => {
+                log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
+                return Forwarded::Cut;
+            }
         }
     }
 }

@@ -21,18 +21,18 @@ pub(crate) enum AttemptError {
     /// TCP connect did not finish within `proxy_connect_timeout` (nothing was sent).
     #[error("connect to upstream {upstream} timed out")]
     ConnectTimeout { upstream: SocketAddr },
-    /// The HTTP/1 handshake failed (nothing was sent).
-    #[error("handshake with upstream {upstream} failed: {source}")]
-    Handshake {
-        upstream: SocketAddr,
-        source: hyper::Error,
-    },
     /// Sending the request or reading the response head failed.
     #[error("upstream {upstream} failed (request sent: {sent}): {source}")]
     Exchange {
         upstream: SocketAddr,
         sent: bool,
-        source: hyper::Error,
+        source: std::io::Error,
+    },
+    /// The upstream's answer is not valid HTTP/1 (or too large).
+    #[error("upstream {upstream} sent an invalid response: {reason}")]
+    Protocol {
+        upstream: SocketAddr,
+        reason: &'static str,
     },
     /// No response head within `proxy_read_timeout` (or the request body stalled past `proxy_send_timeout`).
     #[error("upstream {upstream} timed out ({phase})")]
@@ -46,9 +46,9 @@ impl AttemptError {
     /// Whether the request may have reached the upstream (then a non-idempotent one is not retried).
     pub fn maybe_sent(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. } => false,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } => false,
             Self::Exchange { sent, .. } => *sent,
-            Self::Timeout { .. } => true,
+            Self::Timeout { .. } | Self::Protocol { .. } => true,
         }
     }
 

@@ -7,9 +7,12 @@
 //! - [`config`]: the `[balancer]` section, parsed then validated.
 //! - `upstream`: a config becomes a `Snapshot` (upstreams with live atomics, selectors, deny
 //!   set, error page) published through an `ArcSwap`; reload swaps it whole.
-//! - `server`: worker threads (current-thread runtimes) accept clients and serve HTTP/1 with hyper.
-//! - `proxy`: per request, deny/size checks, session route (`sticky`), upstream `choose`r and method (`selection`),
-//!   attempts over the per-worker keep-alive `pool`, retries, streamed `body`, rewritten `headers`.
+//! - `server`: worker threads (current-thread runtimes) accept clients; `conn`: one task per
+//!   client connection reads request heads (`h1`: `httparse`, rewritten `headers`), takes in
+//!   bodies (`body`), answers deny/size checks, and writes responses, pipelining included.
+//! - `proxy`: per request, session route (`sticky`), upstream `choose`r and method (`selection`),
+//!   attempts over the per-worker keep-alive `pool` of plain TCP connections, retries, streamed
+//!   `body`, HTTP Upgrade `tunnel`s; waits are bounded by `io`'s lazy timers.
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
 //!
@@ -33,16 +36,20 @@ mod body;
 mod checks;
 mod choose;
 pub mod config;
+mod conn;
 mod error;
+mod h1;
 mod hashkey;
 mod headers;
 mod health;
+mod io;
 mod pages;
 mod pool;
 mod proxy;
 mod selection;
 mod server;
 mod sticky;
+mod tunnel;
 mod units;
 mod upstream;
 

@@ -1,35 +1,36 @@
 //! Answers made by the balancer itself: the error page (nginx `error_page 500 502 503 504`) and
-//! short pages for 400, 403 and 413.
+//! short pages for 400, 403, 405, 413 and 431, written as complete HTTP/1.1 responses.
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 
-use crate::body::RespBody;
-
-/// A built-in page for `status`, nginx style.
-pub(crate) fn plain(status: StatusCode) -> Response<RespBody> {
+/// Appends a built-in page for `status`, nginx style.
+pub(crate) fn plain(out: &mut Vec<u8>, status: StatusCode, close: bool) {
     let reason = status.canonical_reason().unwrap_or("Error");
     let code = status.as_u16();
     let html = format!(
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>ferrocat</center>\r\n</body>\r\n</html>\r\n"
     );
-    page(status, Bytes::from(html))
+    page(out, status, html.as_bytes(), close);
 }
 
-/// The configured error page with `status`, or the built-in one.
-pub(crate) fn error(status: StatusCode, error_page: Option<&Bytes>) -> Response<RespBody> {
+/// Appends the configured error page with `status`, or the built-in one.
+pub(crate) fn error(out: &mut Vec<u8>, status: StatusCode, error_page: Option<&[u8]>, close: bool) {
     match error_page {
-        Some(body) => page(status, body.clone()),
-        None => plain(status),
+        Some(body) => page(out, status, body, close),
+        None => plain(out, status, close),
     }
 }
 
-fn page(status: StatusCode, body: Bytes) -> Response<RespBody> {
-    let mut resp = Response::new(RespBody::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    resp
+fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/html; charset=utf-8\r\n");
+    crate::headers::put_content_length(out, body.len() as u64);
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
 }

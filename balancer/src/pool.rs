@@ -1,73 +1,52 @@
-//! Per-worker keep-alive pool of HTTP/1 connections to the upstreams.
+//! Per-worker keep-alive pool of plain TCP connections to the upstreams.
 //!
 //! Each worker thread runs its own current-thread runtime and owns one `Pool` (`Rc`, no lock):
-//! idle connections per upstream address, most recently used first. A connection goes back to
-//! the pool only after its response body was read to the end (see [`crate::body::RespBody`]),
-//! and is dropped when the pool for that address is full or it has been idle too long.
-//!
-//! A connection's I/O is not a task of its own: whoever uses the connection drives it
-//! ([`Upconn::drive`]) from the request's own task, first while waiting for the response head,
-//! then from the response body's `poll_frame`. That saves two task wake-ups per request compared
-//! with a spawned connection task, and an idle connection costs nothing until it is used again.
+//! idle connections per upstream address, most recently used first, each with its read buffer.
+//! A connection goes back to the pool only after its response was read to the end with nothing
+//! more after it, and is dropped when the pool for that address is full or it has been idle too
+//! long. An idle connection is not a task: on checkout, the readiness the reactor already knows
+//! tells whether the upstream closed it meanwhile (then it is dropped, no system call otherwise).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper_util::rt::TokioIo;
+use bytes::BytesMut;
 use tokio::net::TcpStream;
 
-use crate::body::ReqBody;
 use crate::error::AttemptError;
 
-/// hyper's I/O state machine of one upstream connection.
-type ConnIo = Connection<TokioIo<TcpStream>, ReqBody>;
+/// Initial read buffer of an upstream connection.
+const READ_BUFFER: usize = 16 * 1024;
 
-/// One HTTP/1 connection to an upstream: the request sender and the I/O state machine.
-pub(crate) struct Upconn {
-    /// Sends requests on this connection.
-    pub tx: SendRequest<ReqBody>,
-    /// The connection's state machine; dropped as soon as it ends, which cancels requests still
-    /// queued on it (they come back unsent through `TrySendError::take_message`).
-    io: Option<Pin<Box<ConnIo>>>,
+/// One connection to an upstream and what has been read from it but not used yet.
+pub(crate) struct UpConn {
+    pub stream: TcpStream,
+    pub rbuf: BytesMut,
     addr: SocketAddr,
 }
 
-impl Upconn {
-    /// Makes progress on the connection's reads and writes (call before polling what waits on it).
-    pub fn drive(&mut self, cx: &mut Context<'_>) {
-        let Some(io) = &mut self.io else { return };
-        if let Poll::Ready(result) = io.as_mut().poll(cx) {
-            self.io = None;
-            if let Err(e) = result {
-                log::debug!("upstream connection to {} ended: {e}", self.addr);
+impl UpConn {
+    /// Whether the connection still looks usable: nothing (not even an end of stream) arrived
+    /// while it was idle.
+    fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                // Readable while idle: an end of stream, an error, or bytes nobody asked for.
+                matches!(self.stream.try_read_buf(&mut self.rbuf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+                    && self.rbuf.is_empty()
             }
         }
-    }
-
-    /// Whether the connection can still carry requests, as far as is known without polling it.
-    pub fn is_open(&self) -> bool {
-        self.io.is_some() && !self.tx.is_closed()
-    }
-
-    /// Waits until the connection accepts the next request (false if it closed meanwhile).
-    pub async fn ready(&mut self) -> bool {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            self.tx.poll_ready(cx)
-        })
-        .await
-        .is_ok()
     }
 }
 
 /// An idle connection and since when it is idle.
-type Idle = (Upconn, Instant);
+type Idle = (UpConn, Instant);
 
 /// Idle connections of one worker, by upstream address.
 pub(crate) struct Pool {
@@ -92,13 +71,18 @@ impl Pool {
         self.idle_timeout.set(idle_timeout);
     }
 
+    /// Whether connections are kept at all.
+    pub fn enabled(&self) -> bool {
+        self.max_idle.get() > 0
+    }
+
     /// Takes an idle connection to `addr` that is still open, if any.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<Upconn> {
+    pub fn checkout(&self, addr: SocketAddr) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let timeout = self.idle_timeout.get();
-        while let Some((conn, since)) = list.pop() {
-            if conn.is_open() && since.elapsed() < timeout {
+        while let Some((mut conn, since)) = list.pop() {
+            if since.elapsed() < timeout && conn.still_open() {
                 return Some(conn);
             }
         }
@@ -106,8 +90,8 @@ impl Pool {
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn put(&self, conn: Upconn) {
-        if !conn.is_open() {
+    pub fn put(&self, conn: UpConn) {
+        if !conn.rbuf.is_empty() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -118,7 +102,7 @@ impl Pool {
     }
 
     /// Opens a new connection to `addr` within `timeout`.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Upconn, AttemptError> {
+    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, AttemptError> {
         let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
@@ -131,16 +115,9 @@ impl Pool {
         };
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (tx, io) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| AttemptError::Handshake {
-                upstream: addr,
-                source,
-            })?;
-        Ok(Upconn {
-            tx,
-            io: Some(Box::pin(io)),
+        Ok(UpConn {
+            stream,
+            rbuf: BytesMut::with_capacity(READ_BUFFER),
             addr,
         })
     }

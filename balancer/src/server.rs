@@ -1,31 +1,27 @@
-//! Worker threads: accept loop, HTTP/1 connections to clients, graceful and immediate stop.
+//! Worker threads: accept loop, client connections, graceful and immediate stop.
 //!
 //! Every worker is an OS thread with a current-thread tokio runtime and a `LocalSet`, its own
 //! listening socket on the shared port (`SO_REUSEPORT` when there are several workers, so the
 //! kernel spreads connections) and its own upstream [`Pool`]. Nothing is shared between workers
 //! but [`Shared`]: the config snapshot (`ArcSwap`), the upstreams' atomics and the sender to the
 //! health owner. On stop the accept loop closes its socket; a graceful stop then lets each
-//! connection finish its current request (hyper's graceful shutdown) within `shutdown_timeout`.
+//! connection finish its current request within `shutdown_timeout` (idle keep-alive connections
+//! close at once, see [`crate::conn`]).
 
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::health::HealthEvent;
 use crate::pool::Pool;
-use crate::proxy::{Client, Worker};
+use crate::proxy::Worker;
 use crate::upstream::{Snapshot, Upstream};
 
 /// Listen backlog (as nginx's default 511, rounded).
@@ -107,6 +103,7 @@ pub(crate) fn run_worker(
             pool: Rc::new(Pool::new(cfg.cfg.keepalive, cfg.cfg.keepalive_timeout)),
             generation: Cell::new(cfg.generation),
             shared: shared.clone(),
+            stopping: Cell::new(false),
         });
         drop(cfg);
         let mut conns = JoinSet::new();
@@ -116,7 +113,7 @@ pub(crate) fn run_worker(
                 () = stop_requested(&mut state) => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        conns.spawn_local(serve(worker.clone(), stream, peer, state.clone()));
+                        conns.spawn_local(crate::conn::serve(worker.clone(), stream, peer, state.clone()));
                     }
                     Err(e) => {
                         log::warn!("accept failed: {e}");
@@ -127,6 +124,7 @@ pub(crate) fn run_worker(
             }
         }
         drop(listener);
+        worker.stopping.set(true);
         if *state.borrow() == RunState::Graceful {
             let limit = shared.snapshot.load().cfg.shutdown_timeout;
             let drained =
@@ -141,44 +139,6 @@ pub(crate) fn run_worker(
         conns.shutdown().await;
         Ok(())
     })
-}
-
-async fn serve(
-    worker: Rc<Worker>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    mut state: watch::Receiver<RunState>,
-) {
-    let _ = stream.set_nodelay(true);
-    let ip = peer.ip().to_canonical();
-    let client = Rc::new(Client {
-        ip,
-        ip_header: HeaderValue::from_str(&ip.to_string())
-            .unwrap_or(HeaderValue::from_static("unknown")),
-    });
-    let svc = service_fn(move |req| {
-        let worker = worker.clone();
-        let client = client.clone();
-        async move { Ok::<_, Infallible>(worker.handle(req, &client).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(stream), svc);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                log::debug!("client connection {peer}: {e}");
-            }
-        }
-        () = stop_requested(&mut state) => {
-            conn.as_mut().graceful_shutdown();
-            if let Err(e) = conn.await {
-                log::debug!("client connection {peer} during stop: {e}");
-            }
-        }
-    }
 }
 
 /// Resolves once a stop is requested. If every handle was dropped without a stop, the balancer

@@ -5,12 +5,13 @@
 //! an available upstream goes there; otherwise it is balanced as if unbound, and the app node that
 //! gets it takes the session over (and rewrites the cookie with its own route).
 
-use http::HeaderMap;
-
-/// Value of the cookie `name` in the request's `Cookie` headers, if present.
-pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    for header in headers.get_all(http::header::COOKIE) {
-        for pair in header.as_bytes().split(|&b| b == b';') {
+/// Value of the cookie `name` in the request's `Cookie` header values, if present.
+pub(crate) fn cookie_value<'a>(
+    cookies: impl IntoIterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<&'a [u8]> {
+    for header in cookies {
+        for pair in header.split(|&b| b == b';') {
             let pair = pair.trim_ascii_start();
             if let Some(rest) = pair.strip_prefix(name.as_bytes()) {
                 if let Some(value) = rest.strip_prefix(b"=") {
@@ -28,11 +29,14 @@ pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a
 }
 
 /// The route suffix of the session cookie `name`: the text after its last `.`, if non-empty.
-pub(crate) fn route<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn route<'a>(
+    cookies: impl IntoIterator<Item = &'a [u8]>,
+    name: &str,
+) -> Option<&'a str> {
     if name.is_empty() {
         return None;
     }
-    let value = cookie_value(headers, name)?;
+    let value = cookie_value(cookies, name)?;
     let dot = value.iter().rposition(|&b| b == b'.')?;
     let route = std::str::from_utf8(&value[dot + 1..]).ok()?;
     (!route.is_empty()).then_some(route)
@@ -42,35 +46,31 @@ pub(crate) fn route<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
 
-    fn headers(cookies: &[&str]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for c in cookies {
-            h.append(http::header::COOKIE, c.parse().expect("header value"));
-        }
-        h
+    fn headers<'a>(cookies: &[&'a str]) -> Vec<&'a [u8]> {
+        cookies.iter().map(|c| c.as_bytes()).collect()
     }
 
     #[test]
     fn ferrocat_cookie_route_is_the_last_dot_suffix() {
         let h = headers(&["theme=dark; JSESSIONID=c2lnbmF0dXJl.8f3a9c-n1.app2; other=x"]);
-        assert_eq!(route(&h, "JSESSIONID"), Some("app2"));
+        assert_eq!(route(h.iter().copied(), "JSESSIONID"), Some("app2"));
     }
 
     #[test]
     fn tomcat_cookie_route_is_the_jvm_route() {
         let h = headers(&["JSESSIONID=5A8F1C2B3D4E.tomcat1"]);
-        assert_eq!(route(&h, "JSESSIONID"), Some("tomcat1"));
+        assert_eq!(route(h.iter().copied(), "JSESSIONID"), Some("tomcat1"));
         let h = headers(&["a=1", "JSESSIONID=\"ABC.tomcat2\""]);
-        assert_eq!(route(&h, "JSESSIONID"), Some("tomcat2"));
+        assert_eq!(route(h.iter().copied(), "JSESSIONID"), Some("tomcat2"));
     }
 
     #[test]
     fn missing_or_routeless_cookie_has_no_route() {
-        assert_eq!(route(&headers(&["JSESSIONID=ABCDEF"]), "JSESSIONID"), None);
-        assert_eq!(route(&headers(&["JSESSIONID=ABC."]), "JSESSIONID"), None);
-        assert_eq!(route(&headers(&["XJSESSIONID=a.b"]), "JSESSIONID"), None);
-        assert_eq!(route(&headers(&["sid=a.b"]), "JSESSIONID"), None);
-        assert_eq!(route(&headers(&["sid=a.b"]), ""), None);
-        assert_eq!(route(&headers(&["sid=a.b"]), "sid"), Some("b"));
+        assert_eq!(route(headers(&["JSESSIONID=ABCDEF"]), "JSESSIONID"), None);
+        assert_eq!(route(headers(&["JSESSIONID=ABC."]), "JSESSIONID"), None);
+        assert_eq!(route(headers(&["XJSESSIONID=a.b"]), "JSESSIONID"), None);
+        assert_eq!(route(headers(&["sid=a.b"]), "JSESSIONID"), None);
+        assert_eq!(route(headers(&["sid=a.b"]), ""), None);
+        assert_eq!(route(headers(&["sid=a.b"]), "sid"), Some("b"));
     }
 }

@@ -1,0 +1,219 @@
+//! One client connection: a single task that reads request heads, takes in their bodies, passes
+//! each request to the proxy and writes the answers, in order (pipelined requests included).
+//!
+//! Everything the connection needs is allocated once and reused for every request: the read
+//! buffer, the rewritten upstream head, the buffered request body, the response head and two
+//! [`LazyTimer`]s (client side and upstream side). A connection waiting for its next request
+//! closes on the keep-alive time-out or at once when a stop is requested; a stop during a request
+//! lets it finish, then closes.
+
+use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Buf as _, BytesMut};
+use http::StatusCode;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::body::{self, Intake};
+use crate::h1::request::{self, Framing, HeadError};
+use crate::io::{self, LazyTimer};
+use crate::pages;
+use crate::proxy::Worker;
+use crate::server::{stop_requested, RunState};
+
+/// How long a keep-alive connection may wait for its next request (nginx `keepalive_timeout`).
+pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long the rest of a started request head may take (nginx `client_header_timeout`).
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest silence while reading a request body (nginx `client_body_timeout`).
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for the client to take response bytes (nginx `send_timeout`).
+pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Initial size of the client read buffer.
+const READ_BUFFER: usize = 16 * 1024;
+/// Reused buffers larger than this are given back after the request that grew them.
+const KEEP_BUFFER: usize = 256 * 1024;
+
+/// A client connection and its reusable buffers.
+pub(crate) struct Conn {
+    pub stream: TcpStream,
+    /// Bytes read from the client and not used yet (the next head, body bytes).
+    pub rbuf: BytesMut,
+    /// Bytes to write to the client (response head and body bytes at hand).
+    pub wbuf: Vec<u8>,
+    /// The current request's rewritten head, without `Host`, framing and the final CRLF.
+    pub head: Vec<u8>,
+    /// The request as written to an upstream (head, maybe the body).
+    pub wire: Vec<u8>,
+    /// The request body read before contacting an upstream (replayable).
+    pub body: Vec<u8>,
+    /// The evaluated `hash_key`.
+    pub key: Vec<u8>,
+    /// Time limits of waits on the client.
+    pub ctimer: LazyTimer,
+    /// Time limits of waits on an upstream.
+    pub utimer: LazyTimer,
+    pub ip: IpAddr,
+    pub ip_text: String,
+}
+
+/// What happens to the connection after a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    KeepAlive,
+    Close,
+}
+
+impl Conn {
+    /// Writes `wbuf` to the client and clears it; false if the client is gone.
+    pub async fn flush(&mut self) -> bool {
+        let ok = matches!(
+            io::write_all(&mut self.stream, &self.wbuf, &mut self.ctimer, SEND_TIMEOUT).await,
+            Ok(Ok(()))
+        );
+        self.wbuf.clear();
+        ok
+    }
+
+    /// Answers with a page of the balancer's own.
+    pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
+        self.wbuf.clear();
+        pages::plain(&mut self.wbuf, status, close);
+        if self.flush().await && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+}
+
+/// Serves one client connection until it closes or the balancer stops.
+pub(crate) async fn serve(
+    worker: Rc<Worker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut state: watch::Receiver<RunState>,
+) {
+    let _ = stream.set_nodelay(true);
+    let ip = peer.ip().to_canonical();
+    let mut c = Conn {
+        stream,
+        rbuf: BytesMut::with_capacity(READ_BUFFER),
+        wbuf: Vec::with_capacity(4096),
+        head: Vec::with_capacity(1024),
+        wire: Vec::with_capacity(1024),
+        body: Vec::new(),
+        key: Vec::new(),
+        ctimer: LazyTimer::new(),
+        utimer: LazyTimer::new(),
+        ip,
+        ip_text: ip.to_string(),
+    };
+    let mut stop = pin!(stop_requested(&mut state));
+    loop {
+        let next = one_request(&worker, &mut c, stop.as_mut()).await;
+        if next == Next::Close || worker.stopping.get() {
+            break;
+        }
+        if c.body.capacity() > KEEP_BUFFER {
+            c.body = Vec::new();
+        }
+        if c.wbuf.capacity() > KEEP_BUFFER {
+            c.wbuf = Vec::with_capacity(4096);
+        }
+    }
+}
+
+/// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
+/// requested while nothing of it has arrived) and serves the request.
+async fn one_request(
+    worker: &Worker,
+    c: &mut Conn,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> Next {
+    let snap = worker.snapshot();
+    let parsed = loop {
+        if !c.rbuf.is_empty() {
+            c.head.clear();
+            let (ip, key) = (c.ip, &mut c.key);
+            let inspect = |v: &request::View<'_>| {
+                if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
+                    return None;
+                }
+                match &snap.hash_key {
+                    Some(k) => k.eval(v, ip, key),
+                    None => key.clear(),
+                }
+                Some(
+                    crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
+                        .and_then(|r| snap.routes.get(r).copied()),
+                )
+            };
+            match request::parse(&c.rbuf, &c.ip_text, &mut c.head, inspect) {
+                Ok(parsed) => break parsed,
+                Err(HeadError::Partial) => {}
+                Err(HeadError::TooLarge) => {
+                    return c
+                        .page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, true)
+                        .await
+                }
+                Err(HeadError::Bad(why)) => {
+                    log::debug!("bad request from {}: {why}", c.ip);
+                    return c.page(StatusCode::BAD_REQUEST, true).await;
+                }
+                Err(HeadError::NotAllowed) => {
+                    return c.page(StatusCode::METHOD_NOT_ALLOWED, true).await
+                }
+            }
+        }
+        let idle = c.rbuf.is_empty();
+        let limit = if idle {
+            KEEPALIVE_TIMEOUT
+        } else {
+            HEADER_TIMEOUT
+        };
+        let (stream, rbuf) = (&c.stream, &mut c.rbuf);
+        let read = poll_fn(|cx| {
+            if let Poll::Ready(r) = io::poll_read(stream, rbuf, cx) {
+                return Poll::Ready(Some(r));
+            }
+            if idle && stop.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            Poll::Pending
+        });
+        match io::within(&mut c.ctimer, limit, read).await {
+            Ok(Some(Ok(n))) if n > 0 => {}
+            _ => return Next::Close,
+        }
+    };
+    let (req, verdict) = parsed;
+    c.rbuf.advance(req.head_len);
+    let Some(bound) = verdict else {
+        // Denied. A body that was not read makes the connection unusable.
+        return c
+            .page(
+                StatusCode::FORBIDDEN,
+                !req.keep_alive || req.framing != Framing::None,
+            )
+            .await;
+    };
+    match body::intake(c, &req, snap.cfg.client_max_body_size).await {
+        Intake::Body(mut b) => {
+            let keep = worker.proxy(c, &snap, &req, bound, &mut b).await;
+            if keep {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Intake::TooLarge => c.page(StatusCode::PAYLOAD_TOO_LARGE, true).await,
+        Intake::Bad => c.page(StatusCode::BAD_REQUEST, true).await,
+        Intake::Gone => Next::Close,
+    }
+}

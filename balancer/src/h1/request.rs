@@ -1,0 +1,276 @@
+//! The client's request head: parsed with `httparse` straight from the connection's read buffer,
+//! checked (size, header count, framing), and rewritten for the upstream in one pass.
+//!
+//! Nothing is copied out of the read buffer but the rewritten head: the caller looks at the
+//! request through a [`View`] (deny check, session route, hash key) while the buffer is borrowed,
+//! and keeps only the small [`Request`] summary afterwards.
+
+use crate::headers::{self, Kind};
+
+/// Largest request head (request line and headers) accepted; larger gets 431.
+pub(crate) const MAX_HEAD: usize = 16 * 1024;
+/// Most header fields accepted; more gets 431.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Most `Connection` header fields looked at.
+const MAX_CONNECTION: usize = 8;
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// No body.
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// What the proxy keeps of a parsed request head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Request {
+    /// Bytes of the head in the read buffer.
+    pub head_len: usize,
+    /// HTTP/1.minor.
+    pub minor: u8,
+    /// May be sent again after it reached an upstream (not POST, PATCH, LOCK).
+    pub idempotent: bool,
+    /// A HEAD request (its response has no body).
+    pub head_method: bool,
+    /// The client wants the connection kept open.
+    pub keep_alive: bool,
+    pub framing: Framing,
+    /// `Expect: 100-continue` (HTTP/1.1).
+    pub expect_continue: bool,
+    /// `Connection: upgrade` with an `Upgrade` header.
+    pub upgrade: bool,
+    /// The rewritten head already has a `Host`.
+    pub has_host: bool,
+}
+
+/// Why a head cannot be used (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Incomplete: read more.
+    Partial,
+    /// Head or header count over the limits: 431.
+    TooLarge,
+    /// Malformed: 400.
+    Bad(&'static str),
+    /// A method the proxy does not pass on (CONNECT): 405.
+    NotAllowed,
+}
+
+/// A parsed request, borrowed from the read buffer.
+#[derive(Debug)]
+pub(crate) struct View<'a> {
+    /// Path and query in origin form (`/` if the target had none).
+    pub path_and_query: &'a str,
+    /// The header fields as received.
+    pub headers: &'a [httparse::Header<'a>],
+}
+
+impl<'a> View<'a> {
+    /// The path, without the query.
+    pub fn path(&self) -> &'a str {
+        self.path_and_query
+            .split_once('?')
+            .map_or(self.path_and_query, |(p, _)| p)
+    }
+
+    /// The query, if any.
+    pub fn query(&self) -> Option<&'a str> {
+        self.path_and_query.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// All values of the `Cookie` headers.
+    pub fn cookies(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.headers
+            .iter()
+            .filter(|h| headers::kind(h.name) == Kind::Cookie)
+            .map(|h| h.value)
+    }
+}
+
+/// Splits an absolute-form target into (authority, origin-form path and query).
+fn origin_form(target: &str) -> Option<(&str, &str)> {
+    let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
+    let rest = if lower(7).as_deref() == Some("http://") {
+        &target[7..]
+    } else if lower(8).as_deref() == Some("https://") {
+        &target[8..]
+    } else {
+        return None;
+    };
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => Some((&rest[..i], &rest[i..])),
+        // "http://host?q": the path is "/" (the caller adds it before the query).
+        Some(i) => Some((&rest[..i], &rest[i..])),
+        None => Some((rest, "/")),
+    }
+}
+
+/// Parses the head at the start of `buf`, appends the upstream's request line and headers to
+/// `out` (without `Host` when the client sent none, without body framing and without the final
+/// empty line), and calls `inspect` on the parsed request.
+pub(crate) fn parse<T>(
+    buf: &[u8],
+    client_ip: &str,
+    out: &mut Vec<u8>,
+    inspect: impl FnOnce(&View<'_>) -> T,
+) -> Result<(Request, T), HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Bad("malformed request head")),
+    };
+    if head_len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(HeadError::Bad("incomplete request line"));
+    };
+    if method == "CONNECT" {
+        return Err(HeadError::NotAllowed);
+    }
+    let fields = &*req.headers;
+
+    // Pass 1: classify, and gather what decides framing and connection handling.
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    let mut connection: [&[u8]; MAX_CONNECTION] = [b""; MAX_CONNECTION];
+    let (mut n_conn, mut length, mut chunked, mut te) = (0, None, false, false);
+    let (mut has_host, mut has_upgrade, mut expect_continue) = (false, false, false);
+    for (i, h) in fields.iter().enumerate() {
+        let k = headers::kind(h.name);
+        kinds[i] = k;
+        match k {
+            Kind::Connection => {
+                let slot = connection
+                    .get_mut(n_conn)
+                    .ok_or(HeadError::Bad("too many Connection headers"))?;
+                *slot = h.value;
+                n_conn += 1;
+            }
+            Kind::ContentLength => {
+                let n = headers::content_length(h.value)
+                    .ok_or(HeadError::Bad("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Bad("conflicting Content-Length"));
+                }
+                length = Some(n);
+            }
+            Kind::TransferEncoding => {
+                te = true;
+                chunked = headers::last_coding(h.value).eq_ignore_ascii_case(b"chunked");
+            }
+            Kind::Host => {
+                if has_host {
+                    return Err(HeadError::Bad("more than one Host"));
+                }
+                has_host = true;
+            }
+            Kind::Upgrade => has_upgrade = true,
+            Kind::Expect => {
+                expect_continue = minor == 1 && h.value.eq_ignore_ascii_case(b"100-continue")
+            }
+            _ => {}
+        }
+    }
+    if minor == 1 && !has_host {
+        return Err(HeadError::Bad("HTTP/1.1 request without Host"));
+    }
+    let framing = match (te, length) {
+        (true, Some(_)) => return Err(HeadError::Bad("both Transfer-Encoding and Content-Length")),
+        (true, None) if chunked && minor == 1 => Framing::Chunked,
+        (true, None) => return Err(HeadError::Bad("unsupported Transfer-Encoding")),
+        (false, Some(0) | None) => Framing::None,
+        (false, Some(n)) => Framing::Length(n),
+    };
+    let connection = &connection[..n_conn];
+    let keep_alive = if minor == 1 {
+        !headers::listed_in_connection(connection, "close")
+    } else {
+        headers::listed_in_connection(connection, "keep-alive")
+    };
+    let upgrade = has_upgrade && headers::listed_in_connection(connection, "upgrade");
+
+    // The request line, in origin form.
+    let (authority, path_and_query) = match origin_form(target) {
+        Some((authority, pq)) => (Some(authority).filter(|a| !a.is_empty()), pq),
+        None => (None, target),
+    };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    if path_and_query.starts_with('?') {
+        out.push(b'/');
+    }
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+
+    // Pass 2: the headers the upstream gets.
+    if let Some(a) = authority {
+        headers::put(out, b"Host", a.as_bytes());
+        has_host = true;
+    }
+    for (h, &k) in fields.iter().zip(&kinds) {
+        let pass = match k {
+            Kind::Other | Kind::Cookie => !headers::listed_in_connection(connection, h.name),
+            Kind::Host => authority.is_none(),
+            Kind::Upgrade => upgrade,
+            _ => false,
+        };
+        if pass {
+            headers::put(out, h.name.as_bytes(), h.value);
+        }
+    }
+    // X-Forwarded-For: the values received, in order, then the client's address.
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for (h, &k) in fields.iter().zip(&kinds) {
+        if k == Kind::XForwardedFor && !h.value.trim_ascii().is_empty() {
+            out.extend_from_slice(h.value.trim_ascii());
+            out.extend_from_slice(b", ");
+        }
+    }
+    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    headers::put(out, b"X-Real-IP", client_ip.as_bytes());
+    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    if upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+    }
+
+    let view = View {
+        path_and_query: if path_and_query.starts_with('/') || path_and_query == "*" {
+            path_and_query
+        } else {
+            "/"
+        },
+        headers: fields,
+    };
+    let extra = inspect(&view);
+    Ok((
+        Request {
+            head_len,
+            minor,
+            idempotent: !matches!(method, "POST" | "PATCH" | "LOCK"),
+            head_method: method == "HEAD",
+            keep_alive,
+            framing,
+            expect_continue,
+            upgrade,
+            has_host,
+        },
+        extra,
+    ))
+}

@@ -1,0 +1,239 @@
+//! The upstream's response head: parsed with `httparse` from the upstream connection's read
+//! buffer and rewritten for the client in one pass (status line, end-to-end headers).
+//!
+//! The body length follows RFC 9112 section 6.3: none for HEAD, 1xx, 204 and 304; chunked if the
+//! last transfer coding is chunked; `Content-Length` bytes; else until the upstream closes.
+
+use crate::headers::{self, Kind};
+
+/// Largest response head accepted from an upstream.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields accepted from an upstream.
+const MAX_HEADERS: usize = 128;
+/// Most `Connection` header fields looked at.
+const MAX_CONNECTION: usize = 8;
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Body {
+    /// No body (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked.
+    Chunked,
+    /// Until the upstream closes the connection.
+    Close,
+}
+
+/// What the proxy keeps of a parsed response head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Response {
+    /// Bytes of the head in the read buffer.
+    pub head_len: usize,
+    pub status: u16,
+    pub body: Body,
+    /// The connection can carry another request once this body is read.
+    pub reusable: bool,
+}
+
+/// Why a response head cannot be used (yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Incomplete: read more.
+    Partial,
+    /// Malformed or too large: 502.
+    Bad(&'static str),
+}
+
+/// Parses the head at the start of `buf` (the answer to a HEAD request if `head_request`) and
+/// appends the client's status line and headers to `out`, without body framing headers other
+/// than a `Content-Length` that stays valid, and without the final empty line.
+pub(crate) fn parse(
+    buf: &[u8],
+    head_request: bool,
+    out: &mut Vec<u8>,
+) -> Result<Response, HeadError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
+        Ok(httparse::Status::Partial) if buf.len() <= MAX_HEAD => return Err(HeadError::Partial),
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Bad("response head too large"))
+        }
+        Err(_) => return Err(HeadError::Bad("malformed response head")),
+    };
+    let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+        return Err(HeadError::Bad("incomplete status line"));
+    };
+    let fields = &*resp.headers;
+
+    let mut kinds = [Kind::Other; MAX_HEADERS];
+    let mut connection: [&[u8]; MAX_CONNECTION] = [b""; MAX_CONNECTION];
+    let (mut n_conn, mut length, mut te, mut chunked) = (0, None, false, false);
+    for (i, h) in fields.iter().enumerate() {
+        let k = headers::kind(h.name);
+        kinds[i] = k;
+        match k {
+            Kind::Connection => {
+                let slot = connection
+                    .get_mut(n_conn)
+                    .ok_or(HeadError::Bad("too many Connection headers"))?;
+                *slot = h.value;
+                n_conn += 1;
+            }
+            Kind::ContentLength => {
+                let n = headers::content_length(h.value)
+                    .ok_or(HeadError::Bad("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HeadError::Bad("conflicting Content-Length"));
+                }
+                length = Some(n);
+            }
+            Kind::TransferEncoding => {
+                te = true;
+                chunked = headers::last_coding(h.value).eq_ignore_ascii_case(b"chunked");
+            }
+            _ => {}
+        }
+    }
+    let connection = &connection[..n_conn];
+    let body = if head_request || status < 200 || status == 204 || status == 304 {
+        Body::None
+    } else if te {
+        if chunked {
+            Body::Chunked
+        } else {
+            Body::Close
+        }
+    } else {
+        length.map_or(Body::Close, Body::Length)
+    };
+    let reusable = body != Body::Close
+        && status != 101
+        && if minor == 1 {
+            !headers::listed_in_connection(connection, "close")
+        } else {
+            headers::listed_in_connection(connection, "keep-alive")
+        };
+
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(&[
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let switching = status == 101;
+    let keep_length = matches!(body, Body::Length(_)) || (body == Body::None && !te);
+    for (h, &k) in fields.iter().zip(&kinds) {
+        let pass = match k {
+            Kind::Other | Kind::Cookie | Kind::Host | Kind::Expect => {
+                !headers::listed_in_connection(connection, h.name)
+            }
+            Kind::XRealIp | Kind::XForwardedFor | Kind::XForwardedProto => true,
+            Kind::ContentLength => keep_length,
+            Kind::Connection | Kind::Upgrade => switching,
+            Kind::HopByHop | Kind::TransferEncoding => false,
+        };
+        if pass {
+            headers::put(out, h.name.as_bytes(), h.value);
+        }
+    }
+    Ok(Response {
+        head_len,
+        status,
+        body,
+        reusable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(head: &str, head_request: bool) -> (Response, String) {
+        let mut out = Vec::new();
+        let r = parse(head.as_bytes(), head_request, &mut out).expect("valid head");
+        (r, String::from_utf8(out).expect("utf8"))
+    }
+
+    #[test]
+    fn length_chunked_and_close_delimited_bodies() {
+        let (r, out) = parsed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello",
+            false,
+        );
+        assert_eq!((r.status, r.body, r.reusable), (200, Body::Length(5), true));
+        assert_eq!(r.head_len, 46);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n");
+        let (r, out) = parsed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, x-b\r\nX-B: 2\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.body, r.reusable), (Body::Chunked, true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\n");
+        let (r, _) = parsed("HTTP/1.1 200 OK\r\nServer: x\r\n\r\n", false);
+        assert_eq!((r.body, r.reusable), (Body::Close, false));
+        let (r, _) = parsed("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false);
+        assert_eq!((r.body, r.reusable), (Body::Length(1), false));
+        let (r, _) = parsed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+            false,
+        );
+        assert!(!r.reusable);
+    }
+
+    #[test]
+    fn head_204_and_304_answers_have_no_body() {
+        let (r, out) = parsed("HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", true);
+        assert_eq!((r.body, r.reusable), (Body::None, true));
+        assert!(
+            out.contains("Content-Length: 99\r\n"),
+            "HEAD keeps the length"
+        );
+        for status in [204, 304] {
+            let (r, _) = parsed(&format!("HTTP/1.1 {status} X\r\n\r\n"), false);
+            assert_eq!(r.body, Body::None, "{status}");
+        }
+    }
+
+    #[test]
+    fn switching_protocols_keeps_upgrade_headers() {
+        let (r, out) = parsed(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+            false,
+        );
+        assert_eq!((r.status, r.body, r.reusable), (101, Body::None, false));
+        assert!(
+            out.contains("Connection: Upgrade\r\nUpgrade: websocket\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn malformed_heads_are_rejected() {
+        let mut out = Vec::new();
+        for bad in [
+            "HTTP/1.1 abc OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "FTP/1.1 200 OK\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse(bad.as_bytes(), false, &mut out),
+                    Err(HeadError::Bad(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out).err(),
+            Some(HeadError::Partial)
+        );
+    }
+}

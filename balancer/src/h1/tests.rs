@@ -1,0 +1,160 @@
+//! Request head parsing and rewriting.
+
+use super::request::{parse, Framing, HeadError, Request};
+
+fn ok(head: &str) -> (Request, String, String) {
+    let mut out = Vec::new();
+    let (r, path) = parse(head.as_bytes(), "10.0.0.7", &mut out, |v| {
+        v.path_and_query.to_owned()
+    })
+    .expect("valid head");
+    (r, String::from_utf8(out).expect("utf8"), path)
+}
+
+fn err(head: &str) -> HeadError {
+    let mut out = Vec::new();
+    parse(head.as_bytes(), "10.0.0.7", &mut out, |_| ()).expect_err("invalid head")
+}
+
+#[test]
+fn headers_are_rewritten_for_the_upstream() {
+    let (r, out, _) = ok("GET /a?b=1 HTTP/1.1\r\nHost: shop\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Forwarded-For: 1.2.3.4\r\nX-Real-IP: 6.6.6.6\r\nCookie: a=b\r\n\r\n");
+    assert_eq!(
+        out,
+        "GET /a?b=1 HTTP/1.1\r\nHost: shop\r\nCookie: a=b\r\nX-Forwarded-For: 1.2.3.4, 10.0.0.7\r\nX-Real-IP: 10.0.0.7\r\nX-Forwarded-Proto: http\r\n"
+    );
+    assert!(r.keep_alive && r.idempotent && r.has_host && !r.upgrade);
+    assert_eq!(r.framing, Framing::None);
+}
+
+#[test]
+fn absolute_form_becomes_origin_form_with_its_host() {
+    let (r, out, path) = ok("GET http://example.com:8080/x/y?z HTTP/1.1\r\nHost: other\r\n\r\n");
+    assert!(
+        out.starts_with("GET /x/y?z HTTP/1.1\r\nHost: example.com:8080\r\n"),
+        "{out}"
+    );
+    assert!(!out.contains("other"));
+    assert_eq!(path, "/x/y?z");
+    assert!(r.has_host);
+    let (_, out, _) = ok("GET HTTP://example.com HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+}
+
+#[test]
+fn keep_alive_follows_the_version_rules() {
+    assert!(ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").0.keep_alive);
+    assert!(
+        !ok("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .0
+            .keep_alive
+    );
+    assert!(!ok("GET / HTTP/1.0\r\n\r\n").0.keep_alive);
+    let (r, out, _) = ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n");
+    assert!(r.keep_alive && !r.has_host);
+    assert!(!out.contains("Host"));
+}
+
+#[test]
+fn body_framing_is_detected_and_conflicts_rejected() {
+    let (r, out, _) = ok("POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n");
+    assert_eq!(r.framing, Framing::Length(12));
+    assert!(!r.idempotent);
+    assert!(
+        !out.contains("Content-Length"),
+        "framing is written by the proxy"
+    );
+    let (r, _, _) = ok("POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nExpect: 100-continue\r\n\r\n");
+    assert_eq!(r.framing, Framing::Chunked);
+    assert!(r.expect_continue);
+    assert_eq!(
+        ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n")
+            .0
+            .framing,
+        Framing::Length(3)
+    );
+    for bad in [
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -3\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        assert!(matches!(err(bad), HeadError::Bad(_)), "{bad}");
+    }
+}
+
+#[test]
+fn malformed_heads_are_bad_requests() {
+    for bad in [
+        "GET / HTTP/1.1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+        "G@T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n",
+        "GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
+        "\x00\x01\x02\r\n\r\n",
+    ] {
+        assert!(matches!(err(bad), HeadError::Bad(_)), "{bad:?}");
+    }
+    assert_eq!(
+        err("CONNECT a:443 HTTP/1.1\r\nHost: a\r\n\r\n"),
+        HeadError::NotAllowed
+    );
+}
+
+#[test]
+fn heads_split_anywhere_are_partial_until_complete() {
+    let head = "GET /p HTTP/1.1\r\nHost: a\r\nX: 1\r\n\r\n";
+    for cut in 1..head.len() {
+        assert_eq!(err(&head[..cut]), HeadError::Partial, "cut at {cut}");
+    }
+    let (r, _, _) = ok(head);
+    assert_eq!(r.head_len, head.len());
+}
+
+#[test]
+fn pipelined_requests_parse_one_at_a_time() {
+    let two = "GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+    let (r, _, p1) = ok(two);
+    assert_eq!(p1, "/1");
+    let (_, _, p2) = ok(&two[r.head_len..]);
+    assert_eq!(p2, "/2");
+}
+
+#[test]
+fn oversized_heads_and_too_many_headers_get_431() {
+    let mut big = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    while big.len() <= super::request::MAX_HEAD {
+        big.push_str("X-Filler: 0123456789012345678901234567890123456789\r\n");
+    }
+    assert_eq!(err(&big), HeadError::TooLarge, "partial and over the limit");
+    big.push_str("\r\n");
+    assert_eq!(
+        err(&big),
+        HeadError::TooLarge,
+        "complete and over the limit"
+    );
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+    for i in 0..super::request::MAX_HEADERS {
+        many.push_str(&format!("X-{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(err(&many), HeadError::TooLarge);
+}
+
+#[test]
+fn upgrade_requests_keep_their_upgrade_headers() {
+    let (r, out, _) =
+        ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    assert!(r.upgrade);
+    assert!(
+        out.contains("Upgrade: websocket\r\n") && out.ends_with("Connection: upgrade\r\n"),
+        "{out}"
+    );
+    let (r, out, _) = ok("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
+    assert!(
+        !r.upgrade && !out.contains("websocket"),
+        "Upgrade without Connection: upgrade is dropped"
+    );
+}
