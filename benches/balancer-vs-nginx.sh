@@ -22,8 +22,8 @@ TMP=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$TMP/up.pid" ] && kill "$(cat "$TMP/up.pid")" 2>/dev/null || true
-  [ -f "$TMP/px.pid" ] && kill "$(cat "$TMP/px.pid")" 2>/dev/null || true
+  [ -f "$TMP/up.pid" ] && kill "$(cat "$TMP/up.pid" 2>/dev/null)" 2>/dev/null || true
+  [ -f "$TMP/px.pid" ] && kill "$(cat "$TMP/px.pid" 2>/dev/null)" 2>/dev/null || true
   sleep 0.2
   rm -rf "$TMP"
 }
@@ -75,8 +75,15 @@ CONF
 "$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
 "$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
 
-(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance)
-"$ROOT/target/release/examples/balance" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
+# Build, and ask cargo where the binary is (honours CARGO_TARGET_DIR and the default target/).
+FC_BIN=$(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance --message-format=json \
+  | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
+"$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
 sleep 0.5

@@ -77,7 +77,7 @@ pub(crate) enum StreamError {
 /// Reads more from the client into `c.rbuf`; false if it closed, failed or stalled.
 async fn read_client(c: &mut Conn) -> bool {
     matches!(
-        io::read(&c.stream, &mut c.rbuf, &mut c.ctimer, BODY_TIMEOUT).await,
+        io::read(&mut c.stream, &mut c.rbuf, &mut c.ctimer, BODY_TIMEOUT).await,
         Ok(Ok(n)) if n > 0
     )
 }
@@ -331,7 +331,7 @@ pub(crate) async fn forward(
         if done {
             return Forwarded::Complete;
         }
-        match io::read(&up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
+        match io::read(&mut up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
             Ok(Ok(0)) if framing == Body::Close => {
                 if mode == ToClient::Rechunk {
                     c.wbuf.extend_from_slice(b"0\r\n\r\n");

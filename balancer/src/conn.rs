@@ -177,7 +177,7 @@ async fn one_request(
         } else {
             HEADER_TIMEOUT
         };
-        let (stream, rbuf) = (&c.stream, &mut c.rbuf);
+        let (stream, rbuf) = (&mut c.stream, &mut c.rbuf);
         let read = poll_fn(|cx| {
             if let Poll::Ready(r) = io::poll_read(stream, rbuf, cx) {
                 return Poll::Ready(Some(r));

@@ -85,28 +85,22 @@ pub(crate) async fn within<F: Future>(
 /// How much free space a read asks for at least.
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
-/// Reads what the socket has into `buf` (0 = end of stream).
+/// Reads what the socket has into `buf` (0 = end of stream). A read that does not fill the free
+/// space tells the reactor the socket is drained, which saves the `EAGAIN` read before waiting.
 pub(crate) fn poll_read(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < READ_CHUNK {
         buf.reserve(READ_CHUNK);
     }
-    loop {
-        match stream.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                ready!(stream.poll_read_ready(cx))?;
-            }
-            r => return Poll::Ready(r),
-        }
-    }
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, buf)
 }
 
 /// Reads once into `buf`, waiting at most `limit`.
 pub(crate) async fn read(
-    stream: &TcpStream,
+    stream: &mut TcpStream,
     buf: &mut BytesMut,
     timer: &mut LazyTimer,
     limit: Duration,

@@ -296,15 +296,16 @@ impl Worker {
                 }
             }
             let limit = snap.cfg.proxy_read_timeout;
-            let source = match io::read(&conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
-                Ok(Ok(n)) if n > 0 => continue,
-                Ok(Ok(_)) => std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "connection closed before a complete response head",
-                ),
-                Ok(Err(e)) => e,
-                Err(_) => return Err(timeout(up, "reading the response head")),
-            };
+            let source =
+                match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    Ok(Ok(_)) => std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed before a complete response head",
+                    ),
+                    Ok(Err(e)) => e,
+                    Err(_) => return Err(timeout(up, "reading the response head")),
+                };
             let e = AttemptError::Exchange {
                 upstream: up.addr,
                 sent: true,

@@ -1,0 +1,244 @@
+//! HTTP/1.1 on the wire through the balancer: pipelining, malformed heads, HEAD, 100-continue,
+//! chunked bodies, and HTTP Upgrade tunnelled to an upstream.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{config, start, Upstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Reads from `s` until `buf` holds `n` complete responses with `Content-Length` bodies, or EOF.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        while out.len() < n {
+            let Some(end) = find(&buf, b"\r\n\r\n") else {
+                break;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let status: u16 = head[9..12].parse().unwrap();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() < end + 4 + len {
+                break;
+            }
+            let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).to_string();
+            buf.drain(..end + 4 + len);
+            out.push((status, body));
+        }
+        if out.len() == n {
+            return out;
+        }
+        let mut chunk = [0u8; 4096];
+        let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        if got == 0 {
+            return out;
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn connect(base: &str) -> TcpStream {
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    TcpStream::connect(addr).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let (h, base) = start(config(&[&a, &b])).await;
+    let mut s = connect(&base).await;
+    s.write_all(
+        b"GET /slow/100 HTTP/1.1\r\nHost: x\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: x\r\n\r\nPOST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloGET /status/202 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let got = read_responses(&mut s, 4).await;
+    let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 201, 200, 202]);
+    assert_eq!(got[2].1, "5");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_get_400_and_huge_heads_431() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+    ] {
+        let mut s = connect(&base).await;
+        s.write_all(bad).await.unwrap();
+        let got = read_responses(&mut s, 1).await;
+        assert_eq!(got.first().map(|r| r.0), Some(400), "{bad:?}");
+    }
+    let mut s = connect(&base).await;
+    let mut big = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
+    big.extend(std::iter::repeat_n(b"X-Filler: 0123456789\r\n", 1000).flatten());
+    let _ = s.write_all(&big).await;
+    let got = read_responses(&mut s, 1).await;
+    assert_eq!(got.first().map(|r| r.0), Some(431));
+    assert_eq!(a.hits(), 0);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_answers_have_no_body_and_the_connection_stays_usable() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    let mut s = connect(&base).await;
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while find(&buf, b"\r\n\r\na").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    // The HEAD answer keeps its Content-Length (1, the GET body "a") but sends no body: the next
+    // bytes are the GET answer's status line.
+    let second = text
+        .find("\r\n\r\nHTTP/1.1 200")
+        .expect("second answer right after the first head");
+    assert!(
+        text[..second]
+            .to_ascii_lowercase()
+            .contains("content-length: 1"),
+        "{text}"
+    );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_and_chunked_bodies_are_passed_on() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    let mut s = connect(&base).await;
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut interim))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"abc").await.unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [(200, "3".to_owned())]);
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\nabcd\r\n2\r\nef\r\n0\r\nX-Trailer: 1\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_responses(&mut s, 1).await, [(200, "6".to_owned())]);
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_responses(&mut s, 1).await.first().map(|r| r.0),
+        Some(400)
+    );
+    h.stop(true).await;
+}
+
+/// A raw upstream that answers any request with 101 and then echoes bytes; it reports the
+/// request head it received.
+async fn upgrade_echo() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while find(&buf, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&buf).to_string());
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_requests_are_tunnelled_both_ways() {
+    let (up, head) = upgrade_echo().await;
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
+    let (h, base) = start(cfg).await;
+    let mut s = connect(&base).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while find(&buf, b"\r\n\r\n").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101 "), "{text}");
+    assert!(
+        text.contains("upgrade: echo\r\n") && text.contains("connection: upgrade\r\n"),
+        "{text}"
+    );
+    let seen = head.await.unwrap().to_ascii_lowercase();
+    assert!(
+        seen.contains("upgrade: echo\r\n") && seen.contains("connection: upgrade\r\n"),
+        "{seen}"
+    );
+    for msg in [&b"ping"[..], b"GET / HTTP/1.1\r\n\r\n", b"\x00\xff binary"] {
+        s.write_all(msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(s);
+    h.stop(true).await;
+}
