@@ -137,6 +137,8 @@ async fn one_request(
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let snap = worker.snapshot();
+    // When the first bytes of this head arrived: the whole head gets `HEADER_TIMEOUT`.
+    let mut head_started = None;
     let parsed = loop {
         if !c.rbuf.is_empty() {
             c.head.clear();
@@ -175,7 +177,8 @@ async fn one_request(
         let limit = if idle {
             KEEPALIVE_TIMEOUT
         } else {
-            HEADER_TIMEOUT
+            let started = *head_started.get_or_insert_with(tokio::time::Instant::now);
+            HEADER_TIMEOUT.saturating_sub(started.elapsed())
         };
         let (stream, rbuf) = (&mut c.stream, &mut c.rbuf);
         let read = poll_fn(|cx| {

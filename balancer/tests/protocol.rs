@@ -242,3 +242,121 @@ async fn upgrade_requests_are_tunnelled_both_ways() {
     drop(s);
     h.stop(true).await;
 }
+
+/// A raw upstream that answers every request with `answer`, then closes the connection.
+async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while find(&buf, b"\r\n\r\n").is_none() {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads everything until the peer closes (or 5 s pass).
+async fn read_to_close(s: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut all)).await;
+    String::from_utf8_lossy(&all).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_delimited_answers_are_rechunked_for_http11_and_closed_for_http10() {
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\nX-Kind: raw\r\n\r\nuntil the end").await;
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
+    let (h, base) = start(cfg).await;
+    // HTTP/1.1: re-framed as chunked, and the client connection stays usable.
+    let mut s = connect(&base).await;
+    s.write_all(b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\nGET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_to_close(&mut s).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{text}");
+    assert_eq!(
+        text.matches("Transfer-Encoding: chunked\r\n").count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("d\r\nuntil the end\r\n0\r\n\r\n").count(),
+        2,
+        "{text}"
+    );
+    // HTTP/1.0: delimited by closing the connection.
+    let mut s = connect(&base).await;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.ends_with("\r\n\r\nuntil the end"),
+        "{text}"
+    );
+    assert!(!text.contains("chunked"), "{text}");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http10_clients_get_keep_alive_only_when_they_ask() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    let mut s = connect(&base).await;
+    s.write_all(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_responses(&mut s, 1).await;
+    assert_eq!(got, [(200, "a".to_owned())]);
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("Connection: close\r\n"),
+        "{text}"
+    );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_answers_are_decoded_for_http10_clients() {
+    let up = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+    )
+    .await;
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
+    let (h, base) = start(cfg).await;
+    let mut s = connect(&base).await;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let text = read_to_close(&mut s).await;
+    assert!(text.ends_with("\r\n\r\nhello world"), "{text}");
+    let mut s = connect(&base).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while find(&buf, b"0\r\nX-T: 1\r\n\r\n").is_none() {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "{:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.contains("Transfer-Encoding: chunked\r\n"),
+        "chunked passed through to HTTP/1.1: {text}"
+    );
+    h.stop(true).await;
+}
