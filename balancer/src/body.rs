@@ -1,10 +1,11 @@
 //! Bodies as they pass through the proxy.
 //!
-//! Request side ([`intake`]): a body is read into the connection's reusable buffer before any
-//! upstream is contacted when it is small (`Content-Length` up to [`REPLAY_LIMIT`]) or chunked
-//! with a `client_max_body_size` up to [`CHUNKED_BUFFER_LIMIT`]; such a body can be sent again on
-//! a retry, and an oversized chunked body gets its 413 before any upstream sees it. Larger bodies
-//! are streamed ([`send_stream`]) after the head, chunked ones re-framed chunk by chunk, with the
+//! Request side ([`intake`]): a body is read before any upstream is contacted when it is small
+//! (`Content-Length` up to [`REPLAY_LIMIT`]) or chunked with a `client_max_body_size`: in memory
+//! up to [`MEMORY_LIMIT`], the rest spooled to a temp file ([`crate::spool`]). Such a body can be
+//! sent again on a retry, and an oversized chunked body gets its 413 before any upstream sees
+//! it. Other bodies (large `Content-Length`, chunked without a size limit) are streamed
+//! ([`send_stream`]) after the head, chunked ones re-framed chunk by chunk, with the
 //! size limit enforced as they go. Response side ([`forward`]): the body is copied from the
 //! upstream's read buffer to the client by its framing (length, chunked passed through or
 //! decoded, until close), with `proxy_read_timeout` between reads.
@@ -17,12 +18,13 @@ use crate::h1::request::{Framing, Request};
 use crate::h1::response::Body;
 use crate::io;
 use crate::pool::UpConn;
+use crate::spool::Spool;
 
 /// `Content-Length` bodies up to this size are read before an upstream is contacted.
 pub(crate) const REPLAY_LIMIT: u64 = 64 * 1024;
-/// Chunked bodies are read in full before an upstream is contacted when `client_max_body_size`
-/// is at most this (so an oversized one gets 413 first); with a larger limit they stream.
-pub(crate) const CHUNKED_BUFFER_LIMIT: u64 = 8 << 20;
+/// Chunked bodies are kept in memory up to this size while they are read in full; beyond it,
+/// the rest goes to a temp file (or, without a size limit, the body streams).
+pub(crate) const MEMORY_LIMIT: u64 = 1 << 20;
 /// Most bytes read and discarded from a refused body before answering.
 const DRAIN_LIMIT: u64 = 16 << 20;
 /// Longest time spent discarding a refused body.
@@ -37,13 +39,15 @@ pub(crate) enum ReqBody {
     Length { left: u64 },
     /// A chunked body still arriving: [`Conn::body`] holds the data read so far.
     Chunked(ChunkedDecoder),
+    /// Read in full: [`Conn::body`] holds the start, the file the rest. Can be sent again.
+    Spooled(Spool),
 }
 
 impl ReqBody {
     /// Whether the client has sent the whole body (the connection can read the next request).
     pub fn complete(&self) -> bool {
         match self {
-            Self::Buffered => true,
+            Self::Buffered | Self::Spooled(_) => true,
             Self::Length { left } => *left == 0,
             Self::Chunked(d) => d.is_done(),
         }
@@ -124,8 +128,8 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
             if !continue_if_expected(c, req).await {
                 return Intake::Gone;
             }
-            let buffer_up_to = if limit > 0 && limit <= CHUNKED_BUFFER_LIMIT {
-                limit + 1
+            let in_memory_up_to = if limit > 0 {
+                limit.min(MEMORY_LIMIT) + 1
             } else {
                 REPLAY_LIMIT
             };
@@ -143,13 +147,54 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
                 if dec.is_done() {
                     return Intake::Body(ReqBody::Buffered);
                 }
-                if dec.total() >= buffer_up_to {
-                    return Intake::Body(ReqBody::Chunked(dec));
+                if dec.total() >= in_memory_up_to {
+                    return if limit > 0 {
+                        spool_rest(c, dec, limit).await
+                    } else {
+                        Intake::Body(ReqBody::Chunked(dec))
+                    };
                 }
                 if !read_client(c).await {
                     return Intake::Gone;
                 }
             }
+        }
+    }
+}
+
+/// Reads the rest of a chunked body into a temp file, up to `limit`.
+async fn spool_rest(c: &mut Conn, mut dec: ChunkedDecoder, limit: u64) -> Intake {
+    let mut spool = match Spool::create().await {
+        Ok(s) => s,
+        Err(e) => {
+            log::warn!("cannot create a temp file for a request body, streaming it: {e}");
+            return Intake::Body(ReqBody::Chunked(dec));
+        }
+    };
+    loop {
+        c.wire.clear();
+        let scratch = &mut c.wire;
+        let Ok(used) = dec.feed(&c.rbuf, |d| scratch.extend_from_slice(d)) else {
+            return Intake::Bad;
+        };
+        c.rbuf.advance(used);
+        if limit > 0 && dec.total() > limit {
+            drain_chunked(c, dec).await;
+            return Intake::TooLarge;
+        }
+        if let Err(e) = spool.write(&c.wire).await {
+            log::warn!("writing a request body to its temp file failed: {e}");
+            return Intake::Gone;
+        }
+        if dec.is_done() {
+            if let Err(e) = spool.finish().await {
+                log::warn!("writing a request body to its temp file failed: {e}");
+                return Intake::Gone;
+            }
+            return Intake::Body(ReqBody::Spooled(spool));
+        }
+        if !read_client(c).await {
+            return Intake::Gone;
         }
     }
 }
@@ -197,6 +242,19 @@ pub(crate) async fn send_stream(
         c.wire.clear();
         match body {
             ReqBody::Buffered => return Ok(()),
+            ReqBody::Spooled(spool) => {
+                return spool
+                    .send(&mut up.stream, &mut c.wire, &mut c.utimer, send_timeout)
+                    .await
+                    .map_err(|e| match e {
+                        crate::spool::SpoolSendError::File(e) => {
+                            log::warn!("reading a spooled request body failed: {e}");
+                            StreamError::Client
+                        }
+                        crate::spool::SpoolSendError::Upstream(e) => StreamError::Upstream(e),
+                        crate::spool::SpoolSendError::Timeout => StreamError::Timeout,
+                    });
+            }
             ReqBody::Length { left } => {
                 if *left == 0 {
                     return Ok(());

@@ -48,6 +48,7 @@ mod pool;
 mod proxy;
 mod selection;
 mod server;
+mod spool;
 mod sticky;
 mod tunnel;
 mod units;

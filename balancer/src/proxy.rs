@@ -212,7 +212,8 @@ impl Worker {
                 Err(_) => return Err(timeout(up, "sending the request")),
             }
             if !matches!(body, ReqBody::Buffered) {
-                *replayable = false;
+                // A spooled body is read back from its file on every attempt.
+                *replayable &= matches!(body, ReqBody::Spooled(_));
                 let limit = snap.cfg.client_max_body_size;
                 match body::send_stream(c, &mut conn, body, limit, send).await {
                     Ok(()) => {}
@@ -250,11 +251,14 @@ impl Worker {
             }
             ReqBody::Buffered => {}
             ReqBody::Length { left } => headers::put_content_length(w, *left),
+            ReqBody::Spooled(spool) => {
+                headers::put_content_length(w, c.body.len() as u64 + spool.len());
+            }
             ReqBody::Chunked(_) => w.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         }
         w.extend_from_slice(b"\r\n");
         match body {
-            ReqBody::Buffered => w.extend_from_slice(&c.body),
+            ReqBody::Buffered | ReqBody::Spooled(_) => w.extend_from_slice(&c.body),
             ReqBody::Chunked(_) if !c.body.is_empty() => {
                 crate::h1::chunked::write_chunk_header(w, c.body.len());
                 w.extend_from_slice(&c.body);

@@ -84,3 +84,35 @@ async fn upstream_sees_host_real_ip_and_forwarded_headers() {
     assert!(!text.contains("x-hop"), "{text}");
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_over_a_large_limit_get_413_before_any_upstream_is_contacted() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.client_max_body_size = 3 << 20;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    // 4 MiB chunked, over the 3 MiB limit: kept in memory up to 1 MiB, the rest in a temp file,
+    // and refused once it passes the limit.
+    let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 64 * 1024])));
+    let r = http
+        .post(format!("{base}/upload"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(a.hits(), 0, "the upstream was never contacted");
+    // 2.5 MiB chunked, under the limit: spooled, then sent whole.
+    let chunks = (0..40).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![2u8; 64 * 1024])));
+    let r = http
+        .put(format!("{base}/upload"))
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), (40 * 64 * 1024).to_string());
+    assert_eq!(a.hits(), 1);
+    h.stop(true).await;
+}

@@ -1,0 +1,120 @@
+//! Request bodies spooled to a temporary file (nginx's `client_body_temp`).
+//!
+//! A chunked body has no announced length, so the only way to answer 413 before any upstream is
+//! contacted is to read it to its end first. Up to [`crate::body::MEMORY_LIMIT`] it stays in
+//! memory; past that, when `client_max_body_size` is larger, the rest goes to a file in the
+//! system temp directory, which is unlinked as soon as it is created (nothing is left behind,
+//! whatever happens to the process) and read back for each attempt, so such a body can be
+//! retried too. File I/O runs on tokio's blocking pool, never on the worker's event loop.
+
+use std::io::SeekFrom;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::io::{self, LazyTimer};
+
+/// Bytes read back from the file per write to the upstream.
+const SEND_CHUNK: usize = 64 * 1024;
+
+/// A request body (the part after the in-memory prefix) in an unlinked temp file.
+#[derive(Debug)]
+pub(crate) struct Spool {
+    file: tokio::fs::File,
+    len: u64,
+}
+
+/// Why sending a spooled body failed.
+#[derive(Debug)]
+pub(crate) enum SpoolSendError {
+    /// Reading the temp file failed.
+    File(std::io::Error),
+    /// Writing to the upstream failed.
+    Upstream(std::io::Error),
+    /// The upstream took nothing for the send time-out.
+    Timeout,
+}
+
+impl Spool {
+    /// Creates an empty spool file (already unlinked).
+    pub async fn create() -> std::io::Result<Self> {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir();
+        let mut attempt = 0;
+        loop {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = dir.join(format!("ferrocat-body-{}-{n}", std::process::id()));
+            let opened = tokio::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .await;
+            match opened {
+                Ok(file) => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Ok(Self { file, len: 0 });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Appends `data`.
+    pub async fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.file.write_all(data).await?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    /// Makes everything written readable.
+    pub async fn finish(&mut self) -> std::io::Result<()> {
+        self.file.flush().await
+    }
+
+    /// Bytes in the file.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Sends the whole file to `to`, using `scratch` as the buffer.
+    pub async fn send(
+        &mut self,
+        to: &mut TcpStream,
+        scratch: &mut Vec<u8>,
+        timer: &mut LazyTimer,
+        send_timeout: Duration,
+    ) -> Result<(), SpoolSendError> {
+        self.file
+            .seek(SeekFrom::Start(0))
+            .await
+            .map_err(SpoolSendError::File)?;
+        let mut left = self.len;
+        while left > 0 {
+            scratch.clear();
+            scratch.resize((left as usize).min(SEND_CHUNK), 0);
+            let n = self
+                .file
+                .read(scratch)
+                .await
+                .map_err(SpoolSendError::File)?;
+            if n == 0 {
+                return Err(SpoolSendError::File(
+                    std::io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            match io::write_all(to, &scratch[..n], timer, send_timeout).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(SpoolSendError::Upstream(e)),
+                Err(_) => return Err(SpoolSendError::Timeout),
+            }
+            left -= n as u64;
+        }
+        Ok(())
+    }
+}
