@@ -158,3 +158,42 @@ fn upgrade_requests_keep_their_upgrade_headers() {
         "Upgrade without Connection: upgrade is dropped"
     );
 }
+
+/// Mutated and random inputs never panic any parser (the result does not matter).
+#[test]
+fn parsers_never_panic_on_garbage() {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let seeds: [&[u8]; 4] = [
+        b"GET http://a:1/x?y HTTP/1.1\r\nHost: a\r\nConnection: upgrade, x\r\nUpgrade: ws\r\nX-Forwarded-For: 1.2.3.4\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+        b"5;a=b\r\nhello\r\n0\r\nT: 1\r\n\r\n",
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+    ];
+    let alphabet = b"\r\n:; \t,0aF/?%\x00\xff";
+    let mut out = Vec::new();
+    for _ in 0..20_000 {
+        let mut input = seeds[rng.gen_range(0..seeds.len())].to_vec();
+        for _ in 0..rng.gen_range(1..6) {
+            let at = rng.gen_range(0..=input.len());
+            match rng.gen_range(0..4) {
+                0 if at < input.len() => input[at] = alphabet[rng.gen_range(0..alphabet.len())],
+                1 => input.insert(at, alphabet[rng.gen_range(0..alphabet.len())]),
+                2 => input.truncate(at),
+                _ => input.insert(at, rng.gen()),
+            }
+        }
+        out.clear();
+        let _ = parse(&input, "10.0.0.1", &mut out, |v| {
+            (
+                v.path().len(),
+                v.query().map(str::len),
+                v.header("host").map(<[u8]>::len),
+            )
+        });
+        out.clear();
+        let _ = super::response::parse(&input, rng.gen(), &mut out);
+        let mut d = super::chunked::ChunkedDecoder::default();
+        let _ = d.feed(&input, |_| {});
+    }
+}
