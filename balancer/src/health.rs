@@ -2,7 +2,7 @@
 //!
 //! It is one tokio task on its own thread that owns all health state (failure windows, check
 //! streaks) and talks to the rest by message, i.e. an actor. It is a plain tokio task rather than
-//! an actix actor because the proxy workers are plain tokio runtimes (hyper) and
+//! an actix actor because the proxy workers are plain tokio runtimes and
 //! [`crate::Balancer::start`] must work whether or not the caller runs an actix `System`.
 //!
 //! Inputs: `Failure` messages sent by the request path without waiting (passive checks,
