@@ -180,17 +180,6 @@ impl RequestLocks {
             });
         }
     }
-
-    /// Hands the locks to a task that releases them after `work`.
-    pub(crate) fn release_after(
-        self,
-        work: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        tokio::spawn(async move {
-            work.await;
-            self.release();
-        });
-    }
 }
 
 impl Drop for RequestLocks {

@@ -36,6 +36,67 @@ pub(crate) struct Begun {
     pub pattern: Option<String>,
 }
 
+/// A boxed future that, if dropped before it completed, finishes as a task.
+struct OnDrop<T: Send + 'static> {
+    fut: Option<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
+}
+
+impl<T: Send + 'static> OnDrop<T> {
+    fn spawn_rest(fut: std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>) -> Self {
+        OnDrop { fut: Some(fut) }
+    }
+}
+
+impl<T: Send + 'static> std::future::Future for OnDrop<T> {
+    type Output = T;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<T> {
+        let Some(fut) = self.fut.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = std::task::ready!(fut.as_mut().poll(cx));
+        self.fut = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for OnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(fut) = self.fut.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(fut);
+            }
+        }
+    }
+}
+
+/// The values of the cookies named `name` in the request's `Cookie` headers
+/// (`a=1; b=2`; optional double quotes around a value are removed).
+fn cookie_values<'a>(
+    headers: &'a actix_web::http::header::HeaderMap,
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> + 'a {
+    headers
+        .get_all(actix_web::http::header::COOKIE)
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            if k.trim() != name {
+                return None;
+            }
+            let v = v.trim();
+            Some(
+                v.strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .unwrap_or(v),
+            )
+        })
+}
+
 fn hash_payload(payload: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(payload)
 }
@@ -50,16 +111,23 @@ impl Inner {
     }
 
     /// The verified session id from the request's cookie, if any.
+    ///
+    /// Reads the `Cookie` headers directly (no parsed cookie jar is built per
+    /// request). When several cookies carry the name (e.g. set for different
+    /// paths), the first one with a valid signature wins.
     pub(crate) fn cookie_id(&self, req: &ServiceRequest) -> Option<SessionId> {
-        let cookie = req.cookie(&self.settings.cookie_name)?;
-        match self.signer.verify(cookie.value()) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                self.stats.invalid_cookies.fetch_add(1, Relaxed);
-                log::debug!("rejected session cookie: {e}");
-                None
+        let mut rejected = None;
+        for value in cookie_values(req.headers(), &self.settings.cookie_name) {
+            match self.signer.verify(value) {
+                Ok(id) => return Some(id),
+                Err(e) => rejected = Some(e),
             }
         }
+        if let Some(e) = rejected {
+            self.stats.invalid_cookies.fetch_add(1, Relaxed);
+            log::debug!("rejected session cookie: {e}");
+        }
+        None
     }
 
     pub(crate) async fn begin(&self, req: &ServiceRequest) -> (SessionState, Begun) {
@@ -330,8 +398,11 @@ impl Inner {
         }
         let backend = self.backend.clone();
         let stats = self.stats.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        locks.release_after(async move {
+        // The write owns the request's locks and releases them when it ends.
+        // It runs inline while the response waits (no task, no channel); if
+        // it outlives `session_backup_timeout`, or the request is dropped
+        // (client gone), what is left of it goes on as a task.
+        let work = OnDrop::spawn_rest(Box::pin(async move {
             let started = Instant::now();
             let result = backend.save(&id, &record).await;
             match &result {
@@ -344,11 +415,11 @@ impl Inner {
                     log::warn!("session backup failed: {e}");
                 }
             }
-            let _ = tx.send(result.ok().filter(|new| *new != id));
-        });
-        match tokio::time::timeout(self.settings.backup_timeout, rx).await {
-            Ok(Ok(relocated)) => relocated,
-            Ok(Err(_)) => None,
+            locks.release();
+            result.ok().filter(|new| *new != id)
+        }));
+        match tokio::time::timeout(self.settings.backup_timeout, work).await {
+            Ok(relocated) => relocated,
             Err(_) => {
                 log::debug!(
                     "session backup still running after session_backup_timeout ({:?}); responding",
@@ -399,5 +470,34 @@ impl Inner {
         } else {
             CookieAction::Keep
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::header::{HeaderMap, HeaderValue, COOKIE};
+
+    use super::cookie_values;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(COOKIE, HeaderValue::from_str(v).expect("header value"));
+        }
+        h
+    }
+
+    #[test]
+    fn cookie_values_finds_the_named_cookie_in_every_header() {
+        let h = headers(&["a=1; JSESSIONID=abc.def ;b=2", "JSESSIONID=\"q.v\"", "x=y"]);
+        let found: Vec<&str> = cookie_values(&h, "JSESSIONID").collect();
+        assert_eq!(found, ["abc.def", "q.v"]);
+    }
+
+    #[test]
+    fn cookie_values_ignores_similar_names_and_garbage() {
+        let h = headers(&["XJSESSIONID=1; JSESSIONIDX=2; novalue; =3; JSESSIONID"]);
+        assert_eq!(cookie_values(&h, "JSESSIONID").count(), 0);
+        assert_eq!(cookie_values(&HeaderMap::new(), "JSESSIONID").count(), 0);
     }
 }

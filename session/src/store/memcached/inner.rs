@@ -157,24 +157,42 @@ impl Core {
 
     /// Runs one memcached operation on `node` within `operation_timeout`
     /// and feeds the outcome into the node's health.
-    pub(crate) async fn timed<T>(
-        &self,
+    pub(crate) fn timed<'a, T: 'a>(
+        &'a self,
         node: usize,
         op: &'static str,
-        fut: impl Future<Output = Result<T, McError>>,
-    ) -> Result<T, StoreError> {
+        fut: impl Future<Output = Result<T, McError>> + 'a,
+    ) -> impl Future<Output = Result<T, StoreError>> + 'a {
         self.timed_within(node, op, fut, self.cfg.operation_timeout)
-            .await
     }
 
-    async fn timed_within<T>(
+    /// [`Core::timed`] within `limit`. Not an `async fn`: the client's future is
+    /// boxed before anything awaits, so it lives in one small heap block
+    /// instead of being copied into every enclosing future (an `async fn`
+    /// keeps its arguments in its own state; the request path's futures,
+    /// boxed once per request, stay small).
+    fn timed_within<'a, T: 'a>(
+        &'a self,
+        node: usize,
+        op: &'static str,
+        fut: impl Future<Output = Result<T, McError>> + 'a,
+        limit: Duration,
+    ) -> impl Future<Output = Result<T, StoreError>> + 'a {
+        let fut = Box::pin(fut);
+        async move {
+            let outcome = tokio::time::timeout(limit, fut).await;
+            self.after_op(node, op, outcome)
+        }
+    }
+
+    /// Feeds an operation's outcome into the node's health and maps errors.
+    fn after_op<T>(
         &self,
         node: usize,
         op: &'static str,
-        fut: impl Future<Output = Result<T, McError>>,
-        limit: Duration,
+        outcome: Result<Result<T, McError>, tokio::time::error::Elapsed>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(limit, fut).await {
+        match outcome {
             Ok(Ok(v)) => {
                 if self.fails[node].load(Relaxed) != 0 {
                     self.fails[node].store(0, Relaxed);

@@ -235,3 +235,40 @@ impl SessionBackend for ReplicatedMemcachedStore {
         Box::pin(self.core.unlock(id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request path's futures are boxed once per call (the `SessionBackend` trait):
+    /// their size is copied into a fresh heap block on every request, so the rare paths
+    /// (failover, relocation, degraded mode) are boxed separately and the common path's
+    /// future stays small.
+    #[test]
+    fn request_path_futures_stay_small() {
+        let cfg =
+            MemcachedStoreConfig::from_msm("n1:127.0.0.1:1 n2:127.0.0.1:2", "").expect("node list");
+        let clients = cfg
+            .nodes
+            .iter()
+            .map(|n| NodeClient::new(n.addr, ClientOptions::default()))
+            .collect();
+        let core = Core::new(cfg, clients, Arc::new(Stats::default()));
+        let id = SessionId::generate(Some("n1"), Some("app1"));
+        let rec = SessionRecord::new_live(1, 60, vec![1, 2, 3]);
+        let load = std::mem::size_of_val(&core.load(&id));
+        let save = std::mem::size_of_val(&core.save(&id, &rec));
+        let touch = std::mem::size_of_val(&core.touch(&id, &rec));
+        let key = ferrocat_memcached::Key::new("k").expect("key");
+        eprintln!(
+            "future sizes: load {load} B, save {save} B, touch {touch} B, read {} B, write {} B, get {} B, set {} B, save_to_nodes {} B",
+            std::mem::size_of_val(&core.read_fast(0, "k")),
+            std::mem::size_of_val(&core.write(0, "k", &rec, ferrocat_memcached::SetMode::Set)),
+            std::mem::size_of_val(&core.clients[0].get(&key)),
+            std::mem::size_of_val(&core.clients[0].set(&key, b"v", 0, 0, ferrocat_memcached::SetMode::Set)),
+            std::mem::size_of_val(&core.save_to_nodes(&id, &rec)),
+        );
+        assert!(load <= 1536, "load future is {load} bytes");
+        assert!(save <= 1536, "save future is {save} bytes");
+    }
+}

@@ -60,7 +60,7 @@ impl Core {
         let route = id.route();
         if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
-            return Ok(self.degraded.load(id).await.map(|l| Loaded {
+            return Ok(Box::pin(self.degraded.load(id)).await.map(|l| Loaded {
                 id: l.id.with_route(route),
                 record: l.record,
             }));
@@ -112,10 +112,10 @@ impl Core {
         let snap = self.health.load_full();
         let Some(p) = id.node().and_then(|n| self.placement.index(n)) else {
             // A node not (or no longer) configured: only backups can help.
-            return self.failover(id, None, Vec::new(), &snap).await;
+            return Box::pin(self.failover(id, None, Vec::new(), &snap)).await;
         };
         if !snap.usable(p) {
-            return self.failover(id, Some(p), Vec::new(), &snap).await;
+            return Box::pin(self.failover(id, Some(p), Vec::new(), &snap)).await;
         }
         let b = self
             .placement
@@ -126,7 +126,7 @@ impl Core {
             Err(e) => {
                 log::debug!("session {id:?}: primary failed ({e}), failing over");
                 let known = b.zip(br.and_then(Result::ok)).into_iter().collect();
-                return self.failover(id, Some(p), known, &snap).await;
+                return Box::pin(self.failover(id, Some(p), known, &snap)).await;
             }
         };
         let mut copies = vec![(p, key, pr)];

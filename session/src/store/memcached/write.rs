@@ -72,7 +72,7 @@ impl Core {
             bump(&self.stats.backup_failures);
         }
         bump(&self.stats.degraded_operations);
-        self.degraded.park(id, rec).await;
+        Box::pin(self.degraded.park(id, rec)).await;
         Ok(id.clone())
     }
 
@@ -85,7 +85,7 @@ impl Core {
     ) -> Option<SessionId> {
         let id = id.with_route(None);
         if !rec.is_live() {
-            return self.write_tombstone(&id, rec).await.then_some(id);
+            return Box::pin(self.write_tombstone(&id, rec)).await.then_some(id);
         }
         let snap = self.health.load_full();
         let p = id.node().and_then(|n| self.placement.index(n));
@@ -107,7 +107,7 @@ impl Core {
                 if pw.is_ok() {
                     let backed_up = match (b, bw) {
                         (Some(b), Some(Err(_))) => {
-                            self.backup_elsewhere(&id, &[p, b], &bkey, rec).await
+                            Box::pin(self.backup_elsewhere(&id, &[p, b], &bkey, rec)).await
                         }
                         (_, bw) => bw.is_some(),
                     };
@@ -116,7 +116,21 @@ impl Core {
                 }
             }
         }
-        // The primary is down or failed: relocate.
+        // The primary is down or failed: relocate (boxed: the rare path keeps
+        // the common path's future small).
+        Box::pin(self.relocate_on_save(&id, p, exclude, rec)).await
+    }
+
+    /// `save_to_nodes` when the primary is down or failed: writes the session
+    /// under a new primary and leaves a moved marker at the old backup.
+    async fn relocate_on_save(
+        &self,
+        id: &SessionId,
+        p: Option<usize>,
+        mut exclude: Vec<usize>,
+        rec: &SessionRecord,
+    ) -> Option<SessionId> {
+        let snap = self.health.load_full();
         for _ in 0..2 {
             let t = self
                 .placement
@@ -215,7 +229,7 @@ impl Core {
     ) -> Result<(), StoreError> {
         if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
-            self.degraded.touch(id, rec).await;
+            Box::pin(self.degraded.touch(id, rec)).await;
             return Ok(());
         }
         let ttl = super::inner::ttl_for(rec.max_inactive_secs);
@@ -238,7 +252,7 @@ impl Core {
         }
         if !any {
             bump(&self.stats.degraded_operations);
-            self.degraded.park(id, rec).await;
+            Box::pin(self.degraded.park(id, rec)).await;
         }
         Ok(())
     }
