@@ -136,7 +136,19 @@ fn fetch_cookie(addr: SocketAddr) -> String {
         .unwrap_or_else(|| "JSESSIONID=none".into())
 }
 
-fn wrk(addr: SocketAddr, script: &std::path::Path) -> (f64, f64) {
+/// CPU time (user + system) a process has used so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15; `rest` starts at field 3.
+    num(11) + num(12)
+}
+
+/// One wrk run: requests/s, p99 (ms), requests done.
+fn wrk(addr: SocketAddr, script: &std::path::Path) -> (f64, f64, f64) {
     let out = Command::new("wrk")
         .args([
             "-t1",
@@ -160,7 +172,12 @@ fn wrk(addr: SocketAddr, script: &std::path::Path) -> (f64, f64) {
         .find_map(|l| l.trim().strip_prefix("99%"))
         .map(|v| parse_latency(v.trim()))
         .unwrap_or(f64::NAN);
-    (rps, p99)
+    let done = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN);
+    (rps, p99, done)
 }
 
 /// wrk prints "1.23ms", "456.00us" or "1.01s"; returns ms.
@@ -248,12 +265,26 @@ fn main() {
     );
     let mut rps = vec![Vec::new(); servers.len()];
     let mut p99 = vec![Vec::new(); servers.len()];
+    // CPU per request (us): this process (the servers run one at a time) and the memcached nodes.
+    let mut cpu_app = vec![Vec::new(); servers.len()];
+    let mut cpu_mc = vec![Vec::new(); servers.len()];
+    let hz = 100.0; // USER_HZ on Linux
+    let me = std::process::id();
+    let mc_ticks = || cluster.nodes.iter().map(|m| cpu_ticks(m.pid())).sum::<u64>();
     for round in 1..=ROUNDS {
         for (i, (name, addr)) in servers.iter().enumerate() {
-            let (r, p) = wrk(*addr, &scripts[i]);
-            println!("round {round}: {name:<32} {r:>10.0} req/s  p99 {p:>7.2} ms");
+            let (a0, m0) = (cpu_ticks(me), mc_ticks());
+            let (r, p, done) = wrk(*addr, &scripts[i]);
+            let (a1, m1) = (cpu_ticks(me), mc_ticks());
+            let per_req = |d: u64| d as f64 / hz * 1e6 / done;
+            let (ca, cm) = (per_req(a1 - a0), per_req(m1 - m0));
+            println!(
+                "round {round}: {name:<32} {r:>10.0} req/s  p99 {p:>7.2} ms  CPU/request: app {ca:>5.1} us, memcached {cm:>5.1} us"
+            );
             rps[i].push(r);
             p99[i].push(p);
+            cpu_app[i].push(ca);
+            cpu_mc[i].push(cm);
         }
     }
     let medians: Vec<f64> = rps.into_iter().map(median).collect();
@@ -262,14 +293,18 @@ fn main() {
         .position(|(name, _)| *name == "sessions off")
         .map_or(f64::NAN, |i| medians[i]);
     println!();
-    println!("| variant | req/s (median) | p99 ms (median) | ratio to sessions off |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| variant | req/s (median) | p99 ms (median) | ratio to sessions off | app CPU us/req | memcached CPU us/req |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in servers.iter().enumerate() {
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} |",
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} | {:.1} |",
             medians[i],
             median(p99[i].clone()),
-            medians[i] / off
+            medians[i] / off,
+            median(cpu_app[i].clone()),
+            median(cpu_mc[i].clone()),
         );
     }
     println!();

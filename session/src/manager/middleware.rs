@@ -73,13 +73,14 @@ where
                 inner.stats.requests_ignored.fetch_add(1, Relaxed);
                 return service.call(req).await;
             }
-            let (state, begun) = inner.begin(&req).await;
+            // begin/finish boxed apart: this future (boxed per request) stays small.
+            let (state, begun) = Box::pin(inner.begin(&req)).await;
             let state = Rc::new(RefCell::new(state));
             req.extensions_mut().insert(Session(state.clone()));
             let mut res = service.call(req).await?;
             // Take the state out of the RefCell: nothing else holds a borrow now.
             let mut st = std::mem::take(&mut *state.borrow_mut());
-            let action = inner.finish(&mut st, begun).await;
+            let action = Box::pin(inner.finish(&mut st, begun)).await;
             let settings = &inner.settings;
             match action {
                 CookieAction::Keep => {}

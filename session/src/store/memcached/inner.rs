@@ -178,9 +178,9 @@ impl Core {
         fut: impl Future<Output = Result<T, McError>> + 'a,
         limit: Duration,
     ) -> impl Future<Output = Result<T, StoreError>> + 'a {
-        let fut = Box::pin(fut);
+        let fut = Box::pin(tokio::time::timeout(limit, fut));
         async move {
-            let outcome = tokio::time::timeout(limit, fut).await;
+            let outcome = fut.await;
             self.after_op(node, op, outcome)
         }
     }

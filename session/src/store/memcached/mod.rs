@@ -268,7 +268,7 @@ mod tests {
             std::mem::size_of_val(&core.clients[0].set(&key, b"v", 0, 0, ferrocat_memcached::SetMode::Set)),
             std::mem::size_of_val(&core.save_to_nodes(&id, &rec)),
         );
-        assert!(load <= 1536, "load future is {load} bytes");
-        assert!(save <= 1536, "save future is {save} bytes");
+        assert!(load <= 1024, "load future is {load} bytes");
+        assert!(save <= 1024, "save future is {save} bytes");
     }
 }
