@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
@@ -86,9 +87,17 @@ impl NodeClient {
         &self.inner.opts
     }
 
-    /// Read `key`: `None` on a miss.
+    /// Read `key`: `None` on a miss. Bounded by `operation_timeout`.
     pub async fn get(&self, key: &Key) -> Result<Option<Item>, McError> {
-        let r = self.call(Command::Get(key.clone())).await?;
+        self.get_within(key, self.inner.opts.operation_timeout)
+            .await
+    }
+
+    /// [`NodeClient::get`] bounded by `limit` instead of `operation_timeout` (queueing,
+    /// connecting and the round trip included; fails with [`McError::Timeout`]). The
+    /// client's own timer is the only one: callers need no `tokio::time::timeout` around.
+    pub async fn get_within(&self, key: &Key, limit: Duration) -> Result<Option<Item>, McError> {
+        let r = self.call(Command::Get(key.clone()), limit).await?;
         match r.status {
             Status::Value => Ok(Some(Item {
                 value: r.value,
@@ -101,7 +110,8 @@ impl NodeClient {
     }
 
     /// Store `value` under `key` with `flags`, expiring after `ttl_secs` (0 = never;
-    /// memcached reads more than 30 days as an absolute unix time).
+    /// memcached reads more than 30 days as an absolute unix time). Copies `value`;
+    /// [`NodeClient::set_bytes`] takes an owned buffer without copying.
     pub async fn set(
         &self,
         key: &Key,
@@ -110,21 +120,47 @@ impl NodeClient {
         ttl_secs: u32,
         mode: SetMode,
     ) -> Result<StoreStatus, McError> {
-        let max = self.inner.opts.max_value_size;
-        if value.len() > max {
-            return Err(McError::ValueTooLarge {
-                size: value.len(),
-                max,
-            });
-        }
+        self.check_size(value.len())?;
+        let value = Bytes::copy_from_slice(value);
+        let limit = self.inner.opts.operation_timeout;
+        self.set_bytes_within(key, value, flags, ttl_secs, mode, limit)
+            .await
+    }
+
+    /// [`NodeClient::set`] with an owned value (a `Vec<u8>` converts into [`Bytes`]
+    /// without a copy), bounded by `operation_timeout`.
+    pub async fn set_bytes(
+        &self,
+        key: &Key,
+        value: Bytes,
+        flags: u32,
+        ttl_secs: u32,
+        mode: SetMode,
+    ) -> Result<StoreStatus, McError> {
+        let limit = self.inner.opts.operation_timeout;
+        self.set_bytes_within(key, value, flags, ttl_secs, mode, limit)
+            .await
+    }
+
+    /// [`NodeClient::set_bytes`] bounded by `limit` (see [`NodeClient::get_within`]).
+    pub async fn set_bytes_within(
+        &self,
+        key: &Key,
+        value: Bytes,
+        flags: u32,
+        ttl_secs: u32,
+        mode: SetMode,
+        limit: Duration,
+    ) -> Result<StoreStatus, McError> {
+        self.check_size(value.len())?;
         let cmd = Command::Set {
             key: key.clone(),
-            value: Bytes::copy_from_slice(value),
+            value,
             flags,
             ttl: ttl_secs,
             mode,
         };
-        let r = self.call(cmd).await?;
+        let r = self.call(cmd, limit).await?;
         match r.status {
             Status::Hd => Ok(StoreStatus::Stored),
             Status::Ns => Ok(StoreStatus::NotStored),
@@ -136,7 +172,13 @@ impl NodeClient {
 
     /// Delete `key`; true if it existed.
     pub async fn delete(&self, key: &Key) -> Result<bool, McError> {
-        let r = self.call(Command::Delete(key.clone())).await?;
+        self.delete_within(key, self.inner.opts.operation_timeout)
+            .await
+    }
+
+    /// [`NodeClient::delete`] bounded by `limit` (see [`NodeClient::get_within`]).
+    pub async fn delete_within(&self, key: &Key, limit: Duration) -> Result<bool, McError> {
+        let r = self.call(Command::Delete(key.clone()), limit).await?;
         match r.status {
             Status::Hd => Ok(true),
             Status::Nf => Ok(false),
@@ -146,7 +188,20 @@ impl NodeClient {
 
     /// Set a new expiry on `key` without rewriting it; true if it existed.
     pub async fn touch(&self, key: &Key, ttl_secs: u32) -> Result<bool, McError> {
-        let r = self.call(Command::Touch(key.clone(), ttl_secs)).await?;
+        self.touch_within(key, ttl_secs, self.inner.opts.operation_timeout)
+            .await
+    }
+
+    /// [`NodeClient::touch`] bounded by `limit` (see [`NodeClient::get_within`]).
+    pub async fn touch_within(
+        &self,
+        key: &Key,
+        ttl_secs: u32,
+        limit: Duration,
+    ) -> Result<bool, McError> {
+        let r = self
+            .call(Command::Touch(key.clone(), ttl_secs), limit)
+            .await?;
         match r.status {
             Status::Hd => Ok(true),
             Status::En => Ok(false),
@@ -156,7 +211,12 @@ impl NodeClient {
 
     /// Health probe: one `mn` round trip.
     pub async fn noop(&self) -> Result<(), McError> {
-        let r = self.call(Command::Noop).await?;
+        self.noop_within(self.inner.opts.operation_timeout).await
+    }
+
+    /// [`NodeClient::noop`] bounded by `limit` (see [`NodeClient::get_within`]).
+    pub async fn noop_within(&self, limit: Duration) -> Result<(), McError> {
+        let r = self.call(Command::Noop, limit).await?;
         match r.status {
             Status::Mn => Ok(()),
             _ => Err(self.unexpected("noop", &r)),
@@ -169,6 +229,14 @@ impl NodeClient {
         metadump::dump(self.inner.addr, &self.inner.opts).await
     }
 
+    fn check_size(&self, size: usize) -> Result<(), McError> {
+        let max = self.inner.opts.max_value_size;
+        if size > max {
+            return Err(McError::ValueTooLarge { size, max });
+        }
+        Ok(())
+    }
+
     fn unexpected(&self, op: &str, r: &Response) -> McError {
         McError::Protocol {
             addr: self.inner.addr,
@@ -176,8 +244,8 @@ impl NodeClient {
         }
     }
 
-    /// Send one command and wait for its response, within the operation timeout.
-    async fn call(&self, cmd: Command) -> Result<Response, McError> {
+    /// Send one command and wait for its response, within `limit`.
+    async fn call(&self, cmd: Command, limit: Duration) -> Result<Response, McError> {
         let addr = self.inner.addr;
         let op = cmd.op();
         let (reply, rx) = oneshot::channel();
@@ -188,7 +256,7 @@ impl NodeClient {
             }
             rx.await.map_err(|_| McError::Closed)?
         };
-        let resp = tokio::time::timeout(self.inner.opts.operation_timeout, exchange)
+        let resp = tokio::time::timeout(limit, exchange)
             .await
             .map_err(|_| McError::Timeout { addr, op })??;
         if resp.status == Status::ServerError {

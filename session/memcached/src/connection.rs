@@ -148,10 +148,25 @@ async fn run(
                     }
                 },
             };
+            // Record the request as pending at once: if the connection fails while this
+            // task yields below, it gets the connection's error like any request in flight.
+            let busy = {
+                let mut p = pending.lock();
+                let busy = !p.is_empty() || !rx.is_empty();
+                enqueue(req, Instant::now(), &mut opaque, &mut wbuf, &mut p);
+                busy
+            };
+            // Under load (answers outstanding, or more requests queued), let every task
+            // that is already runnable, and whatever the next I/O poll makes runnable,
+            // queue its request first: the scheduler runs this task again afterwards and
+            // one write (one memcached wake-up, one read on each side) carries them all.
+            // An idle connection writes at once, so a lone request waits for nothing.
+            if busy {
+                tokio::task::yield_now().await;
+            }
             {
                 let mut p = pending.lock();
                 let now = Instant::now();
-                enqueue(req, now, &mut opaque, &mut wbuf, &mut p);
                 while wbuf.len() < BATCH_BYTES {
                     match rx.try_recv() {
                         Ok(r) => enqueue(r, now, &mut opaque, &mut wbuf, &mut p),

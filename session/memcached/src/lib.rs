@@ -6,14 +6,18 @@
 //!   characters, so no key can inject protocol commands.
 //! * [`NodeClient`] (`client`): the typed operations on one node. Each operation builds a
 //!   `protocol::Command`, queues it with a oneshot reply on a connection slot, and waits
-//!   within `operation_timeout`.
+//!   within `operation_timeout`, or within the caller's limit for the `*_within` methods
+//!   (one timer per operation: callers should not wrap their own `timeout`).
+//!   `set_bytes*` take an owned value without copying it.
 //! * `pool`: per-thread connection slots, spawned on the caller's runtime, so the client
 //!   works from any actix worker (or any tokio runtime) without cross-thread hops. A
 //!   slot is filled up to 32 requests in flight before the next is used. On a
 //!   multi-thread runtime it still works, but tasks and connections may sit on different
 //!   threads (the benchmark shows the cost); actix's current-thread workers are the fast
 //!   case.
-//! * `connection`: one task per slot; batches every queued request into one write,
+//! * `connection`: one task per slot; batches every queued request into one write (under
+//!   load it first yields once, so requests of every task runnable in that scheduler pass
+//!   share the write, one memcached wake-up and one read on each side),
 //!   matches responses to requests in order (checking the echoed opaque `O`), reconnects
 //!   with back-off, and fails in-flight requests when the connection breaks.
 //! * `protocol`: encoding and a bounded, never-panicking response parser.
