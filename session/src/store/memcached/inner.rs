@@ -155,30 +155,22 @@ impl Core {
         }
     }
 
-    /// Runs one memcached operation on `node` within `operation_timeout`
-    /// and feeds the outcome into the node's health.
+    /// Runs one memcached operation on `node` and feeds the outcome into the
+    /// node's health. The operation is bounded by the client itself
+    /// (`operation_timeout`, or the limit given to a `*_within` call): one
+    /// timer per operation; a time-out comes back as a timed-out `McError`.
+    ///
+    /// Not an `async fn`: the client's future is boxed before anything awaits,
+    /// so it lives in one small heap block instead of being copied into every
+    /// enclosing future (an `async fn` keeps its arguments in its own state;
+    /// the request path's futures, boxed once per request, stay small).
     pub(crate) fn timed<'a, T: 'a>(
         &'a self,
         node: usize,
         op: &'static str,
         fut: impl Future<Output = Result<T, McError>> + 'a,
     ) -> impl Future<Output = Result<T, StoreError>> + 'a {
-        self.timed_within(node, op, fut, self.cfg.operation_timeout)
-    }
-
-    /// [`Core::timed`] within `limit`. Not an `async fn`: the client's future is
-    /// boxed before anything awaits, so it lives in one small heap block
-    /// instead of being copied into every enclosing future (an `async fn`
-    /// keeps its arguments in its own state; the request path's futures,
-    /// boxed once per request, stay small).
-    fn timed_within<'a, T: 'a>(
-        &'a self,
-        node: usize,
-        op: &'static str,
-        fut: impl Future<Output = Result<T, McError>> + 'a,
-        limit: Duration,
-    ) -> impl Future<Output = Result<T, StoreError>> + 'a {
-        let fut = Box::pin(tokio::time::timeout(limit, fut));
+        let fut = Box::pin(fut);
         async move {
             let outcome = fut.await;
             self.after_op(node, op, outcome)
@@ -190,16 +182,16 @@ impl Core {
         &self,
         node: usize,
         op: &'static str,
-        outcome: Result<Result<T, McError>, tokio::time::error::Elapsed>,
+        outcome: Result<T, McError>,
     ) -> Result<T, StoreError> {
         match outcome {
-            Ok(Ok(v)) => {
+            Ok(v) => {
                 if self.fails[node].load(Relaxed) != 0 {
                     self.fails[node].store(0, Relaxed);
                 }
                 Ok(v)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 if e.is_timeout() || e.is_node_failure() || e.is_refused() {
                     self.report_failure(node, e.is_refused());
                 }
@@ -213,13 +205,6 @@ impl Core {
                     node: self.node_id(node).to_owned(),
                     op,
                     reason: e.to_string(),
-                })
-            }
-            Err(_) => {
-                self.report_failure(node, false);
-                Err(StoreError::Timeout {
-                    node: self.node_id(node).to_owned(),
-                    op,
                 })
             }
         }
@@ -264,7 +249,7 @@ impl Core {
     ) -> Result<Stored, StoreError> {
         let k = self.key(node, key, "get")?;
         let item = self
-            .timed_within(node, "get", self.clients[node].get(&k), limit)
+            .timed(node, "get", self.clients[node].get_within(&k, limit))
             .await?;
         Ok(match item {
             None => Stored::Missing,
@@ -317,11 +302,11 @@ impl Core {
         ttl: u32,
     ) -> Result<StoreStatus, StoreError> {
         let k = self.key(node, key, "set")?;
-        let value = rec.encode();
+        let value = bytes::Bytes::from(rec.encode());
         self.timed(
             node,
             "set",
-            self.clients[node].set(&k, &value, 0, ttl, mode),
+            self.clients[node].set_bytes(&k, value, 0, ttl, mode),
         )
         .await
     }
