@@ -270,7 +270,13 @@ fn main() {
     let mut cpu_mc = vec![Vec::new(); servers.len()];
     let hz = 100.0; // USER_HZ on Linux
     let me = std::process::id();
-    let mc_ticks = || cluster.nodes.iter().map(|m| cpu_ticks(m.pid())).sum::<u64>();
+    let mc_ticks = || {
+        cluster
+            .nodes
+            .iter()
+            .map(|m| cpu_ticks(m.pid()))
+            .sum::<u64>()
+    };
     for round in 1..=ROUNDS {
         for (i, (name, addr)) in servers.iter().enumerate() {
             let (a0, m0) = (cpu_ticks(me), mc_ticks());
