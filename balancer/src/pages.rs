@@ -26,6 +26,8 @@ fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
+    out.extend_from_slice(b"\r\nDate: ");
+    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: text/html; charset=utf-8\r\n");
     crate::headers::put_content_length(out, body.len() as u64);
     if close {
@@ -33,4 +35,31 @@ fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_carry_status_date_length_and_close() {
+        let mut out = Vec::new();
+        plain(&mut out, StatusCode::PAYLOAD_TOO_LARGE, true);
+        let text = String::from_utf8(out).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(
+            head.starts_with("HTTP/1.1 413 Payload Too Large\r\n"),
+            "{head}"
+        );
+        let date = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Date: "))
+            .expect("a Date header");
+        assert!(httpdate::parse_http_date(date).is_ok(), "bad date {date}");
+        assert!(
+            head.contains(&format!("\r\nContent-Length: {}", body.len())),
+            "{head}"
+        );
+        assert!(head.contains("\r\nConnection: close"), "{head}");
+    }
 }
