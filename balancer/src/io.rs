@@ -118,3 +118,40 @@ pub(crate) async fn write_all(
     use tokio::io::AsyncWriteExt as _;
     within(timer, limit, stream.write_all(data)).await
 }
+
+/// Runs `upstream` (a wait for the upstream's answer) while watching the client connection:
+/// `None` when the client closed it first (nginx gives up on the upstream and logs 499). Bytes the
+/// client sends meanwhile (its next, pipelined request) are appended to `rbuf`, and `watching`
+/// is then switched off so that a busy client is read at most once per wait.
+pub(crate) async fn watch_client<T>(
+    client: &TcpStream,
+    rbuf: &mut BytesMut,
+    watching: &mut bool,
+    upstream: impl Future<Output = T>,
+) -> Option<T> {
+    let mut upstream = std::pin::pin!(upstream);
+    poll_fn(|cx| {
+        if let Poll::Ready(v) = upstream.as_mut().poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        while *watching {
+            match client.poll_read_ready(cx) {
+                Poll::Pending => break,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {
+                    if rbuf.capacity() - rbuf.len() < 1024 {
+                        rbuf.reserve(READ_CHUNK);
+                    }
+                    match client.try_read_buf(rbuf) {
+                        Ok(0) => return Poll::Ready(None),
+                        Ok(_) => *watching = false,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(_) => return Poll::Ready(None),
+                    }
+                }
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}

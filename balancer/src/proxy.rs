@@ -49,6 +49,9 @@ enum Failure {
     TooLarge,
     /// The client failed while sending its body.
     Client,
+    /// The client closed its connection while the upstream had not answered yet (nginx: 499,
+    /// `proxy_ignore_client_abort off`): the upstream connection is dropped, nothing is retried.
+    ClientGone,
 }
 
 impl Worker {
@@ -136,6 +139,14 @@ impl Worker {
                 Err(Failure::Client) => {
                     return c.page(StatusCode::BAD_REQUEST, true).await
                         == crate::conn::Next::KeepAlive
+                }
+                Err(Failure::ClientGone) => {
+                    log::info!(
+                        "client {} closed the connection before upstream {} answered (499)",
+                        c.ip_text,
+                        up.addr
+                    );
+                    return false;
                 }
                 Err(Failure::Stale(e)) if !stale_retry_used && replayable && req.idempotent => {
                     // A kept-alive connection the upstream closed just as we reused it: try a
@@ -279,6 +290,7 @@ impl Worker {
         reused: bool,
     ) -> Result<Response, Failure> {
         let mut got_any = false;
+        let mut watching = true;
         loop {
             if !conn.rbuf.is_empty() {
                 got_any = true;
@@ -300,16 +312,20 @@ impl Worker {
                 }
             }
             let limit = snap.cfg.proxy_read_timeout;
-            let source =
-                match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    Ok(Ok(_)) => std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "connection closed before a complete response head",
-                    ),
-                    Ok(Err(e)) => e,
-                    Err(_) => return Err(timeout(up, "reading the response head")),
-                };
+            let read = io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit);
+            let Some(read) = io::watch_client(&c.stream, &mut c.rbuf, &mut watching, read).await
+            else {
+                return Err(Failure::ClientGone);
+            };
+            let source = match read {
+                Ok(Ok(n)) if n > 0 => continue,
+                Ok(Ok(_)) => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "connection closed before a complete response head",
+                ),
+                Ok(Err(e)) => e,
+                Err(_) => return Err(timeout(up, "reading the response head")),
+            };
             let e = AttemptError::Exchange {
                 upstream: up.addr,
                 sent: true,

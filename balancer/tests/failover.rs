@@ -269,3 +269,43 @@ async fn upstream_silent_in_the_middle_of_a_body_is_cut_after_read_timeout() {
     assert_eq!(r.text().await.unwrap(), "partial-end");
     h.stop(true).await;
 }
+
+/// nginx's `proxy_ignore_client_abort off`: a client that closes its connection while the
+/// upstream is still thinking makes the balancer drop the upstream connection (499), instead of
+/// waiting for an answer nobody reads; the upstream sees its connection closed at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_gone_before_the_answer_closes_the_upstream_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let mut cfg = ferrocat_balancer::BalancerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        proxy_read_timeout: Duration::from_secs(30),
+        upstream: vec![ferrocat_balancer::UpstreamConfig::new(up_addr.to_string())],
+        ..ferrocat_balancer::BalancerConfig::default()
+    };
+    cfg.proxy_next_upstream_tries = 1;
+    let (h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let mut client = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    client
+        .write_all(b"GET /think HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The upstream takes the request and never answers.
+    let (mut upstream_side, _) = up.accept().await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = upstream_side.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /think"));
+    drop(client);
+    // The balancer must now close the upstream connection (EOF), well before its 30 s read
+    // time-out.
+    let eof = tokio::time::timeout(Duration::from_secs(5), upstream_side.read(&mut buf)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0)) | Ok(Err(_))),
+        "upstream connection still open after the client left: {eof:?}"
+    );
+    h.stop(false).await;
+}
