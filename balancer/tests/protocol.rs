@@ -78,6 +78,26 @@ async fn pipelined_requests_are_answered_in_order() {
     h.stop(true).await;
 }
 
+/// The next request arriving while the balancer waits for the upstream's answer to the first
+/// (it watches the client connection meanwhile) is kept and answered after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_sent_while_the_upstream_thinks_is_answered_next() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(config(&[&a])).await;
+    let mut s = connect(&base).await;
+    s.write_all(b"GET /slow/300 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.write_all(b"GET /status/203 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_responses(&mut s, 2).await;
+    let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 203]);
+    h.stop(true).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_get_400_and_huge_heads_431() {
     let a = Upstream::start("a").await;
