@@ -11,9 +11,6 @@ use crate::headers::{self, Kind};
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// Most header fields accepted; more gets 431.
 pub(crate) const MAX_HEADERS: usize = 100;
-/// Most `Connection` header fields looked at.
-const MAX_CONNECTION: usize = 8;
-
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -150,32 +147,13 @@ pub(crate) fn parse<T>(
 
     // Pass 1: classify, and gather what decides framing and connection handling.
     let mut kinds = [Kind::Other; MAX_HEADERS];
-    let mut connection: [&[u8]; MAX_CONNECTION] = [b""; MAX_CONNECTION];
-    let (mut n_conn, mut length, mut chunked, mut te) = (0, None, false, false);
+    let mut framing_fields = super::FramingFields::new();
     let (mut has_host, mut has_upgrade, mut expect_continue) = (false, false, false);
     for (i, h) in fields.iter().enumerate() {
         let k = headers::kind(h.name);
         kinds[i] = k;
+        framing_fields.note(k, h.value).map_err(HeadError::Bad)?;
         match k {
-            Kind::Connection => {
-                let slot = connection
-                    .get_mut(n_conn)
-                    .ok_or(HeadError::Bad("too many Connection headers"))?;
-                *slot = h.value;
-                n_conn += 1;
-            }
-            Kind::ContentLength => {
-                let n = headers::content_length(h.value)
-                    .ok_or(HeadError::Bad("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Bad("conflicting Content-Length"));
-                }
-                length = Some(n);
-            }
-            Kind::TransferEncoding => {
-                te = true;
-                chunked = headers::last_coding(h.value).eq_ignore_ascii_case(b"chunked");
-            }
             Kind::Host => {
                 if has_host {
                     return Err(HeadError::Bad("more than one Host"));
@@ -192,6 +170,12 @@ pub(crate) fn parse<T>(
     if minor == 1 && !has_host {
         return Err(HeadError::Bad("HTTP/1.1 request without Host"));
     }
+    let super::FramingFields {
+        length,
+        te,
+        chunked,
+        ..
+    } = framing_fields;
     let framing = match (te, length) {
         (true, Some(_)) => return Err(HeadError::Bad("both Transfer-Encoding and Content-Length")),
         (true, None) if chunked && minor == 1 => Framing::Chunked,
@@ -199,7 +183,7 @@ pub(crate) fn parse<T>(
         (false, Some(0) | None) => Framing::None,
         (false, Some(n)) => Framing::Length(n),
     };
-    let connection = &connection[..n_conn];
+    let connection = framing_fields.connection();
     let keep_alive = if minor == 1 {
         !headers::listed_in_connection(connection, "close")
     } else {

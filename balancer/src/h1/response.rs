@@ -10,9 +10,6 @@ use crate::headers::{self, Kind};
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields accepted from an upstream.
 const MAX_HEADERS: usize = 128;
-/// Most `Connection` header fields looked at.
-const MAX_CONNECTION: usize = 8;
-
 /// How the response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Body {
@@ -70,35 +67,19 @@ pub(crate) fn parse(
     let fields = &*resp.headers;
 
     let mut kinds = [Kind::Other; MAX_HEADERS];
-    let mut connection: [&[u8]; MAX_CONNECTION] = [b""; MAX_CONNECTION];
-    let (mut n_conn, mut length, mut te, mut chunked) = (0, None, false, false);
+    let mut framing_fields = super::FramingFields::new();
     for (i, h) in fields.iter().enumerate() {
         let k = headers::kind(h.name);
         kinds[i] = k;
-        match k {
-            Kind::Connection => {
-                let slot = connection
-                    .get_mut(n_conn)
-                    .ok_or(HeadError::Bad("too many Connection headers"))?;
-                *slot = h.value;
-                n_conn += 1;
-            }
-            Kind::ContentLength => {
-                let n = headers::content_length(h.value)
-                    .ok_or(HeadError::Bad("invalid Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(HeadError::Bad("conflicting Content-Length"));
-                }
-                length = Some(n);
-            }
-            Kind::TransferEncoding => {
-                te = true;
-                chunked = headers::last_coding(h.value).eq_ignore_ascii_case(b"chunked");
-            }
-            _ => {}
-        }
+        framing_fields.note(k, h.value).map_err(HeadError::Bad)?;
     }
-    let connection = &connection[..n_conn];
+    let super::FramingFields {
+        length,
+        te,
+        chunked,
+        ..
+    } = framing_fields;
+    let connection = framing_fields.connection();
     let body = if head_request || status < 200 || status == 204 || status == 304 {
         Body::None
     } else if te {
