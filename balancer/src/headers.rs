@@ -94,19 +94,23 @@ pub(crate) fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Appends `Content-Length: n\r\n` to `out`.
 pub(crate) fn put_content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"Content-Length: ");
+    put_digits(out, n, 10);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in base `radix` (10 or 16, lower-case hex digits) without allocating.
+pub(crate) fn put_digits(out: &mut Vec<u8>, mut n: u64, radix: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    let mut n = n;
     loop {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
+        digits[at] = b"0123456789abcdef"[(n % radix) as usize];
+        n /= radix;
         if n == 0 {
             break;
         }
     }
     out.extend_from_slice(&digits[at..]);
-    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -6,6 +6,20 @@ mod common;
 use bytes::Bytes;
 use common::{client, config, get, start, Upstream};
 
+/// Sends `count` chunks of `size` bytes of `byte` as a chunked body (no Content-Length).
+async fn send_chunked(
+    req: reqwest::RequestBuilder,
+    count: usize,
+    size: usize,
+    byte: u8,
+) -> reqwest::Response {
+    let chunks = (0..count).map(move |_| Ok::<_, std::io::Error>(Bytes::from(vec![byte; size])));
+    req.body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_before_any_upstream_is_contacted() {
     let a = Upstream::start("a").await;
@@ -22,23 +36,11 @@ async fn oversized_bodies_get_413_before_any_upstream_is_contacted() {
         .unwrap();
     assert_eq!(r.status(), 413);
     // Chunked body that grows past the limit.
-    let chunks = (0..40).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 32 * 1024])));
-    let r = http
-        .post(format!("{base}/upload"))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let r = send_chunked(http.post(format!("{base}/upload")), 40, 32 * 1024, 1).await;
     assert_eq!(r.status(), 413);
     assert_eq!(a.hits(), 0, "the upstream was never contacted");
     // Within the limit: passed on, chunked too.
-    let chunks = (0..8).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 32 * 1024])));
-    let r = http
-        .post(format!("{base}/upload"))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let r = send_chunked(http.post(format!("{base}/upload")), 8, 32 * 1024, 1).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), (8 * 32 * 1024).to_string());
     h.stop(true).await;
@@ -94,23 +96,11 @@ async fn chunked_bodies_over_a_large_limit_get_413_before_any_upstream_is_contac
     let http = client();
     // 4 MiB chunked, over the 3 MiB limit: kept in memory up to 1 MiB, the rest in a temp file,
     // and refused once it passes the limit.
-    let chunks = (0..64).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![1u8; 64 * 1024])));
-    let r = http
-        .post(format!("{base}/upload"))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let r = send_chunked(http.post(format!("{base}/upload")), 64, 64 * 1024, 1).await;
     assert_eq!(r.status(), 413);
     assert_eq!(a.hits(), 0, "the upstream was never contacted");
     // 2.5 MiB chunked, under the limit: spooled, then sent whole.
-    let chunks = (0..40).map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![2u8; 64 * 1024])));
-    let r = http
-        .put(format!("{base}/upload"))
-        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
-        .send()
-        .await
-        .unwrap();
+    let r = send_chunked(http.put(format!("{base}/upload")), 40, 64 * 1024, 2).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), (40 * 64 * 1024).to_string());
     assert_eq!(a.hits(), 1);

@@ -215,18 +215,7 @@ fn hex(b: u8) -> Option<u8> {
 
 /// Appends the chunk header for `len` data bytes (`{len:x}\r\n`) to `out`.
 pub(crate) fn write_chunk_header(out: &mut Vec<u8>, len: usize) {
-    let mut digits = [0u8; 16];
-    let mut n = len;
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b"0123456789abcdef"[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+    crate::headers::put_digits(out, len as u64, 16);
     out.extend_from_slice(b"\r\n");
 }
 
