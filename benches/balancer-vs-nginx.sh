@@ -8,10 +8,20 @@
 # `balancer/examples/balance.rs`). wrk (1 thread) runs against each in turn, ROUNDS times.
 # Prints requests/s and p99 per run, then the medians and the ratio ferrocat/nginx.
 # Everything listens on free loopback ports and is stopped at exit.
+#
+# PIN=1 (the default on a machine with 2 or more CPUs): the proxy under test runs on CPU 0, wrk
+# and the upstream on CPU 1, for both proxies alike. Unpinned (PIN=0), three busy processes share
+# the cores as the kernel places them, and that placement, not the proxy, decides much of p99.
+# KEEPALIVE (default 64): idle upstream connections kept per worker, the same for both proxies
+# (nginx `keepalive N`, ferrocat `keepalive`). With more client connections than KEEPALIVE both
+# proxies open and close upstream connections under load.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
 CONNS=${3:-50}
+KEEPALIVE=${KEEPALIVE:-64}
+PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
+if [ "$PIN" = 1 ]; then ON_PROXY="taskset -c 0"; ON_LOAD="taskset -c 1"; else ON_PROXY=""; ON_LOAD=""; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-wrk}
@@ -55,7 +65,7 @@ http {
   access_log off;
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:$UP_PORT; keepalive 64; keepalive_requests 1000000; }
+  upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
   server {
     listen 127.0.0.1:$NG_PORT;
     location / {
@@ -72,8 +82,8 @@ http {
 CONF
 } > "$TMP/px.conf"
 
-"$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
-"$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
+$ON_LOAD "$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
+$ON_PROXY "$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
 
 # Build, and ask cargo where the binary is (honours CARGO_TARGET_DIR and the default target/).
 FC_BIN=$(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance --message-format=json \
@@ -83,7 +93,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
         print(m["executable"])')
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
-"$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
+KEEPALIVE=$KEEPALIVE $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
 sleep 0.5
@@ -100,7 +110,7 @@ HZ=$(getconf CLK_TCK)
 run() { # name url pid
   local out rps p99 t0 t1 reqs cpu
   t0=$(ticks "$3")
-  out=$("$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
+  out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
   t1=$(ticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -111,7 +121,8 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu" >> "$TMP/results"
 }
 
-echo "warm-up"; "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE"
+echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
 for r in $(seq "$ROUNDS"); do
   echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
   if (( r % 2 )); then run nginx "http://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "http://$FC_ADDR/" "$FC_PID";

@@ -4,6 +4,7 @@
 //! cargo run --release -p ferrocat-balancer --example balance -- LISTEN WORKERS UPSTREAM...
 //! cargo run --release -p ferrocat-balancer --example balance -- 127.0.0.1:0 1 127.0.0.1:8081 127.0.0.1:8082
 //! ```
+//! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64).
 //! Prints `listening on ADDR`, serves until Ctrl-C or SIGTERM, then stops gracefully.
 
 use ferrocat_balancer::{Balancer, BalancerConfig, UpstreamConfig};
@@ -23,6 +24,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen,
         workers,
         upstream,
+        keepalive: match std::env::var("KEEPALIVE") {
+            Ok(v) => v.parse().map_err(|e| format!("KEEPALIVE={v}: {e}"))?,
+            Err(_) => BalancerConfig::default().keepalive,
+        },
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;

@@ -3,12 +3,12 @@
 //! Each worker thread runs its own current-thread runtime and owns one `Pool` (`Rc`, no lock):
 //! idle connections per upstream address, most recently used first, each with its read buffer.
 //! A connection goes back to the pool only after its response was read to the end with nothing
-//! more after it, and is dropped when the pool for that address is full or it has been idle too
-//! long. An idle connection is not a task: on checkout, the readiness the reactor already knows
+//! more after it; when the pool for that address is full, its least recently used connection is
+//! closed to make room (nginx's `keepalive`), and a connection idle too long is dropped. An idle connection is not a task: on checkout, the readiness the reactor already knows
 //! tells whether the upstream closed it meanwhile (then it is dropped, no system call otherwise).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ type Idle = (UpConn, Instant);
 
 /// Idle connections of one worker, by upstream address.
 pub(crate) struct Pool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle>>>,
+    idle: RefCell<HashMap<SocketAddr, VecDeque<Idle>>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
 }
@@ -81,7 +81,7 @@ impl Pool {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let timeout = self.idle_timeout.get();
-        while let Some((mut conn, since)) = list.pop() {
+        while let Some((mut conn, since)) = list.pop_back() {
             if since.elapsed() < timeout && conn.still_open() {
                 return Some(conn);
             }
@@ -96,9 +96,16 @@ impl Pool {
         }
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(conn.addr).or_default();
-        if list.len() < self.max_idle.get() {
-            list.push((conn, Instant::now()));
+        let max = self.max_idle.get();
+        if max == 0 {
+            return;
         }
+        // Full: the least recently used connection goes (nginx's `keepalive`), the one that
+        // has just proved itself stays.
+        while list.len() >= max {
+            list.pop_front();
+        }
+        list.push_back((conn, Instant::now()));
     }
 
     /// Opens a new connection to `addr` within `timeout`.
@@ -120,5 +127,41 @@ impl Pool {
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             addr,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_full_pool_closes_its_least_recently_used_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let pool = Pool::new(2, Duration::from_secs(60));
+        let mut peers = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let conn = Pool::connect(addr, Duration::from_secs(5))
+                .await
+                .expect("connect");
+            ports.push(conn.stream.local_addr().expect("local").port());
+            peers.push(listener.accept().await.expect("accept").0);
+            pool.put(conn);
+        }
+        // The first one (least recently used) was closed to make room for the third.
+        let mut buf = [0u8; 1];
+        let n = tokio::time::timeout(Duration::from_secs(5), peers[0].read(&mut buf))
+            .await
+            .expect("the evicted connection is closed")
+            .expect("read");
+        assert_eq!(n, 0);
+        // Most recently used first.
+        let port = |c: Option<UpConn>| c.map(|c| c.stream.local_addr().expect("local").port());
+        assert_eq!(port(pool.checkout(addr)), Some(ports[2]));
+        assert_eq!(port(pool.checkout(addr)), Some(ports[1]));
+        assert_eq!(port(pool.checkout(addr)), None);
     }
 }
