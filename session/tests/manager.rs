@@ -88,6 +88,7 @@ on_every_store!(
     an_unchanged_session_is_not_written_again,
     renew_gives_a_new_id_and_kills_the_old_one,
     invalidate_removes_the_session_and_the_cookie,
+    an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval,
 );
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
@@ -242,6 +243,34 @@ async fn ignored_requests_neither_load_nor_store(kind: Kind) {
     assert_eq!(after.store_loads, before.store_loads);
     assert_eq!(after.backups, before.backups);
     assert_eq!(after.requests_ignored, before.requests_ignored + 1);
+}
+
+async fn an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval(kind: Kind) {
+    // Interval 6 s: a touch is due 1.5 s after the last write or touch
+    // (memcached counts lifetimes in whole seconds, hence the margins).
+    let (mgr, _cluster) = manager_on(kind, |c| c.max_inactive_interval = Duration::from_secs(6));
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    for _ in 0..3 {
+        assert_eq!(keys!(&app, cookie), ["x"]);
+    }
+    assert_eq!(mgr.stats().touches, 0);
+    actix_rt::time::sleep(Duration::from_millis(2600)).await;
+    // Past a quarter: the first read touches, the next ones see the fresh
+    // lifetime of the copies (before, every read past the quarter touched
+    // again, as a touch does not move the stored last access).
+    for _ in 0..6 {
+        assert_eq!(keys!(&app, cookie), ["x"]);
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(mgr.stats().touches, 1, "{:?}", mgr.stats());
+    // 6.4 s after the write (the copies' first lifetime has run out), 3.7 s
+    // after the touch: still there only because the touch refreshed them.
+    actix_rt::time::sleep(Duration::from_millis(3700)).await;
+    assert_eq!(keys!(&app, cookie), ["x"], "{:?}", mgr.stats());
+    let s = mgr.stats();
+    assert_eq!((s.backups, s.store_load_misses), (1, 0), "{s:?}");
 }
 
 async fn an_unchanged_session_is_not_written_again(kind: Kind) {

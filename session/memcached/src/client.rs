@@ -22,6 +22,8 @@ pub struct Item {
     pub flags: u32,
     /// CAS value, for [`SetMode::Cas`].
     pub cas: u64,
+    /// Seconds until it expires; `None` if it never does.
+    pub ttl: Option<u32>,
 }
 
 /// Outcome of a store.
@@ -103,6 +105,7 @@ impl NodeClient {
                 value: r.value,
                 flags: r.flags,
                 cas: r.cas,
+                ttl: r.ttl,
             })),
             Status::En => Ok(None),
             _ => Err(self.unexpected("get", &r)),

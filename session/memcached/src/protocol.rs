@@ -30,7 +30,7 @@ pub enum SetMode {
 /// One request, as handed to a connection.
 #[derive(Debug)]
 pub enum Command {
-    /// `mg <key> v f c`.
+    /// `mg <key> v f c t`.
     Get(Key),
     /// `ms <key> <len> T F M [C]`.
     Set {
@@ -71,7 +71,7 @@ impl Command {
         let mut num = itoa_buf();
         match self {
             Command::Get(key) => {
-                put(buf, &[b"mg ", key.as_str().as_bytes(), b" v f c O"]);
+                put(buf, &[b"mg ", key.as_str().as_bytes(), b" v f c t O"]);
                 buf.put_slice(fmt_u64(&mut num, opaque.into()));
             }
             Command::Set {
@@ -177,6 +177,9 @@ pub struct Response {
     pub flags: u32,
     /// CAS value (`c`).
     pub cas: u64,
+    /// Remaining lifetime in seconds (`t`); `None` when the item never expires or the flag
+    /// was not asked for.
+    pub ttl: Option<u32>,
     /// The value (`VA` only), or the message of a `SERVER_ERROR`.
     pub value: Bytes,
 }
@@ -198,6 +201,7 @@ pub fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Option<Response>, S
             opaque: None,
             flags: 0,
             cas: 0,
+            ttl: None,
             value: detail,
         }));
     }
@@ -231,6 +235,7 @@ pub fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Option<Response>, S
         opaque: None,
         flags: 0,
         cas: 0,
+        ttl: None,
         value: Bytes::new(),
     };
     for t in tokens {
@@ -250,6 +255,15 @@ pub fn parse(buf: &mut BytesMut, max_value: usize) -> Result<Option<Response>, S
                     .ok_or_else(bad)?
             }
             b'c' => resp.cas = parse_num(arg).ok_or_else(bad)?,
+            // `t-1`: never expires.
+            b't' if arg == b"-1" => resp.ttl = None,
+            b't' => {
+                resp.ttl = Some(
+                    parse_num(arg)
+                        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+                        .ok_or_else(bad)?,
+                )
+            }
             _ => {}
         }
     }
@@ -310,7 +324,7 @@ mod tests {
     #[test]
     fn encodes_meta_commands_with_opaque() {
         let k = Key::new("k1").unwrap();
-        assert_eq!(enc(Command::Get(k.clone())), "mg k1 v f c O7\r\n");
+        assert_eq!(enc(Command::Get(k.clone())), "mg k1 v f c t O7\r\n");
         assert_eq!(enc(Command::Delete(k.clone())), "md k1 O7\r\n");
         assert_eq!(enc(Command::Touch(k.clone(), 60)), "mg k1 T60 O7\r\n");
         assert_eq!(enc(Command::Noop), "mn\r\n");
@@ -341,6 +355,16 @@ mod tests {
         assert_eq!((got[0].flags, got[0].cas, got[0].opaque), (5, 9, Some(3)));
         assert_eq!((got[1].status, got[1].opaque), (Status::Hd, Some(4)));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn parses_the_remaining_lifetime() {
+        let mut buf = BytesMut::from(&b"VA 1 t1790 O1\r\nx\r\nVA 1 t-1 O2\r\ny\r\n"[..]);
+        let a = parse(&mut buf, 100).unwrap().expect("first");
+        let b = parse(&mut buf, 100).unwrap().expect("second");
+        assert_eq!((a.ttl, b.ttl), (Some(1790), None));
+        let mut bad = BytesMut::from(&b"VA 1 t-5 O1\r\nx\r\n"[..]);
+        assert!(parse(&mut bad, 100).is_err());
     }
 
     #[test]

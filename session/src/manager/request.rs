@@ -210,7 +210,9 @@ impl Inner {
                     new_id = new_id.with_route(Some(&self.route));
                 }
                 let hash = hash_payload(&loaded.record.payload);
-                self.fill_state(state, new_id, loaded.record, hash);
+                if self.fill_state(state, new_id, loaded.record, hash) {
+                    state.expires_in = loaded.expires_in;
+                }
             }
             Ok(Ok(None)) => {
                 self.stats.store_load_misses.fetch_add(1, Relaxed);
@@ -322,7 +324,7 @@ impl Inner {
             } else {
                 self.stats.unchanged_sessions_skipped.fetch_add(1, Relaxed);
             }
-            let touched = self.refresh_expiry(&id, state.record.as_ref());
+            let touched = self.refresh_expiry(&id, state.record.as_ref(), state.expires_in);
             if let (Some(cache), Some(record), Some(h)) =
                 (&self.cache, &state.record, state.loaded_hash)
             {
@@ -365,10 +367,32 @@ impl Inner {
     /// Refreshes the store expiry of an unchanged session, at most about four
     /// times per max inactive interval (msm refreshes, it does not rewrite).
     /// Returns true when a touch was sent.
-    fn refresh_expiry(&self, id: &SessionId, record: Option<&SessionRecord>) -> bool {
+    ///
+    /// When the load told how long the stored copies still live, a touch is
+    /// due once a quarter of the interval has passed since they were last
+    /// written or touched. Otherwise (sticky cache hits, backends that cannot
+    /// tell) the record's last access decides, which the sticky cache moves
+    /// forward when it touches.
+    fn refresh_expiry(
+        &self,
+        id: &SessionId,
+        record: Option<&SessionRecord>,
+        expires_in: Option<std::time::Duration>,
+    ) -> bool {
         let Some(record) = record else { return false };
-        let age_ms = now_ms().saturating_sub(record.last_access_ms);
-        if age_ms < self.settings.max_inactive.as_millis() as u64 / 4 {
+        let interval = self.settings.max_inactive;
+        if interval.is_zero() {
+            return false; // never expires: nothing to refresh
+        }
+        let quarter = interval / 4;
+        let due = match expires_in {
+            Some(left) => left + quarter < interval,
+            None => {
+                let age_ms = now_ms().saturating_sub(record.last_access_ms);
+                age_ms >= quarter.as_millis() as u64
+            }
+        };
+        if !due {
             return false;
         }
         self.stats.touches.fetch_add(1, Relaxed);

@@ -44,6 +44,8 @@ pub(crate) struct SessionState {
     pub record: Option<SessionRecord>,
     /// Hash of the loaded payload (unchanged sessions are not rewritten).
     pub loaded_hash: Option<u64>,
+    /// How long the stored copies still live, if the store said so on load.
+    pub expires_in: Option<std::time::Duration>,
     /// Serializer of the attribute values.
     pub serializer: SerializerKind,
     /// An attribute was inserted or removed.

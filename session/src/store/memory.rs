@@ -130,8 +130,8 @@ impl SessionBackend for MemoryStore {
             let key = id.key();
             let now = Instant::now();
             let mut shard = self.shard(&key).lock();
-            let record = match shard.sessions.get(&key) {
-                Some(e) if e.deadline > now => e.record.clone(),
+            let (record, expires_in) = match shard.sessions.get(&key) {
+                Some(e) if e.deadline > now => (e.record.clone(), e.deadline - now),
                 Some(_) => {
                     shard.sessions.remove(&key);
                     return ready(Ok(None));
@@ -140,7 +140,13 @@ impl SessionBackend for MemoryStore {
             };
             drop(shard);
             match record.kind {
-                RecordKind::Live => return ready(Ok(Some(Loaded { id, record }))),
+                RecordKind::Live => {
+                    return ready(Ok(Some(Loaded {
+                        id,
+                        record,
+                        expires_in: Some(expires_in),
+                    })))
+                }
                 RecordKind::Deleted => return ready(Ok(None)),
                 RecordKind::Moved(ref to) => match SessionId::parse(to) {
                     Ok(next) => id = next.with_route(id.route()),

@@ -69,6 +69,12 @@ pub struct Loaded {
     pub id: SessionId,
     /// The newest live copy.
     pub record: SessionRecord,
+    /// How long the stored copies still live, when the backend can tell (the
+    /// shortest remaining lifetime of the current copies); `None` when it
+    /// cannot. The manager refreshes an unchanged session's expiry only when
+    /// a quarter of its max inactive interval has passed since the last
+    /// refresh, and without this it can only go by the last write.
+    pub expires_in: Option<std::time::Duration>,
 }
 
 /// A session backend. Implementations are shared by all actix workers.

@@ -75,6 +75,8 @@ pub(crate) enum Stored {
         rec: SessionRecord,
         /// CAS token of the value read
         cas: u64,
+        /// Seconds the copy still lives (`None`: never expires)
+        ttl: Option<u32>,
     },
 }
 
@@ -254,7 +256,11 @@ impl Core {
         Ok(match item {
             None => Stored::Missing,
             Some(item) => match SessionRecord::decode(&item.value) {
-                Ok(rec) => Stored::Record { rec, cas: item.cas },
+                Ok(rec) => Stored::Record {
+                    rec,
+                    cas: item.cas,
+                    ttl: item.ttl,
+                },
                 Err(e) => {
                     self.stats.garbage_values.fetch_add(1, Relaxed);
                     log::warn!(
@@ -373,7 +379,7 @@ impl Core {
         let mode = match found {
             Stored::Missing => SetMode::Add,
             Stored::Garbage { cas } => SetMode::Cas(*cas),
-            Stored::Record { rec, cas } => {
+            Stored::Record { rec, cas, .. } => {
                 if !winner.supersedes(rec) {
                     return Ok(false);
                 }

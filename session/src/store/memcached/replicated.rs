@@ -40,7 +40,13 @@ const MAX_HOPS: usize = 4;
 /// What one key resolved to.
 enum Resolved {
     /// A live session (possibly under a new id after relocation).
-    Live { id: SessionId, rec: SessionRecord },
+    Live {
+        id: SessionId,
+        rec: SessionRecord,
+        /// Shortest remaining lifetime of the copies that hold `rec` (only
+        /// when read in one pass with nothing rewritten).
+        expires_in: Option<std::time::Duration>,
+    },
     /// Tombstone, expired, or nothing reachable.
     Gone,
     /// A moved marker; `live` is the newest live copy it beat at this key.
@@ -63,14 +69,26 @@ impl Core {
             return Ok(Box::pin(self.degraded.load(id)).await.map(|l| Loaded {
                 id: l.id.with_route(route),
                 record: l.record,
+                expires_in: None,
             }));
         }
         let mut cur = id.with_route(None);
         let mut visited: Vec<(SessionId, Option<SessionRecord>)> = Vec::new();
         for _ in 0..MAX_HOPS {
             match self.resolve(&cur).await? {
-                Resolved::Live { id: at, rec } => {
-                    return Ok(self.with_pending(&at, Some(rec), route));
+                Resolved::Live {
+                    id: at,
+                    rec,
+                    expires_in,
+                } => {
+                    let read = (rec.version, rec.last_access_ms);
+                    return Ok(self.with_pending(&at, Some(rec), route).map(|mut l| {
+                        // Unless a newer copy waiting in degraded memory won.
+                        if (l.record.version, l.record.last_access_ms) == read {
+                            l.expires_in = expires_in;
+                        }
+                        l
+                    }));
                 }
                 Resolved::Gone => return Ok(self.with_pending(&cur, None, route)),
                 Resolved::Moved { to, live } => {
@@ -103,6 +121,7 @@ impl Core {
         rec.map(|record| Loaded {
             id: at.with_route(route),
             record,
+            expires_in: None,
         })
     }
 
@@ -162,14 +181,31 @@ impl Core {
                 .filter(|r| r.is_live()),
         )
         .cloned();
-        Ok(self.outcome(id, w, live))
+        // How long the copies that already held the winner still live (the
+        // ones just repaired got a whole interval).
+        let expires_in = copies
+            .iter()
+            .filter_map(|(_, _, s)| match s {
+                Stored::Record { rec, ttl, .. } if *rec == w => *ttl,
+                _ => None,
+            })
+            .min()
+            .map(|secs| std::time::Duration::from_secs(secs.into()));
+        Ok(self.outcome(id, w, live, expires_in))
     }
 
-    fn outcome(&self, id: &SessionId, w: SessionRecord, live: Option<SessionRecord>) -> Resolved {
+    fn outcome(
+        &self,
+        id: &SessionId,
+        w: SessionRecord,
+        live: Option<SessionRecord>,
+        expires_in: Option<std::time::Duration>,
+    ) -> Resolved {
         match w.kind {
             RecordKind::Live => Resolved::Live {
                 id: id.clone(),
                 rec: w,
+                expires_in,
             },
             RecordKind::Deleted => Resolved::Gone,
             RecordKind::Moved(ref to) => match SessionId::parse(to) {
@@ -215,7 +251,7 @@ impl Core {
                 // Unknown node: place it afresh like a relocation from nowhere.
                 Ok(self.relocate(id, usize::MAX, w, &copies).await)
             }
-            _ => Ok(self.outcome(id, w, None)),
+            _ => Ok(self.outcome(id, w, None, None)),
         }
     }
 
@@ -236,6 +272,7 @@ impl Core {
             return Resolved::Live {
                 id: id.clone(),
                 rec: w,
+                expires_in: None,
             };
         };
         let new = id.with_node(Some(self.node_id(t))).with_route(None);
@@ -284,6 +321,7 @@ impl Core {
                 return Resolved::Live {
                     id: id.clone(),
                     rec: w,
+                    expires_in: None,
                 };
             }
         }
@@ -317,7 +355,11 @@ impl Core {
             id.node().unwrap_or("?"),
             self.node_id(t)
         );
-        Resolved::Live { id: new, rec }
+        Resolved::Live {
+            id: new,
+            rec,
+            expires_in: None,
+        }
     }
 
     /// The newest copy of `id`'s key anywhere reachable, without repairing
