@@ -290,7 +290,9 @@ impl Inner {
                     payload,
                     serializer: state.serializer.id(),
                     max_inactive_secs: self.max_inactive_secs(),
-                    ..prev.clone()
+                    // Field by field: `..prev.clone()` would copy the old payload only to drop it.
+                    kind: prev.kind.clone(),
+                    created_ms: prev.created_ms,
                 },
                 _ => SessionRecord::new_live(
                     state.serializer.id(),

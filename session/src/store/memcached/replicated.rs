@@ -164,23 +164,39 @@ impl Core {
         let Some(w) = winner else {
             return Ok(Resolved::Gone);
         };
-        let fixes =
-            futures::future::join_all(copies.iter().map(|(n, k, s)| self.repair(*n, k, s, &w)))
-                .await;
-        for _ in fixes.iter().filter(|r| matches!(r, Ok(true))) {
-            bump(&self.stats.repairs);
+        // Copies that hold the winner need nothing (the common case: no
+        // futures, no allocation).
+        let stale = |s: &Stored| match s {
+            Stored::Record { rec, .. } => w.supersedes(rec),
+            _ => true,
+        };
+        if copies.iter().any(|c| stale(&c.2)) {
+            let fixes = futures::future::join_all(
+                copies
+                    .iter()
+                    .filter(|c| stale(&c.2))
+                    .map(|(n, k, s)| self.repair(*n, k, s, &w)),
+            )
+            .await;
+            for _ in fixes.iter().filter(|r| matches!(r, Ok(true))) {
+                bump(&self.stats.repairs);
+            }
         }
         if copies[0].2.record() != Some(&w) && w.is_live() {
             // Served from the backup: the primary missed it or was stale.
             bump(&self.stats.memcached_failovers);
         }
-        let live = newest(
-            copies
-                .iter()
-                .filter_map(|c| c.2.record())
-                .filter(|r| r.is_live()),
-        )
-        .cloned();
+        // The newest live copy matters only when a moved marker won.
+        let live = match w.kind {
+            RecordKind::Moved(_) => newest(
+                copies
+                    .iter()
+                    .filter_map(|c| c.2.record())
+                    .filter(|r| r.is_live()),
+            )
+            .cloned(),
+            _ => None,
+        };
         // How long the copies that already held the winner still live (the
         // ones just repaired got a whole interval).
         let expires_in = copies
