@@ -42,4 +42,4 @@ pub use id::SessionId;
 pub use manager::{Session, SessionError, SessionManager, SessionMiddleware};
 pub use record::SessionRecord;
 pub use stats::{Stats, StatsSnapshot};
-pub use store::{Loaded, SessionBackend, StoreError};
+pub use store::{Loaded, Seen, SessionBackend, StoreError};

@@ -129,6 +129,9 @@ stats! {
     backups;
     /// Failed or timed-out backups.
     backup_failures;
+    /// Saves refused because the session was invalidated (logged out) after
+    /// the request loaded it; the logout stands.
+    saves_refused_after_logout;
     /// Writes skipped because the serialized session was unchanged.
     unchanged_sessions_skipped;
     /// Expiry refreshes of unchanged sessions.

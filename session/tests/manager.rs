@@ -89,6 +89,7 @@ on_every_store!(
     renew_gives_a_new_id_and_kills_the_old_one,
     invalidate_removes_the_session_and_the_cookie,
     an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval,
+    a_request_that_loaded_the_session_before_a_logout_does_not_bring_it_back,
 );
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
@@ -114,6 +115,14 @@ async fn login(session: Session) -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
+async fn slow_attr(session: Session, path: web::Path<String>) -> HttpResponse {
+    // Loaded at the start; a logout runs while this request works.
+    let _ = session.keys();
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    session.insert(path.into_inner(), &true).unwrap();
+    HttpResponse::Ok().finish()
+}
+
 async fn logout(session: Session) -> HttpResponse {
     session.invalidate();
     HttpResponse::Ok().finish()
@@ -125,6 +134,7 @@ macro_rules! app {
             App::new()
                 .wrap($mgr.middleware())
                 .route("/attr/{name}", web::post().to(add_attr))
+                .route("/slow/{name}", web::post().to(slow_attr))
                 .route("/read", web::get().to(read))
                 .route("/same", web::post().to(set_same))
                 .route("/login", web::post().to(login))
@@ -271,6 +281,44 @@ async fn an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval(ki
     assert_eq!(keys!(&app, cookie), ["x"], "{:?}", mgr.stats());
     let s = mgr.stats();
     assert_eq!((s.backups, s.store_load_misses), (1, 0), "{s:?}");
+}
+
+async fn a_request_that_loaded_the_session_before_a_logout_does_not_bring_it_back(kind: Kind) {
+    // locking_mode none (the default): nothing serializes the two requests.
+    let (mgr, _cluster) = manager_on(kind, |_| {});
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/a").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    let slow = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/slow/b")
+            .cookie(cookie.clone())
+            .to_request(),
+    );
+    let logout = async {
+        actix_rt::time::sleep(Duration::from_millis(100)).await;
+        let req = test::TestRequest::post()
+            .uri("/logout")
+            .cookie(cookie.clone())
+            .to_request();
+        test::call_service(&app, req).await
+    };
+    let (slow, _) = futures::join!(slow, logout);
+    // The slow request's save came after the logout: refused, cookie removed.
+    let removed = cookie_of(&slow).is_some_and(|c| c.value().is_empty());
+    assert!(removed, "the slow request removes the cookie");
+    assert!(
+        keys!(&app, cookie).is_empty(),
+        "the session came back: {:?}",
+        mgr.stats()
+    );
+    let s = mgr.stats();
+    assert_eq!(
+        (s.saves_refused_after_logout, s.sessions_invalidated),
+        (1, 1),
+        "{s:?}"
+    );
 }
 
 async fn an_unchanged_session_is_not_written_again(kind: Kind) {

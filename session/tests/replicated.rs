@@ -647,3 +647,61 @@ async fn a_locked_request_on_a_frozen_primary_waits_about_one_timeout() {
     assert!(took < OP_TIMEOUT + MARGIN, "request took {took:?}");
     assert_eq!(payload(&store, &saved).await.unwrap().1, "visits=2");
 }
+
+/// Two app nodes (two stores) over the same memcached nodes, no locking: a
+/// save based on a load made before another node's logout is refused, and
+/// both copies stay tombstones; saves racing with live writes still land
+/// (last write wins).
+#[actix_rt::test]
+async fn a_save_loaded_before_a_logout_on_another_node_is_refused() {
+    let mut cluster = Cluster::start(3);
+    let (a, _) = store(&cluster);
+    let (b, _) = store(&cluster);
+    settled(&a).await;
+    settled(&b).await;
+    let id = a.new_id(None);
+    a.save(&id, &live(1, "cart=1")).await.unwrap();
+
+    // B loads, A logs the session out, B saves its change.
+    let seen_by_b = b.load(&id).await.unwrap().expect("loaded");
+    a.invalidate(&id, Some(&seen_by_b.record)).await.unwrap();
+    let mut next = seen_by_b.record.clone();
+    next.version += 1;
+    next.payload = b"cart=2".to_vec();
+    let refused = b.save_seen(&id, &next, &seen_by_b.seen).await;
+    assert!(
+        matches!(refused, Err(ferrocat_session::StoreError::Invalidated)),
+        "{refused:?}"
+    );
+    assert!(a.load(&id).await.unwrap().is_none());
+    assert!(b.load(&id).await.unwrap().is_none());
+    // Both copies are tombstones in memcached itself.
+    let key = id.key();
+    let mut tombs = 0;
+    for node in ["n1", "n2", "n3"] {
+        let c = NodeClient::new(cluster.node(node).addr(), ClientOptions::default());
+        for k in [key.clone(), format!("bak:{key}")] {
+            if let Some(r) = raw_record(&c, &k).await {
+                assert_eq!(r.kind, RecordKind::Deleted, "{node} {k}: {r:?}");
+                tombs += 1;
+            }
+        }
+    }
+    assert_eq!(tombs, 2);
+
+    // Live writes racing each other: both land, the last one wins.
+    let id = a.new_id(None);
+    a.save(&id, &live(1, "v=1")).await.unwrap();
+    let la = a.load(&id).await.unwrap().unwrap();
+    let lb = b.load(&id).await.unwrap().unwrap();
+    let mut ra = la.record.clone();
+    ra.version += 1;
+    ra.payload = b"v=a".to_vec();
+    a.save_seen(&id, &ra, &la.seen).await.unwrap();
+    let mut rb = lb.record.clone();
+    rb.version += 1;
+    rb.last_access_ms += 1;
+    rb.payload = b"v=b".to_vec();
+    b.save_seen(&id, &rb, &lb.seen).await.unwrap();
+    assert_eq!(payload(&a, &id).await, Some((id.clone(), "v=b".into())));
+}

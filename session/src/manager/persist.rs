@@ -15,7 +15,7 @@ use actix::{Actor, AsyncContext, Context, Handler, Message};
 use crate::id::SessionId;
 use crate::record::SessionRecord;
 use crate::stats::Stats;
-use crate::store::SessionBackend;
+use crate::store::{Seen, SessionBackend, StoreError};
 
 /// Store `record` under `id`, then release the locks held for it.
 #[derive(Message)]
@@ -29,6 +29,8 @@ pub struct Persist {
     pub unlock: bool,
     /// The in-process lock, dropped when the store is done.
     pub local_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// What the request's load saw (see [`SessionBackend::save_seen`]).
+    pub seen: Seen,
 }
 
 /// Owns asynchronous session persistence.
@@ -56,10 +58,14 @@ impl Handler<Persist> for Persister {
         let stats = self.stats.clone();
         ctx.spawn(actix::fut::wrap_future(async move {
             let started = Instant::now();
-            match backend.save(&msg.id, &msg.record).await {
+            match backend.save_seen(&msg.id, &msg.record, &msg.seen).await {
                 Ok(_) => {
                     stats.backups.fetch_add(1, Relaxed);
                     stats.store.record(started.elapsed());
+                }
+                Err(StoreError::Invalidated) => {
+                    stats.saves_refused_after_logout.fetch_add(1, Relaxed);
+                    log::info!("session {:?} was invalidated meanwhile; not saved", msg.id);
                 }
                 Err(e) => {
                     stats.backup_failures.fetch_add(1, Relaxed);

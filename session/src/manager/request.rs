@@ -17,6 +17,7 @@ use super::{CachedSession, Inner};
 use crate::id::SessionId;
 use crate::record::{now_ms, SessionRecord};
 use crate::serializer::SerializerKind;
+use crate::store::{Seen, StoreError};
 
 /// What to do with the cookie on the way out.
 #[derive(Debug, PartialEq, Eq)]
@@ -27,6 +28,16 @@ pub(crate) enum CookieAction {
     Set(SessionId),
     /// Remove it (invalidated).
     Remove,
+}
+
+/// How a store ended, as far as the response is concerned.
+enum Saved {
+    /// Stored under the same id (or still running after the backup time-out).
+    Same,
+    /// Stored under a new id (relocated): the cookie changes.
+    Moved(SessionId),
+    /// Refused: the session was invalidated since this request loaded it.
+    Invalidated,
 }
 
 /// What `begin` found, for `finish`.
@@ -212,6 +223,7 @@ impl Inner {
                 let hash = hash_payload(&loaded.record.payload);
                 if self.fill_state(state, new_id, loaded.record, hash) {
                     state.expires_in = loaded.expires_in;
+                    state.seen = loaded.seen;
                 }
             }
             Ok(Ok(None)) => {
@@ -315,10 +327,29 @@ impl Inner {
                     .cache_evictions
                     .fetch_add(evicted as u64, Relaxed);
             }
+            // What the load saw applies to the id it loaded, not to a renewed one.
+            let seen = match retired {
+                None => std::mem::take(&mut state.seen),
+                Some(_) => Seen::default(),
+            };
             // Boxed apart: the write's state does not inflate this future (see
-            // `request_path_futures_stay_small`).
-            if let Some(new_id) = Box::pin(self.store(id.clone(), record, locks)).await {
-                state.id = Some(new_id);
+            // `request_path_futures_fit_the_allocator_cache`).
+            match Box::pin(self.store(id.clone(), record, locks, seen)).await {
+                Saved::Same => {}
+                Saved::Moved(new_id) => state.id = Some(new_id),
+                Saved::Invalidated => {
+                    // Logged out by another request since this one loaded the
+                    // session: the logout stands.
+                    if let Some(cache) = &self.cache {
+                        cache.remove(&id.key());
+                    }
+                    state.id = None;
+                    return if cookie_id.is_some() {
+                        CookieAction::Remove
+                    } else {
+                        CookieAction::Keep
+                    };
+                }
             }
         } else {
             if !state.dirty {
@@ -408,22 +439,24 @@ impl Inner {
         true
     }
 
-    /// Writes a changed session; returns a new id if the backend relocated it
-    /// within the wait.
+    /// Writes a changed session: whether the backend relocated it within the
+    /// wait, or refused it because the session was invalidated meanwhile.
     async fn store(
         &self,
         id: SessionId,
         record: SessionRecord,
         mut locks: RequestLocks,
-    ) -> Option<SessionId> {
+        seen: Seen,
+    ) -> Saved {
         if let Some(persister) = &self.persister {
             persister.do_send(super::persist::Persist {
                 unlock: locks.store.take().is_some(),
                 local_guard: locks.local.take(),
                 id,
                 record,
+                seen,
             });
-            return None;
+            return Saved::Same;
         }
         let backend = self.backend.clone();
         let stats = self.stats.clone();
@@ -433,11 +466,15 @@ impl Inner {
         // (client gone), what is left of it goes on as a task.
         let work = OnDrop::spawn_rest(Box::pin(async move {
             let started = Instant::now();
-            let result = backend.save(&id, &record).await;
+            let result = backend.save_seen(&id, &record, &seen).await;
             match &result {
                 Ok(_) => {
                     stats.backups.fetch_add(1, Relaxed);
                     stats.store.record(started.elapsed());
+                }
+                Err(StoreError::Invalidated) => {
+                    stats.saves_refused_after_logout.fetch_add(1, Relaxed);
+                    log::info!("session {id:?} was invalidated while this request ran; not saved");
                 }
                 Err(e) => {
                     stats.backup_failures.fetch_add(1, Relaxed);
@@ -445,16 +482,20 @@ impl Inner {
                 }
             }
             locks.release();
-            result.ok().filter(|new| *new != id)
+            match result {
+                Ok(new) if new != id => Saved::Moved(new),
+                Err(StoreError::Invalidated) => Saved::Invalidated,
+                _ => Saved::Same,
+            }
         }));
         match tokio::time::timeout(self.settings.backup_timeout, work).await {
-            Ok(relocated) => relocated,
+            Ok(saved) => saved,
             Err(_) => {
                 log::debug!(
                     "session backup still running after session_backup_timeout ({:?}); responding",
                     self.settings.backup_timeout
                 );
-                None
+                Saved::Same
             }
         }
     }
@@ -555,7 +596,7 @@ mod future_sizes {
         let finish_size = std::mem::size_of_val(&inner.finish(&mut state, begun));
         let id = inner.backend.new_id(None);
         let record = crate::record::SessionRecord::new_live(0, 60, Vec::new());
-        let store = inner.store(id, record, Default::default());
+        let store = inner.store(id, record, Default::default(), Default::default());
         let store_size = std::mem::size_of_val(&store);
         drop(store);
         for (what, size) in [

@@ -46,6 +46,8 @@ pub(crate) struct SessionState {
     pub loaded_hash: Option<u64>,
     /// How long the stored copies still live, if the store said so on load.
     pub expires_in: Option<std::time::Duration>,
+    /// What the load saw of the stored copies, for the save.
+    pub seen: crate::store::Seen,
     /// Serializer of the attribute values.
     pub serializer: SerializerKind,
     /// An attribute was inserted or removed.

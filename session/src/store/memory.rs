@@ -19,6 +19,8 @@ use crate::record::{RecordKind, SessionRecord};
 /// The node id written into ids of sessions held by this store.
 pub const LOCAL_NODE: &str = "local";
 const SHARDS: usize = 16;
+/// Lifetime of a logout's tombstone when the logged-out record is unknown.
+const DEFAULT_TOMBSTONE_SECS: u32 = 1800;
 
 #[derive(Debug)]
 struct Entry {
@@ -73,6 +75,15 @@ impl MemoryStore {
                     .count()
             })
             .sum()
+    }
+
+    /// Drops whatever is held under `id` (no tombstone): for a holder of
+    /// pending writes, not for a logout.
+    pub(crate) fn forget(&self, id: &SessionId) {
+        let key = id.key();
+        let mut shard = self.shard(&key).lock();
+        shard.sessions.remove(&key);
+        shard.locks.remove(&key);
     }
 
     /// True when no live session is held.
@@ -145,6 +156,7 @@ impl SessionBackend for MemoryStore {
                         id,
                         record,
                         expires_in: Some(expires_in),
+                        seen: Default::default(),
                     })))
                 }
                 RecordKind::Deleted => return ready(Ok(None)),
@@ -162,7 +174,18 @@ impl SessionBackend for MemoryStore {
         id: &'a SessionId,
         record: &'a SessionRecord,
     ) -> StoreFuture<'a, SessionId> {
-        self.put(id.key(), record.clone());
+        let key = id.key();
+        if record.is_live() {
+            // A request that loaded the session before a logout must not
+            // bring it back (the logout left a tombstone, see `invalidate`).
+            let shard = self.shard(&key).lock();
+            if let Some(e) = shard.sessions.get(&key) {
+                if e.record.kind == RecordKind::Deleted && e.deadline > Instant::now() {
+                    return ready(Err(StoreError::Invalidated));
+                }
+            }
+        }
+        self.put(key, record.clone());
         ready(Ok(id.clone()))
     }
 
@@ -178,12 +201,26 @@ impl SessionBackend for MemoryStore {
     fn invalidate<'a>(
         &'a self,
         id: &'a SessionId,
-        _last: Option<&'a SessionRecord>,
+        last: Option<&'a SessionRecord>,
     ) -> StoreFuture<'a, ()> {
+        // A tombstone, kept for one interval, instead of removing the entry:
+        // a request that loaded the session before the logout then cannot
+        // write it back (its save is refused).
         let key = id.key();
+        let tomb = match last {
+            Some(r) => r.tombstone(),
+            None => SessionRecord::new_live(0, DEFAULT_TOMBSTONE_SECS, Vec::new()).tombstone(),
+        };
+        let deadline = Instant::now() + Self::ttl(&tomb);
         let mut shard = self.shard(&key).lock();
-        shard.sessions.remove(&key);
         shard.locks.remove(&key);
+        shard.sessions.insert(
+            key,
+            Entry {
+                record: tomb,
+                deadline,
+            },
+        );
         ready(Ok(()))
     }
 

@@ -51,6 +51,10 @@ pub enum StoreError {
         /// what happened
         reason: String,
     },
+    /// The session was invalidated (logged out) after this request loaded
+    /// it: the save was refused and no live copy was written.
+    #[error("session invalidated meanwhile; the save was refused")]
+    Invalidated,
 }
 
 impl StoreError {
@@ -75,6 +79,29 @@ pub struct Loaded {
     /// a quarter of its max inactive interval has passed since the last
     /// refresh, and without this it can only go by the last write.
     pub expires_in: Option<std::time::Duration>,
+    /// What the load saw of the stored copies, for the save that follows
+    /// ([`SessionBackend::save_seen`]).
+    pub seen: Seen,
+}
+
+/// What a load saw of a session's stored copies (for memcached: each copy's
+/// location and CAS value, or that it was missing), handed to the save that
+/// follows so that the save cannot overwrite a logout that happened in
+/// between. Opaque to the manager; the default means "nothing seen" and
+/// makes a save write as [`SessionBackend::save`] does.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// Primary, then backup.
+    pub(crate) copies: [Option<SeenCopy>; 2],
+}
+
+/// One copy as a load saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SeenCopy {
+    /// Node index.
+    pub(crate) node: usize,
+    /// CAS value of the copy read; `None` when it was missing.
+    pub(crate) cas: Option<u64>,
 }
 
 /// A session backend. Implementations are shared by all actix workers.
@@ -98,6 +125,22 @@ pub trait SessionBackend: Send + Sync + 'static {
         id: &'a SessionId,
         record: &'a SessionRecord,
     ) -> StoreFuture<'a, SessionId>;
+
+    /// [`SessionBackend::save`] for a session this request loaded: `seen` is
+    /// what that load saw. A backend that can tell refuses to write over a
+    /// copy that became a tombstone since (the session was invalidated by a
+    /// concurrent request or another app node) and fails with
+    /// [`StoreError::Invalidated`]; a live copy written meanwhile is
+    /// overwritten as by `save` (last write wins, as without locking).
+    fn save_seen<'a>(
+        &'a self,
+        id: &'a SessionId,
+        record: &'a SessionRecord,
+        seen: &'a Seen,
+    ) -> StoreFuture<'a, SessionId> {
+        let _ = seen;
+        self.save(id, record)
+    }
 
     /// Refreshes the expiry of an unchanged session without rewriting it.
     fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()>;

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
-use futures::FutureExt;
 use parking_lot::Mutex;
 
 use crate::id::SessionId;
@@ -94,7 +93,7 @@ impl Degraded {
             removed
         };
         if removed {
-            let _ = self.memory.invalidate(id, None).now_or_never();
+            self.memory.forget(id);
         }
     }
 
@@ -123,7 +122,7 @@ impl Degraded {
             same
         };
         if removed {
-            let _ = self.memory.invalidate(id, None).await;
+            self.memory.forget(id);
         }
     }
 

@@ -61,7 +61,7 @@ pub use self::write::TOMBSTONE_VERSION;
 
 use self::health::HealthActor;
 use self::inner::Core;
-use super::{Loaded, SessionBackend, StoreFuture};
+use super::{Loaded, Seen, SessionBackend, StoreFuture};
 use crate::id::SessionId;
 use crate::record::SessionRecord;
 use crate::stats::Stats;
@@ -213,6 +213,15 @@ impl SessionBackend for ReplicatedMemcachedStore {
         record: &'a SessionRecord,
     ) -> StoreFuture<'a, SessionId> {
         Box::pin(self.core.save(id, record))
+    }
+
+    fn save_seen<'a>(
+        &'a self,
+        id: &'a SessionId,
+        record: &'a SessionRecord,
+        seen: &'a Seen,
+    ) -> StoreFuture<'a, SessionId> {
+        Box::pin(self.core.save_seen(id, record, seen))
     }
 
     fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()> {

@@ -32,7 +32,7 @@ use super::health::HealthSnapshot;
 use super::inner::{backup_key, newest, Core, Stored};
 use crate::id::SessionId;
 use crate::record::{RecordKind, SessionRecord};
-use crate::store::{Loaded, StoreError};
+use crate::store::{Loaded, Seen, SeenCopy, StoreError};
 
 /// Moved markers followed at most per load.
 const MAX_HOPS: usize = 4;
@@ -46,6 +46,8 @@ enum Resolved {
         /// Shortest remaining lifetime of the copies that hold `rec` (only
         /// when read in one pass with nothing rewritten).
         expires_in: Option<std::time::Duration>,
+        /// What was read, for the save that follows.
+        seen: Seen,
     },
     /// Tombstone, expired, or nothing reachable.
     Gone,
@@ -70,6 +72,7 @@ impl Core {
                 id: l.id.with_route(route),
                 record: l.record,
                 expires_in: None,
+                seen: Seen::default(),
             }));
         }
         let mut cur = id.with_route(None);
@@ -80,12 +83,14 @@ impl Core {
                     id: at,
                     rec,
                     expires_in,
+                    seen,
                 } => {
                     let read = (rec.version, rec.last_access_ms);
                     return Ok(self.with_pending(&at, Some(rec), route).map(|mut l| {
                         // Unless a newer copy waiting in degraded memory won.
                         if (l.record.version, l.record.last_access_ms) == read {
                             l.expires_in = expires_in;
+                            l.seen = seen;
                         }
                         l
                     }));
@@ -122,6 +127,7 @@ impl Core {
             id: at.with_route(route),
             record,
             expires_in: None,
+            seen: Seen::default(),
         })
     }
 
@@ -207,7 +213,22 @@ impl Core {
             })
             .min()
             .map(|secs| std::time::Duration::from_secs(secs.into()));
-        Ok(self.outcome(id, w, live, expires_in))
+        // Where the copies were and their CAS values, for the save that
+        // follows (it must not overwrite a logout's tombstone written since).
+        let seen_copy = |node: usize, s: &Stored| SeenCopy {
+            node,
+            cas: match s {
+                Stored::Missing => None,
+                Stored::Garbage { cas } | Stored::Record { cas, .. } => Some(*cas),
+            },
+        };
+        let seen = Seen {
+            copies: [
+                copies.first().map(|c| seen_copy(c.0, &c.2)),
+                copies.get(1).map(|c| seen_copy(c.0, &c.2)),
+            ],
+        };
+        Ok(self.outcome(id, w, live, expires_in, seen))
     }
 
     fn outcome(
@@ -216,12 +237,14 @@ impl Core {
         w: SessionRecord,
         live: Option<SessionRecord>,
         expires_in: Option<std::time::Duration>,
+        seen: Seen,
     ) -> Resolved {
         match w.kind {
             RecordKind::Live => Resolved::Live {
                 id: id.clone(),
                 rec: w,
                 expires_in,
+                seen,
             },
             RecordKind::Deleted => Resolved::Gone,
             RecordKind::Moved(ref to) => match SessionId::parse(to) {
@@ -267,7 +290,7 @@ impl Core {
                 // Unknown node: place it afresh like a relocation from nowhere.
                 Ok(self.relocate(id, usize::MAX, w, &copies).await)
             }
-            _ => Ok(self.outcome(id, w, None, None)),
+            _ => Ok(self.outcome(id, w, None, None, Seen::default())),
         }
     }
 
@@ -289,6 +312,7 @@ impl Core {
                 id: id.clone(),
                 rec: w,
                 expires_in: None,
+                seen: Seen::default(),
             };
         };
         let new = id.with_node(Some(self.node_id(t))).with_route(None);
@@ -338,6 +362,7 @@ impl Core {
                     id: id.clone(),
                     rec: w,
                     expires_in: None,
+                    seen: Seen::default(),
                 };
             }
         }
@@ -375,6 +400,7 @@ impl Core {
             id: new,
             rec,
             expires_in: None,
+            seen: Seen::default(),
         }
     }
 

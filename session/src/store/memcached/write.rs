@@ -20,14 +20,47 @@ use std::time::Duration;
 
 use ferrocat_memcached::{SetMode, StoreStatus};
 
-use super::inner::{backup_key, lock_key, Core};
+use super::inner::{backup_key, lock_key, Core, Stored};
 use crate::id::SessionId;
 use crate::record::{now_ms, RecordKind, SessionRecord, HEADER_LEN};
-use crate::store::StoreError;
+use crate::store::{Seen, SeenCopy, StoreError};
 
 /// Lowest version of a tombstone: far above any count of writes, so no live
 /// copy written before or racing with the logout can supersede it.
 pub const TOMBSTONE_VERSION: u64 = 1 << 62;
+
+/// Where a save landed.
+enum Placed {
+    /// Under this id (a new one after a relocation).
+    At(SessionId),
+    /// No node took it.
+    Nowhere,
+    /// The session was invalidated since the load; nothing live written.
+    Refused,
+}
+
+/// What a write to one copy location did.
+enum Landed {
+    Written,
+    /// The copy is a tombstone (the one found; boxed, it is rare).
+    Refused(Box<SessionRecord>),
+}
+
+impl Seen {
+    /// How to write copy `which` (0 primary, 1 backup) on `node`: with the
+    /// CAS value the load saw there, add-if-absent where it saw nothing, and
+    /// unconditionally where it did not look (another node, no load).
+    fn mode(&self, which: usize, node: usize) -> SetMode {
+        match self.copies[which] {
+            Some(SeenCopy {
+                node: n,
+                cas: Some(cas),
+            }) if n == node => SetMode::Cas(cas),
+            Some(SeenCopy { node: n, cas: None }) if n == node => SetMode::Add,
+            _ => SetMode::Set,
+        }
+    }
+}
 
 fn bump(n: &std::sync::atomic::AtomicU64) {
     n.fetch_add(1, Relaxed);
@@ -53,6 +86,18 @@ impl Core {
         id: &SessionId,
         rec: &SessionRecord,
     ) -> Result<SessionId, StoreError> {
+        self.save_seen(id, rec, &Seen::default()).await
+    }
+
+    /// `SessionBackend::save_seen`: a copy the load saw is written with its
+    /// CAS value (a missing one add-if-absent), so a logout's tombstone
+    /// written in between is noticed instead of overwritten.
+    pub(crate) async fn save_seen(
+        &self,
+        id: &SessionId,
+        rec: &SessionRecord,
+        seen: &Seen,
+    ) -> Result<SessionId, StoreError> {
         let max = self.clients[0].options().max_value_size;
         let size = HEADER_LEN + rec.payload.len();
         if size > max {
@@ -64,10 +109,14 @@ impl Core {
             });
         }
         if !self.health.load().all_down() {
-            if let Some(at) = self.save_to_nodes(id, rec).await {
-                self.degraded.drop_pending(id);
-                self.degraded.drop_pending(&at);
-                return Ok(at.with_route(id.route()));
+            match self.place(id, rec, seen).await {
+                Placed::At(at) => {
+                    self.degraded.drop_pending(id);
+                    self.degraded.drop_pending(&at);
+                    return Ok(at.with_route(id.route()));
+                }
+                Placed::Refused => return Err(StoreError::Invalidated),
+                Placed::Nowhere => {}
             }
             bump(&self.stats.backup_failures);
         }
@@ -83,9 +132,20 @@ impl Core {
         id: &SessionId,
         rec: &SessionRecord,
     ) -> Option<SessionId> {
+        match self.place(id, rec, &Seen::default()).await {
+            Placed::At(at) => Some(at),
+            Placed::Refused | Placed::Nowhere => None,
+        }
+    }
+
+    /// Writes `rec` to memcached (see [`Core::save_seen`] for `seen`).
+    async fn place(&self, id: &SessionId, rec: &SessionRecord, seen: &Seen) -> Placed {
         let id = id.with_route(None);
         if !rec.is_live() {
-            return Box::pin(self.write_tombstone(&id, rec)).await.then_some(id);
+            return match Box::pin(self.write_tombstone(&id, rec)).await {
+                true => Placed::At(id),
+                false => Placed::Nowhere,
+            };
         }
         let snap = self.health.load_full();
         let p = id.node().and_then(|n| self.placement.index(n));
@@ -98,12 +158,32 @@ impl Core {
                 let b = self
                     .placement
                     .first_usable(id.random(), &[p], |i| snap.usable(i));
-                let (pw, bw) = futures::join!(self.write(p, &key, rec, SetMode::Set), async {
+                let (pw, bw) = futures::join!(self.write(p, &key, rec, seen.mode(0, p)), async {
                     match b {
-                        Some(b) => Some(self.write(b, &bkey, rec, SetMode::Set).await),
+                        Some(b) => Some(self.write(b, &bkey, rec, seen.mode(1, b)).await),
                         None => None,
                     }
                 });
+                // A conditional write that did not land (the copy changed
+                // since the load) is settled apart: rare, and boxed so this
+                // future stays small.
+                let conflict = |r: &Result<StoreStatus, StoreError>| matches!(r, Ok(s) if *s != StoreStatus::Stored);
+                let (pw, bw) = if conflict(&pw) || bw.as_ref().is_some_and(conflict) {
+                    match Box::pin(self.settle_both(
+                        &id,
+                        (p, &key, pw),
+                        b.map(|b| (b, bkey.as_str())),
+                        bw,
+                        rec,
+                    ))
+                    .await
+                    {
+                        Some(settled) => settled,
+                        None => return Placed::Refused,
+                    }
+                } else {
+                    (pw.map(drop), bw.map(|r| r.map(drop)))
+                };
                 if pw.is_ok() {
                     let backed_up = match (b, bw) {
                         (Some(b), Some(Err(_))) => {
@@ -112,13 +192,80 @@ impl Core {
                         (_, bw) => bw.is_some(),
                     };
                     self.count_backup(backed_up);
-                    return Some(id);
+                    return Placed::At(id);
                 }
             }
         }
         // The primary is down or failed: relocate (boxed: the rare path keeps
         // the common path's future small).
-        Box::pin(self.relocate_on_save(&id, p, exclude, rec)).await
+        match Box::pin(self.relocate_on_save(&id, p, exclude, rec)).await {
+            Some(at) => Placed::At(at),
+            None => Placed::Nowhere,
+        }
+    }
+
+    /// Settles the conditional writes of a save that did not land; `None`
+    /// when a copy turned out to be a tombstone (the session was invalidated:
+    /// the tombstone then goes to both copies, so no copy of this write
+    /// stays live).
+    #[allow(clippy::type_complexity)]
+    async fn settle_both(
+        &self,
+        id: &SessionId,
+        (p, key, pw): (usize, &str, Result<StoreStatus, StoreError>),
+        backup: Option<(usize, &str)>,
+        bw: Option<Result<StoreStatus, StoreError>>,
+        rec: &SessionRecord,
+    ) -> Option<(Result<(), StoreError>, Option<Result<(), StoreError>>)> {
+        let pw = match pw {
+            Ok(StoreStatus::Stored) => Ok(Landed::Written),
+            Ok(_) => self.settle(p, key, rec).await,
+            Err(e) => Err(e),
+        };
+        let bw = match (backup, bw) {
+            (_, Some(Ok(StoreStatus::Stored))) => Some(Ok(Landed::Written)),
+            (Some((b, bkey)), Some(Ok(_))) => Some(self.settle(b, bkey, rec).await),
+            (_, Some(Err(e))) => Some(Err(e)),
+            (None, _) | (_, None) => None,
+        };
+        let refused = match (&pw, &bw) {
+            (Ok(Landed::Refused(t)), _) | (_, Some(Ok(Landed::Refused(t)))) => Some(t),
+            _ => None,
+        };
+        if let Some(tomb) = refused {
+            self.write_tombstone(id, tomb).await;
+            return None;
+        }
+        Some((pw.map(drop), bw.map(|r| r.map(drop))))
+    }
+
+    /// A conditional write of `rec` to `key` on `node` found the copy
+    /// changed since the load: read it again. A tombstone refuses the write
+    /// (the session was invalidated); a live copy written meanwhile is
+    /// replaced (last write wins, as without locking), with CAS so that a
+    /// tombstone arriving now is still noticed.
+    async fn settle(
+        &self,
+        node: usize,
+        key: &str,
+        rec: &SessionRecord,
+    ) -> Result<Landed, StoreError> {
+        for _ in 0..3 {
+            let mode = match self.read(node, key).await? {
+                Stored::Record { rec: found, .. } if found.kind == RecordKind::Deleted => {
+                    return Ok(Landed::Refused(Box::new(found)));
+                }
+                Stored::Record { cas, .. } | Stored::Garbage { cas } => SetMode::Cas(cas),
+                Stored::Missing => SetMode::Add,
+            };
+            if self.write(node, key, rec, mode).await? == StoreStatus::Stored {
+                return Ok(Landed::Written);
+            }
+        }
+        // Still racing with other writers after three rounds: write as a
+        // save without a load does.
+        self.write(node, key, rec, SetMode::Set).await?;
+        Ok(Landed::Written)
     }
 
     /// `save_to_nodes` when the primary is down or failed: writes the session
