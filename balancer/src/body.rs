@@ -10,6 +10,8 @@
 //! upstream's read buffer to the client by its framing (length, chunked passed through or
 //! decoded, until close), with `proxy_read_timeout` between reads.
 
+use std::task::Poll;
+
 use bytes::Buf as _;
 
 use crate::conn::{Conn, BODY_TIMEOUT};
@@ -76,6 +78,120 @@ pub(crate) enum StreamError {
     Upstream(std::io::Error),
     /// The upstream took nothing for `proxy_send_timeout`.
     Timeout,
+    /// The upstream started answering before it had the whole body (its own
+    /// 413 or 401, say): what it sent is in the upstream connection's read
+    /// buffer; the response is read and passed on, then the client
+    /// connection closes (the rest of its body was not read).
+    Answered,
+}
+
+/// What a send of body bytes to the upstream came to.
+pub(crate) enum Sent {
+    Done,
+    /// The upstream sent something (its answer) meanwhile.
+    Answered,
+}
+
+/// Writes `data` to the upstream within `limit` per wait, watching the
+/// upstream for an early answer whenever the write has to wait or fails (an
+/// upstream that answers and stops reading would otherwise stall the write
+/// until the time-out, or reset the connection and lose its answer).
+pub(crate) async fn write_watching(
+    up: &mut UpConn,
+    data: &[u8],
+    timer: &mut io::LazyTimer,
+    limit: std::time::Duration,
+) -> Result<std::io::Result<Sent>, io::Elapsed> {
+    use tokio::io::AsyncWrite as _;
+    let mut written = 0;
+    let mut failed: Option<std::io::Error> = None;
+    let work = std::future::poll_fn(|cx| loop {
+        if let Some(e) = failed.take() {
+            // The write failed (reset after answering?): the socket is readable now, with the
+            // answer if one came; wait for the reactor to say so, then read.
+            match up.stream.poll_read_ready(cx) {
+                Poll::Pending => {
+                    failed = Some(e);
+                    return Poll::Pending;
+                }
+                Poll::Ready(_) => {
+                    if up.rbuf.capacity() - up.rbuf.len() < 4096 {
+                        up.rbuf.reserve(io::READ_CHUNK);
+                    }
+                    return Poll::Ready(match up.stream.try_read_buf(&mut up.rbuf) {
+                        Ok(n) if n > 0 => Ok(Sent::Answered),
+                        _ => Err(e),
+                    });
+                }
+            }
+        }
+        if written == data.len() {
+            return Poll::Ready(Ok(Sent::Done));
+        }
+        match std::pin::Pin::new(&mut up.stream).poll_write(cx, &data[written..]) {
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            Poll::Ready(Ok(n)) => written += n,
+            // Reset or closed by the upstream: it may have answered first.
+            Poll::Ready(Err(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                failed = Some(e)
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            // The upstream takes no more for now: has it answered instead? (Only checked when
+            // a write has to wait, so the common small request costs nothing extra.)
+            Poll::Pending => {
+                if let Some(answer) = answered(up, cx) {
+                    return Poll::Ready(answer);
+                }
+                return Poll::Pending;
+            }
+        }
+    });
+    io::within(timer, limit, work).await
+}
+
+/// `Some(Answered)` if the upstream has sent bytes (read into its buffer);
+/// `None` if nothing arrived (an end of stream alone is left to the write,
+/// which then fails as before).
+fn answered(up: &mut UpConn, cx: &mut std::task::Context<'_>) -> Option<std::io::Result<Sent>> {
+    if !up.rbuf.is_empty() {
+        return Some(Ok(Sent::Answered));
+    }
+    match up.stream.poll_read_ready(cx) {
+        Poll::Ready(Ok(())) => {
+            if up.rbuf.capacity() - up.rbuf.len() < 4096 {
+                up.rbuf.reserve(io::READ_CHUNK);
+            }
+            match up.stream.try_read_buf(&mut up.rbuf) {
+                Ok(n) if n > 0 => Some(Ok(Sent::Answered)),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Waits for more of the client's body, watching the upstream for an early
+/// answer meanwhile; `Ok(false)` when the client closed, failed or stalled.
+async fn read_client_watching(c: &mut Conn, up: &mut UpConn) -> Result<bool, Sent> {
+    let (stream, rbuf) = (&mut c.stream, &mut c.rbuf);
+    let wait = std::future::poll_fn(|cx| {
+        if let Some(Ok(Sent::Answered)) = answered(up, cx) {
+            return Poll::Ready(Err(Sent::Answered));
+        }
+        io::poll_read(stream, rbuf, cx).map(Ok)
+    });
+    match io::within(&mut c.ctimer, BODY_TIMEOUT, wait).await {
+        Ok(Ok(Ok(n))) => Ok(n > 0),
+        Ok(Err(answer)) => Err(answer),
+        _ => Ok(false),
+    }
 }
 
 /// Reads more from the client into `c.rbuf`; false if it closed, failed or stalled.
@@ -199,6 +315,17 @@ async fn spool_rest(c: &mut Conn, mut dec: ChunkedDecoder, limit: u64) -> Intake
     }
 }
 
+/// After an early answer: discards what is left of the client's body (bounded by
+/// `DRAIN_LIMIT` and `DRAIN_TIME`) before the connection closes, so that a client still sending
+/// reads the answer instead of a connection reset.
+pub(crate) async fn linger(c: &mut Conn, body: &ReqBody) {
+    match body {
+        ReqBody::Length { left } if *left > 0 => drain_length(c, *left).await,
+        ReqBody::Chunked(dec) if !dec.is_done() => drain_length(c, DRAIN_LIMIT).await,
+        _ => {}
+    }
+}
+
 /// Discards the rest of a refused `Content-Length` body (bounded), so that the client, still
 /// sending, reads the answer instead of a connection reset (nginx's lingering close).
 async fn drain_length(c: &mut Conn, n: u64) {
@@ -262,8 +389,9 @@ pub(crate) async fn send_stream(
                 let take = (c.rbuf.len() as u64).min(*left) as usize;
                 if take > 0 {
                     let data = &c.rbuf[..take];
-                    match io::write_all(&mut up.stream, data, &mut c.utimer, send_timeout).await {
-                        Ok(Ok(())) => {}
+                    match write_watching(up, data, &mut c.utimer, send_timeout).await {
+                        Ok(Ok(Sent::Done)) => {}
+                        Ok(Ok(Sent::Answered)) => return Err(StreamError::Answered),
                         Ok(Err(e)) => return Err(StreamError::Upstream(e)),
                         Err(_) => return Err(StreamError::Timeout),
                     }
@@ -294,17 +422,21 @@ pub(crate) async fn send_stream(
                     c.wire.extend_from_slice(b"0\r\n\r\n");
                 }
                 if !c.wire.is_empty() {
-                    match io::write_all(&mut up.stream, &c.wire, &mut c.utimer, send_timeout).await
-                    {
-                        Ok(Ok(())) => {}
+                    match write_watching(up, &c.wire, &mut c.utimer, send_timeout).await {
+                        Ok(Ok(Sent::Done)) => {}
+                        Ok(Ok(Sent::Answered)) => return Err(StreamError::Answered),
                         Ok(Err(e)) => return Err(StreamError::Upstream(e)),
                         Err(_) => return Err(StreamError::Timeout),
                     }
                 }
             }
         }
-        if !body.complete() && c.rbuf.is_empty() && !read_client(c).await {
-            return Err(StreamError::Client);
+        if !body.complete() && c.rbuf.is_empty() {
+            match read_client_watching(c, up).await {
+                Ok(true) => {}
+                Ok(false) => return Err(StreamError::Client),
+                Err(_) => return Err(StreamError::Answered),
+            }
         }
     }
 }

@@ -206,8 +206,12 @@ impl Worker {
             };
             self.assemble(c, up, req, body);
             let send = snap.cfg.proxy_send_timeout;
-            match io::write_all(&mut conn.stream, &c.wire, &mut c.utimer, send).await {
-                Ok(Ok(())) => {}
+            let mut answered = false;
+            match body::write_watching(&mut conn, &c.wire, &mut c.utimer, send).await {
+                Ok(Ok(body::Sent::Done)) => {}
+                // Answered already (a reused connection's stale bytes are
+                // caught by the pool's check before it is handed out).
+                Ok(Ok(body::Sent::Answered)) => answered = true,
                 // Closed while idle, so nothing of this request was taken: use another one.
                 Ok(Err(e)) if reused => {
                     log::debug!("pooled connection to {} was closed: {e}", up.addr);
@@ -222,12 +226,15 @@ impl Worker {
                 }
                 Err(_) => return Err(timeout(up, "sending the request")),
             }
-            if !matches!(body, ReqBody::Buffered) {
+            if !answered && !matches!(body, ReqBody::Buffered) {
                 // A spooled body is read back from its file on every attempt.
                 *replayable &= matches!(body, ReqBody::Spooled(_));
                 let limit = snap.cfg.client_max_body_size;
                 match body::send_stream(c, &mut conn, body, limit, send).await {
-                    Ok(()) => {}
+                    // An early answer (the upstream's own 413, say) is read
+                    // and passed on like any response; the client
+                    // connection closes after it (`respond`: body incomplete).
+                    Ok(()) | Err(StreamError::Answered) => {}
                     Err(StreamError::Client) => return Err(Failure::Client),
                     Err(StreamError::TooLarge) => return Err(Failure::TooLarge),
                     Err(StreamError::Timeout) => return Err(timeout(up, "sending the request")),
@@ -380,7 +387,14 @@ impl Worker {
         c.wbuf.extend_from_slice(b"\r\n");
         let outcome =
             body::forward(c, &mut conn, resp.body, mode, snap.cfg.proxy_read_timeout).await;
-        if outcome == Forwarded::Complete && resp.reusable && self.pool.enabled() {
+        if !body.complete() {
+            // Answered before the whole body was sent: let the client finish
+            // sending before the close (nginx's lingering close).
+            body::linger(c, body).await;
+        }
+        // Not after an early answer: the upstream did not get the whole body.
+        if outcome == Forwarded::Complete && resp.reusable && body.complete() && self.pool.enabled()
+        {
             self.pool.put(conn);
         }
         drop(guard);

@@ -106,3 +106,127 @@ async fn chunked_bodies_over_a_large_limit_get_413_before_any_upstream_is_contac
     assert_eq!(a.hits(), 1);
     h.stop(true).await;
 }
+
+/// A raw upstream that answers `/upload` with its own 413 as soon as it has the head (before
+/// reading the body) and closes, and `/ok` with 200; counts the requests it saw.
+async fn early_answering_upstream() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = up.local_addr().unwrap();
+    let uploads = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = uploads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = up.accept().await else {
+                return;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"POST /upload") {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                };
+                let _ = s.write_all(answer).await;
+                // Closed with the body unread: the kernel resets the connection when more arrives.
+            });
+        }
+    });
+    (addr, uploads)
+}
+
+/// Sends `head` and then `body` (ignoring write errors) while reading the answer; returns it.
+async fn upload(addr: &str, head: &'static [u8], body: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        if wr.write_all(head).await.is_ok() {
+            for part in body.chunks(64 * 1024) {
+                if wr.write_all(part).await.is_err() {
+                    break;
+                }
+            }
+        }
+        wr
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !String::from_utf8_lossy(&answer).contains("too large") {
+            match rd.read(&mut buf).await {
+                Ok(n) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within 10 s");
+    drop(writer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// An upstream that answers before it has read the whole body (its own 413, as a server with a
+/// smaller limit does) gets its answer passed on, as nginx does, instead of a 502; it is not
+/// counted as failed, and the request is not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
+    use std::sync::atomic::Ordering;
+    let (up_addr, uploads) = early_answering_upstream().await;
+    let mut cfg = ferrocat_balancer::BalancerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        // No limit: both bodies are streamed to the upstream as they arrive.
+        client_max_body_size: 0,
+        upstream: vec![ferrocat_balancer::UpstreamConfig::new(up_addr.to_string())],
+        ..ferrocat_balancer::BalancerConfig::default()
+    };
+    cfg.proxy_next_upstream_tries = 3;
+    let (h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    let big = vec![b'x'; 8 << 20];
+    let answer = upload(
+        &addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n",
+        big.clone(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too large"), "{answer:?}");
+
+    let mut chunked = Vec::new();
+    for _ in 0..8 {
+        chunked.extend_from_slice(b"100000\r\n");
+        chunked.extend_from_slice(&big[..1 << 20]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = upload(
+        &addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        chunked,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too large"), "{answer:?}");
+
+    // Each upload reached the upstream once; a 4xx is no failure: the upstream still serves.
+    assert_eq!(uploads.load(Ordering::SeqCst), 2);
+    let (status, _) = get(&client(), &format!("{base}/ok")).await;
+    assert_eq!(status, 200);
+    h.stop(false).await;
+}
