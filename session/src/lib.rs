@@ -23,6 +23,18 @@
 //! * [`manager`]: the middleware, the [`Session`] extractor, locking, persistence.
 //! * [`config`]: the `[session]` config section.
 //! * [`stats`]: msm-like statistics.
+//!
+//! Two rules that hold without locking (`locking_mode = none`), across app nodes:
+//! * A logout stands. Invalidation writes tombstones instead of deleting; the
+//!   load remembers what it read of each copy ([`store::Seen`]: memcached CAS
+//!   values) and the save writes those copies only if they did not change, so
+//!   a request that loaded the session before another request (or app node)
+//!   logged it out cannot write it back: its save is refused
+//!   ([`store::StoreError::Invalidated`], `saves_refused_after_logout`) and its
+//!   response removes the cookie. Live writes racing each other still land
+//!   (last write wins, as in msm).
+//! * An unchanged session is refreshed, not rewritten, once per quarter of its
+//!   max inactive interval: the load reads the copies' remaining lifetime.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
