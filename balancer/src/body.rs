@@ -371,7 +371,7 @@ pub(crate) async fn send_stream(
             ReqBody::Buffered => return Ok(()),
             ReqBody::Spooled(spool) => {
                 return spool
-                    .send(&mut up.stream, &mut c.wire, &mut c.utimer, send_timeout)
+                    .send(up, &mut c.wire, &mut c.utimer, send_timeout)
                     .await
                     .map_err(|e| match e {
                         crate::spool::SpoolSendError::File(e) => {
@@ -380,6 +380,7 @@ pub(crate) async fn send_stream(
                         }
                         crate::spool::SpoolSendError::Upstream(e) => StreamError::Upstream(e),
                         crate::spool::SpoolSendError::Timeout => StreamError::Timeout,
+                        crate::spool::SpoolSendError::Answered => StreamError::Answered,
                     });
             }
             ReqBody::Length { left } => {

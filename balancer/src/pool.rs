@@ -26,6 +26,8 @@ pub(crate) struct UpConn {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     addr: SocketAddr,
+    /// The upstream answered before it had the whole request: never reused.
+    pub answered_early: bool,
 }
 
 impl UpConn {
@@ -91,7 +93,7 @@ impl Pool {
 
     /// Returns a connection whose last response was read completely.
     pub fn put(&self, conn: UpConn) {
-        if !conn.rbuf.is_empty() {
+        if !conn.rbuf.is_empty() || conn.answered_early {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -126,6 +128,7 @@ impl Pool {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             addr,
+            answered_early: false,
         })
     }
 }

@@ -211,7 +211,10 @@ impl Worker {
                 Ok(Ok(body::Sent::Done)) => {}
                 // Answered already (a reused connection's stale bytes are
                 // caught by the pool's check before it is handed out).
-                Ok(Ok(body::Sent::Answered)) => answered = true,
+                Ok(Ok(body::Sent::Answered)) => {
+                    answered = true;
+                    conn.answered_early = true;
+                }
                 // Closed while idle, so nothing of this request was taken: use another one.
                 Ok(Err(e)) if reused => {
                     log::debug!("pooled connection to {} was closed: {e}", up.addr);
@@ -234,7 +237,8 @@ impl Worker {
                     // An early answer (the upstream's own 413, say) is read
                     // and passed on like any response; the client
                     // connection closes after it (`respond`: body incomplete).
-                    Ok(()) | Err(StreamError::Answered) => {}
+                    Ok(()) => {}
+                    Err(StreamError::Answered) => conn.answered_early = true,
                     Err(StreamError::Client) => return Err(Failure::Client),
                     Err(StreamError::TooLarge) => return Err(Failure::TooLarge),
                     Err(StreamError::Timeout) => return Err(timeout(up, "sending the request")),

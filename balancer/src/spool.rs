@@ -12,9 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 
-use crate::io::{self, LazyTimer};
+use crate::io::LazyTimer;
 
 /// Bytes read back from the file per write to the upstream.
 const SEND_CHUNK: usize = 64 * 1024;
@@ -35,6 +34,8 @@ pub(crate) enum SpoolSendError {
     Upstream(std::io::Error),
     /// The upstream took nothing for the send time-out.
     Timeout,
+    /// The upstream answered before it had the whole body.
+    Answered,
 }
 
 impl Spool {
@@ -85,7 +86,7 @@ impl Spool {
     /// Sends the whole file to `to`, using `scratch` as the buffer.
     pub async fn send(
         &mut self,
-        to: &mut TcpStream,
+        to: &mut crate::pool::UpConn,
         scratch: &mut Vec<u8>,
         timer: &mut LazyTimer,
         send_timeout: Duration,
@@ -108,8 +109,9 @@ impl Spool {
                     std::io::ErrorKind::UnexpectedEof.into(),
                 ));
             }
-            match io::write_all(to, &scratch[..n], timer, send_timeout).await {
-                Ok(Ok(())) => {}
+            match crate::body::write_watching(to, &scratch[..n], timer, send_timeout).await {
+                Ok(Ok(crate::body::Sent::Done)) => {}
+                Ok(Ok(crate::body::Sent::Answered)) => return Err(SpoolSendError::Answered),
                 Ok(Err(e)) => return Err(SpoolSendError::Upstream(e)),
                 Err(_) => return Err(SpoolSendError::Timeout),
             }

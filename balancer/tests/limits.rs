@@ -218,7 +218,7 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     let answer = upload(
         &addr,
         b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-        chunked,
+        chunked.clone(),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
@@ -228,5 +228,28 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     assert_eq!(uploads.load(Ordering::SeqCst), 2);
     let (status, _) = get(&client(), &format!("{base}/ok")).await;
     assert_eq!(status, 200);
+    h.stop(false).await;
+
+    // Under a large limit a chunked body is taken in first (the part past 1 MiB in a temp file)
+    // and then sent: the early answer comes through as well.
+    let mut cfg = ferrocat_balancer::BalancerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 1,
+        client_max_body_size: 64 << 20,
+        upstream: vec![ferrocat_balancer::UpstreamConfig::new(up_addr.to_string())],
+        ..ferrocat_balancer::BalancerConfig::default()
+    };
+    cfg.proxy_next_upstream_tries = 3;
+    let (h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    let answer = upload(
+        &addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+        chunked,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too large"), "{answer:?}");
+    assert_eq!(uploads.load(Ordering::SeqCst), 3);
     h.stop(false).await;
 }
