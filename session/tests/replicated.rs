@@ -705,3 +705,98 @@ async fn a_save_loaded_before_a_logout_on_another_node_is_refused() {
     b.save_seen(&id, &rb, &lb.seen).await.unwrap();
     assert_eq!(payload(&a, &id).await, Some((id.clone(), "v=b".into())));
 }
+
+/// The node (of `c`) that holds `key`.
+async fn node_of(key: &str, c: &[(String, NodeClient)]) -> Option<String> {
+    for (n, client) in c {
+        if raw_record(client, key).await.is_some() {
+            return Some(n.clone());
+        }
+    }
+    None
+}
+
+/// The conditional save's other paths: a copy that was missing at load time and written by
+/// someone else meanwhile is replaced (add-if-absent fails, the copy is read again, written with
+/// its CAS); a logout whose tombstone reached only the primary still refuses the save, and the
+/// tombstone then covers the backup too.
+#[actix_rt::test]
+async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
+    let mut cluster = Cluster::start(3);
+    let (store, _) = store(&cluster);
+    settled(&store).await;
+    let clients: Vec<(String, NodeClient)> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| {
+            let c = NodeClient::new(cluster.node(n).addr(), ClientOptions::default());
+            ((*n).to_owned(), c)
+        })
+        .collect();
+
+    // 1. Backup missing when loaded, then rewritten by another writer.
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "a")).await.unwrap();
+    let bkey = format!("bak:{}", id.key());
+    let bnode = node_of(&bkey, &clients).await.expect("backup copy");
+    let bclient = &clients.iter().find(|(n, _)| *n == bnode).unwrap().1;
+    bclient.delete(&Key::new(&bkey).unwrap()).await.unwrap();
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    // (the load repaired the backup; remove it again so the save's add-if-absent is what runs)
+    bclient.delete(&Key::new(&bkey).unwrap()).await.unwrap();
+    let other = live(5, "other writer");
+    bclient
+        .set(
+            &Key::new(&bkey).unwrap(),
+            &other.encode(),
+            0,
+            600,
+            SetMode::Set,
+        )
+        .await
+        .unwrap();
+    let mut next = loaded.record.clone();
+    next.version += 1;
+    next.payload = b"ours".to_vec();
+    store.save_seen(&id, &next, &loaded.seen).await.unwrap();
+    assert_eq!(raw_record(bclient, &bkey).await.unwrap().payload, b"ours");
+
+    // 2. A logout that reached only the primary.
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "b")).await.unwrap();
+    let loaded = store.load(&id).await.unwrap().unwrap();
+    let pclient = &clients
+        .iter()
+        .find(|(n, _)| Some(n.as_str()) == id.node())
+        .unwrap()
+        .1;
+    let mut tomb = loaded.record.tombstone();
+    tomb.version = tomb
+        .version
+        .max(ferrocat_session::store::memcached::TOMBSTONE_VERSION);
+    pclient
+        .set(
+            &Key::new(&id.key()).unwrap(),
+            &tomb.encode(),
+            0,
+            600,
+            SetMode::Set,
+        )
+        .await
+        .unwrap();
+    let mut next = loaded.record.clone();
+    next.version += 1;
+    let refused = store.save_seen(&id, &next, &loaded.seen).await;
+    assert!(
+        matches!(refused, Err(ferrocat_session::StoreError::Invalidated)),
+        "{refused:?}"
+    );
+    let bkey = format!("bak:{}", id.key());
+    let bnode = node_of(&bkey, &clients).await.expect("backup copy");
+    let bclient = &clients.iter().find(|(n, _)| *n == bnode).unwrap().1;
+    assert_eq!(
+        raw_record(bclient, &bkey).await.unwrap().kind,
+        RecordKind::Deleted,
+        "the backup copy was left live"
+    );
+    assert!(store.load(&id).await.unwrap().is_none());
+}
