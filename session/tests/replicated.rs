@@ -775,7 +775,7 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
         .max(ferrocat_session::store::memcached::TOMBSTONE_VERSION);
     pclient
         .set(
-            &Key::new(&id.key()).unwrap(),
+            &Key::new(id.key()).unwrap(),
             &tomb.encode(),
             0,
             600,
