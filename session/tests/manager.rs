@@ -90,6 +90,7 @@ on_every_store!(
     invalidate_removes_the_session_and_the_cookie,
     an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval,
     a_request_that_loaded_the_session_before_a_logout_does_not_bring_it_back,
+    sticky_a_request_served_from_the_cache_before_a_logout_does_not_bring_it_back,
 );
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
@@ -283,9 +284,17 @@ async fn an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval(ki
     assert_eq!((s.backups, s.store_load_misses), (1, 0), "{s:?}");
 }
 
+async fn sticky_a_request_served_from_the_cache_before_a_logout_does_not_bring_it_back(kind: Kind) {
+    logout_race(kind, true).await;
+}
+
 async fn a_request_that_loaded_the_session_before_a_logout_does_not_bring_it_back(kind: Kind) {
+    logout_race(kind, false).await;
+}
+
+async fn logout_race(kind: Kind, sticky: bool) {
     // locking_mode none (the default): nothing serializes the two requests.
-    let (mgr, _cluster) = manager_on(kind, |_| {});
+    let (mgr, _cluster) = manager_on(kind, |c| c.sticky = sticky);
     let app = app!(mgr);
     let res = test::call_service(&app, test::TestRequest::post().uri("/attr/a").to_request()).await;
     let cookie = cookie_of(&res).unwrap();

@@ -199,6 +199,9 @@ impl Inner {
         let started = Instant::now();
         if let Some(cache) = &self.cache {
             if let Some(hit) = cache.get(&id.key()) {
+                if !hit.record.is_live() {
+                    return; // logged out on this node (a marker, see `finish_invalidated`)
+                }
                 let c = CachedSession::clone(&hit);
                 if self.fill_state(state, c.id, c.record, c.hash) {
                     return;
@@ -293,7 +296,27 @@ impl Inner {
             self.learner.record(p, changed);
         }
 
+        let mut locks = locks;
         if let (true, Some(payload), Some(hash)) = (changed, payload, hash) {
+            if let Some(cache) = &self.cache {
+                // Sticky: the cache is the session's truth on this node. Saving and logging out
+                // take the session's in-process lock, so a logout cannot fall between the check
+                // and the save; after a logout the cache holds its marker.
+                if locks.local.is_none() {
+                    let mutex = self.local_locks.get(&id.key());
+                    locks.local = Some(mutex.lock_owned().await);
+                }
+                if cache.get(&id.key()).is_some_and(|c| !c.record.is_live()) {
+                    self.stats.saves_refused_after_logout.fetch_add(1, Relaxed);
+                    locks.release();
+                    state.id = None;
+                    return if cookie_id.is_some() {
+                        CookieAction::Remove
+                    } else {
+                        CookieAction::Keep
+                    };
+                }
+            }
             let now = now_ms();
             let record = match &state.record {
                 Some(prev) if !is_new || retired.is_some() => SessionRecord {
@@ -364,7 +387,9 @@ impl Inner {
                 // Keep (or take over into) the cache under the current id; a
                 // touched session remembers when, so the next requests do not
                 // touch it again.
-                if touched || cache.get(&id.key()).is_none_or(|c| c.id != id) {
+                let cached = cache.get(&id.key());
+                let logged_out = cached.as_ref().is_some_and(|c| !c.record.is_live());
+                if !logged_out && (touched || cached.is_none_or(|c| c.id != id)) {
                     let mut record = record.clone();
                     if touched {
                         record.last_access_ms = now_ms();
@@ -524,8 +549,26 @@ impl Inner {
             return CookieAction::Keep;
         };
         self.stats.sessions_invalidated.fetch_add(1, Relaxed);
+        let mut locks = locks;
         if let Some(cache) = &self.cache {
-            cache.remove(&id.key());
+            if locks.local.is_none() {
+                let mutex = self.local_locks.get(&id.key());
+                locks.local = Some(mutex.lock_owned().await);
+            }
+            // A marker instead of nothing: a request of this session that is still running
+            // (served from the cache before the logout) sees it and does not save.
+            let base = state.record.clone().unwrap_or_else(|| {
+                SessionRecord::new_live(0, self.max_inactive_secs(), Vec::new())
+            });
+            let marker = Arc::new(CachedSession {
+                id: id.clone(),
+                record: base.tombstone(),
+                hash: 0,
+            });
+            let evicted = cache.insert(id.key(), marker, 128);
+            self.stats
+                .cache_evictions
+                .fetch_add(evicted as u64, Relaxed);
         }
         let bound = self.settings.operation_timeout * 3;
         match tokio::time::timeout(bound, self.backend.invalidate(&id, state.record.as_ref())).await
