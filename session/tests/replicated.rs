@@ -706,16 +706,6 @@ async fn a_save_loaded_before_a_logout_on_another_node_is_refused() {
     assert_eq!(payload(&a, &id).await, Some((id.clone(), "v=b".into())));
 }
 
-/// The node (of `c`) that holds `key`.
-async fn node_of(key: &str, c: &[(String, NodeClient)]) -> Option<String> {
-    for (n, client) in c {
-        if raw_record(client, key).await.is_some() {
-            return Some(n.clone());
-        }
-    }
-    None
-}
-
 /// The conditional save's other paths: a copy that was missing at load time and written by
 /// someone else meanwhile is replaced (add-if-absent fails, the copy is read again, written with
 /// its CAS); a logout whose tombstone reached only the primary still refuses the save, and the
@@ -737,7 +727,7 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
     let id = store.new_id(None);
     store.save(&id, &live(1, "a")).await.unwrap();
     let bkey = format!("bak:{}", id.key());
-    let bnode = node_of(&bkey, &clients).await.expect("backup copy");
+    let bnode = store.copy_nodes(&id).backup.expect("backup node");
     let bclient = &clients.iter().find(|(n, _)| *n == bnode).unwrap().1;
     bclient.delete(&Key::new(&bkey).unwrap()).await.unwrap();
     let loaded = store.load(&id).await.unwrap().unwrap();
@@ -791,7 +781,7 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
         "{refused:?}"
     );
     let bkey = format!("bak:{}", id.key());
-    let bnode = node_of(&bkey, &clients).await.expect("backup copy");
+    let bnode = store.copy_nodes(&id).backup.expect("backup node");
     let bclient = &clients.iter().find(|(n, _)| *n == bnode).unwrap().1;
     assert_eq!(
         raw_record(bclient, &bkey).await.unwrap().kind,
