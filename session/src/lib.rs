@@ -32,7 +32,9 @@
 //!   logged it out cannot write it back: its save is refused
 //!   ([`store::StoreError::Invalidated`], `saves_refused_after_logout`) and its
 //!   response removes the cookie. Live writes racing each other still land
-//!   (last write wins, as in msm).
+//!   (last write wins, as in msm). In sticky mode a request served from the
+//!   node's cache has no CAS values: there the save and the invalidation take
+//!   the session's in-process lock and the logout leaves a marker in the cache.
 //! * An unchanged session is refreshed, not rewritten, once per quarter of its
 //!   max inactive interval: the load reads the copies' remaining lifetime.
 #![forbid(unsafe_code)]
