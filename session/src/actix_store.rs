@@ -45,7 +45,7 @@ use crate::id::SessionId;
 use crate::record::{now_ms, SessionRecord};
 use crate::serializer::{Attributes, SerializerError, SerializerKind};
 use crate::store::memory::MemoryStore;
-use crate::store::SessionBackend;
+use crate::store::{SessionBackend, StoreError};
 
 /// actix-session's state: attribute name -> the attribute's JSON text.
 type SessionState = HashMap<String, String>;
@@ -209,11 +209,18 @@ impl SessionStore for BackendSessionStore {
         // Supersede the stored copy: newer version, same creation time.
         record.version = existing.record.version.saturating_add(1);
         record.created_ms = existing.record.created_ms;
-        let stored = self
+        let stored = match self
             .backend
-            .save(&existing.id, &record)
+            .save_seen(&existing.id, &record, &existing.seen)
             .await
-            .map_err(|e| UpdateError::Other(e.into()))?;
+        {
+            Ok(id) => id,
+            // Purged since the load above: start a new session, as when it was already gone.
+            Err(StoreError::Invalidated) => {
+                return self.save_new(record).await.map_err(UpdateError::Other)
+            }
+            Err(e) => return Err(UpdateError::Other(e.into())),
+        };
         SessionKey::try_from(stored.to_string()).map_err(|e| UpdateError::Other(e.into()))
     }
 
@@ -292,6 +299,78 @@ mod tests {
         assert_eq!((rec.version, rec.max_inactive_secs), (2, 1800));
         store.update_ttl(&k, &Duration::seconds(60)).await.unwrap();
         assert!(store.load(&k).await.unwrap().is_some());
+    }
+
+    /// A backend whose sessions are purged right after each load (a logout landing between
+    /// `update`'s load and its save).
+    struct PurgedAfterLoad(MemoryStore);
+
+    impl SessionBackend for PurgedAfterLoad {
+        fn name(&self) -> &'static str {
+            "purged-after-load"
+        }
+        fn new_id(&self, route: Option<&str>) -> SessionId {
+            self.0.new_id(route)
+        }
+        fn load<'a>(
+            &'a self,
+            id: &'a SessionId,
+        ) -> crate::store::StoreFuture<'a, Option<crate::store::Loaded>> {
+            Box::pin(async move {
+                let loaded = self.0.load(id).await?;
+                self.0.invalidate(id, None).await?;
+                Ok(loaded)
+            })
+        }
+        fn save<'a>(
+            &'a self,
+            id: &'a SessionId,
+            record: &'a SessionRecord,
+        ) -> crate::store::StoreFuture<'a, SessionId> {
+            self.0.save(id, record)
+        }
+        fn touch<'a>(
+            &'a self,
+            id: &'a SessionId,
+            record: &'a SessionRecord,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            self.0.touch(id, record)
+        }
+        fn invalidate<'a>(
+            &'a self,
+            id: &'a SessionId,
+            last: Option<&'a SessionRecord>,
+        ) -> crate::store::StoreFuture<'a, ()> {
+            self.0.invalidate(id, last)
+        }
+        fn try_lock<'a>(
+            &'a self,
+            id: &'a SessionId,
+            expiration: std::time::Duration,
+        ) -> crate::store::StoreFuture<'a, bool> {
+            self.0.try_lock(id, expiration)
+        }
+        fn unlock<'a>(&'a self, id: &'a SessionId) -> crate::store::StoreFuture<'a, ()> {
+            self.0.unlock(id)
+        }
+    }
+
+    #[actix_rt::test]
+    async fn update_of_a_session_purged_meanwhile_starts_a_new_one() {
+        let backend = Arc::new(PurgedAfterLoad(MemoryStore::default()));
+        let store = BackendSessionStore::new(backend.clone());
+        let old = backend.new_id(None);
+        backend
+            .save(&old, &SessionRecord::new_live(0, 60, Vec::new()))
+            .await
+            .unwrap();
+        let k = store
+            .update(key(&old.to_string()), state(&[("a", "1")]), &TTL)
+            .await
+            .expect("a new session, not an error");
+        assert_ne!(k.as_ref(), old.to_string());
+        // The purged one stays purged.
+        assert!(backend.0.load(&old).await.unwrap().is_none());
     }
 
     #[actix_rt::test]
