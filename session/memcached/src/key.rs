@@ -15,9 +15,9 @@ pub const MAX_KEY_LEN: usize = 250;
 pub struct Key(Arc<str>);
 
 impl Key {
-    /// Validate `s` as a memcached key.
-    pub fn new(s: impl Into<String>) -> Result<Key, McError> {
-        let s: String = s.into();
+    /// Validate `s` as a memcached key (one allocation: the shared string).
+    pub fn new(s: impl AsRef<str>) -> Result<Key, McError> {
+        let s = s.as_ref();
         if s.is_empty() {
             return Err(McError::InvalidKey { reason: "empty" });
         }
@@ -26,12 +26,19 @@ impl Key {
                 reason: "longer than 250 bytes",
             });
         }
-        if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        // ASCII (the usual case): whitespace and control characters are the
+        // bytes up to the space, and DEL.
+        let bad = if s.is_ascii() {
+            s.bytes().any(|b| b <= b' ' || b == 0x7f)
+        } else {
+            s.chars().any(|c| c.is_whitespace() || c.is_control())
+        };
+        if bad {
             return Err(McError::InvalidKey {
                 reason: "contains whitespace or a control character",
             });
         }
-        Ok(Key(s.into()))
+        Ok(Key(Arc::from(s)))
     }
 
     /// The key text.
@@ -89,6 +96,22 @@ mod tests {
             assert!(
                 matches!(Key::new(bad.clone()), Err(McError::InvalidKey { .. })),
                 "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn ascii_check_agrees_with_the_unicode_rule_on_every_ascii_character() {
+        for b in 0u8..128 {
+            let c = char::from(b);
+            let key = format!("a{c}b");
+            let rejected = c.is_whitespace() || c.is_control();
+            assert_eq!(Key::new(&key).is_err(), rejected, "byte {b:#04x}");
+            // The same character beside a non-ASCII one takes the Unicode path.
+            assert_eq!(
+                Key::new(format!("é{c}")).is_err(),
+                rejected,
+                "byte {b:#04x}"
             );
         }
     }

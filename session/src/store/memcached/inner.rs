@@ -307,8 +307,21 @@ impl Core {
         mode: SetMode,
         ttl: u32,
     ) -> Result<StoreStatus, StoreError> {
+        self.write_encoded(node, key, bytes::Bytes::from(rec.encode()), mode, ttl)
+            .await
+    }
+
+    /// Writes an encoded record (`SessionRecord::encode`) with `mode` and
+    /// expiry `ttl`; the copies of one save share one buffer.
+    pub(crate) async fn write_encoded(
+        &self,
+        node: usize,
+        key: &str,
+        value: bytes::Bytes,
+        mode: SetMode,
+        ttl: u32,
+    ) -> Result<StoreStatus, StoreError> {
         let k = self.key(node, key, "set")?;
-        let value = bytes::Bytes::from(rec.encode());
         self.timed(
             node,
             "set",

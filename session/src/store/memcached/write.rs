@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use ferrocat_memcached::{SetMode, StoreStatus};
 
-use super::inner::{backup_key, lock_key, Core, Stored};
+use super::inner::{backup_key, lock_key, ttl_for, Core, Stored};
 use crate::id::SessionId;
 use crate::record::{now_ms, RecordKind, SessionRecord, HEADER_LEN};
 use crate::store::{Seen, SeenCopy, StoreError};
@@ -158,12 +158,21 @@ impl Core {
                 let b = self
                     .placement
                     .first_usable(id.random(), &[p], |i| snap.usable(i));
-                let (pw, bw) = futures::join!(self.write(p, &key, rec, seen.mode(0, p)), async {
-                    match b {
-                        Some(b) => Some(self.write(b, &bkey, rec, seen.mode(1, b)).await),
-                        None => None,
+                // One encoding for both copies (they share the buffer).
+                let value = bytes::Bytes::from(rec.encode());
+                let ttl = ttl_for(rec.max_inactive_secs);
+                let (pw, bw) = futures::join!(
+                    self.write_encoded(p, &key, value.clone(), seen.mode(0, p), ttl),
+                    async {
+                        match b {
+                            Some(b) => Some(
+                                self.write_encoded(b, &bkey, value, seen.mode(1, b), ttl)
+                                    .await,
+                            ),
+                            None => None,
+                        }
                     }
-                });
+                );
                 // A conditional write that did not land (the copy changed
                 // since the load) is settled apart: rare, and boxed so this
                 // future stays small.
@@ -379,7 +388,7 @@ impl Core {
             Box::pin(self.degraded.touch(id, rec)).await;
             return Ok(());
         }
-        let ttl = super::inner::ttl_for(rec.max_inactive_secs);
+        let ttl = ttl_for(rec.max_inactive_secs);
         let locs = self.copy_locations(id);
         let results =
             futures::future::join_all(locs.iter().map(|(n, k)| self.touch_key(*n, k, ttl))).await;
