@@ -790,3 +790,54 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
     );
     assert!(store.load(&id).await.unwrap().is_none());
 }
+
+/// A change that found no node (every node frozen) waits in memory. If the user logs out on
+/// another app node before it is flushed, the logout stands: a load sees the tombstone instead of
+/// the parked copy (before: the parked copy was served, and the save after it overwrote the
+/// tombstone), and the flush drops the parked copy.
+#[actix_rt::test]
+async fn a_change_parked_during_an_outage_does_not_undo_a_logout_made_meanwhile() {
+    let mut cluster = Cluster::start(3);
+    // A probes rarely, so its flush of parked sessions does not run during the test's steps.
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+        .unwrap()
+        .operation_timeout(OP_TIMEOUT)
+        .probe_interval(Duration::from_secs(60));
+    let stats_a = Arc::new(Stats::default());
+    let a = ReplicatedMemcachedStore::new(cfg, stats_a.clone()).unwrap();
+    let (b, _) = store(&cluster);
+    // (A starts with every node usable; its first probe would come after a minute.)
+    settled(&b).await;
+    let id = a.new_id(None);
+    a.save(&id, &live(1, "cart=1")).await.unwrap();
+    let seen_by_b = b.load(&id).await.unwrap().expect("loaded by B");
+
+    // Every node frozen: A's save of the next change lands nowhere and is parked in memory.
+    for n in ["n1", "n2", "n3"] {
+        cluster.node(n).freeze();
+    }
+    a.save(&id, &live(3, "cart=1,2,3")).await.unwrap();
+    assert_eq!(a.degraded_pending(), 1, "stats {:?}", stats_a.snapshot());
+    for n in ["n1", "n2", "n3"] {
+        cluster.node(n).unfreeze();
+    }
+    assert!(
+        !a.is_degraded(),
+        "the test needs A to see memcached usable: {:?}",
+        a.health()
+    );
+
+    // The user logs out on B.
+    wait_until("B sees every node up", Duration::from_secs(10), || {
+        b.health().nodes.iter().all(|n| n.state == NodeState::Up)
+    })
+    .await;
+    b.invalidate(&id, Some(&seen_by_b.record)).await.unwrap();
+
+    assert!(
+        a.load(&id).await.unwrap().is_none(),
+        "A served its parked copy of a session logged out on B"
+    );
+    assert_eq!(a.degraded_pending(), 0, "the parked copy must be dropped");
+    assert!(b.load(&id).await.unwrap().is_none());
+}

@@ -49,8 +49,10 @@ enum Resolved {
         /// What was read, for the save that follows.
         seen: Seen,
     },
-    /// Tombstone, expired, or nothing reachable.
+    /// Expired, or nothing reachable.
     Gone,
+    /// A logout's tombstone: final, whatever waits in degraded memory.
+    LoggedOut,
     /// A moved marker; `live` is the newest live copy it beat at this key.
     Moved {
         to: SessionId,
@@ -96,6 +98,12 @@ impl Core {
                     }));
                 }
                 Resolved::Gone => return Ok(self.with_pending(&cur, None, route)),
+                Resolved::LoggedOut => {
+                    // A change parked while memcached was unreachable must
+                    // not bring back a session logged out meanwhile.
+                    self.degraded.drop_pending(&cur);
+                    return Ok(None);
+                }
                 Resolved::Moved { to, live } => {
                     if let Some((_, seen)) = visited.iter().find(|(v, _)| *v == to) {
                         // The marker points back: the session returned to
@@ -246,7 +254,7 @@ impl Core {
                 expires_in,
                 seen,
             },
-            RecordKind::Deleted => Resolved::Gone,
+            RecordKind::Deleted => Resolved::LoggedOut,
             RecordKind::Moved(ref to) => match SessionId::parse(to) {
                 Ok(to) if to.key() != id.key() => Resolved::Moved { to, live },
                 _ => Resolved::Gone,

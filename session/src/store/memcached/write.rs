@@ -557,12 +557,20 @@ impl Core {
     }
 
     /// Writes the sessions parked in memory to memcached, keeping
-    /// memcached's copy where it is newer. Returns (flushed, still parked).
+    /// memcached's copy where it is newer or a logout's tombstone. Returns
+    /// (flushed or dropped, still parked).
     pub(crate) async fn flush_degraded(&self) -> (usize, usize) {
         let (mut flushed, mut left) = (0, 0);
         for (id, rec) in self.degraded.pending_snapshot() {
             let current = self.newest_copy(&id).await;
             let written = match current {
+                // Logged out on another app node meanwhile: a logout is final,
+                // the parked change is dropped (as a save seeing the
+                // tombstone is refused).
+                Some(cur) if cur.kind == RecordKind::Deleted && rec.is_live() => {
+                    bump(&self.stats.saves_refused_after_logout);
+                    true
+                }
                 Some(cur) if !rec.supersedes(&cur) => true,
                 _ => self.flush_one(&id, &rec).await,
             };
