@@ -108,16 +108,18 @@ to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 run() { # name url pid
-  local out rps p99 t0 t1 reqs cpu
+  local out rps p50 p90 p99 t0 t1 reqs cpu
   t0=$(ticks "$3")
   out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
   t1=$(ticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p90=$(awk '$1=="90%" {print $2}' <<<"$out")
   cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "  ($1 had errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out"))"; fi
-  printf '  %-9s %10.0f req/s   p99 %8s   proxy CPU %6s us/req\n' "$1" "$rps" "$p99" "$cpu"
+  printf '  %-9s %10.0f req/s   p50 %8s  p90 %8s  p99 %8s   proxy CPU %6s us/req\n' "$1" "$rps" "$p50" "$p90" "$p99" "$cpu"
   echo "$1 $rps $(to_us "$p99") $cpu" >> "$TMP/results"
 }
 
