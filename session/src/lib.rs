@@ -35,6 +35,11 @@
 //!   (last write wins, as in msm). In sticky mode a request served from the
 //!   node's cache has no CAS values: there the save and the invalidation take
 //!   the session's in-process lock and the logout leaves a marker in the cache.
+//!   A change kept in memory while no memcached node answered (degraded mode)
+//!   does not outlive a logout made meanwhile on another app node: once the
+//!   nodes answer, a load that finds the tombstone drops the kept copy, and so
+//!   does the flush. (While this node still reaches no node at all, it serves
+//!   its kept copy: it cannot know of the logout.)
 //! * An unchanged session is refreshed, not rewritten, once per quarter of its
 //!   max inactive interval: the load reads the copies' remaining lifetime.
 #![forbid(unsafe_code)]
