@@ -89,7 +89,7 @@ pub struct SessionConfig {
     pub failover_nodes: String,
     /// Sticky sessions: the app node caches sessions and backs them up.
     pub sticky: bool,
-    /// none | all | auto | uriPattern:<regex> (non-sticky only).
+    /// `none` | `all` | `auto` | `uriPattern:<regex>` (non-sticky only).
     pub locking_mode: String,
     /// Expiry of the lock key.
     #[serde(with = "duration_str")]

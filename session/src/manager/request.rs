@@ -1,9 +1,11 @@
 //! One request's session life cycle: lock, load, then persist and unlock.
 //!
-//! The middleware calls [`Inner::begin`] before the handler and
-//! [`Inner::finish`] after it. Store writes run in a spawned task that owns
-//! the request's locks, so a write that outlives `session_backup_timeout`
-//! still completes (and unlocks) after the response has left.
+//! The middleware calls `Inner::begin` before the handler and
+//! `Inner::finish` after it. In sync mode the store write runs inline; if it
+//! outlives `session_backup_timeout`, or the request is dropped, the rest of
+//! it finishes as a task that owns the request's locks, so it still completes
+//! (and unlocks) after the response has left. In async mode the persistence
+//! actor writes.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
