@@ -23,10 +23,19 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 const MARGIN: Duration = Duration::from_millis(400);
 
 fn store(cluster: &Cluster) -> (ReplicatedMemcachedStore, Arc<Stats>) {
-    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+    store_with(cluster, "", Duration::from_millis(50))
+}
+
+/// A store over `cluster` with msm's `failover_nodes` and a health probe interval.
+fn store_with(
+    cluster: &Cluster,
+    failover_nodes: &str,
+    probe_interval: Duration,
+) -> (ReplicatedMemcachedStore, Arc<Stats>) {
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), failover_nodes)
         .unwrap()
         .operation_timeout(OP_TIMEOUT)
-        .probe_interval(Duration::from_millis(50));
+        .probe_interval(probe_interval);
     let stats = Arc::new(Stats::default());
     (
         ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap(),
@@ -504,11 +513,7 @@ async fn one_store_serves_workers_on_other_threads() {
 #[actix_rt::test]
 async fn failover_nodes_are_used_only_when_no_regular_node_is_up() {
     let mut cluster = Cluster::start(3);
-    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "n3")
-        .unwrap()
-        .operation_timeout(OP_TIMEOUT)
-        .probe_interval(Duration::from_millis(50));
-    let store = ReplicatedMemcachedStore::new(cfg, Arc::new(Stats::default())).unwrap();
+    let (store, _) = store_with(&cluster, "n3", Duration::from_millis(50));
     settled(&store).await;
     for i in 0..20 {
         let id = store.new_id(None);
@@ -799,12 +804,7 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
 async fn a_change_parked_during_an_outage_does_not_undo_a_logout_made_meanwhile() {
     let mut cluster = Cluster::start(3);
     // A probes rarely, so its flush of parked sessions does not run during the test's steps.
-    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
-        .unwrap()
-        .operation_timeout(OP_TIMEOUT)
-        .probe_interval(Duration::from_secs(60));
-    let stats_a = Arc::new(Stats::default());
-    let a = ReplicatedMemcachedStore::new(cfg, stats_a.clone()).unwrap();
+    let (a, stats_a) = store_with(&cluster, "", Duration::from_secs(60));
     let (b, _) = store(&cluster);
     // (A starts with every node usable; its first probe would come after a minute.)
     settled(&b).await;
