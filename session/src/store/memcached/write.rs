@@ -564,13 +564,8 @@ impl Core {
         for (id, rec) in self.degraded.pending_snapshot() {
             let current = self.newest_copy(&id).await;
             let written = match current {
-                // Logged out on another app node meanwhile: a logout is final,
-                // the parked change is dropped (as a save seeing the
-                // tombstone is refused).
-                Some(cur) if cur.kind == RecordKind::Deleted && rec.is_live() => {
-                    bump(&self.stats.saves_refused_after_logout);
-                    true
-                }
+                // Also a logout's tombstone: its version (at least
+                // `TOMBSTONE_VERSION`) beats any live change parked meanwhile.
                 Some(cur) if !rec.supersedes(&cur) => true,
                 _ => self.flush_one(&id, &rec).await,
             };
