@@ -268,6 +268,23 @@ mod tests {
     }
 
     #[test]
+    fn sticky_cache_revalidation_is_read_and_checked() {
+        let l = load(
+            "[session]\nsticky = true\ncache_revalidate_after = \"0s\"\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(l.session.cache_revalidate_after, std::time::Duration::ZERO);
+        let l = load("[session]\nsticky = true\n", &[]).unwrap();
+        assert_eq!(
+            l.session.cache_revalidate_after,
+            std::time::Duration::from_secs(1)
+        );
+        let e = load("[session]\ncache_revalidate_after = \"often\"\n", &[]).unwrap_err();
+        assert_eq!(e.key(), Some("session.cache_revalidate_after"), "{e}");
+    }
+
+    #[test]
     fn env_overrides_the_file() {
         let l = load(
             "[node]\nname = \"app1\"\n",

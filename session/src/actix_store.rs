@@ -201,7 +201,7 @@ impl SessionStore for BackendSessionStore {
                 .map_err(|e| UpdateError::Other(e.into()))?,
             None => None,
         };
-        let Some(existing) = existing else {
+        let Some(mut existing) = existing else {
             // Gone (expired, invalidated, evicted): start a new session, as
             // actix-session's own stores do.
             return self.save_new(record).await.map_err(UpdateError::Other);
@@ -211,7 +211,7 @@ impl SessionStore for BackendSessionStore {
         record.created_ms = existing.record.created_ms;
         let stored = match self
             .backend
-            .save_seen(&existing.id, &record, &existing.seen)
+            .save_seen(&existing.id, &record, &mut existing.seen)
             .await
         {
             Ok(id) => id,

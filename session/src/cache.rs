@@ -217,6 +217,24 @@ impl<V: Clone> SessionCache<V> {
         self.shard(&key).lock().insert(key, value, size)
     }
 
+    /// Replaces the value under `key` only if there is one and `current`
+    /// accepts it, checked under the shard's lock (no insert of another
+    /// thread falls between check and replace). Returns the entries evicted,
+    /// or `None` when nothing was replaced.
+    pub fn replace_if(
+        &self,
+        key: String,
+        value: V,
+        size: usize,
+        current: impl FnOnce(&V) -> bool,
+    ) -> Option<usize> {
+        let mut shard = self.shard(&key).lock();
+        if !shard.get(&key).is_some_and(current) {
+            return None;
+        }
+        Some(shard.insert(key, value, size))
+    }
+
     /// Removes `key`, returning its value.
     pub fn remove(&self, key: &str) -> Option<V> {
         self.shard(key).lock().remove(key)
@@ -246,6 +264,18 @@ impl<V: Clone> SessionCache<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_if_replaces_only_an_accepted_current_value() {
+        let cache = SessionCache::new(10, 1000);
+        assert_eq!(cache.replace_if("a".into(), 1, 1, |_| true), None);
+        assert_eq!(cache.get("a"), None);
+        cache.insert("a".into(), 1, 1);
+        assert_eq!(cache.replace_if("a".into(), 2, 1, |v| *v == 7), None);
+        assert_eq!(cache.get("a"), Some(1));
+        assert_eq!(cache.replace_if("a".into(), 2, 1, |v| *v == 1), Some(0));
+        assert_eq!(cache.get("a"), Some(2));
+    }
 
     #[test]
     fn bounds_by_entries_and_bytes_hold_after_100k_inserts() {

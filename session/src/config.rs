@@ -30,6 +30,8 @@ pub const DEFAULT_COOKIE_NAME: &str = "JSESSIONID";
 pub const MIN_SECRET_LEN: usize = 32;
 /// Default sticky cache bounds.
 pub const DEFAULT_CACHE_MAX_ENTRIES: usize = 100_000;
+/// Default for `cache_revalidate_after`.
+pub const DEFAULT_CACHE_REVALIDATE_AFTER: Duration = Duration::from_secs(1);
 /// Default sticky cache byte bound (256 MiB).
 pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -119,6 +121,12 @@ pub struct SessionConfig {
     pub cache_max_entries: usize,
     /// Sticky cache bound: bytes held in memory ("256m").
     pub cache_max_bytes: String,
+    /// Sticky mode: a cached session not confirmed by the store for this
+    /// long is read from the store again before it is served (another app
+    /// node may have taken it over and changed or logged it out); `0s`:
+    /// before every request.
+    #[serde(with = "duration_str")]
+    pub cache_revalidate_after: Duration,
     /// Connections per memcached node.
     pub memcached_connections: usize,
 }
@@ -142,6 +150,7 @@ impl Default for SessionConfig {
             cookie_secure: false,
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             cache_max_bytes: "256m".into(),
+            cache_revalidate_after: DEFAULT_CACHE_REVALIDATE_AFTER,
             memcached_connections: 2,
         }
     }
@@ -182,6 +191,8 @@ pub struct SessionSettings {
     pub cache_max_entries: usize,
     /// Sticky cache byte bound.
     pub cache_max_bytes: usize,
+    /// Sticky mode: how long a cached session is served without asking the store.
+    pub cache_revalidate_after: Duration,
     /// Connections per memcached node.
     pub memcached_connections: usize,
 }
@@ -281,6 +292,7 @@ impl SessionConfig {
             cookie_secure: self.cookie_secure,
             cache_max_entries: self.cache_max_entries,
             cache_max_bytes: usize::try_from(cache_max_bytes).unwrap_or(usize::MAX),
+            cache_revalidate_after: self.cache_revalidate_after,
             memcached_connections: self.memcached_connections,
         })
     }

@@ -32,9 +32,19 @@
 //!   logged it out cannot write it back: its save is refused
 //!   ([`store::StoreError::Invalidated`], `saves_refused_after_logout`) and its
 //!   response removes the cookie. Live writes racing each other still land
-//!   (last write wins, as in msm). In sticky mode a request served from the
-//!   node's cache has no CAS values: there the save and the invalidation take
+//!   (last write wins, as in msm). In sticky mode the cache keeps, with each
+//!   session, the CAS values its own last save got back (`ms ... c`), so its
+//!   next save is conditional in the same way: a node that was bypassed while
+//!   another app node took the session over and logged it out cannot write it
+//!   back from its cache. Within one node the save and the invalidation take
 //!   the session's in-process lock and the logout leaves a marker in the cache.
+//! * A sticky node does not serve an outdated cached copy for long: a cached
+//!   session the store has not confirmed for `cache_revalidate_after`
+//!   (default 1 s; a load, a revalidation or a conditional save that landed
+//!   confirms it) is read from the store before it is served. A newer copy
+//!   (another node changed it) replaces the cached one, a tombstone ends it;
+//!   when the store cannot tell (no node answers, or no copy left), the
+//!   cached copy is served, so a memcached outage logs nobody out.
 //!   A change kept in memory while no memcached node answered (degraded mode)
 //!   does not outlive a logout made meanwhile on another app node: once the
 //!   nodes answer, a load that finds the tombstone drops the kept copy, and so

@@ -160,6 +160,11 @@ stats! {
     cache_evictions;
     /// Sticky cache misses served from the store.
     cache_misses;
+    /// Sticky cache hits checked against the store (`cache_revalidate_after`).
+    cache_revalidations;
+    /// Revalidations that found the cached copy outdated (another app node
+    /// changed the session, or logged it out).
+    cache_stale;
     }
     timings {
     /// Time to lock.

@@ -571,3 +571,168 @@ async fn a_session_written_with_another_serializer_is_still_read() {
     assert_eq!(keys!(&app_json, cookie), ["x", "y"]);
     assert_eq!(bincode.stats().garbage_values, 0);
 }
+
+/// Two sticky app nodes, `app1` and `app2`, over one memcached cluster; each
+/// with its own store client, as two processes would be.
+fn sticky_pair(
+    cluster: &Cluster,
+    revalidate_app1: Duration,
+    backup_async: bool,
+) -> (SessionManager, SessionManager) {
+    let node = |route: &str, revalidate: Duration| {
+        let stats = Arc::new(Stats::default());
+        let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+            .unwrap()
+            .operation_timeout(Duration::from_millis(500));
+        let store = ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap();
+        let mut c = SessionConfig {
+            cookie_secret: Some("x".repeat(32)),
+            sticky: true,
+            cache_revalidate_after: revalidate,
+            session_backup_async: backup_async,
+            ..Default::default()
+        };
+        c.max_inactive_interval = Duration::from_secs(600);
+        SessionManager::new(c.validate().unwrap(), route, Arc::new(store), stats)
+    };
+    (
+        node("app1", revalidate_app1),
+        node("app2", Duration::from_secs(3600)),
+    )
+}
+
+macro_rules! post {
+    ($app:expr, $uri:expr, $cookie:expr) => {{
+        let req = test::TestRequest::post()
+            .uri($uri)
+            .cookie($cookie.clone())
+            .to_request();
+        test::call_service($app, req).await
+    }};
+}
+
+/// Sticky failover and back: app1 serves a session, app2 takes it over
+/// (app1 was unreachable for the balancer), changes it and logs it out. A
+/// request that still names app1 (a replayed cookie, or one in flight) must
+/// get what the store holds, not app1's cached copy.
+#[actix_rt::test]
+async fn sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cache() {
+    let cluster = Cluster::start(3);
+    let (app1, app2) = sticky_pair(&cluster, Duration::ZERO, false);
+    let (a1, a2) = (app!(app1), app!(app2));
+    let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/a").to_request()).await;
+    let on_app1 = cookie_of(&res).unwrap();
+    assert!(on_app1.value().ends_with(".app1"), "{}", on_app1.value());
+    // app2 takes the session over and adds an attribute.
+    let res = post!(&a2, "/attr/b", on_app1);
+    let on_app2 = cookie_of(&res).expect("taken over: new cookie");
+    assert!(on_app2.value().ends_with(".app2"), "{}", on_app2.value());
+    assert_eq!(app2.stats().tomcat_failovers, 1);
+    // app1 still caches ["a"]; it must serve the store's newer copy.
+    assert_eq!(keys!(&a1, on_app1), ["a", "b"], "{:?}", app1.stats());
+    assert!(app1.stats().cache_stale >= 1, "{:?}", app1.stats());
+    // Logged out on app2: the old cookie is dead on app1 too.
+    post!(&a2, "/logout", on_app2);
+    assert!(
+        keys!(&a1, on_app1).is_empty(),
+        "app1 served a logged-out session from its cache: {:?}",
+        app1.stats()
+    );
+    assert!(keys!(&a2, on_app2).is_empty());
+    assert!(keys!(&a2, on_app1).is_empty());
+}
+
+/// The same story with app1 trusting its cache for an hour: within that
+/// window app1 may serve its copy, but a write from it is conditional on what
+/// it last wrote, so it cannot undo the logout made on app2.
+#[actix_rt::test]
+async fn sticky_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node() {
+    stale_write_after_logout(false).await;
+}
+
+/// As above with `session_backup_async`: the persistence actor's save is
+/// conditional too, and it marks the cache entry logged out when refused.
+#[actix_rt::test]
+async fn sticky_async_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node() {
+    stale_write_after_logout(true).await;
+}
+
+async fn stale_write_after_logout(backup_async: bool) {
+    let cluster = Cluster::start(3);
+    let (app1, app2) = sticky_pair(&cluster, Duration::from_secs(3600), backup_async);
+    let (a1, a2) = (app!(app1), app!(app2));
+    // In async mode each write lands after its response: wait for it.
+    let pause = Duration::from_millis(if backup_async { 200 } else { 0 });
+    let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/a").to_request()).await;
+    let on_app1 = cookie_of(&res).unwrap();
+    actix_rt::time::sleep(pause).await;
+    // A second write on app1: its next save is conditional on this one's CAS values.
+    post!(&a1, "/attr/b", on_app1);
+    actix_rt::time::sleep(pause).await;
+    let res = post!(&a2, "/attr/c", on_app1);
+    let on_app2 = cookie_of(&res).expect("taken over: new cookie");
+    actix_rt::time::sleep(pause).await;
+    post!(&a2, "/logout", on_app2);
+    // The replayed cookie writes on app1 (still caching ["a", "b"]).
+    let res = post!(&a1, "/attr/d", on_app1);
+    actix_rt::time::sleep(pause).await;
+    if !backup_async {
+        let removed = cookie_of(&res).is_some_and(|c| c.value().is_empty());
+        assert!(removed, "app1's refused save removes the cookie");
+    }
+    assert_eq!(
+        app1.stats().saves_refused_after_logout,
+        1,
+        "{:?}",
+        app1.stats()
+    );
+    for (app, cookie) in [(&a1, &on_app1), (&a2, &on_app2), (&a2, &on_app1)] {
+        assert!(
+            keys!(app, cookie).is_empty(),
+            "the logged-out session came back: {:?} / {:?}",
+            app1.stats(),
+            app2.stats()
+        );
+    }
+}
+
+/// memcached's own counter `name` (`stats`), summed over the cluster's nodes.
+fn memcached_stat(cluster: &mut Cluster, name: &str) -> u64 {
+    use std::io::{BufRead, BufReader, Write};
+    let mut total = 0;
+    for id in ["n1", "n2", "n3"] {
+        let mut conn = std::net::TcpStream::connect(cluster.node(id).addr()).unwrap();
+        conn.write_all(b"stats\r\n").unwrap();
+        for line in BufReader::new(conn).lines() {
+            let line = line.unwrap();
+            if line == "END" {
+                break;
+            }
+            if let Some(v) = line.strip_prefix(&format!("STAT {name} ")) {
+                total += v.parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// A sticky node's saves are conditional on the CAS values its own previous
+/// save got back, so a logout elsewhere is noticed, and in the normal case
+/// (nobody else wrote) they land at once: no conflict, no extra read.
+#[actix_rt::test]
+async fn sticky_saves_are_conditional_on_the_nodes_own_last_write() {
+    let mut cluster = Cluster::start(3);
+    let (app1, _app2) = sticky_pair(&cluster, Duration::from_secs(3600), false);
+    let a1 = app!(app1);
+    let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/k0").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    for i in 1..10 {
+        post!(&a1, &format!("/attr/k{i}"), cookie);
+    }
+    let s = app1.stats();
+    assert_eq!((s.backups, s.store_loads), (10, 0), "{s:?}");
+    // Nine conditional saves of two copies each, none of them refused.
+    assert_eq!(memcached_stat(&mut cluster, "cas_hits"), 18);
+    assert_eq!(memcached_stat(&mut cluster, "cas_badval"), 0);
+    assert_eq!(memcached_stat(&mut cluster, "cas_misses"), 0);
+}

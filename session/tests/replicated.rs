@@ -673,7 +673,7 @@ async fn a_save_loaded_before_a_logout_on_another_node_is_refused() {
     let mut next = seen_by_b.record.clone();
     next.version += 1;
     next.payload = b"cart=2".to_vec();
-    let refused = b.save_seen(&id, &next, &seen_by_b.seen).await;
+    let refused = b.save_seen(&id, &next, &mut seen_by_b.seen.clone()).await;
     assert!(
         matches!(refused, Err(ferrocat_session::StoreError::Invalidated)),
         "{refused:?}"
@@ -702,12 +702,12 @@ async fn a_save_loaded_before_a_logout_on_another_node_is_refused() {
     let mut ra = la.record.clone();
     ra.version += 1;
     ra.payload = b"v=a".to_vec();
-    a.save_seen(&id, &ra, &la.seen).await.unwrap();
+    a.save_seen(&id, &ra, &mut la.seen.clone()).await.unwrap();
     let mut rb = lb.record.clone();
     rb.version += 1;
     rb.last_access_ms += 1;
     rb.payload = b"v=b".to_vec();
-    b.save_seen(&id, &rb, &lb.seen).await.unwrap();
+    b.save_seen(&id, &rb, &mut lb.seen.clone()).await.unwrap();
     assert_eq!(payload(&a, &id).await, Some((id.clone(), "v=b".into())));
 }
 
@@ -752,7 +752,10 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
     let mut next = loaded.record.clone();
     next.version += 1;
     next.payload = b"ours".to_vec();
-    store.save_seen(&id, &next, &loaded.seen).await.unwrap();
+    store
+        .save_seen(&id, &next, &mut loaded.seen.clone())
+        .await
+        .unwrap();
     assert_eq!(raw_record(bclient, &bkey).await.unwrap().payload, b"ours");
 
     // 2. A logout that reached only the primary.
@@ -780,7 +783,7 @@ async fn conditional_saves_settle_missing_copies_and_half_written_logouts() {
         .unwrap();
     let mut next = loaded.record.clone();
     next.version += 1;
-    let refused = store.save_seen(&id, &next, &loaded.seen).await;
+    let refused = store.save_seen(&id, &next, &mut loaded.seen.clone()).await;
     assert!(
         matches!(refused, Err(ferrocat_session::StoreError::Invalidated)),
         "{refused:?}"

@@ -155,6 +155,23 @@ impl NodeClient {
         mode: SetMode,
         limit: Duration,
     ) -> Result<StoreStatus, McError> {
+        self.set_bytes_cas_within(key, value, flags, ttl_secs, mode, limit)
+            .await
+            .map(|(status, _)| status)
+    }
+
+    /// [`NodeClient::set_bytes_within`] that also returns the CAS value the
+    /// stored item got (0 when it was not stored), so that the next write of
+    /// the same item can be made conditional without reading it first.
+    pub async fn set_bytes_cas_within(
+        &self,
+        key: &Key,
+        value: Bytes,
+        flags: u32,
+        ttl_secs: u32,
+        mode: SetMode,
+        limit: Duration,
+    ) -> Result<(StoreStatus, u64), McError> {
         self.check_size(value.len())?;
         let cmd = Command::Set {
             key: key.clone(),
@@ -165,10 +182,10 @@ impl NodeClient {
         };
         let r = self.call(cmd, limit).await?;
         match r.status {
-            Status::Hd => Ok(StoreStatus::Stored),
-            Status::Ns => Ok(StoreStatus::NotStored),
-            Status::Ex => Ok(StoreStatus::Exists),
-            Status::Nf => Ok(StoreStatus::NotFound),
+            Status::Hd => Ok((StoreStatus::Stored, r.cas)),
+            Status::Ns => Ok((StoreStatus::NotStored, 0)),
+            Status::Ex => Ok((StoreStatus::Exists, 0)),
+            Status::Nf => Ok((StoreStatus::NotFound, 0)),
             _ => Err(self.unexpected("set", &r)),
         }
     }

@@ -32,7 +32,7 @@ pub enum SetMode {
 pub enum Command {
     /// `mg <key> v f c t`.
     Get(Key),
-    /// `ms <key> <len> T F M [C]`.
+    /// `ms <key> <len> T F M [C] c` (the reply carries the new CAS value).
     Set {
         /// Key.
         key: Key,
@@ -96,7 +96,7 @@ impl Command {
                         buf.put_slice(fmt_u64(&mut num, *cas));
                     }
                 }
-                buf.put_slice(b" O");
+                buf.put_slice(b" c O");
                 buf.put_slice(fmt_u64(&mut num, opaque.into()));
                 buf.put_slice(b"\r\n");
                 buf.put_slice(value);
@@ -335,7 +335,7 @@ mod tests {
             ttl: 0,
             mode: SetMode::Cas(99),
         };
-        assert_eq!(enc(set), "ms k1 4 T0 F3 MS C99 O7\r\na\r\nb\r\n");
+        assert_eq!(enc(set), "ms k1 4 T0 F3 MS C99 c O7\r\na\r\nb\r\n");
     }
 
     #[test]

@@ -73,6 +73,35 @@ async fn cas_stores_only_against_the_current_version() {
 }
 
 #[tokio::test]
+async fn a_store_returns_the_cas_value_the_item_got() {
+    let m = Memcached::start();
+    let c = client(&m);
+    let k = key("k");
+    let limit = std::time::Duration::from_secs(1);
+    let (status, cas1) = c
+        .set_bytes_cas_within(&k, "v1".into(), 0, 0, SetMode::Set, limit)
+        .await
+        .unwrap();
+    assert_eq!(status, StoreStatus::Stored);
+    assert_eq!(c.get(&k).await.unwrap().unwrap().cas, cas1);
+    // The returned value is good for the next conditional write, with no read between.
+    let (status, cas2) = c
+        .set_bytes_cas_within(&k, "v2".into(), 0, 0, SetMode::Cas(cas1), limit)
+        .await
+        .unwrap();
+    assert_eq!(status, StoreStatus::Stored);
+    assert_ne!(cas2, cas1);
+    assert_eq!(
+        c.set_bytes_cas_within(&k, "v3".into(), 0, 0, SetMode::Cas(cas1), limit)
+            .await
+            .unwrap(),
+        (StoreStatus::Exists, 0)
+    );
+    let item = c.get(&k).await.unwrap().unwrap();
+    assert_eq!((&item.value[..], item.cas), (&b"v2"[..], cas2));
+}
+
+#[tokio::test]
 async fn delete_reports_whether_the_key_existed() {
     let m = Memcached::start();
     let c = client(&m);

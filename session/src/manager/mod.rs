@@ -39,6 +39,67 @@ pub struct CachedSession {
     pub record: SessionRecord,
     /// Hash of the payload.
     pub hash: u64,
+    /// What the store held when this node last read or wrote the session
+    /// (for memcached: CAS values), so the next save is conditional.
+    pub seen: crate::store::Seen,
+    /// When the store last confirmed this copy (unix ms): a load, a
+    /// revalidation, or a conditional write that landed.
+    pub confirmed_ms: u64,
+}
+
+/// The sticky cache as the manager and the persistence actor share it.
+pub(crate) type Cache = Arc<SessionCache<Arc<CachedSession>>>;
+
+/// After a save of `record` under `id` landed: the cache entry, if it still
+/// holds that record, learns what was written and, when `confirmed`, that
+/// the store held it now.
+pub(crate) fn note_saved(
+    cache: &Cache,
+    id: &SessionId,
+    record: &SessionRecord,
+    written: crate::store::Seen,
+    confirmed: bool,
+) {
+    let key = id.key();
+    let Some(entry) = cache.get(&key) else { return };
+    let holds = |e: &Arc<CachedSession>| {
+        e.record.version == record.version
+            && e.record.last_access_ms == record.last_access_ms
+            && e.record.is_live()
+    };
+    if !holds(&entry) {
+        return; // a newer request's copy, or a logout marker: leave it
+    }
+    let size = entry.record.payload.len() + 128;
+    let updated = Arc::new(CachedSession {
+        id: entry.id.clone(),
+        record: entry.record.clone(),
+        hash: entry.hash,
+        seen: written,
+        confirmed_ms: if confirmed {
+            crate::record::now_ms()
+        } else {
+            entry.confirmed_ms
+        },
+    });
+    cache.replace_if(key, updated, size, holds);
+}
+
+/// After a save of `record` under `id` was refused because the session was
+/// logged out (possibly on another app node): the cache entry, if it still
+/// holds that record, becomes a logout marker, so this node stops serving it
+/// (also when the refusal came after the response, in async mode).
+pub(crate) fn note_refused(cache: &Cache, id: &SessionId, record: &SessionRecord) {
+    let marker = Arc::new(CachedSession {
+        id: id.clone(),
+        record: record.tombstone(),
+        hash: 0,
+        seen: crate::store::Seen::default(),
+        confirmed_ms: crate::record::now_ms(),
+    });
+    cache.replace_if(id.key(), marker, 128, |e| {
+        e.record.version == record.version && e.record.last_access_ms == record.last_access_ms
+    });
 }
 
 pub(crate) struct Inner {
@@ -48,7 +109,7 @@ pub(crate) struct Inner {
     pub backend: Arc<dyn SessionBackend>,
     pub signer: CookieSigner,
     pub stats: Arc<Stats>,
-    pub cache: Option<SessionCache<Arc<CachedSession>>>,
+    pub cache: Option<Cache>,
     pub local_locks: locking::LocalLocks,
     pub learner: locking::ReadOnlyLearner,
     pub persister: Option<actix::Addr<persist::Persister>>,
@@ -90,12 +151,15 @@ impl SessionManager {
                 CookieSigner::random()
             }
         };
-        let cache = settings
-            .sticky
-            .then(|| SessionCache::new(settings.cache_max_entries, settings.cache_max_bytes));
-        let persister = settings
-            .backup_async
-            .then(|| persist::Persister::new(backend.clone(), stats.clone()).start());
+        let cache: Option<Cache> = settings.sticky.then(|| {
+            Arc::new(SessionCache::new(
+                settings.cache_max_entries,
+                settings.cache_max_bytes,
+            ))
+        });
+        let persister = settings.backup_async.then(|| {
+            persist::Persister::new(backend.clone(), stats.clone(), cache.clone()).start()
+        });
         SessionManager(Arc::new(Inner {
             settings,
             route: route.to_owned(),
@@ -131,6 +195,6 @@ impl SessionManager {
 
     /// Sessions held in the sticky cache (0 when not sticky).
     pub fn cached_sessions(&self) -> usize {
-        self.0.cache.as_ref().map_or(0, SessionCache::len)
+        self.0.cache.as_ref().map_or(0, |c| c.len())
     }
 }

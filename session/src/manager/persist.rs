@@ -31,18 +31,30 @@ pub struct Persist {
     pub local_guard: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// What the request's load saw (see [`SessionBackend::save_seen`]).
     pub seen: Seen,
+    /// Sticky mode: a landed save confirms the cached copy (see
+    /// [`super::note_saved`]).
+    pub confirm: bool,
 }
 
 /// Owns asynchronous session persistence.
 pub struct Persister {
     backend: Arc<dyn SessionBackend>,
     stats: Arc<Stats>,
+    cache: Option<super::Cache>,
 }
 
 impl Persister {
-    /// A persister over `backend`.
-    pub fn new(backend: Arc<dyn SessionBackend>, stats: Arc<Stats>) -> Self {
-        Persister { backend, stats }
+    /// A persister over `backend`; `cache` is the sticky cache, if any.
+    pub(crate) fn new(
+        backend: Arc<dyn SessionBackend>,
+        stats: Arc<Stats>,
+        cache: Option<super::Cache>,
+    ) -> Self {
+        Persister {
+            backend,
+            stats,
+            cache,
+        }
     }
 }
 
@@ -56,15 +68,24 @@ impl Handler<Persist> for Persister {
     fn handle(&mut self, msg: Persist, ctx: &mut Context<Self>) {
         let backend = self.backend.clone();
         let stats = self.stats.clone();
+        let cache = self.cache.clone();
         ctx.spawn(actix::fut::wrap_future(async move {
+            let mut msg = msg;
             let started = Instant::now();
-            match backend.save_seen(&msg.id, &msg.record, &msg.seen).await {
+            match backend.save_seen(&msg.id, &msg.record, &mut msg.seen).await {
                 Ok(_) => {
                     stats.backups.fetch_add(1, Relaxed);
                     stats.store.record(started.elapsed());
+                    if let Some(cache) = &cache {
+                        let written = std::mem::take(&mut msg.seen);
+                        super::note_saved(cache, &msg.id, &msg.record, written, msg.confirm);
+                    }
                 }
                 Err(StoreError::Invalidated) => {
                     stats.saves_refused_after_logout.fetch_add(1, Relaxed);
+                    if let Some(cache) = &cache {
+                        super::note_refused(cache, &msg.id, &msg.record);
+                    }
                     log::info!("session {:?} was invalidated meanwhile; not saved", msg.id);
                 }
                 Err(e) => {

@@ -19,7 +19,7 @@ use super::{CachedSession, Inner};
 use crate::id::SessionId;
 use crate::record::{now_ms, SessionRecord};
 use crate::serializer::SerializerKind;
-use crate::store::{Seen, StoreError};
+use crate::store::{Revalidated, Seen, StoreError};
 
 /// What to do with the cookie on the way out.
 #[derive(Debug, PartialEq, Eq)]
@@ -40,6 +40,16 @@ enum Saved {
     Moved(SessionId),
     /// Refused: the session was invalidated since this request loaded it.
     Invalidated,
+}
+
+/// What a sticky cache revalidation decided.
+enum Checked {
+    /// Serve this cached entry.
+    Serve(Arc<CachedSession>),
+    /// The store's copy is newer (boxed: large and rare).
+    Newer(Box<crate::store::Loaded>),
+    /// The session was logged out (the cache now holds its marker).
+    LoggedOut,
 }
 
 /// What `begin` found, for `finish`.
@@ -204,9 +214,28 @@ impl Inner {
                 if !hit.record.is_live() {
                     return; // logged out on this node (a marker, see `finish_invalidated`)
                 }
-                let c = CachedSession::clone(&hit);
-                if self.fill_state(state, c.id, c.record, c.hash) {
-                    return;
+                let age_ms = now_ms().saturating_sub(hit.confirmed_ms);
+                let hit = if u128::from(age_ms) < self.settings.cache_revalidate_after.as_millis() {
+                    Some(hit)
+                } else {
+                    // Boxed apart: rare for a busy session, and it keeps this future small.
+                    match Box::pin(self.revalidate(cache, hit)).await {
+                        Checked::Serve(hit) => Some(hit),
+                        Checked::Newer(loaded) => {
+                            self.use_loaded(state, *loaded);
+                            self.stats.load.record(started.elapsed());
+                            return;
+                        }
+                        Checked::LoggedOut => return,
+                    }
+                };
+                if let Some(hit) = hit {
+                    let c = CachedSession::clone(&hit);
+                    if self.fill_state(state, c.id, c.record, c.hash) {
+                        state.seen = c.seen;
+                        state.confirmed_ms = c.confirmed_ms;
+                        return;
+                    }
                 }
             }
             self.stats.cache_misses.fetch_add(1, Relaxed);
@@ -216,21 +245,7 @@ impl Inner {
         // against a backend that does not.
         let bound = self.settings.operation_timeout * 3;
         match tokio::time::timeout(bound, self.backend.load(id)).await {
-            Ok(Ok(Some(loaded))) => {
-                let mut new_id = loaded.id;
-                if self.settings.sticky && new_id.route() != Some(self.route.as_str()) {
-                    // Another app node's session (it failed or was drained): take it over.
-                    self.stats.tomcat_failovers.fetch_add(1, Relaxed);
-                    new_id = new_id.with_route(Some(&self.route));
-                } else if new_id.route().is_none() {
-                    new_id = new_id.with_route(Some(&self.route));
-                }
-                let hash = hash_payload(&loaded.record.payload);
-                if self.fill_state(state, new_id, loaded.record, hash) {
-                    state.expires_in = loaded.expires_in;
-                    state.seen = loaded.seen;
-                }
-            }
+            Ok(Ok(Some(loaded))) => self.use_loaded(state, loaded),
             Ok(Ok(None)) => {
                 self.stats.store_load_misses.fetch_add(1, Relaxed);
             }
@@ -238,6 +253,84 @@ impl Inner {
             Err(_) => log::warn!("session load timed out after {bound:?}"),
         }
         self.stats.load.record(started.elapsed());
+    }
+
+    /// Fills the state from a copy read from the store (taking the session
+    /// over from another app node in sticky mode).
+    fn use_loaded(&self, state: &mut SessionState, loaded: crate::store::Loaded) {
+        let mut new_id = loaded.id;
+        if self.settings.sticky && new_id.route() != Some(self.route.as_str()) {
+            // Another app node's session (it failed or was drained): take it over.
+            self.stats.tomcat_failovers.fetch_add(1, Relaxed);
+            new_id = new_id.with_route(Some(&self.route));
+        } else if new_id.route().is_none() {
+            new_id = new_id.with_route(Some(&self.route));
+        }
+        let hash = hash_payload(&loaded.record.payload);
+        if self.fill_state(state, new_id, loaded.record, hash) {
+            state.expires_in = loaded.expires_in;
+            state.seen = loaded.seen;
+            state.confirmed_ms = now_ms();
+        }
+    }
+
+    /// Sticky mode: asks the store whether a cached session not confirmed
+    /// for `cache_revalidate_after` is still current. Another app node may
+    /// have taken it over while this one was unreachable, then changed it or
+    /// logged it out; a replayed cookie naming this node must not bring the
+    /// old copy back. When the store cannot tell, the cached copy is served
+    /// (memcached being down must not log anyone out).
+    async fn revalidate(&self, cache: &super::Cache, hit: Arc<CachedSession>) -> Checked {
+        self.stats.cache_revalidations.fetch_add(1, Relaxed);
+        let key = hit.id.key();
+        let bound = self.settings.operation_timeout * 3;
+        let outcome = tokio::time::timeout(bound, self.backend.revalidate(&hit.id, &hit.record));
+        let same = |e: &Arc<CachedSession>| Arc::ptr_eq(e, &hit);
+        match outcome.await {
+            Ok(Ok(Revalidated::Current(seen))) => {
+                let entry = Arc::new(CachedSession {
+                    id: hit.id.clone(),
+                    record: hit.record.clone(),
+                    hash: hit.hash,
+                    seen,
+                    confirmed_ms: now_ms(),
+                });
+                let size = entry.record.payload.len() + 128;
+                cache.replace_if(key, entry.clone(), size, same);
+                Checked::Serve(entry)
+            }
+            Ok(Ok(Revalidated::Newer(loaded))) => {
+                self.stats.cache_stale.fetch_add(1, Relaxed);
+                self.stats.store_loads.fetch_add(1, Relaxed);
+                // The request's save (or the unchanged path) caches the
+                // store's copy under the id it ends with.
+                if cache.get(&key).is_some_and(|e| same(&e)) {
+                    cache.remove(&key);
+                }
+                Checked::Newer(Box::new(loaded))
+            }
+            Ok(Ok(Revalidated::LoggedOut)) => {
+                self.stats.cache_stale.fetch_add(1, Relaxed);
+                let marker = Arc::new(CachedSession {
+                    id: hit.id.clone(),
+                    record: hit.record.tombstone(),
+                    hash: 0,
+                    seen: Seen::default(),
+                    confirmed_ms: now_ms(),
+                });
+                cache.replace_if(key, marker, 128, same);
+                Checked::LoggedOut
+            }
+            Ok(Ok(Revalidated::Unknown)) => Checked::Serve(hit),
+            Ok(Err(e)) => {
+                log::debug!("sticky cache revalidation failed: {e}");
+                Checked::Serve(hit)
+            }
+            Err(_) => {
+                log::debug!("sticky cache revalidation timed out after {bound:?}");
+                Checked::Serve(hit)
+            }
+        }
     }
 
     /// Persists the state after the handler and decides the cookie.
@@ -340,34 +433,37 @@ impl Inner {
             self.stats
                 .stored_size
                 .record_value(record.payload.len() as u64);
+            // What the load saw applies to the id it loaded, not to a renewed one.
+            let seen = match retired {
+                None => std::mem::take(&mut state.seen),
+                Some(_) => Seen::default(),
+            };
+            // A conditional write that lands confirms that the store held what
+            // this node last saw; so does the first write of a new id.
+            let confirm = seen.copies[0].is_some() || is_new || retired.is_some();
             if let Some(cache) = &self.cache {
                 let size = record.payload.len() + 128;
                 let entry = Arc::new(CachedSession {
                     id: id.clone(),
                     record: record.clone(),
                     hash,
+                    seen: seen.clone(),
+                    confirmed_ms: state.confirmed_ms,
                 });
                 let evicted = cache.insert(id.key(), entry, size);
                 self.stats
                     .cache_evictions
                     .fetch_add(evicted as u64, Relaxed);
             }
-            // What the load saw applies to the id it loaded, not to a renewed one.
-            let seen = match retired {
-                None => std::mem::take(&mut state.seen),
-                Some(_) => Seen::default(),
-            };
             // Boxed apart: the write's state does not inflate this future (see
             // `request_path_futures_fit_the_allocator_cache`).
-            match Box::pin(self.store(id.clone(), record, locks, seen)).await {
+            match Box::pin(self.store(id.clone(), record, locks, seen, confirm)).await {
                 Saved::Same => {}
                 Saved::Moved(new_id) => state.id = Some(new_id),
                 Saved::Invalidated => {
                     // Logged out by another request since this one loaded the
-                    // session: the logout stands.
-                    if let Some(cache) = &self.cache {
-                        cache.remove(&id.key());
-                    }
+                    // session: the logout stands (the store turned the cache
+                    // entry into a logout marker, see `note_refused`).
                     state.id = None;
                     return if cookie_id.is_some() {
                         CookieAction::Remove
@@ -400,6 +496,8 @@ impl Inner {
                         id: id.clone(),
                         record,
                         hash: h,
+                        seen: state.seen.clone(),
+                        confirmed_ms: state.confirmed_ms,
                     });
                     let size = entry.record.payload.len() + 128;
                     let evicted = cache.insert(id.key(), entry, size);
@@ -473,7 +571,8 @@ impl Inner {
         id: SessionId,
         record: SessionRecord,
         mut locks: RequestLocks,
-        seen: Seen,
+        mut seen: Seen,
+        confirm: bool,
     ) -> Saved {
         if let Some(persister) = &self.persister {
             persister.do_send(super::persist::Persist {
@@ -482,25 +581,33 @@ impl Inner {
                 id,
                 record,
                 seen,
+                confirm,
             });
             return Saved::Same;
         }
         let backend = self.backend.clone();
         let stats = self.stats.clone();
+        let cache = self.cache.clone();
         // The write owns the request's locks and releases them when it ends.
         // It runs inline while the response waits (no task, no channel); if
         // it outlives `session_backup_timeout`, or the request is dropped
         // (client gone), what is left of it goes on as a task.
         let work = OnDrop::spawn_rest(Box::pin(async move {
             let started = Instant::now();
-            let result = backend.save_seen(&id, &record, &seen).await;
+            let result = backend.save_seen(&id, &record, &mut seen).await;
             match &result {
                 Ok(_) => {
                     stats.backups.fetch_add(1, Relaxed);
                     stats.store.record(started.elapsed());
+                    if let Some(cache) = &cache {
+                        super::note_saved(cache, &id, &record, seen, confirm);
+                    }
                 }
                 Err(StoreError::Invalidated) => {
                     stats.saves_refused_after_logout.fetch_add(1, Relaxed);
+                    if let Some(cache) = &cache {
+                        super::note_refused(cache, &id, &record);
+                    }
                     log::info!("session {id:?} was invalidated while this request ran; not saved");
                 }
                 Err(e) => {
@@ -566,6 +673,8 @@ impl Inner {
                 id: id.clone(),
                 record: base.tombstone(),
                 hash: 0,
+                seen: Seen::default(),
+                confirmed_ms: now_ms(),
             });
             let evicted = cache.insert(id.key(), marker, 128);
             self.stats
@@ -641,7 +750,7 @@ mod future_sizes {
         let finish_size = std::mem::size_of_val(&inner.finish(&mut state, begun));
         let id = inner.backend.new_id(None);
         let record = crate::record::SessionRecord::new_live(0, 60, Vec::new());
-        let store = inner.store(id, record, Default::default(), Default::default());
+        let store = inner.store(id, record, Default::default(), Default::default(), false);
         let store_size = std::mem::size_of_val(&store);
         drop(store);
         for (what, size) in [

@@ -48,6 +48,8 @@ pub(crate) struct SessionState {
     pub expires_in: Option<std::time::Duration>,
     /// What the load saw of the stored copies, for the save.
     pub seen: crate::store::Seen,
+    /// Sticky mode: when the store last confirmed the loaded copy (unix ms).
+    pub confirmed_ms: u64,
     /// Serializer of the attribute values.
     pub serializer: SerializerKind,
     /// An attribute was inserted or removed.

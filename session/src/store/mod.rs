@@ -84,6 +84,23 @@ pub struct Loaded {
     pub seen: Seen,
 }
 
+/// What [`SessionBackend::revalidate`] found.
+#[derive(Debug)]
+pub enum Revalidated {
+    /// The store holds the cached copy (or an older one, which the next save
+    /// replaces); `Seen` is what was read, for that save.
+    Current(Seen),
+    /// The store holds a newer copy, or the session moved to another id: use
+    /// this instead of the cached copy.
+    Newer(Loaded),
+    /// The session was invalidated (logged out): the cached copy must not be
+    /// served again.
+    LoggedOut,
+    /// The store cannot tell (no copy found, or no node answered): the
+    /// cached copy stands.
+    Unknown,
+}
+
 /// What a load saw of a session's stored copies (for memcached: each copy's
 /// location and CAS value, or that it was missing), handed to the save that
 /// follows so that the save cannot overwrite a logout that happened in
@@ -132,14 +149,36 @@ pub trait SessionBackend: Send + Sync + 'static {
     /// concurrent request or another app node) and fails with
     /// [`StoreError::Invalidated`]; a live copy written meanwhile is
     /// overwritten as by `save` (last write wins, as without locking).
+    ///
+    /// On success `seen` becomes what this save wrote (for memcached: the
+    /// CAS value of each copy), so that the next save of a session kept in
+    /// memory (sticky mode) is conditional too without reading first; the
+    /// default when the backend cannot tell.
     fn save_seen<'a>(
         &'a self,
         id: &'a SessionId,
         record: &'a SessionRecord,
-        seen: &'a Seen,
+        seen: &'a mut Seen,
     ) -> StoreFuture<'a, SessionId> {
-        let _ = seen;
-        self.save(id, record)
+        Box::pin(async move {
+            let stored = self.save(id, record).await?;
+            *seen = Seen::default();
+            Ok(stored)
+        })
+    }
+
+    /// Sticky mode: what the store holds now of a session this app node
+    /// keeps in memory (`cached` is the node's copy). Another app node may
+    /// have taken the session over (failover) and changed or invalidated it.
+    /// The default (a backend no other process shares) answers
+    /// [`Revalidated::Unknown`]: the cached copy stands.
+    fn revalidate<'a>(
+        &'a self,
+        id: &'a SessionId,
+        cached: &'a SessionRecord,
+    ) -> StoreFuture<'a, Revalidated> {
+        let _ = (id, cached);
+        Box::pin(async { Ok(Revalidated::Unknown) })
     }
 
     /// Refreshes the expiry of an unchanged session without rewriting it.

@@ -330,6 +330,31 @@ impl Core {
         .await
     }
 
+    /// [`Core::write_encoded`] that also puts the CAS value the stored copy
+    /// got into `cas` (0 when it was not stored; memcached's start at 1).
+    pub(crate) async fn write_encoded_cas(
+        &self,
+        node: usize,
+        key: &str,
+        value: bytes::Bytes,
+        mode: SetMode,
+        ttl: u32,
+        cas: &mut u64,
+    ) -> Result<StoreStatus, StoreError> {
+        let k = self.key(node, key, "set")?;
+        let write = self.clients[node].set_bytes_cas_within(
+            &k,
+            value,
+            0,
+            ttl,
+            mode,
+            self.clients[node].options().operation_timeout,
+        );
+        let (status, got) = self.timed(node, "set", write).await?;
+        *cas = got;
+        Ok(status)
+    }
+
     /// Writes raw bytes (locks, sentinel).
     pub(crate) async fn write_raw(
         &self,

@@ -61,7 +61,7 @@ pub use self::write::TOMBSTONE_VERSION;
 
 use self::health::HealthActor;
 use self::inner::Core;
-use super::{Loaded, Seen, SessionBackend, StoreFuture};
+use super::{Loaded, Revalidated, Seen, SessionBackend, StoreFuture};
 use crate::id::SessionId;
 use crate::record::SessionRecord;
 use crate::stats::Stats;
@@ -219,9 +219,17 @@ impl SessionBackend for ReplicatedMemcachedStore {
         &'a self,
         id: &'a SessionId,
         record: &'a SessionRecord,
-        seen: &'a Seen,
+        seen: &'a mut Seen,
     ) -> StoreFuture<'a, SessionId> {
         Box::pin(self.core.save_seen(id, record, seen))
+    }
+
+    fn revalidate<'a>(
+        &'a self,
+        id: &'a SessionId,
+        cached: &'a SessionRecord,
+    ) -> StoreFuture<'a, Revalidated> {
+        Box::pin(self.core.revalidate(id, cached))
     }
 
     fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()> {

@@ -32,7 +32,7 @@ use super::health::HealthSnapshot;
 use super::inner::{backup_key, newest, Core, Stored};
 use crate::id::SessionId;
 use crate::record::{RecordKind, SessionRecord};
-use crate::store::{Loaded, Seen, SeenCopy, StoreError};
+use crate::store::{Loaded, Revalidated, Seen, SeenCopy, StoreError};
 
 /// Moved markers followed at most per load.
 const MAX_HOPS: usize = 4;
@@ -64,18 +64,59 @@ fn bump(n: &std::sync::atomic::AtomicU64) {
     n.fetch_add(1, Relaxed);
 }
 
+/// What a load found, with a logout told apart from a missing session.
+/// Returned once per load and never stored: boxing `Found` would cost every
+/// load an allocation.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Outcome {
+    Found(Loaded),
+    Missing,
+    LoggedOut,
+}
+
+impl From<Option<Loaded>> for Outcome {
+    fn from(l: Option<Loaded>) -> Outcome {
+        l.map_or(Outcome::Missing, Outcome::Found)
+    }
+}
+
 impl Core {
     /// `SessionBackend::load` (the manager counts loads and misses).
     pub(crate) async fn load(&self, id: &SessionId) -> Result<Option<Loaded>, StoreError> {
+        Ok(match self.load_outcome(id).await? {
+            Outcome::Found(l) => Some(l),
+            Outcome::Missing | Outcome::LoggedOut => None,
+        })
+    }
+
+    /// `SessionBackend::revalidate`: a whole load (both copies, failover,
+    /// moved markers), compared with the caller's cached copy.
+    pub(crate) async fn revalidate(
+        &self,
+        id: &SessionId,
+        cached: &SessionRecord,
+    ) -> Result<Revalidated, StoreError> {
+        Ok(match self.load_outcome(id).await {
+            Ok(Outcome::Found(l)) if l.record.supersedes(cached) || l.id.key() != id.key() => {
+                Revalidated::Newer(l)
+            }
+            Ok(Outcome::Found(l)) => Revalidated::Current(l.seen),
+            Ok(Outcome::LoggedOut) => Revalidated::LoggedOut,
+            Ok(Outcome::Missing) | Err(_) => Revalidated::Unknown,
+        })
+    }
+
+    async fn load_outcome(&self, id: &SessionId) -> Result<Outcome, StoreError> {
         let route = id.route();
         if self.health.load().all_down() {
             bump(&self.stats.degraded_operations);
-            return Ok(Box::pin(self.degraded.load(id)).await.map(|l| Loaded {
+            let l = Box::pin(self.degraded.load(id)).await.map(|l| Loaded {
                 id: l.id.with_route(route),
                 record: l.record,
                 expires_in: None,
                 seen: Seen::default(),
-            }));
+            });
+            return Ok(l.into());
         }
         let mut cur = id.with_route(None);
         let mut visited: Vec<(SessionId, Option<SessionRecord>)> = Vec::new();
@@ -88,27 +129,28 @@ impl Core {
                     seen,
                 } => {
                     let read = (rec.version, rec.last_access_ms);
-                    return Ok(self.with_pending(&at, Some(rec), route).map(|mut l| {
+                    let l = self.with_pending(&at, Some(rec), route).map(|mut l| {
                         // Unless a newer copy waiting in degraded memory won.
                         if (l.record.version, l.record.last_access_ms) == read {
                             l.expires_in = expires_in;
                             l.seen = seen;
                         }
                         l
-                    }));
+                    });
+                    return Ok(l.into());
                 }
-                Resolved::Gone => return Ok(self.with_pending(&cur, None, route)),
+                Resolved::Gone => return Ok(self.with_pending(&cur, None, route).into()),
                 Resolved::LoggedOut => {
                     // A change parked while memcached was unreachable must
                     // not bring back a session logged out meanwhile.
                     self.degraded.drop_pending(&cur);
-                    return Ok(None);
+                    return Ok(Outcome::LoggedOut);
                 }
                 Resolved::Moved { to, live } => {
                     if let Some((_, seen)) = visited.iter().find(|(v, _)| *v == to) {
                         // The marker points back: the session returned to
                         // that key later, and its live copy there is current.
-                        return Ok(self.with_pending(&to, seen.clone(), route));
+                        return Ok(self.with_pending(&to, seen.clone(), route).into());
                     }
                     visited.push((cur, live));
                     cur = to.with_route(None);
@@ -116,7 +158,7 @@ impl Core {
             }
         }
         log::warn!("session {id:?}: more than {MAX_HOPS} moved markers, treated as missing");
-        Ok(None)
+        Ok(Outcome::Missing)
     }
 
     /// The result for key `at`, unless a newer copy waits in degraded memory.

@@ -31,8 +31,9 @@ pub const TOMBSTONE_VERSION: u64 = 1 << 62;
 
 /// Where a save landed.
 enum Placed {
-    /// Under this id (a new one after a relocation).
-    At(SessionId),
+    /// Under this id (a new one after a relocation); what was written
+    /// where (see [`SessionBackend::save_seen`](crate::store::SessionBackend::save_seen)).
+    At(SessionId, Seen),
     /// No node took it.
     Nowhere,
     /// The session was invalidated since the load; nothing live written.
@@ -86,17 +87,18 @@ impl Core {
         id: &SessionId,
         rec: &SessionRecord,
     ) -> Result<SessionId, StoreError> {
-        self.save_seen(id, rec, &Seen::default()).await
+        self.save_seen(id, rec, &mut Seen::default()).await
     }
 
     /// `SessionBackend::save_seen`: a copy the load saw is written with its
     /// CAS value (a missing one add-if-absent), so a logout's tombstone
-    /// written in between is noticed instead of overwritten.
+    /// written in between is noticed instead of overwritten. On success
+    /// `seen` becomes what this save wrote.
     pub(crate) async fn save_seen(
         &self,
         id: &SessionId,
         rec: &SessionRecord,
-        seen: &Seen,
+        seen: &mut Seen,
     ) -> Result<SessionId, StoreError> {
         let max = self.clients[0].options().max_value_size;
         let size = HEADER_LEN + rec.payload.len();
@@ -110,9 +112,10 @@ impl Core {
         }
         if !self.health.load().all_down() {
             match self.place(id, rec, seen).await {
-                Placed::At(at) => {
+                Placed::At(at, written) => {
                     self.degraded.drop_pending(id);
                     self.degraded.drop_pending(&at);
+                    *seen = written;
                     return Ok(at.with_route(id.route()));
                 }
                 Placed::Refused => return Err(StoreError::Invalidated),
@@ -122,6 +125,7 @@ impl Core {
         }
         bump(&self.stats.degraded_operations);
         Box::pin(self.degraded.park(id, rec)).await;
+        *seen = Seen::default();
         Ok(id.clone())
     }
 
@@ -133,25 +137,24 @@ impl Core {
         rec: &SessionRecord,
     ) -> Option<SessionId> {
         match self.place(id, rec, &Seen::default()).await {
-            Placed::At(at) => Some(at),
+            Placed::At(at, _) => Some(at),
             Placed::Refused | Placed::Nowhere => None,
         }
     }
 
     /// Writes `rec` to memcached (see [`Core::save_seen`] for `seen`).
     async fn place(&self, id: &SessionId, rec: &SessionRecord, seen: &Seen) -> Placed {
-        let id = id.with_route(None);
+        // Borrowed, not a route-less copy: the future stays small (the key
+        // and the copy locations do not depend on the route).
         if !rec.is_live() {
-            return match Box::pin(self.write_tombstone(&id, rec)).await {
-                true => Placed::At(id),
+            return match Box::pin(self.write_tombstone(id, rec)).await {
+                true => Placed::At(id.with_route(None), Seen::default()),
                 false => Placed::Nowhere,
             };
         }
         let snap = self.health.load_full();
         let p = id.node().and_then(|n| self.placement.index(n));
-        let mut exclude = Vec::new();
         if let Some(p) = p {
-            exclude.push(p);
             if snap.usable(p) {
                 let key = id.key();
                 let bkey = backup_key(&key);
@@ -161,13 +164,23 @@ impl Core {
                 // One encoding for both copies (they share the buffer).
                 let value = bytes::Bytes::from(rec.encode());
                 let ttl = ttl_for(rec.max_inactive_secs);
+                // The CAS values the copies got, for `written` below; 0 for
+                // a copy not written here.
+                let (mut pcas, mut bcas) = (0u64, 0u64);
                 let (pw, bw) = futures::join!(
-                    self.write_encoded(p, &key, value.clone(), seen.mode(0, p), ttl),
+                    self.write_encoded_cas(p, &key, value.clone(), seen.mode(0, p), ttl, &mut pcas),
                     async {
                         match b {
                             Some(b) => Some(
-                                self.write_encoded(b, &bkey, value, seen.mode(1, b), ttl)
-                                    .await,
+                                self.write_encoded_cas(
+                                    b,
+                                    &bkey,
+                                    value,
+                                    seen.mode(1, b),
+                                    ttl,
+                                    &mut bcas,
+                                )
+                                .await,
                             ),
                             None => None,
                         }
@@ -179,7 +192,7 @@ impl Core {
                 let conflict = |r: &Result<StoreStatus, StoreError>| matches!(r, Ok(s) if *s != StoreStatus::Stored);
                 let (pw, bw) = if conflict(&pw) || bw.as_ref().is_some_and(conflict) {
                     match Box::pin(self.settle_both(
-                        &id,
+                        id,
                         (p, &key, pw),
                         b.map(|b| (b, bkey.as_str())),
                         bw,
@@ -196,19 +209,32 @@ impl Core {
                 if pw.is_ok() {
                     let backed_up = match (b, bw) {
                         (Some(b), Some(Err(_))) => {
-                            Box::pin(self.backup_elsewhere(&id, &[p, b], &bkey, rec)).await
+                            Box::pin(self.backup_elsewhere(id, &[p, b], &bkey, rec)).await
                         }
                         (_, bw) => bw.is_some(),
                     };
                     self.count_backup(backed_up);
-                    return Placed::At(id);
+                    // What this save left in memcached, for the next save of
+                    // a session the caller keeps in memory (sticky).
+                    let copy = |node: usize, cas: u64| {
+                        (cas != 0).then_some(SeenCopy {
+                            node,
+                            cas: Some(cas),
+                        })
+                    };
+                    let written = Seen {
+                        copies: [copy(p, pcas), b.and_then(|b| copy(b, bcas))],
+                    };
+                    return Placed::At(id.with_route(None), written);
                 }
             }
         }
         // The primary is down or failed: relocate (boxed: the rare path keeps
         // the common path's future small).
+        let exclude = p.into_iter().collect();
+        let id = id.with_route(None);
         match Box::pin(self.relocate_on_save(&id, p, exclude, rec)).await {
-            Some(at) => Placed::At(at),
+            Some(at) => Placed::At(at, Seen::default()),
             None => Placed::Nowhere,
         }
     }
