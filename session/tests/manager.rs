@@ -91,6 +91,9 @@ on_every_store!(
     an_unchanged_non_sticky_session_is_touched_once_per_quarter_interval,
     a_request_that_loaded_the_session_before_a_logout_does_not_bring_it_back,
     sticky_a_request_served_from_the_cache_before_a_logout_does_not_bring_it_back,
+    sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cache,
+    sticky_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node,
+    sticky_async_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node,
 );
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
@@ -572,19 +575,27 @@ async fn a_session_written_with_another_serializer_is_still_read() {
     assert_eq!(bincode.stats().garbage_values, 0);
 }
 
-/// Two sticky app nodes, `app1` and `app2`, over one memcached cluster; each
-/// with its own store client, as two processes would be.
+/// Two sticky app nodes, `app1` and `app2`, over one store: a memcached
+/// cluster with a store client each, as two processes would have, or one
+/// shared in-process store. Keep the returned cluster alive for the test.
 fn sticky_pair(
-    cluster: &Cluster,
+    kind: Kind,
     revalidate_app1: Duration,
     backup_async: bool,
-) -> (SessionManager, SessionManager) {
+) -> (SessionManager, SessionManager, Option<Cluster>) {
+    let cluster = matches!(kind, Kind::Memcached).then(|| Cluster::start(3));
+    let shared: Arc<dyn SessionBackend> = Arc::new(MemoryStore::default());
     let node = |route: &str, revalidate: Duration| {
         let stats = Arc::new(Stats::default());
-        let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
-            .unwrap()
-            .operation_timeout(Duration::from_millis(500));
-        let store = ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap();
+        let store: Arc<dyn SessionBackend> = match &cluster {
+            Some(cluster) => {
+                let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+                    .unwrap()
+                    .operation_timeout(Duration::from_millis(500));
+                Arc::new(ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap())
+            }
+            None => shared.clone(),
+        };
         let mut c = SessionConfig {
             cookie_secret: Some("x".repeat(32)),
             sticky: true,
@@ -593,12 +604,11 @@ fn sticky_pair(
             ..Default::default()
         };
         c.max_inactive_interval = Duration::from_secs(600);
-        SessionManager::new(c.validate().unwrap(), route, Arc::new(store), stats)
+        SessionManager::new(c.validate().unwrap(), route, store, stats)
     };
-    (
-        node("app1", revalidate_app1),
-        node("app2", Duration::from_secs(3600)),
-    )
+    let app1 = node("app1", revalidate_app1);
+    let app2 = node("app2", Duration::from_secs(3600));
+    (app1, app2, cluster)
 }
 
 macro_rules! post {
@@ -615,10 +625,8 @@ macro_rules! post {
 /// (app1 was unreachable for the balancer), changes it and logs it out. A
 /// request that still names app1 (a replayed cookie, or one in flight) must
 /// get what the store holds, not app1's cached copy.
-#[actix_rt::test]
-async fn sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cache() {
-    let cluster = Cluster::start(3);
-    let (app1, app2) = sticky_pair(&cluster, Duration::ZERO, false);
+async fn sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cache(kind: Kind) {
+    let (app1, app2, _cluster) = sticky_pair(kind, Duration::ZERO, false);
     let (a1, a2) = (app!(app1), app!(app2));
     let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/a").to_request()).await;
     let on_app1 = cookie_of(&res).unwrap();
@@ -645,21 +653,20 @@ async fn sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cac
 /// The same story with app1 trusting its cache for an hour: within that
 /// window app1 may serve its copy, but a write from it is conditional on what
 /// it last wrote, so it cannot undo the logout made on app2.
-#[actix_rt::test]
-async fn sticky_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node() {
-    stale_write_after_logout(false).await;
+async fn sticky_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node(kind: Kind) {
+    stale_write_after_logout(kind, false).await;
 }
 
 /// As above with `session_backup_async`: the persistence actor's save is
 /// conditional too, and it marks the cache entry logged out when refused.
-#[actix_rt::test]
-async fn sticky_async_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node() {
-    stale_write_after_logout(true).await;
+async fn sticky_async_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node(
+    kind: Kind,
+) {
+    stale_write_after_logout(kind, true).await;
 }
 
-async fn stale_write_after_logout(backup_async: bool) {
-    let cluster = Cluster::start(3);
-    let (app1, app2) = sticky_pair(&cluster, Duration::from_secs(3600), backup_async);
+async fn stale_write_after_logout(kind: Kind, backup_async: bool) {
+    let (app1, app2, _cluster) = sticky_pair(kind, Duration::from_secs(3600), backup_async);
     let (a1, a2) = (app!(app1), app!(app2));
     // In async mode each write lands after its response: wait for it.
     let pause = Duration::from_millis(if backup_async { 200 } else { 0 });
@@ -721,8 +728,8 @@ fn memcached_stat(cluster: &mut Cluster, name: &str) -> u64 {
 /// (nobody else wrote) they land at once: no conflict, no extra read.
 #[actix_rt::test]
 async fn sticky_saves_are_conditional_on_the_nodes_own_last_write() {
-    let mut cluster = Cluster::start(3);
-    let (app1, _app2) = sticky_pair(&cluster, Duration::from_secs(3600), false);
+    let (app1, _app2, cluster) = sticky_pair(Kind::Memcached, Duration::from_secs(3600), false);
+    let mut cluster = cluster.unwrap();
     let a1 = app!(app1);
     let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/k0").to_request()).await;
     let cookie = cookie_of(&res).unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{Loaded, SessionBackend, StoreError, StoreFuture};
+use super::{Loaded, Revalidated, SessionBackend, StoreError, StoreFuture};
 use crate::id::SessionId;
 use crate::record::{RecordKind, SessionRecord};
 
@@ -187,6 +187,34 @@ impl SessionBackend for MemoryStore {
         }
         self.put(key, record.clone());
         ready(Ok(id.clone()))
+    }
+
+    fn revalidate<'a>(
+        &'a self,
+        id: &'a SessionId,
+        cached: &'a SessionRecord,
+    ) -> StoreFuture<'a, Revalidated> {
+        let key = id.key();
+        let kind = {
+            let shard = self.shard(&key).lock();
+            match shard.sessions.get(&key) {
+                Some(e) if e.deadline > Instant::now() => Some(e.record.kind.clone()),
+                _ => None,
+            }
+        };
+        Box::pin(async move {
+            Ok(match kind {
+                None => Revalidated::Unknown,
+                Some(RecordKind::Deleted) => Revalidated::LoggedOut,
+                Some(_) => match self.load(id).await? {
+                    Some(l) if l.record.supersedes(cached) || l.id.key() != key => {
+                        Revalidated::Newer(l)
+                    }
+                    Some(l) => Revalidated::Current(l.seen),
+                    None => Revalidated::Unknown,
+                },
+            })
+        })
     }
 
     fn touch<'a>(&'a self, id: &'a SessionId, record: &'a SessionRecord) -> StoreFuture<'a, ()> {

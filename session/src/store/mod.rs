@@ -170,8 +170,7 @@ pub trait SessionBackend: Send + Sync + 'static {
     /// Sticky mode: what the store holds now of a session this app node
     /// keeps in memory (`cached` is the node's copy). Another app node may
     /// have taken the session over (failover) and changed or invalidated it.
-    /// The default (a backend no other process shares) answers
-    /// [`Revalidated::Unknown`]: the cached copy stands.
+    /// The default answers [`Revalidated::Unknown`]: the cached copy stands.
     fn revalidate<'a>(
         &'a self,
         id: &'a SessionId,
