@@ -2,7 +2,8 @@
 //!
 //! Each mode runs in one actix `System`. Signals are handled here, not by
 //! actix-web: SIGTERM/SIGINT stop accepting and finish in-flight requests
-//! (balancer first, then the app node); SIGHUP re-reads the config file and
+//! (balancer first, then the app node), then wait (at most 10 s) for session
+//! writes that outlived their responses; SIGHUP re-reads the config file and
 //! hands the new `[balancer]` section to the running balancer, which swaps its
 //! upstream set without dropping connections.
 
@@ -69,6 +70,9 @@ pub fn load_config(path: Option<&Path>) -> Result<Loaded, i32> {
     })
 }
 
+/// Longest a graceful stop waits for session writes still running.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs a mode until a stop signal; returns the exit code.
 pub fn run(mode: Mode, path: Option<PathBuf>) -> i32 {
     let loaded = match load_config(path.as_deref()) {
@@ -110,6 +114,7 @@ async fn serve(mode: Mode, path: Option<PathBuf>, loaded: Loaded) -> Result<(), 
         balancer = Some(handle);
     }
     let app_addr = app.as_ref().map(|a| a.addr);
+    let manager = app.as_ref().map(|a| a.manager.clone());
     let app_server = app.map(|a| a.server);
     let app_handle = app_server.as_ref().map(|s| s.handle());
     if let Some(s) = app_server {
@@ -132,6 +137,16 @@ async fn serve(mode: Mode, path: Option<PathBuf>, loaded: Loaded) -> Result<(), 
     }
     if let Some(h) = app_handle {
         h.stop(true).await;
+    }
+    if let Some(m) = manager {
+        // Session writes that outlived their responses (async backups, slow
+        // sync ones) end before the process does.
+        let left = m.drain(SHUTDOWN_DRAIN).await;
+        if left > 0 {
+            log::warn!(
+                "{left} session write(s) still running after {SHUTDOWN_DRAIN:?}; exiting without them"
+            );
+        }
     }
     log::info!("stopped");
     Ok(())

@@ -113,6 +113,8 @@ pub(crate) struct Inner {
     pub local_locks: locking::LocalLocks,
     pub learner: locking::ReadOnlyLearner,
     pub persister: Option<actix::Addr<persist::Persister>>,
+    /// Session writes in flight past their response ([`PendingWrite`]).
+    pub pending: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Shared session manager; clone it into each worker's middleware.
@@ -168,6 +170,7 @@ impl SessionManager {
             stats,
             cache,
             local_locks: Default::default(),
+            pending: Default::default(),
             learner: Default::default(),
             persister,
         }))
@@ -196,5 +199,58 @@ impl SessionManager {
     /// Sessions held in the sticky cache (0 when not sticky).
     pub fn cached_sessions(&self) -> usize {
         self.0.cache.as_ref().map_or(0, |c| c.len())
+    }
+
+    /// Session writes still running after their response left: async
+    /// backups, sync writes that outlived `session_backup_timeout`, and the
+    /// invalidation of a renewed session's old id.
+    pub fn pending_writes(&self) -> usize {
+        self.0.pending.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Waits until [`pending_writes`](Self::pending_writes) is zero, at most
+    /// `limit`, and returns what is still running then. For a graceful
+    /// shutdown: call it after the HTTP server stopped and before the actix
+    /// `System` ends, so no change a response already confirmed is lost.
+    pub async fn drain(&self, limit: std::time::Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = self.pending_writes();
+            if left == 0 || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One session write in flight, counted in `Inner::pending` until dropped.
+#[derive(Debug)]
+pub(crate) struct PendingWrite(Arc<std::sync::atomic::AtomicUsize>);
+
+impl PendingWrite {
+    pub(crate) fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        PendingWrite(count.clone())
+    }
+}
+
+impl Drop for PendingWrite {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Runs `fut` to completion apart from the request: on the actix `System`'s
+/// own arbiter when there is one (it outlives the HTTP workers, so a
+/// graceful shutdown can wait for it, see [`SessionManager::drain`]), else
+/// on the current tokio runtime.
+pub(crate) fn spawn_detached(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Some(system) = actix::System::try_current() {
+        system.arbiter().spawn(fut);
+    } else if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(fut);
+    } else {
+        log::warn!("no runtime to finish a session write on; it is dropped");
     }
 }

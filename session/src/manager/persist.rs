@@ -34,6 +34,8 @@ pub struct Persist {
     /// Sticky mode: a landed save confirms the cached copy (see
     /// [`super::note_saved`]).
     pub confirm: bool,
+    /// Counts this write until it ended ([`super::SessionManager::drain`]).
+    pub(crate) pending: Option<super::PendingWrite>,
 }
 
 /// Owns asynchronous session persistence.
@@ -99,6 +101,7 @@ impl Handler<Persist> for Persister {
                 }
             }
             drop(msg.local_guard);
+            drop(msg.pending);
         }));
     }
 }

@@ -89,9 +89,9 @@ impl<T: Send + 'static> std::future::Future for OnDrop<T> {
 impl<T: Send + 'static> Drop for OnDrop<T> {
     fn drop(&mut self) {
         if let Some(fut) = self.fut.take() {
-            if tokio::runtime::Handle::try_current().is_ok() {
-                tokio::spawn(fut);
-            }
+            super::spawn_detached(async move {
+                fut.await;
+            });
         }
     }
 }
@@ -574,6 +574,7 @@ impl Inner {
         mut seen: Seen,
         confirm: bool,
     ) -> Saved {
+        let pending = super::PendingWrite::new(&self.pending);
         if let Some(persister) = &self.persister {
             persister.do_send(super::persist::Persist {
                 unlock: locks.store.take().is_some(),
@@ -582,6 +583,7 @@ impl Inner {
                 record,
                 seen,
                 confirm,
+                pending: Some(pending),
             });
             return Saved::Same;
         }
@@ -616,6 +618,7 @@ impl Inner {
                 }
             }
             locks.release();
+            drop(pending);
             match result {
                 Ok(new) if new != id => Saved::Moved(new),
                 Err(StoreError::Invalidated) => Saved::Invalidated,
@@ -640,10 +643,12 @@ impl Inner {
             cache.remove(&old.key());
         }
         let backend = self.backend.clone();
-        tokio::spawn(async move {
+        let pending = super::PendingWrite::new(&self.pending);
+        super::spawn_detached(async move {
             if let Err(e) = backend.invalidate(&old, None).await {
                 log::warn!("could not invalidate the renewed session's old id: {e}");
             }
+            drop(pending);
         });
     }
 
