@@ -35,6 +35,8 @@ const DEFAULT_MEMORY_MB: &str = "64";
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports [`Memcached::start`] tries when the port was taken meanwhile.
 const START_ATTEMPTS: usize = 10;
+/// How long a freeze or unfreeze waits for every thread to change state.
+const THREAD_STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Path of the `memcached` executable.
 ///
@@ -245,10 +247,14 @@ impl Drop for Memcached {
     }
 }
 
-/// Waits (at most 2 s) until every thread of `pid` is stopped (`stopped`)
+/// Waits (at most 10 s) until every thread of `pid` is stopped (`stopped`)
 /// or none is, reading `/proc/<pid>/task/*/stat`.
+///
+/// # Panics
+/// When the threads do not get there in time: a test that believes a node is
+/// frozen while it still answers would fail later with a misleading message.
 fn wait_for_threads(pid: u32, stopped: bool) {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + THREAD_STATE_TIMEOUT;
     loop {
         let states: Vec<char> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .map(|dir| {
@@ -267,8 +273,15 @@ fn wait_for_threads(pid: u32, stopped: bool) {
         } else {
             states.iter().all(|c| *c != 'T')
         };
-        if done || Instant::now() >= deadline {
+        if done {
             return;
+        }
+        if Instant::now() >= deadline {
+            let want = if stopped { "stop (SIGSTOP)" } else { "resume (SIGCONT)" };
+            panic!(
+                "memcached pid {pid}: threads did not {want} within {THREAD_STATE_TIMEOUT:?}; \
+                 thread states {states:?}"
+            );
         }
         std::thread::sleep(Duration::from_millis(1));
     }
