@@ -277,7 +277,11 @@ fn wait_for_threads(pid: u32, stopped: bool) {
             return;
         }
         if Instant::now() >= deadline {
-            let want = if stopped { "stop (SIGSTOP)" } else { "resume (SIGCONT)" };
+            let want = if stopped {
+                "stop (SIGSTOP)"
+            } else {
+                "resume (SIGCONT)"
+            };
             panic!(
                 "memcached pid {pid}: threads did not {want} within {THREAD_STATE_TIMEOUT:?}; \
                  thread states {states:?}"
