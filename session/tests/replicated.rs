@@ -174,6 +174,55 @@ async fn successive_failures_move_the_session_to_the_last_node() {
     assert_eq!(payload(&store, &last_id).await.unwrap().1, "cart=4");
 }
 
+/// A relocation whose first-choice target hangs too (frozen, and not yet
+/// marked down: a high failure threshold) moves on to the next
+/// node instead of leaving the session on its dead primary.
+#[actix_rt::test]
+async fn relocation_passes_over_a_target_that_fails_too() {
+    let mut cluster = Cluster::start(3);
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+        .unwrap()
+        .operation_timeout(OP_TIMEOUT)
+        .probe_interval(Duration::from_millis(50))
+        .failure_threshold(1_000_000);
+    let store = ReplicatedMemcachedStore::new(cfg, Arc::new(Stats::default())).unwrap();
+    settled(&store).await;
+    // Sessions on n1; their backups are spread over n2 and n3.
+    let mut ids = Vec::new();
+    while ids.len() < 24 {
+        let id = store.new_id(None);
+        if id.node() == Some("n1") {
+            store.save(&id, &live(1, "cart=3")).await.unwrap();
+            ids.push(id);
+        }
+    }
+    // n1 hangs: each session moves to the node that holds its backup.
+    cluster.node("n1").freeze();
+    let moved: Vec<SessionId> = stream::iter(&ids)
+        .map(|id| async { store.load(id).await.unwrap().expect("session lost").id })
+        .buffer_unordered(24)
+        .collect()
+        .await;
+    assert!(moved.iter().all(|m| m.node() != Some("n1")));
+    // n2 dies: the sessions on it move again. For about half of them n1
+    // ranks before n3, and n1 still counts as up.
+    cluster.node("n2").kill();
+    let last: Vec<(SessionId, String)> = stream::iter(&moved)
+        .map(|id| async {
+            payload(&store, id)
+                .await
+                .expect("session lost on the second failure")
+        })
+        .buffer_unordered(24)
+        .collect()
+        .await;
+    for (id, data) in &last {
+        assert_eq!(data, "cart=3");
+        assert_eq!(id.node(), Some("n3"), "not on the surviving node: {id:?}");
+    }
+    assert_eq!(state(&store, "n1"), NodeState::Up, "n1 was marked down");
+}
+
 #[actix_rt::test]
 async fn frozen_primary_costs_at_most_the_operation_timeout_and_never_serves_stale_data() {
     let mut cluster = Cluster::start(3);
@@ -306,6 +355,58 @@ async fn restarted_primary_is_warmed_up_so_losing_the_backup_node_loses_nothing(
         "{} of {SESSIONS} sessions lost: {lost:?}",
         lost.len()
     );
+}
+
+/// A copy outside the session's two places (left by an earlier failover) that
+/// is newer than both is what warm-up copies back, and the copy keeps that
+/// copy's remaining lifetime, not a fresh max inactive interval.
+#[actix_rt::test]
+async fn warm_up_takes_a_newer_stray_copy_with_its_remaining_lifetime() {
+    let mut cluster = Cluster::start(3);
+    let (store, _stats) = store(&cluster);
+    settled(&store).await;
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "old")).await.unwrap();
+    let copies = store.copy_nodes(&id);
+    let (p, b) = (copies.primary.unwrap(), copies.backup.unwrap());
+    let third = ["n1", "n2", "n3"]
+        .into_iter()
+        .find(|n| *n != p && *n != b)
+        .unwrap();
+    let bak = format!("bak:{}", id.key());
+    raw(&mut cluster, third)
+        .set(
+            &Key::new(&bak).unwrap(),
+            &live(5, "newest").encode(),
+            0,
+            100,
+            SetMode::Set,
+        )
+        .await
+        .unwrap();
+
+    let before = warmups(&store, &p);
+    cluster.node(&p).restart();
+    wait_until(
+        "warm-up of the restarted primary",
+        Duration::from_secs(20),
+        || warmups(&store, &p) > before && state(&store, &p) == NodeState::Up,
+    )
+    .await;
+
+    let primary = raw(&mut cluster, &p);
+    let item = primary.get(&Key::new(id.key()).unwrap()).await.unwrap();
+    let item = item.expect("warm-up wrote the primary copy");
+    let rec = SessionRecord::decode(&item.value).unwrap();
+    assert_eq!((rec.version, rec.payload.as_slice()), (5, &b"newest"[..]));
+    let ttl = item.ttl.expect("the copy expires");
+    assert!((90..=100).contains(&ttl), "primary copy lives {ttl} s");
+    let backup = raw_record(&raw(&mut cluster, &b), &bak).await.unwrap();
+    assert_eq!(
+        backup.version, 5,
+        "the backup copy was brought up to date too"
+    );
+    assert_eq!(payload(&store, &id).await.unwrap().1, "newest");
 }
 
 #[actix_rt::test]

@@ -249,6 +249,16 @@ impl NodeClient {
         metadump::dump(self.inner.addr, &self.inner.opts).await
     }
 
+    /// [`NodeClient::metadump`] without the list: each key goes to `sink` as its line arrives,
+    /// so memory stays flat for any number of items. The flag is true for keys of a second
+    /// LRU walk (servers without `metadump hash`), which may repeat keys already given.
+    pub async fn metadump_each(
+        &self,
+        sink: &mut dyn FnMut(DumpedKey, bool),
+    ) -> Result<(), McError> {
+        metadump::dump_each(self.inner.addr, &self.inner.opts, sink).await
+    }
+
     fn check_size(&self, size: usize) -> Result<(), McError> {
         let max = self.inner.opts.max_value_size;
         if size > max {

@@ -2,7 +2,8 @@
 //!
 //! Runs on its own short-lived connection so a long dump never delays pipelined
 //! requests. memcached streams one line per item (`key=<url-encoded> exp=<unix|-1> ...`)
-//! and ends with `END`. Lines are parsed as they arrive; only decoded keys are kept. If the
+//! and ends with `END`. Lines are parsed as they arrive: `metadump` collects the decoded
+//! keys, `metadump_each` hands each one to the caller and keeps none. If the
 //! crawler is busy (another dump running) the command is retried until the time limit.
 //!
 //! Completeness: `metadump all` walks the LRU lists and misses items that the LRU
@@ -37,21 +38,45 @@ pub(crate) async fn dump(
     addr: SocketAddr,
     opts: &ClientOptions,
 ) -> Result<Vec<DumpedKey>, McError> {
+    let mut keys = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut merged = false;
+    dump_each(addr, opts, &mut |k: DumpedKey, second_walk: bool| {
+        if second_walk {
+            if !merged {
+                seen.extend(keys.iter().map(|k: &DumpedKey| k.key.clone()));
+                merged = true;
+            }
+            if seen.insert(k.key.clone()) {
+                keys.push(k);
+            }
+        } else {
+            keys.push(k);
+        }
+    })
+    .await?;
+    Ok(keys)
+}
+
+/// Streams every key of the node to `sink` as its line arrives, holding no list: memory stays
+/// flat however many items the node has. The flag is true for keys of the second LRU walk on
+/// a server without `metadump hash`; such a key may repeat one the first walk gave.
+pub(crate) async fn dump_each(
+    addr: SocketAddr,
+    opts: &ClientOptions,
+    sink: &mut dyn FnMut(DumpedKey, bool),
+) -> Result<(), McError> {
     let work = async {
-        match dump_retrying(addr, opts, "hash").await? {
-            Ok(keys) => Ok(keys),
+        match dump_retrying(addr, opts, "hash", &mut |k| sink(k, false)).await? {
+            Ok(()) => Ok(()),
             Err(unsupported) => {
                 log::info!("memcached {addr}: metadump hash unsupported ({unsupported}), merging two LRU walks");
-                let mut keys = dump_retrying(addr, opts, "all")
+                dump_retrying(addr, opts, "all", &mut |k| sink(k, false))
                     .await?
                     .map_err(|detail| McError::Server { addr, detail })?;
-                let again = dump_retrying(addr, opts, "all")
+                dump_retrying(addr, opts, "all", &mut |k| sink(k, true))
                     .await?
-                    .map_err(|detail| McError::Server { addr, detail })?;
-                let seen: std::collections::HashSet<String> =
-                    keys.iter().map(|k| k.key.clone()).collect();
-                keys.extend(again.into_iter().filter(|k| !seen.contains(&k.key)));
-                Ok(keys)
+                    .map_err(|detail| McError::Server { addr, detail })
             }
         }
     };
@@ -69,21 +94,23 @@ async fn dump_retrying(
     addr: SocketAddr,
     opts: &ClientOptions,
     what: &str,
-) -> Result<Result<Vec<DumpedKey>, String>, McError> {
+    sink: &mut dyn FnMut(DumpedKey),
+) -> Result<Result<(), String>, McError> {
     loop {
-        match dump_once(addr, opts, what).await? {
+        match dump_once(addr, opts, what, sink).await? {
             Some(result) => return Ok(result),
             None => tokio::time::sleep(BUSY_RETRY).await,
         }
     }
 }
 
-/// One attempt; `Ok(None)` when the crawler was busy.
+/// One attempt; `Ok(None)` when the crawler was busy (reported before any key).
 async fn dump_once(
     addr: SocketAddr,
     opts: &ClientOptions,
     what: &str,
-) -> Result<Option<Result<Vec<DumpedKey>, String>>, McError> {
+    sink: &mut dyn FnMut(DumpedKey),
+) -> Result<Option<Result<(), String>>, McError> {
     let io = |e| McError::from_io(addr, "metadump", e);
     let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
@@ -97,16 +124,15 @@ async fn dump_once(
         .await
         .map_err(io)?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut keys = Vec::new();
     loop {
         while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
             let line = buf.split_to(nl + 1);
             let line = line.strip_suffix(b"\n").unwrap_or(&line);
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             match parse_line(line) {
-                Line::Key(k) => keys.push(k),
+                Line::Key(k) => sink(k),
                 Line::Skip => {}
-                Line::End => return Ok(Some(Ok(keys))),
+                Line::End => return Ok(Some(Ok(()))),
                 Line::Busy => return Ok(None),
                 Line::Error(detail) => return Ok(Some(Err(detail))),
                 Line::Garbage(detail) => return Err(McError::Protocol { addr, detail }),

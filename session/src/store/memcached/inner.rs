@@ -435,11 +435,17 @@ impl Core {
         Ok(item.is_some())
     }
 
-    /// Every key of `node` (for warm-up), bounded by `warmup_timeout`.
-    pub(crate) async fn dump(&self, node: usize) -> Result<Vec<DumpedKey>, StoreError> {
+    /// Every key of `node` (for warm-up), handed to `sink` as it arrives (see
+    /// `NodeClient::metadump_each`), bounded by `warmup_timeout`.
+    pub(crate) async fn dump_each(
+        &self,
+        node: usize,
+        sink: &mut dyn FnMut(DumpedKey, bool),
+    ) -> Result<(), StoreError> {
         let id = || self.node_id(node).to_owned();
-        match tokio::time::timeout(self.cfg.warmup_timeout, self.clients[node].metadump()).await {
-            Ok(Ok(keys)) => Ok(keys),
+        let work = self.clients[node].metadump_each(sink);
+        match tokio::time::timeout(self.cfg.warmup_timeout, work).await {
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(StoreError::Node {
                 node: id(),
                 op: "metadump",

@@ -353,60 +353,21 @@ impl Core {
         old_backups: &[(usize, Stored)],
     ) -> Resolved {
         let snap = self.health.load_full();
-        let Some(t) = self
-            .placement
-            .first_usable(id.random(), &[p], |i| i != p && snap.usable(i))
-        else {
-            bump(&self.stats.memcached_failovers);
-            return Resolved::Live {
-                id: id.clone(),
-                rec: w,
-                expires_in: None,
-                seen: Seen::default(),
-            };
-        };
-        let new = id.with_node(Some(self.node_id(t))).with_route(None);
-        let nkey = new.key();
-        let nbkey = backup_key(&nkey);
         let mut rec = w.clone();
         rec.version = w.version.saturating_add(2);
-        let nb = self
-            .placement
-            .first_usable(id.random(), &[p, t], |i| snap.usable(i));
-        // One round trip in the common case: add the new primary and backup.
-        let (placed, added) = futures::join!(self.write(t, &nkey, &rec, SetMode::Add), async {
-            match nb {
-                Some(nb) => Some(self.write(nb, &nbkey, &rec, SetMode::Add).await),
-                None => None,
-            }
-        });
-        match placed {
-            Ok(StoreStatus::Stored) => {}
-            Ok(_) => {
-                // Something is there already: a concurrent relocation or a
-                // tombstone wins; a leftover moved marker or older copy is
-                // replaced (CAS, so a racing write still wins).
-                let ours = match self.read(t, &nkey).await {
-                    Ok(Stored::Record { rec: e, .. }) if e.kind == RecordKind::Deleted => {
-                        return Resolved::Gone
-                    }
-                    Ok(Stored::Record { rec: e, .. })
-                        if e.is_live() && e.version >= rec.version =>
-                    {
-                        false
-                    }
-                    Ok(found) => matches!(self.repair(t, &nkey, &found, &rec).await, Ok(true)),
-                    Err(_) => false,
-                };
-                if !ours {
-                    return Resolved::Moved {
-                        to: new,
-                        live: None,
-                    };
-                }
-            }
-            Err(_) => {
-                // The target failed too; serve what we have under the old id.
+        // A target whose write failed is skipped: a node that just died may
+        // still look usable (one failed operation on an open connection does
+        // not mark it down), and the session should land on a node that
+        // holds it rather than stay on its unreachable primary.
+        // At most two targets, as a relocation on save: a request waits at
+        // most one extra operation time-out.
+        let mut skip = vec![p];
+        let (t, new, nbkey, nb, added) = loop {
+            let Some(t) = self
+                .placement
+                .first_usable(id.random(), &skip, |i| snap.usable(i))
+                .filter(|_| skip.len() <= 2)
+            else {
                 bump(&self.stats.memcached_failovers);
                 return Resolved::Live {
                     id: id.clone(),
@@ -414,8 +375,56 @@ impl Core {
                     expires_in: None,
                     seen: Seen::default(),
                 };
+            };
+            let new = id.with_node(Some(self.node_id(t))).with_route(None);
+            let nkey = new.key();
+            let nbkey = backup_key(&nkey);
+            skip.push(t);
+            let nb = self
+                .placement
+                .first_usable(id.random(), &skip, |i| snap.usable(i));
+            // One round trip in the common case: add the new primary and backup.
+            let (placed, added) = futures::join!(self.write(t, &nkey, &rec, SetMode::Add), async {
+                match nb {
+                    Some(nb) => Some(self.write(nb, &nbkey, &rec, SetMode::Add).await),
+                    None => None,
+                }
+            });
+            match placed {
+                Ok(StoreStatus::Stored) => break (t, new, nbkey, nb, added),
+                Ok(_) => {
+                    // Something is there already: a concurrent relocation or a
+                    // tombstone wins; a leftover moved marker or older copy is
+                    // replaced (CAS, so a racing write still wins).
+                    let ours = match self.read(t, &nkey).await {
+                        Ok(Stored::Record { rec: e, .. }) if e.kind == RecordKind::Deleted => {
+                            return Resolved::Gone
+                        }
+                        Ok(Stored::Record { rec: e, .. })
+                            if e.is_live() && e.version >= rec.version =>
+                        {
+                            false
+                        }
+                        Ok(found) => {
+                            matches!(self.repair(t, &nkey, &found, &rec).await, Ok(true))
+                        }
+                        Err(_) => false,
+                    };
+                    if !ours {
+                        return Resolved::Moved {
+                            to: new,
+                            live: None,
+                        };
+                    }
+                    break (t, new, nbkey, nb, added);
+                }
+                // The target failed too: try the next one. Copies this
+                // attempt left (the backup just added, or the primary if a
+                // frozen target applies the write late) carry an id no
+                // client holds and expire with the session's lifetime.
+                Err(_) => continue,
             }
-        }
+        };
         // Only now that the new primary holds the session: point the old
         // backup locations at it, and fix a backup location that held
         // something older.
