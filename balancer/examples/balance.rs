@@ -7,6 +7,10 @@
 //! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64).
 //! Prints `listening on ADDR`, serves until Ctrl-C or SIGTERM, then stops gracefully.
 
+/// The same allocator as the `ferrocat` binary, so the benchmark measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use ferrocat_balancer::{Balancer, BalancerConfig, UpstreamConfig};
 
 #[tokio::main(flavor = "current_thread")]

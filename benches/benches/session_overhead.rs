@@ -10,6 +10,10 @@
 //! store, which shows where the overhead goes. `SESSION_BENCH_ONLY=<text>` runs only the variants
 //! whose name contains the text (handy under `perf record`).
 
+/// The same allocator as the `ferrocat` binary, so the benchmark measures what ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;

@@ -1,5 +1,11 @@
 //! The `ferrocat` binary: a thin shell over `ferrocat_server`.
 
+/// mimalloc instead of glibc's malloc: the session path allocates and frees
+/// small buffers and futures on every request, and glibc's malloc/free were
+/// about 15% of an app worker's CPU (see README, "Allocator").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use ferrocat_server::cli::{Cli, Command};
 use ferrocat_server::runtime::{self, Mode};
