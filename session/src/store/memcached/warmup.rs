@@ -12,8 +12,9 @@
 //!    the first usable rendezvous node), plus any stray copies found; the
 //!    newest (`supersedes`: tombstones and moved markers included) is written
 //!    to every canonical location that misses it or holds an older copy, with
-//!    the remaining lifetime memcached reports for it, with add-if-absent or CAS so that a write racing in from a request is never
-//!    overwritten. Each session is reconciled once.
+//!    the remaining lifetime memcached reports for it, by add-if-absent or
+//!    CAS so that a write racing in from a request is never overwritten.
+//!    Each session is reconciled once.
 //! 4. Write the sentinel on `r`, so the health actor sees it is warm.
 //!
 //! Copies written to `r` are counted in `warmup_copied`, others in `repairs`;
