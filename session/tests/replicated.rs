@@ -14,7 +14,7 @@ use ferrocat_session::store::memcached::{
     MemcachedStoreConfig, NodeState, ReplicatedMemcachedStore,
 };
 use ferrocat_session::{SessionBackend, SessionId};
-use ferrocat_testkit::Cluster;
+use ferrocat_testkit::{wait_until, Cluster};
 use futures::stream::{self, StreamExt};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
@@ -47,18 +47,6 @@ fn live(version: u64, payload: &str) -> SessionRecord {
     let mut r = SessionRecord::new_live(0, 600, payload.as_bytes().to_vec());
     r.version = version;
     r
-}
-
-/// Polls `cond` every 20 ms; panics after `limit`.
-async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn warmups(store: &ReplicatedMemcachedStore, node: &str) -> u64 {

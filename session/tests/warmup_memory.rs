@@ -6,7 +6,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrocat_session::record::SessionRecord;
 use ferrocat_session::stats::Stats;
@@ -14,7 +14,7 @@ use ferrocat_session::store::memcached::{
     MemcachedStoreConfig, NodeState, ReplicatedMemcachedStore,
 };
 use ferrocat_session::SessionBackend;
-use ferrocat_testkit::{Cluster, Memcached};
+use ferrocat_testkit::{wait_until, Cluster, Memcached};
 use futures::stream::{self, StreamExt};
 
 const SESSIONS: usize = 100_000;
@@ -26,14 +26,6 @@ fn status_kib(field: &str) -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap();
     let line = s.lines().find(|l| l.starts_with(field)).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[actix_rt::test]

@@ -38,6 +38,21 @@ const START_ATTEMPTS: usize = 10;
 /// How long a freeze or unfreeze waits for every thread to change state.
 const THREAD_STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Polls `cond` every 20 ms until it holds.
+///
+/// # Panics
+/// After `limit`, naming `what`.
+pub async fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Path of the `memcached` executable.
 ///
 /// Looks in `PATH`, then in `/usr/bin` and `/usr/local/bin`.
