@@ -15,12 +15,20 @@
 # KEEPALIVE (default 64): idle upstream connections kept per worker, the same for both proxies
 # (nginx `keepalive N`, ferrocat `keepalive`). With more client connections than KEEPALIVE both
 # proxies open and close upstream connections under load.
+# PROXY_CPU=N (percent of one CPU, e.g. 50): both proxies run under the same CPU quota (a cgroup,
+# v1 or v2; needs root). Pinned without a quota, wrk and the upstream on CPU 1 are the bottleneck
+# and both proxies wait on them; under a quota the proxy is, so req/s measures the proxy's own
+# cost. p99 then includes the quota's throttling (10 ms periods) for both alike.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
 CONNS=${3:-50}
 KEEPALIVE=${KEEPALIVE:-64}
 PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
+PROXY_CPU=${PROXY_CPU:-}
+if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
+  echo "PROXY_CPU must be a percentage of one CPU (1..), got '$PROXY_CPU'" >&2; exit 1
+fi
 if [ "$PIN" = 1 ]; then ON_PROXY="taskset -c 0"; ON_LOAD="taskset -c 1"; else ON_PROXY=""; ON_LOAD=""; fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NGINX=${NGINX:-/usr/sbin/nginx}
@@ -30,11 +38,13 @@ command -v "$WRK" >/dev/null || { echo "wrk is missing: apt-get install -y wrk" 
 
 TMP=$(mktemp -d)
 PIDS=()
+CGROUP=""
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$TMP/up.pid" ] && kill "$(cat "$TMP/up.pid" 2>/dev/null)" 2>/dev/null || true
   [ -f "$TMP/px.pid" ] && kill "$(cat "$TMP/px.pid" 2>/dev/null)" 2>/dev/null || true
   sleep 0.2
+  [ -n "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null || true
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -98,32 +108,51 @@ for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sle
 FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
 sleep 0.5
 NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
+if [ -n "$PROXY_CPU" ]; then
+  # The same quota for both proxies: one cgroup holds nginx's worker and ferrocat; they are
+  # loaded in turn, so each gets the whole quota while it is measured.
+  QUOTA=$((PROXY_CPU * 100)) # microseconds per 10 ms period
+  if [ -f /sys/fs/cgroup/cpu/cpu.cfs_period_us ]; then
+    CGROUP=/sys/fs/cgroup/cpu/ferrocat-bench-$$
+    mkdir "$CGROUP"
+    echo 10000 > "$CGROUP/cpu.cfs_period_us"; echo "$QUOTA" > "$CGROUP/cpu.cfs_quota_us"
+  elif grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null; then
+    CGROUP=/sys/fs/cgroup/ferrocat-bench-$$
+    mkdir "$CGROUP"
+    echo "$QUOTA 10000" > "$CGROUP/cpu.max"
+  else
+    echo "PROXY_CPU needs a cgroup cpu controller (cgroup v1 /sys/fs/cgroup/cpu or v2 with +cpu) and root" >&2; exit 1
+  fi
+  echo "$NG_WORKER" > "$CGROUP/cgroup.procs"; echo "$FC_PID" > "$CGROUP/cgroup.procs"
+fi
 for url in "http://127.0.0.1:$NG_PORT/" "http://$FC_ADDR/"; do
   curl -sf "$url" >/dev/null || { echo "proxy at $url does not answer" >&2; exit 1; }
 done
 
 # Convert wrk's latency ("1.23ms", "850.00us", "1.02s") to microseconds.
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
-# CPU ticks (user+system) a process has used, all threads.
+# CPU ticks (user+system) a process has used, all threads; user ticks alone.
 ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+uticks() { awk '{print $14}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 run() { # name url pid
-  local out rps p50 p90 p99 t0 t1 reqs cpu
-  t0=$(ticks "$3")
+  local out rps p50 p90 p99 t0 t1 u0 u1 reqs cpu ucpu
+  t0=$(ticks "$3"); u0=$(uticks "$3")
   out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
-  t1=$(ticks "$3")
+  t1=$(ticks "$3"); u1=$(uticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
   p90=$(awk '$1=="90%" {print $2}' <<<"$out")
   cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
+  ucpu=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "  ($1 had errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out"))"; fi
-  printf '  %-9s %10.0f req/s   p50 %8s  p90 %8s  p99 %8s   proxy CPU %6s us/req\n' "$1" "$rps" "$p50" "$p90" "$p99" "$cpu"
-  echo "$1 $rps $(to_us "$p99") $cpu" >> "$TMP/results"
+  printf '  %-9s %10.0f req/s   p50 %8s  p90 %8s  p99 %8s   proxy CPU %6s us/req (user %s)\n' "$1" "$rps" "$p50" "$p90" "$p99" "$cpu" "$ucpu"
+  echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")"
 echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
 for r in $(seq "$ROUNDS"); do
   echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
@@ -138,8 +167,10 @@ NG_P99=$(awk '$1=="nginx" {print $3}' "$TMP/results" | median)
 FC_P99=$(awk '$1=="ferrocat" {print $3}' "$TMP/results" | median)
 NG_CPU=$(awk '$1=="nginx" {print $4}' "$TMP/results" | median)
 FC_CPU=$(awk '$1=="ferrocat" {print $4}' "$TMP/results" | median)
+NG_UCPU=$(awk '$1=="nginx" {print $5}' "$TMP/results" | median)
+FC_UCPU=$(awk '$1=="ferrocat" {print $5}' "$TMP/results" | median)
 echo
-printf 'median   nginx %.0f req/s p99 %.0fus %.2fus CPU/req | ferrocat %.0f req/s p99 %.0fus %.2fus CPU/req\n' \
-  "$NG_RPS" "$NG_P99" "$NG_CPU" "$FC_RPS" "$FC_P99" "$FC_CPU"
-awk -v f="$FC_RPS" -v n="$NG_RPS" -v fp="$FC_P99" -v np="$NG_P99" -v fc="$FC_CPU" -v nc="$NG_CPU" \
-  'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx (lower is better for p99 and CPU)\n", f/n, fp/np, fc/nc }'
+printf 'median   nginx %.0f req/s p99 %.0fus %.2fus CPU/req (user %.2f) | ferrocat %.0f req/s p99 %.0fus %.2fus CPU/req (user %.2f)\n' \
+  "$NG_RPS" "$NG_P99" "$NG_CPU" "$NG_UCPU" "$FC_RPS" "$FC_P99" "$FC_CPU" "$FC_UCPU"
+awk -v f="$FC_RPS" -v n="$NG_RPS" -v fp="$FC_P99" -v np="$NG_P99" -v fc="$FC_CPU" -v nc="$NG_CPU" -v fu="$FC_UCPU" -v nu="$NG_UCPU" \
+  'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx, user CPU per request %.2fx (lower is better for p99 and CPU)\n", f/n, fp/np, fc/nc, (nu > 0 ? fu/nu : 0) }'
