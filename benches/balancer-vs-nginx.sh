@@ -131,15 +131,14 @@ done
 
 # Convert wrk's latency ("1.23ms", "850.00us", "1.02s") to microseconds.
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
-# CPU ticks (user+system) a process has used, all threads; user ticks alone.
-ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
-uticks() { awk '{print $14}' "/proc/$1/stat"; }
+# CPU ticks a process has used, all threads: user+system, then user alone.
+ticks() { awk '{print $14+$15, $14}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 run() { # name url pid
   local out rps p50 p90 p99 t0 t1 u0 u1 reqs cpu ucpu
-  t0=$(ticks "$3"); u0=$(uticks "$3")
+  read -r t0 u0 < <(ticks "$3")
   out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
-  t1=$(ticks "$3"); u1=$(uticks "$3")
+  read -r t1 u1 < <(ticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
   p99=$(awk '$1=="99%" {print $2}' <<<"$out")
