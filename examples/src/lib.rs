@@ -19,7 +19,7 @@
 #![warn(missing_docs)]
 
 use actix_web::http::header;
-use actix_web::{web, HttpResponse, Responder};
+use actix_web::{guard, web, HttpResponse, Responder};
 use ferrocat_session::Session;
 use serde::Deserialize;
 
@@ -36,15 +36,28 @@ pub const MAX_CART_ITEMS: usize = 1000;
 pub const STYLE_CSS: &str = include_str!("../static/style.css");
 
 /// Registers the demo routes.
+///
+/// Every `GET` route also answers `HEAD` (the same handler; actix sends the
+/// headers without the body), as a servlet container does. A known path asked
+/// with a method it does not serve gets `405 Method Not Allowed` with an
+/// `Allow` header, not a 404.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(index))
-        .route("/login", web::post().to(login))
-        .route("/logout", web::post().to(logout))
-        .route("/api/me", web::get().to(me))
-        .route("/api/cart", web::get().to(cart))
-        .route("/api/cart", web::post().to(add_to_cart))
-        .route("/health", web::get().to(health))
-        .route("/static/style.css", web::get().to(style));
+    cfg.service(web::resource("/").route(get_or_head().to(index)))
+        .service(web::resource("/login").route(web::post().to(login)))
+        .service(web::resource("/logout").route(web::post().to(logout)))
+        .service(web::resource("/api/me").route(get_or_head().to(me)))
+        .service(
+            web::resource("/api/cart")
+                .route(get_or_head().to(cart))
+                .route(web::post().to(add_to_cart)),
+        )
+        .service(web::resource("/health").route(get_or_head().to(health)))
+        .service(web::resource("/static/style.css").route(get_or_head().to(style)));
+}
+
+/// A route for `GET` and `HEAD`.
+fn get_or_head() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
 }
 
 fn node_name(node: &web::Data<NodeName>) -> &str {

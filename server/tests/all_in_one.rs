@@ -191,3 +191,37 @@ async fn login_form_and_greeting_render() {
         "{page}"
     );
 }
+
+#[actix_rt::test]
+async fn head_is_answered_like_get_and_a_wrong_method_gets_405() {
+    let f = start();
+    let c = bare_client();
+    for path in ["/", "/api/cart", "/health", "/static/style.css"] {
+        let get = c.get(f.url(path)).send().await.unwrap();
+        assert_eq!(get.status(), 200, "GET {path}");
+        let get_len = get.headers()["content-length"].clone();
+        let get_type = get.headers()["content-type"].clone();
+        assert!(
+            !get.bytes().await.unwrap().is_empty(),
+            "GET {path} has a body"
+        );
+        // Through the balancer, on the same keep-alive client: the HEAD
+        // response carries GET's headers and no body, and the connection stays usable.
+        let head = c.head(f.url(path)).send().await.unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+        assert_eq!(head.headers()["content-length"], get_len, "HEAD {path}");
+        assert_eq!(head.headers()["content-type"], get_type, "HEAD {path}");
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "HEAD {path} has no body"
+        );
+    }
+    let res = c.delete(f.url("/api/cart")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET, HEAD, POST");
+    let res = c.get(f.url("/login")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    let res = c.get(f.url("/no-such-page")).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+}
