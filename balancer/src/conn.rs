@@ -164,6 +164,7 @@ async fn one_request(
                         .page(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, true)
                         .await
                 }
+                Err(HeadError::UriTooLong) => return c.page(StatusCode::URI_TOO_LONG, true).await,
                 Err(HeadError::Bad(why)) => {
                     log::debug!("bad request from {}: {why}", c.ip);
                     return c.page(StatusCode::BAD_REQUEST, true).await;

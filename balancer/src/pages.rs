@@ -1,5 +1,5 @@
 //! Answers made by the balancer itself: the error page (nginx `error_page 500 502 503 504`) and
-//! short pages for 400, 403, 405, 413 and 431, written as complete HTTP/1.1 responses.
+//! short pages for 400, 403, 405, 413, 414 and 431, written as complete HTTP/1.1 responses.
 
 use http::StatusCode;
 

@@ -99,7 +99,7 @@ async fn request_sent_while_the_upstream_thinks_is_answered_next() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_heads_get_400_and_huge_heads_431() {
+async fn malformed_heads_get_400_huge_heads_431_and_long_uris_414() {
     let a = Upstream::start("a").await;
     let (h, base) = start(config(&[&a])).await;
     for bad in [
@@ -119,6 +119,19 @@ async fn malformed_heads_get_400_and_huge_heads_431() {
     let _ = s.write_all(&big).await;
     let got = read_responses(&mut s, 1).await;
     assert_eq!(got.first().map(|r| r.0), Some(431));
+    // A request line over 8 KiB, as nginx: 414, whether or not its head is complete.
+    for tail in [&b" HTTP/1.1\r\nHost: x\r\n\r\n"[..], b""] {
+        let mut s = connect(&base).await;
+        let mut long = b"GET /".to_vec();
+        long.extend(std::iter::repeat_n(
+            b'a',
+            if tail.is_empty() { 20_000 } else { 9_000 },
+        ));
+        long.extend_from_slice(tail);
+        let _ = s.write_all(&long).await;
+        let got = read_responses(&mut s, 1).await;
+        assert_eq!(got.first().map(|r| r.0), Some(414));
+    }
     assert_eq!(a.hits(), 0);
     h.stop(true).await;
 }

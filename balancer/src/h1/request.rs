@@ -11,6 +11,9 @@ use crate::headers::{self, Kind};
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
 /// Most header fields accepted; more gets 431.
 pub(crate) const MAX_HEADERS: usize = 100;
+/// Longest request target (path and query) accepted; longer gets 414, as nginx answers a
+/// request line over its 8 KiB `large_client_header_buffers`.
+pub(crate) const MAX_TARGET: usize = 8 * 1024;
 /// How the request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Framing {
@@ -51,6 +54,8 @@ pub(crate) enum HeadError {
     Partial,
     /// Head or header count over the limits: 431.
     TooLarge,
+    /// Request target longer than [`MAX_TARGET`]: 414.
+    UriTooLong,
     /// Malformed: 400.
     Bad(&'static str),
     /// A method the proxy does not pass on (CONNECT): 405.
@@ -96,6 +101,17 @@ impl<'a> View<'a> {
     }
 }
 
+/// Why an incomplete head over [`MAX_HEAD`] is refused: 414 when its request line alone is
+/// too long (no line end within the first `MAX_TARGET` + 64 bytes), else 431.
+fn too_large(buf: &[u8]) -> HeadError {
+    let line_limit = (MAX_TARGET + 64).min(buf.len());
+    if buf[..line_limit].contains(&b'\n') {
+        HeadError::TooLarge
+    } else {
+        HeadError::UriTooLong
+    }
+}
+
 /// Splits an absolute-form target into (authority, origin-form path and query).
 fn origin_form(target: &str) -> Option<(&str, &str)> {
     let lower = |n: usize| target.get(..n).map(str::to_ascii_lowercase);
@@ -129,17 +145,20 @@ pub(crate) fn parse<T>(
     let mut req = httparse::Request::new(&mut []);
     let head_len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(too_large(buf)),
         Ok(httparse::Status::Partial) => return Err(HeadError::Partial),
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
         Err(_) => return Err(HeadError::Bad("malformed request head")),
     };
-    if head_len > MAX_HEAD {
-        return Err(HeadError::TooLarge);
-    }
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Bad("incomplete request line"));
     };
+    if target.len() > MAX_TARGET {
+        return Err(HeadError::UriTooLong);
+    }
+    if head_len > MAX_HEAD {
+        return Err(HeadError::TooLarge);
+    }
     if method == "CONNECT" {
         return Err(HeadError::NotAllowed);
     }

@@ -144,6 +144,21 @@ fn oversized_heads_and_too_many_headers_get_431() {
 }
 
 #[test]
+fn an_overlong_request_target_gets_414_not_431() {
+    let long = "a".repeat(super::request::MAX_TARGET + 1);
+    // Complete, with the whole head under MAX_HEAD.
+    let req = format!("GET /{long} HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(err(&req), HeadError::UriTooLong);
+    // Still arriving, over MAX_HEAD, without a line end yet.
+    let huge = format!("GET /{}", "a".repeat(super::request::MAX_HEAD + 1));
+    assert_eq!(err(&huge), HeadError::UriTooLong);
+    // At the limit it passes.
+    let fits = "a".repeat(super::request::MAX_TARGET - 1);
+    let (_, _, path) = ok(&format!("GET /{fits} HTTP/1.1\r\nHost: a\r\n\r\n"));
+    assert_eq!(path.len(), super::request::MAX_TARGET);
+}
+
+#[test]
 fn upgrade_requests_keep_their_upgrade_headers() {
     let (r, out, _) =
         ok("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
