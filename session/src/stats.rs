@@ -77,13 +77,54 @@ impl Timing {
     }
 }
 
+/// A size distribution: count, min, mean and max in bytes (the same counters as a
+/// [`Timing`], reported with byte units).
+#[derive(Debug, Default)]
+pub struct Size(Timing);
+
+/// What [`Size`] reports.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub struct SizeSnapshot {
+    /// samples
+    pub count: u64,
+    /// smallest sample, bytes
+    pub min_bytes: u64,
+    /// mean, bytes
+    pub mean_bytes: f64,
+    /// largest sample, bytes
+    pub max_bytes: u64,
+}
+
+impl Size {
+    /// Records one size in bytes.
+    pub fn record(&self, bytes: u64) {
+        self.0.record_value(bytes);
+    }
+
+    /// Current values.
+    pub fn snapshot(&self) -> SizeSnapshot {
+        let t = self.0.snapshot();
+        SizeSnapshot {
+            count: t.count,
+            min_bytes: t.min_us,
+            mean_bytes: t.mean_us,
+            max_bytes: t.max_us,
+        }
+    }
+}
+
 macro_rules! stats {
-    (counters { $( $(#[$doc:meta])* $c:ident; )* } timings { $( $(#[$tdoc:meta])* $t:ident; )* }) => {
+    (
+        counters { $( $(#[$doc:meta])* $c:ident; )* }
+        timings { $( $(#[$tdoc:meta])* $t:ident; )* }
+        sizes { $( $(#[$sdoc:meta])* $z:ident; )* }
+    ) => {
         /// All session statistics.
         #[derive(Debug, Default)]
         pub struct Stats {
             $( $(#[$doc])* pub $c: AtomicU64, )*
             $( $(#[$tdoc])* pub $t: Timing, )*
+            $( $(#[$sdoc])* pub $z: Size, )*
         }
 
         /// A point-in-time copy of [`Stats`], serialized as JSON.
@@ -91,14 +132,16 @@ macro_rules! stats {
         pub struct StatsSnapshot {
             $( $(#[$doc])* pub $c: u64, )*
             $( $(#[$tdoc])* pub $t: TimingSnapshot, )*
+            $( $(#[$sdoc])* pub $z: SizeSnapshot, )*
         }
 
         impl Stats {
-            /// Current values of every counter and timing.
+            /// Current values of every counter, timing and size.
             pub fn snapshot(&self) -> StatsSnapshot {
                 StatsSnapshot {
                     $( $c: self.$c.load(Relaxed), )*
                     $( $t: self.$t.snapshot(), )*
+                    $( $z: self.$z.snapshot(), )*
                 }
             }
         }
@@ -175,7 +218,9 @@ stats! {
     serialization;
     /// Time to store (write primary + backup).
     store;
-    /// Size of stored sessions in bytes.
+    }
+    sizes {
+    /// Size of stored sessions (their serialized attributes), in bytes.
     stored_size;
     }
 }
@@ -202,5 +247,20 @@ mod tests {
         let json = serde_json::to_value(s.snapshot()).unwrap();
         assert_eq!(json["backups"], 3);
         assert_eq!(json["store"]["count"], 0);
+        assert_eq!(json["store"]["max_us"], 0);
+    }
+
+    #[test]
+    fn sizes_are_reported_in_bytes() {
+        let s = Stats::default();
+        s.stored_size.record(100);
+        s.stored_size.record(300);
+        let json = serde_json::to_value(s.snapshot()).unwrap();
+        let size = &json["stored_size"];
+        assert_eq!(size["count"], 2);
+        assert_eq!(size["min_bytes"], 100);
+        assert_eq!(size["mean_bytes"], 200.0);
+        assert_eq!(size["max_bytes"], 300);
+        assert!(size.get("max_us").is_none(), "{size}");
     }
 }

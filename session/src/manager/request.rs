@@ -430,9 +430,7 @@ impl Inner {
                     payload,
                 ),
             };
-            self.stats
-                .stored_size
-                .record_value(record.payload.len() as u64);
+            self.stats.stored_size.record(record.payload.len() as u64);
             // What the load saw applies to the id it loaded, not to a renewed one.
             let seen = match retired {
                 None => std::mem::take(&mut state.seen),
