@@ -207,6 +207,7 @@ async fn continue_if_expected(c: &mut Conn, req: &Request) -> bool {
     if req.expect_continue && c.rbuf.is_empty() {
         c.wbuf.clear();
         c.wbuf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        c.log.head += c.wbuf.len() as u64;
         return c.flush().await;
     }
     true

@@ -60,6 +60,8 @@ pub(crate) struct Conn {
     pub utimer: LazyTimer,
     pub ip: IpAddr,
     pub ip_text: String,
+    /// What the current request's access log line needs.
+    pub log: crate::access_log::Entry,
 }
 
 /// What happens to the connection after a request.
@@ -70,8 +72,16 @@ pub(crate) enum Next {
 }
 
 impl Conn {
+    /// Notes, for the access log, an answer of the balancer's own about to be flushed: its
+    /// status, and that all of `wbuf` but the last `body` bytes is its head.
+    pub fn answered(&mut self, status: StatusCode, body: usize) {
+        self.log.status = status.as_u16();
+        self.log.head += self.wbuf.len().saturating_sub(body) as u64;
+    }
+
     /// Writes `wbuf` to the client and clears it; false if the client is gone.
     pub async fn flush(&mut self) -> bool {
+        self.log.sent += self.wbuf.len() as u64;
         let ok = matches!(
             io::write_all(&mut self.stream, &self.wbuf, &mut self.ctimer, SEND_TIMEOUT).await,
             Ok(Ok(()))
@@ -83,7 +93,8 @@ impl Conn {
     /// Answers with a page of the balancer's own.
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
-        pages::plain(&mut self.wbuf, status, close);
+        let body = pages::plain(&mut self.wbuf, status, close);
+        self.answered(status, body);
         if self.flush().await && !close {
             Next::KeepAlive
         } else {
@@ -113,10 +124,14 @@ pub(crate) async fn serve(
         utimer: LazyTimer::new(),
         ip,
         ip_text: ip.to_string(),
+        log: crate::access_log::Entry::default(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
         let next = one_request(&worker, &mut c, stop.as_mut()).await;
+        if c.log.on {
+            worker.log.record(&c.ip_text, &c.log);
+        }
         if next == Next::Close || worker.stopping.get() {
             break;
         }
@@ -129,6 +144,25 @@ pub(crate) async fn serve(
     }
 }
 
+/// Copies what the access log shows of a request: its line, `Referer` and `User-Agent`.
+fn note_request(log: &mut crate::access_log::Entry, v: &request::View<'_>) {
+    use crate::access_log::escape_into;
+    escape_into(&mut log.line, v.method.as_bytes());
+    log.line.push(b' ');
+    escape_into(&mut log.line, v.path_and_query.as_bytes());
+    log.line.extend_from_slice(if v.minor == 0 {
+        b" HTTP/1.0"
+    } else {
+        b" HTTP/1.1"
+    });
+    if let Some(r) = v.header("referer") {
+        escape_into(&mut log.referer, r);
+    }
+    if let Some(a) = v.header("user-agent") {
+        escape_into(&mut log.agent, a);
+    }
+}
+
 /// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
 /// requested while nothing of it has arrived) and serves the request.
 async fn one_request(
@@ -137,13 +171,18 @@ async fn one_request(
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let snap = worker.snapshot();
+    c.log.reset(worker.log.enabled());
     // When the first bytes of this head arrived: the whole head gets `HEADER_TIMEOUT`.
     let mut head_started = None;
     let parsed = loop {
         if !c.rbuf.is_empty() {
+            c.log.start();
             c.head.clear();
-            let (ip, key) = (c.ip, &mut c.key);
+            let (ip, key, log) = (c.ip, &mut c.key, &mut c.log);
             let inspect = |v: &request::View<'_>| {
+                if log.on {
+                    note_request(log, v);
+                }
                 if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
                     return None;
                 }

@@ -129,6 +129,8 @@ mod tests {
             },
         ];
         let p = View {
+            method: "GET",
+            minor: 1,
             path_and_query: "/a/b?user=7&x=1",
             headers: &headers,
         };

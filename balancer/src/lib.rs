@@ -13,6 +13,8 @@
 //! - `proxy`: per request, session route (`sticky`), upstream `choose`r and method (`selection`),
 //!   attempts over the per-worker keep-alive `pool` of plain TCP connections, retries, streamed
 //!   `body`, HTTP Upgrade `tunnel`s; waits are bounded by `io`'s lazy timers.
+//! - `access_log`: nginx's `combined` line plus the upstreams tried, buffered per worker and
+//!   written by a thread of its own.
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
 //!
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod access_log;
 mod body;
 mod checks;
 mod choose;
@@ -114,6 +117,7 @@ impl Balancer {
                 .name("ferrocat-bal-health".into())
                 .spawn(move || rt.block_on(health::run(shared, health_rx, state)))?
         };
+        let shared_for_log = shared.clone();
         std::thread::Builder::new()
             .name("ferrocat-bal-supervisor".into())
             .spawn(move || {
@@ -125,6 +129,11 @@ impl Balancer {
                     }
                 }
                 let _ = health.join();
+                // The workers flushed their access log buffers when they stopped: let the writer
+                // finish before anyone is told the balancer stopped (the process may exit then).
+                if let Some(log) = &shared_for_log.snapshot.load().access_log {
+                    log.sync(std::time::Duration::from_secs(5));
+                }
                 let _ = stopped_tx.send(true);
             })?;
         log::info!("balancer listening on {local_addr} with {workers} worker(s)");

@@ -3,25 +3,31 @@
 
 use http::StatusCode;
 
-/// Appends a built-in page for `status`, nginx style.
-pub(crate) fn plain(out: &mut Vec<u8>, status: StatusCode, close: bool) {
+/// Appends a built-in page for `status`, nginx style; returns the body's length.
+pub(crate) fn plain(out: &mut Vec<u8>, status: StatusCode, close: bool) -> usize {
     let reason = status.canonical_reason().unwrap_or("Error");
     let code = status.as_u16();
     let html = format!(
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>ferrocat</center>\r\n</body>\r\n</html>\r\n"
     );
-    page(out, status, html.as_bytes(), close);
+    page(out, status, html.as_bytes(), close)
 }
 
-/// Appends the configured error page with `status`, or the built-in one.
-pub(crate) fn error(out: &mut Vec<u8>, status: StatusCode, error_page: Option<&[u8]>, close: bool) {
+/// Appends the configured error page with `status`, or the built-in one; returns the body's
+/// length.
+pub(crate) fn error(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    error_page: Option<&[u8]>,
+    close: bool,
+) -> usize {
     match error_page {
         Some(body) => page(out, status, body, close),
         None => plain(out, status, close),
     }
 }
 
-fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
+fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) -> usize {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -35,6 +41,7 @@ fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) {
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+    body.len()
 }
 
 #[cfg(test)]

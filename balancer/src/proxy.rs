@@ -37,6 +37,8 @@ pub(crate) struct Worker {
     pub generation: Cell<u64>,
     /// Set once a stop was requested: connections close after their current request.
     pub stopping: Cell<bool>,
+    /// This worker's access log buffer.
+    pub log: crate::access_log::WorkerLog,
 }
 
 /// How an exchange failed, from the proxy's point of view.
@@ -62,6 +64,7 @@ impl Worker {
             self.generation.set(snap.generation);
             self.pool
                 .configure(snap.cfg.keepalive, snap.cfg.keepalive_timeout);
+            self.log.set_sink(snap.access_log.clone());
         }
         snap
     }
@@ -118,6 +121,7 @@ impl Worker {
             let result = self.exchange(c, snap, up, req, body, &mut replayable).await;
             match result {
                 Ok((conn, resp)) => {
+                    c.log.attempt(up.addr, resp.status);
                     if policy.retries_status(resp.status) {
                         self.shared.report_failure(up);
                         if may_resend && !out_of_tries && replayable {
@@ -159,11 +163,13 @@ impl Worker {
                 Err(Failure::Stale(e)) => {
                     // A kept-alive connection closed under us says nothing about the upstream.
                     log::warn!("{e}");
+                    c.log.attempt(up.addr, e.status().as_u16());
                     last_status = Some(e.status());
                     again = (!e.maybe_sent() || may_resend) && replayable && !out_of_tries;
                 }
                 Err(Failure::Upstream(e)) => {
                     log::warn!("{e}");
+                    c.log.attempt(up.addr, e.status().as_u16());
                     self.shared.report_failure(up);
                     last_status = Some(e.status());
                     let wanted = if e.is_timeout() {
@@ -179,7 +185,8 @@ impl Worker {
         let status = last_status.unwrap_or_else(|| no_upstream_status(snap, tried.as_slice()));
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
-        pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+        let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+        c.answered(status, body);
         c.flush().await && !close
     }
 
@@ -373,6 +380,7 @@ impl Worker {
         body: &ReqBody,
     ) -> bool {
         if resp.status == 101 {
+            c.log.status = 101;
             crate::tunnel::run(c, conn, guard).await;
             return false;
         }
@@ -398,6 +406,8 @@ impl Worker {
             c.wbuf.extend_from_slice(b"Connection: keep-alive\r\n");
         }
         c.wbuf.extend_from_slice(b"\r\n");
+        c.log.status = resp.status;
+        c.log.head += c.wbuf.len() as u64;
         let outcome =
             body::forward(c, &mut conn, resp.body, mode, snap.cfg.proxy_read_timeout).await;
         if !body.complete() {

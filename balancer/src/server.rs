@@ -104,8 +104,22 @@ pub(crate) fn run_worker(
             generation: Cell::new(cfg.generation),
             shared: shared.clone(),
             stopping: Cell::new(false),
+            log: crate::access_log::WorkerLog::default(),
         });
+        worker.log.set_sink(cfg.access_log.clone());
         drop(cfg);
+        // Buffered access log lines go out at least once a second.
+        let ticker = {
+            let worker = worker.clone();
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    worker.log.flush();
+                }
+            })
+        };
         let mut conns = JoinSet::new();
         loop {
             tokio::select! {
@@ -137,6 +151,8 @@ pub(crate) fn run_worker(
             }
         }
         conns.shutdown().await;
+        ticker.abort();
+        worker.log.flush();
         Ok(())
     })
 }

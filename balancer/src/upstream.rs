@@ -114,6 +114,8 @@ pub(crate) struct Snapshot {
     pub hash_key: Option<HashKey>,
     /// Retry policy.
     pub retry: RetryPolicy,
+    /// The open access log, if one is configured.
+    pub access_log: Option<Arc<crate::access_log::Sink>>,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -192,6 +194,18 @@ impl Snapshot {
         let hash_key = (cfg.method == Method::Hash).then(|| HashKey::parse(&cfg.hash_key));
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
+        // Last, once the rest is known to be valid: the same path keeps its writer and reopens
+        // the file (rotation); another path gets a writer of its own.
+        let access_log = match cfg.access_log_path() {
+            None => None,
+            Some(path) => match prev.and_then(|p| p.access_log.as_ref()) {
+                Some(sink) if sink.path() == path => {
+                    sink.reopen();
+                    Some(sink.clone())
+                }
+                _ => Some(crate::access_log::Sink::open(path)?),
+            },
+        };
         Ok(Self {
             generation,
             cfg,
@@ -203,6 +217,7 @@ impl Snapshot {
             error_page,
             hash_key,
             retry,
+            access_log,
         })
     }
 }

@@ -230,6 +230,9 @@ pub struct BalancerConfig {
     pub deny: Vec<String>,
     /// HTML page served with 502/503/504 when no upstream can answer.
     pub error_page: Option<PathBuf>,
+    /// Access log file (nginx `access_log`, the `combined` format plus request time, upstream
+    /// addresses and statuses); absent or `"off"`: none. A reload reopens it (log rotation).
+    pub access_log: Option<PathBuf>,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -272,6 +275,7 @@ impl Default for BalancerConfig {
             client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
             deny: Vec::new(),
             error_page: None,
+            access_log: None,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
@@ -292,6 +296,13 @@ impl BalancerConfig {
     /// Checks the rules serde cannot express; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::validate(self)
+    }
+
+    /// The access log's path, unless it is off.
+    pub fn access_log_path(&self) -> Option<&std::path::Path> {
+        self.access_log
+            .as_deref()
+            .filter(|p| p.as_os_str() != "off")
     }
 
     /// Number of worker threads to run (`workers = 0` means one per core).

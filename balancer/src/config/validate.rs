@@ -36,6 +36,24 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(log) = cfg.access_log_path() {
+        let dir = match log.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if log.as_os_str().is_empty() || log.is_dir() {
+            return Err(ConfigError::new(
+                "balancer.access_log",
+                format!("{:?} is not a file path", log.display().to_string()),
+            ));
+        }
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                "balancer.access_log",
+                format!("directory {} does not exist", dir.display()),
+            ));
+        }
+    }
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",

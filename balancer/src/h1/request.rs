@@ -65,6 +65,10 @@ pub(crate) enum HeadError {
 /// A parsed request, borrowed from the read buffer.
 #[derive(Debug)]
 pub(crate) struct View<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// HTTP/1.minor.
+    pub minor: u8,
     /// Path and query in origin form (`/` if the target had none).
     pub path_and_query: &'a str,
     /// The header fields as received.
@@ -256,6 +260,8 @@ pub(crate) fn parse<T>(
     }
 
     let view = View {
+        method,
+        minor,
         path_and_query: if path_and_query.starts_with('/') || path_and_query == "*" {
             path_and_query
         } else {
