@@ -19,6 +19,9 @@
 # v1 or v2; needs root). Pinned without a quota, wrk and the upstream on CPU 1 are the bottleneck
 # and both proxies wait on them; under a quota the proxy is, so req/s measures the proxy's own
 # cost. p99 then includes the quota's throttling (10 ms periods) for both alike.
+# ACCESS_LOG=1: both proxies write an access log (to files in the run's temporary directory):
+# nginx `access_log ... combined buffer=32k flush=1s`, ferrocat `access_log` (buffered the same
+# way, 32 KiB or 1 s). The upstream never logs.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -26,6 +29,7 @@ CONNS=${3:-50}
 KEEPALIVE=${KEEPALIVE:-64}
 PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 PROXY_CPU=${PROXY_CPU:-}
+ACCESS_LOG=${ACCESS_LOG:-0}
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
   echo "PROXY_CPU must be a percentage of one CPU (1..), got '$PROXY_CPU'" >&2; exit 1
 fi
@@ -70,9 +74,15 @@ http {
 }
 CONF
 } > "$TMP/up.conf"
+if [ "$ACCESS_LOG" = 1 ]; then
+  PX_LOG="access_log $TMP/nginx-access.log combined buffer=32k flush=1s;"
+  FC_LOG="$TMP/ferrocat-access.log"
+else
+  PX_LOG="access_log off;"; FC_LOG=""
+fi
 { common px; cat <<CONF
 http {
-  access_log off;
+  $PX_LOG
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
@@ -103,7 +113,7 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
         print(m["executable"])')
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
-KEEPALIVE=$KEEPALIVE $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
+env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
 sleep 0.5
@@ -151,7 +161,7 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")"
 echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
 for r in $(seq "$ROUNDS"); do
   echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
@@ -173,3 +183,7 @@ printf 'median   nginx %.0f req/s p99 %.0fus %.2fus CPU/req (user %.2f) | ferroc
   "$NG_RPS" "$NG_P99" "$NG_CPU" "$NG_UCPU" "$FC_RPS" "$FC_P99" "$FC_CPU" "$FC_UCPU"
 awk -v f="$FC_RPS" -v n="$NG_RPS" -v fp="$FC_P99" -v np="$NG_P99" -v fc="$FC_CPU" -v nc="$NG_CPU" -v fu="$FC_UCPU" -v nu="$NG_UCPU" \
   'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx, user CPU per request %.2fx (lower is better for p99 and CPU)\n", f/n, fp/np, fc/nc, (nu > 0 ? fu/nu : 0) }'
+if [ "$ACCESS_LOG" = 1 ]; then
+  sleep 1.5 # both flush within a second
+  echo "access log lines: nginx $(wc -l < "$TMP/nginx-access.log"), ferrocat $(wc -l < "$FC_LOG")"
+fi

@@ -4,7 +4,8 @@
 //! cargo run --release -p ferrocat-balancer --example balance -- LISTEN WORKERS UPSTREAM...
 //! cargo run --release -p ferrocat-balancer --example balance -- 127.0.0.1:0 1 127.0.0.1:8081 127.0.0.1:8082
 //! ```
-//! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64).
+//! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64);
+//! `ACCESS_LOG=PATH` writes an access log there.
 //! Prints `listening on ADDR`, serves until Ctrl-C or SIGTERM, then stops gracefully.
 
 /// The same allocator as the `ferrocat` binary, so the benchmark measures what ships.
@@ -32,6 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Ok(v) => v.parse().map_err(|e| format!("KEEPALIVE={v}: {e}"))?,
             Err(_) => BalancerConfig::default().keepalive,
         },
+        access_log: std::env::var_os("ACCESS_LOG").map(Into::into),
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;

@@ -342,14 +342,28 @@ fn format_line(out: &mut Vec<u8>, client: &str, stamp: &[u8], e: &Entry) {
     out.extend_from_slice(stamp);
     out.extend_from_slice(b"] \"");
     out.extend_from_slice(dash(&e.line));
-    let status = if e.status == 0 { 499 } else { e.status };
-    let body = e.sent.saturating_sub(e.head);
-    let _ = write!(out, "\" {status} {body} \"");
+    out.extend_from_slice(b"\" ");
+    push_num(out, u64::from(if e.status == 0 { 499 } else { e.status }));
+    out.push(b' ');
+    push_num(out, e.sent.saturating_sub(e.head));
+    out.extend_from_slice(b" \"");
     out.extend_from_slice(dash(&e.referer));
     out.extend_from_slice(b"\" \"");
     out.extend_from_slice(dash(&e.agent));
-    let secs = e.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-    let _ = write!(out, "\" {secs:.3} \"");
+    out.extend_from_slice(b"\" ");
+    // Seconds with millisecond resolution, as nginx's $request_time.
+    let ms = e.started.map_or(0, |s| s.elapsed().as_millis() as u64);
+    push_num(out, ms / 1000);
+    out.push(b'.');
+    let frac = ms % 1000;
+    if frac < 100 {
+        out.push(b'0');
+    }
+    if frac < 10 {
+        out.push(b'0');
+    }
+    push_num(out, frac);
+    out.extend_from_slice(b" \"");
     if e.upstreams.is_empty() {
         out.extend_from_slice(b"-\" \"-\"\n");
         return;
@@ -358,16 +372,50 @@ fn format_line(out: &mut Vec<u8>, client: &str, stamp: &[u8], e: &Entry) {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{addr}");
+        push_addr(out, addr);
     }
     out.extend_from_slice(b"\" \"");
     for (i, (_, status)) in e.upstreams.iter().enumerate() {
         if i > 0 {
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{status}");
+        push_num(out, u64::from(*status));
     }
     out.extend_from_slice(b"\"\n");
+}
+
+/// Appends `n` in decimal (no formatting machinery: this runs once per field and request).
+fn push_num(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends `ip:port` (`[ip]:port` for IPv6).
+fn push_addr(out: &mut Vec<u8>, addr: &SocketAddr) {
+    match addr {
+        SocketAddr::V4(a) => {
+            for (i, octet) in a.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_num(out, u64::from(*octet));
+            }
+            out.push(b':');
+            push_num(out, u64::from(a.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{addr}");
+        }
+    }
 }
 
 /// `06/Dec/2026:19:20:00 +0000` for a Unix time (UTC).
@@ -447,6 +495,21 @@ mod tests {
             line,
             "127.0.0.9 - - [06/Dec/2026:19:20:05 +0000] \"GET /x HTTP/1.1\" 200 50 \"-\" \"curl/8\" 0.000 \"127.0.0.1:8081, 127.0.0.1:8082\" \"502, 200\"\n"
         );
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_like_display() {
+        for n in [0u64, 7, 10, 99, 100, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            push_num(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        for a in ["127.0.0.1:8081", "10.0.255.1:1", "[::1]:8080"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_addr(&mut out, &addr);
+            assert_eq!(out, addr.to_string().into_bytes());
+        }
     }
 
     #[test]
