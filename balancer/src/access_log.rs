@@ -385,18 +385,8 @@ fn format_line(out: &mut Vec<u8>, client: &str, stamp: &[u8], e: &Entry) {
 }
 
 /// Appends `n` in decimal (no formatting machinery: this runs once per field and request).
-fn push_num(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+fn push_num(out: &mut Vec<u8>, n: u64) {
+    crate::headers::put_digits(out, n, 10);
 }
 
 /// Appends `ip:port` (`[ip]:port` for IPv6).

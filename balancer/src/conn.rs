@@ -246,6 +246,18 @@ async fn one_request(
             )
             .await;
     };
+    if let Some(path) = &snap.cfg.status_path {
+        if req.framing == Framing::None && crate::status::is_status_request(&c.head, path) {
+            c.wbuf.clear();
+            let body = crate::status::respond(&mut c.wbuf, &snap, &req);
+            c.answered(StatusCode::OK, body);
+            return if c.flush().await && req.keep_alive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            };
+        }
+    }
     match body::intake(c, &req, snap.cfg.client_max_body_size).await {
         Intake::Body(mut b) => {
             let keep = worker.proxy(c, &snap, &req, bound, &mut b).await;

@@ -15,6 +15,7 @@
 //!   `body`, HTTP Upgrade `tunnel`s; waits are bounded by `io`'s lazy timers.
 //! - `access_log`: nginx's `combined` line plus the upstreams tried, buffered per worker and
 //!   written by a thread of its own.
+//! - `status`: the JSON page at `status_path` (upstream state and counters).
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
 //!
@@ -52,6 +53,7 @@ mod proxy;
 mod selection;
 mod server;
 mod spool;
+mod status;
 mod sticky;
 mod tunnel;
 mod units;

@@ -10,6 +10,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -118,11 +119,13 @@ impl Worker {
             let out_of_tries =
                 tried.len() >= max_tries || deadline.is_some_and(|d| Instant::now() >= d);
             let guard = ActiveGuard::new(up);
+            up.counts.attempts.fetch_add(1, Relaxed);
             let result = self.exchange(c, snap, up, req, body, &mut replayable).await;
             match result {
                 Ok((conn, resp)) => {
                     c.log.attempt(up.addr, resp.status);
                     if policy.retries_status(resp.status) {
+                        up.counts.failures.fetch_add(1, Relaxed);
                         self.shared.report_failure(up);
                         if may_resend && !out_of_tries && replayable {
                             log::warn!(
@@ -170,6 +173,7 @@ impl Worker {
                 Err(Failure::Upstream(e)) => {
                     log::warn!("{e}");
                     c.log.attempt(up.addr, e.status().as_u16());
+                    up.counts.failures.fetch_add(1, Relaxed);
                     self.shared.report_failure(up);
                     last_status = Some(e.status());
                     let wanted = if e.is_timeout() {

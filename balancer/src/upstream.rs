@@ -45,6 +45,17 @@ pub(crate) struct Upstream {
     pub healthy: Arc<AtomicBool>,
     /// Passive failures: down until this `now_millis()` value (0 = not down). Written by the health owner.
     pub down_until: Arc<AtomicU64>,
+    /// Attempts and failed attempts, for the status page (kept across reloads).
+    pub counts: Arc<Counts>,
+}
+
+/// An upstream's totals since it was first configured.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    /// Requests sent to it (every attempt, retries included).
+    pub attempts: AtomicU64,
+    /// Attempts that failed (error, time-out, or a status `proxy_next_upstream` retries).
+    pub failures: AtomicU64,
 }
 
 impl Upstream {
@@ -238,8 +249,13 @@ fn build_upstream(
         .map_err(|_| ConfigError::new(key(), "not a valid Host header value"))?;
     // Counters and health are shared with the previous incarnation of the same address, so a
     // reload that changes weight or drain keeps in-flight accounting and health.
-    let (active, healthy, down_until) = match old {
-        Some(o) => (o.active.clone(), o.healthy.clone(), o.down_until.clone()),
+    let (active, healthy, down_until, counts) = match old {
+        Some(o) => (
+            o.active.clone(),
+            o.healthy.clone(),
+            o.down_until.clone(),
+            o.counts.clone(),
+        ),
         None => Default::default(),
     };
     if old.is_none() {
@@ -252,6 +268,7 @@ fn build_upstream(
         active,
         healthy,
         down_until,
+        counts,
     })
 }
 

@@ -233,6 +233,10 @@ pub struct BalancerConfig {
     /// Access log file (nginx `access_log`, the `combined` format plus request time, upstream
     /// addresses and statuses); absent or `"off"`: none. A reload reopens it (log rotation).
     pub access_log: Option<PathBuf>,
+    /// Path the balancer answers itself with its upstreams' state as JSON (nginx
+    /// `stub_status`, HAProxy's stats page); absent: none. Anyone who can reach the balancer can
+    /// read it, so pick a path the outside cannot reach, or `deny` it where needed.
+    pub status_path: Option<String>,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -276,6 +280,7 @@ impl Default for BalancerConfig {
             deny: Vec::new(),
             error_page: None,
             access_log: None,
+            status_path: None,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],

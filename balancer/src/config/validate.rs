@@ -54,6 +54,14 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(path) = &cfg.status_path {
+        if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f || b == b'?') {
+            return Err(ConfigError::new(
+                "balancer.status_path",
+                "must start with / and hold no spaces, control characters or query",
+            ));
+        }
+    }
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",
@@ -209,6 +217,22 @@ mod tests {
             UpstreamConfig::new("127.0.0.1:8081").with_route("app1"),
             UpstreamConfig::new("localhost:8082").with_route("app2"),
         ]);
+        assert_eq!(cfg.validate(), Ok(()));
+    }
+
+    #[test]
+    fn status_path_must_be_a_plain_path() {
+        for bad in ["status", "/a b", "/s?x=1", "/s\u{7f}"] {
+            let cfg = BalancerConfig {
+                status_path: Some(bad.into()),
+                ..BalancerConfig::default()
+            };
+            assert_eq!(key_of(&cfg), "balancer.status_path", "{bad:?}");
+        }
+        let cfg = BalancerConfig {
+            status_path: Some("/ferrocat/upstreams".into()),
+            ..BalancerConfig::default()
+        };
         assert_eq!(cfg.validate(), Ok(()));
     }
 

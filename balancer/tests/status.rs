@@ -1,0 +1,124 @@
+//! The status page (`status_path`): each upstream's state and counters as JSON, answered by
+//! the balancer itself; HEAD has no body; deny rules still apply; off by default.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{client, config, start, Upstream};
+use serde_json::Value;
+
+async fn status(http: &reqwest::Client, url: &str) -> Value {
+    let r = http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    serde_json::from_str(&r.text().await.unwrap()).unwrap()
+}
+
+fn by_route<'a>(page: &'a Value, route: &str) -> &'a Value {
+    page["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["route"] == route)
+        .unwrap_or_else(|| panic!("no upstream with route {route} in {page}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_a_failed_upstream_suspended_and_counts_attempts() {
+    let a = Upstream::start("a").await;
+    let dead = Upstream::start("dead").await;
+    dead.kill();
+    let mut cfg = config(&[&a, &dead]);
+    for (u, route) in cfg.upstream.iter_mut().zip(["a", "dead"]) {
+        u.route = Some(route.into());
+        u.max_fails = 1;
+        u.fail_timeout = Duration::from_secs(30);
+    }
+    cfg.upstream[1].weight = 3;
+    cfg.status_path = Some("/_status".into());
+    let (_h, base) = start(cfg).await;
+    let http = client();
+
+    let page = status(&http, &format!("{base}/_status")).await;
+    assert_eq!(by_route(&page, "a")["state"], "up");
+    assert_eq!(by_route(&page, "dead")["state"], "up");
+    assert_eq!(by_route(&page, "dead")["weight"], 3);
+    assert_eq!(by_route(&page, "a")["attempts"], 0);
+
+    // Four GETs: the dead upstream (weight 3) is tried first, fails, is suspended after one
+    // failure (max_fails = 1), and every request is answered by `a`.
+    for _ in 0..4 {
+        let r = http.get(format!("{base}/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "a");
+    }
+    assert_eq!(a.hits(), 4);
+
+    let page = status(&http, &format!("{base}/_status?fresh=1")).await;
+    let d = by_route(&page, "dead");
+    assert_eq!(d["state"], "suspended", "{page}");
+    assert_eq!(d["attempts"], 1, "{page}");
+    assert_eq!(d["failures"], 1, "{page}");
+    let retry = d["retry_in_ms"].as_u64().unwrap();
+    assert!(retry > 20_000 && retry <= 30_000, "{retry}");
+    let up = by_route(&page, "a");
+    assert_eq!(up["state"], "up");
+    assert_eq!(up["attempts"], 4);
+    assert_eq!(up["failures"], 0);
+    assert_eq!(up["active"], 0);
+    // The page is the balancer's own: no upstream saw it.
+    assert_eq!(a.hits(), 4);
+
+    // HEAD: same headers, no body.
+    let r = http.head(format!("{base}/_status")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let len: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(len > 100);
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // Other methods and other paths are proxied.
+    let r = http.post(format!("{base}/_status")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "a");
+    let r = http.get(format!("{base}/_status/x")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "a");
+    assert_eq!(a.hits(), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_rule_wins_over_the_page() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.status_path = Some("/_status".into());
+    cfg.deny = vec!["^/_status$".into()];
+    let (_h, base) = start(cfg).await;
+    let r = client()
+        .get(format!("{base}/_status"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_off_by_default() {
+    let a = Upstream::start("a").await;
+    let (_h, base) = start(config(&[&a])).await;
+    let r = client()
+        .get(format!("{base}/ferrocat/upstreams"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "a");
+    assert_eq!(a.hits(), 1);
+}
