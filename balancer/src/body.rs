@@ -14,7 +14,7 @@ use std::task::Poll;
 
 use bytes::Buf as _;
 
-use crate::conn::{Conn, BODY_TIMEOUT};
+use crate::conn::Conn;
 use crate::h1::chunked::{write_chunk_header, ChunkedDecoder};
 use crate::h1::request::{Framing, Request};
 use crate::h1::response::Body;
@@ -64,8 +64,10 @@ pub(crate) enum Intake {
     TooLarge,
     /// Malformed: 400.
     Bad,
-    /// The client went away or stalled.
+    /// The client went away.
     Gone,
+    /// The client sent nothing for `client_body_timeout`: 408, as nginx answers.
+    Stalled,
 }
 
 /// Why passing a streamed body on failed.
@@ -187,7 +189,7 @@ async fn read_client_watching(c: &mut Conn, up: &mut UpConn) -> Result<bool, Sen
         }
         io::poll_read(stream, rbuf, cx).map(Ok)
     });
-    match io::within(&mut c.ctimer, BODY_TIMEOUT, wait).await {
+    match io::within(&mut c.ctimer, c.timeouts.body, wait).await {
         Ok(Ok(Ok(n))) => Ok(n > 0),
         Ok(Err(answer)) => Err(answer),
         _ => Ok(false),
@@ -196,10 +198,16 @@ async fn read_client_watching(c: &mut Conn, up: &mut UpConn) -> Result<bool, Sen
 
 /// Reads more from the client into `c.rbuf`; false if it closed, failed or stalled.
 async fn read_client(c: &mut Conn) -> bool {
-    matches!(
-        io::read(&mut c.stream, &mut c.rbuf, &mut c.ctimer, BODY_TIMEOUT).await,
-        Ok(Ok(n)) if n > 0
-    )
+    read_body_part(c).await.is_ok()
+}
+
+/// Reads more of a body from the client into `c.rbuf`; the `Intake` to end with if none came.
+async fn read_body_part(c: &mut Conn) -> Result<(), Intake> {
+    match io::read(&mut c.stream, &mut c.rbuf, &mut c.ctimer, c.timeouts.body).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(_) => Err(Intake::Gone),
+        Err(_) => Err(Intake::Stalled),
+    }
 }
 
 /// Sends `100 Continue` if the client waits for it and nothing of the body has arrived.
@@ -233,8 +241,8 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
             }
             let n = n as usize;
             while c.rbuf.len() < n {
-                if !read_client(c).await {
-                    return Intake::Gone;
+                if let Err(end) = read_body_part(c).await {
+                    return end;
                 }
             }
             c.body.extend_from_slice(&c.rbuf[..n]);
@@ -271,8 +279,8 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
                         Intake::Body(ReqBody::Chunked(dec))
                     };
                 }
-                if !read_client(c).await {
-                    return Intake::Gone;
+                if let Err(end) = read_body_part(c).await {
+                    return end;
                 }
             }
         }
@@ -310,8 +318,8 @@ async fn spool_rest(c: &mut Conn, mut dec: ChunkedDecoder, limit: u64) -> Intake
             }
             return Intake::Body(ReqBody::Spooled(spool));
         }
-        if !read_client(c).await {
-            return Intake::Gone;
+        if let Err(end) = read_body_part(c).await {
+            return end;
         }
     }
 }

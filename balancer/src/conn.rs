@@ -26,14 +26,30 @@ use crate::pages;
 use crate::proxy::Worker;
 use crate::server::{stop_requested, RunState};
 
-/// How long a keep-alive connection may wait for its next request (nginx `keepalive_timeout`).
-pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
-/// How long the rest of a started request head may take (nginx `client_header_timeout`).
-pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest silence while reading a request body (nginx `client_body_timeout`).
-pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for the client to take response bytes (nginx `send_timeout`).
-pub(crate) const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time limits of waits on the client, from the config in force when the current request began.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientTimeouts {
+    /// nginx `keepalive_timeout`: an idle connection's wait for its next request.
+    pub keepalive: Duration,
+    /// nginx `client_header_timeout`: the rest of a started head.
+    pub header: Duration,
+    /// nginx `client_body_timeout`: silence while reading a body.
+    pub body: Duration,
+    /// nginx `send_timeout`: the client taking response bytes.
+    pub send: Duration,
+}
+
+impl ClientTimeouts {
+    fn of(cfg: &crate::config::BalancerConfig) -> Self {
+        Self {
+            keepalive: cfg.client_keepalive_timeout,
+            header: cfg.client_header_timeout,
+            body: cfg.client_body_timeout,
+            send: cfg.send_timeout,
+        }
+    }
+}
+
 /// Initial size of the client read buffer.
 const READ_BUFFER: usize = 16 * 1024;
 /// Reused buffers larger than this are given back after the request that grew them.
@@ -56,6 +72,8 @@ pub(crate) struct Conn {
     pub key: Vec<u8>,
     /// Time limits of waits on the client.
     pub ctimer: LazyTimer,
+    /// How long those waits may be.
+    pub timeouts: ClientTimeouts,
     /// Time limits of waits on an upstream.
     pub utimer: LazyTimer,
     pub ip: IpAddr,
@@ -83,7 +101,13 @@ impl Conn {
     pub async fn flush(&mut self) -> bool {
         self.log.sent += self.wbuf.len() as u64;
         let ok = matches!(
-            io::write_all(&mut self.stream, &self.wbuf, &mut self.ctimer, SEND_TIMEOUT).await,
+            io::write_all(
+                &mut self.stream,
+                &self.wbuf,
+                &mut self.ctimer,
+                self.timeouts.send
+            )
+            .await,
             Ok(Ok(()))
         );
         self.wbuf.clear();
@@ -121,6 +145,7 @@ pub(crate) async fn serve(
         body: Vec::new(),
         key: Vec::new(),
         ctimer: LazyTimer::new(),
+        timeouts: ClientTimeouts::of(&worker.snapshot().cfg),
         utimer: LazyTimer::new(),
         ip,
         ip_text: ip.to_string(),
@@ -171,8 +196,9 @@ async fn one_request(
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     let snap = worker.snapshot();
+    c.timeouts = ClientTimeouts::of(&snap.cfg);
     c.log.reset(worker.log.enabled());
-    // When the first bytes of this head arrived: the whole head gets `HEADER_TIMEOUT`.
+    // When the first bytes of this head arrived: the whole head gets `client_header_timeout`.
     let mut head_started = None;
     let parsed = loop {
         if !c.rbuf.is_empty() {
@@ -215,10 +241,10 @@ async fn one_request(
         }
         let idle = c.rbuf.is_empty();
         let limit = if idle {
-            KEEPALIVE_TIMEOUT
+            c.timeouts.keepalive
         } else {
             let started = *head_started.get_or_insert_with(tokio::time::Instant::now);
-            HEADER_TIMEOUT.saturating_sub(started.elapsed())
+            c.timeouts.header.saturating_sub(started.elapsed())
         };
         let (stream, rbuf) = (&mut c.stream, &mut c.rbuf);
         let read = poll_fn(|cx| {
@@ -270,5 +296,6 @@ async fn one_request(
         Intake::TooLarge => c.page(StatusCode::PAYLOAD_TOO_LARGE, true).await,
         Intake::Bad => c.page(StatusCode::BAD_REQUEST, true).await,
         Intake::Gone => Next::Close,
+        Intake::Stalled => c.page(StatusCode::REQUEST_TIMEOUT, true).await,
     }
 }

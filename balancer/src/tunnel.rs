@@ -3,7 +3,7 @@
 //! go across, then bytes are copied both ways until either side closes. Such a connection is
 //! never pooled; it counts as one request in flight on its upstream for as long as it lasts.
 
-use crate::conn::{Conn, SEND_TIMEOUT};
+use crate::conn::Conn;
 use crate::io;
 use crate::pool::UpConn;
 use crate::upstream::ActiveGuard;
@@ -17,7 +17,7 @@ pub(crate) async fn run(c: &mut Conn, mut up: UpConn, guard: ActiveGuard) {
         return;
     }
     if !c.rbuf.is_empty() {
-        let early = io::write_all(&mut up.stream, &c.rbuf, &mut c.utimer, SEND_TIMEOUT).await;
+        let early = io::write_all(&mut up.stream, &c.rbuf, &mut c.utimer, c.timeouts.send).await;
         c.rbuf.clear();
         if !matches!(early, Ok(Ok(()))) {
             return;

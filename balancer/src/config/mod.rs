@@ -34,6 +34,10 @@ pub const DEFAULT_PROXY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_KEEPALIVE: usize = 64;
 /// How long an idle upstream connection stays in the pool (nginx `keepalive_timeout` 60s).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's default `client_header_timeout`, `client_body_timeout` and `send_timeout`.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's default `keepalive_timeout` towards clients.
+pub const DEFAULT_CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// How long a graceful stop waits for in-flight requests.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// nginx's default `max_fails`.
@@ -257,6 +261,20 @@ pub struct BalancerConfig {
     /// Time allowed for sending the request to an upstream.
     #[serde(with = "units::duration")]
     pub proxy_send_timeout: Duration,
+    /// How long the rest of a request head may take once its first byte arrived (nginx
+    /// `client_header_timeout`); the connection is closed when it runs out.
+    #[serde(with = "units::duration")]
+    pub client_header_timeout: Duration,
+    /// Longest silence between two reads of a request body (nginx `client_body_timeout`).
+    #[serde(with = "units::duration")]
+    pub client_body_timeout: Duration,
+    /// Longest wait for the client to take more response bytes (nginx `send_timeout`).
+    #[serde(with = "units::duration")]
+    pub send_timeout: Duration,
+    /// How long an idle client connection waits for its next request (nginx's
+    /// `keepalive_timeout` in `http`; `keepalive_timeout` here is the upstream pool's).
+    #[serde(with = "units::duration")]
+    pub client_keepalive_timeout: Duration,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
     pub keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -289,6 +307,10 @@ impl Default for BalancerConfig {
             proxy_connect_timeout: DEFAULT_PROXY_TIMEOUT,
             proxy_read_timeout: DEFAULT_PROXY_TIMEOUT,
             proxy_send_timeout: DEFAULT_PROXY_TIMEOUT,
+            client_header_timeout: DEFAULT_CLIENT_TIMEOUT,
+            client_body_timeout: DEFAULT_CLIENT_TIMEOUT,
+            send_timeout: DEFAULT_CLIENT_TIMEOUT,
+            client_keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,

@@ -78,6 +78,10 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         ("proxy_connect_timeout", cfg.proxy_connect_timeout),
         ("proxy_read_timeout", cfg.proxy_read_timeout),
         ("proxy_send_timeout", cfg.proxy_send_timeout),
+        ("client_header_timeout", cfg.client_header_timeout),
+        ("client_body_timeout", cfg.client_body_timeout),
+        ("send_timeout", cfg.send_timeout),
+        ("client_keepalive_timeout", cfg.client_keepalive_timeout),
     ] {
         if d.is_zero() {
             return Err(ConfigError::new(
