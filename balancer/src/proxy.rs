@@ -385,7 +385,7 @@ impl Worker {
     ) -> bool {
         if resp.status == 101 {
             c.log.status = 101;
-            crate::tunnel::run(c, conn, guard).await;
+            crate::tunnel::run(c, conn, guard, snap.cfg.proxy_send_timeout).await;
             return false;
         }
         let mode = match (resp.body, req.minor) {

@@ -62,3 +62,34 @@ async fn a_zero_client_timeout_is_rejected_by_name() {
     let err = cfg.validate().unwrap_err();
     assert_eq!(err.key, "balancer.client_body_timeout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.send_timeout = Duration::from_millis(300);
+    let (_h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+
+    // 1 GiB that the client does not read for 2 s: the socket buffers fill, the balancer
+    // waits send_timeout and closes; reading then ends long before the whole body.
+    let total: u64 = 1 << 30;
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(format!("GET /big/{total} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut got = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n as u64,
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection was not closed");
+    assert!(got > 0 && got < total / 4, "{got} bytes read");
+}
