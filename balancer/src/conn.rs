@@ -195,13 +195,21 @@ async fn one_request(
     c: &mut Conn,
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
-    let snap = worker.snapshot();
-    c.timeouts = ClientTimeouts::of(&snap.cfg);
     c.log.reset(worker.log.enabled());
+    // The config is taken when the request's first bytes are at hand, not before the idle wait,
+    // so a reload applies to the next request on a kept-alive connection too. Until then the
+    // previous request's time limits apply.
+    let mut snap = None;
     // When the first bytes of this head arrived: the whole head gets `client_header_timeout`.
     let mut head_started = None;
     let parsed = loop {
         if !c.rbuf.is_empty() {
+            let snap = snap.get_or_insert_with(|| {
+                let s = worker.snapshot();
+                c.timeouts = ClientTimeouts::of(&s.cfg);
+                c.log.on = worker.log.enabled();
+                s
+            });
             c.log.start();
             c.head.clear();
             let (ip, key, log) = (c.ip, &mut c.key, &mut c.log);
@@ -260,6 +268,9 @@ async fn one_request(
             Ok(Some(Ok(n))) if n > 0 => {}
             _ => return Next::Close,
         }
+    };
+    let Some(snap) = snap else {
+        return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (req, verdict) = parsed;
     c.rbuf.advance(req.head_len);

@@ -41,7 +41,7 @@ async fn shows_a_failed_upstream_suspended_and_counts_attempts() {
     }
     cfg.upstream[1].weight = 3;
     cfg.status_path = Some("/_status".into());
-    let (_h, base) = start(cfg).await;
+    let (h, base) = start(cfg.clone()).await;
     let http = client();
 
     let page = status(&http, &format!("{base}/_status")).await;
@@ -73,6 +73,16 @@ async fn shows_a_failed_upstream_suspended_and_counts_attempts() {
     assert_eq!(up["active"], 0);
     // The page is the balancer's own: no upstream saw it.
     assert_eq!(a.hits(), 4);
+
+    // A reload (a new weight) keeps the counters and the passive health state.
+    let mut cfg2 = cfg.clone();
+    cfg2.upstream[0].weight = 2;
+    h.reload(cfg2).unwrap();
+    let page = status(&http, &format!("{base}/_status")).await;
+    assert_eq!(by_route(&page, "a")["weight"], 2);
+    assert_eq!(by_route(&page, "a")["attempts"], 4);
+    assert_eq!(by_route(&page, "dead")["attempts"], 1);
+    assert_eq!(by_route(&page, "dead")["state"], "suspended");
 
     // HEAD: same headers, no body.
     let r = http.head(format!("{base}/_status")).send().await.unwrap();
