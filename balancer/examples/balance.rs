@@ -34,6 +34,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => BalancerConfig::default().keepalive,
         },
         access_log: std::env::var_os("ACCESS_LOG").map(Into::into),
+        // As the benchmark's nginx (`keepalive_requests 1000000` on both sides).
+        client_keepalive_requests: 1_000_000,
+        keepalive_requests: 1_000_000,
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;

@@ -80,6 +80,8 @@ pub(crate) struct Conn {
     pub ip_text: String,
     /// What the current request's access log line needs.
     pub log: crate::access_log::Entry,
+    /// Requests whose heads were read on this connection.
+    pub requests: u32,
 }
 
 /// What happens to the connection after a request.
@@ -150,6 +152,7 @@ pub(crate) async fn serve(
         ip,
         ip_text: ip.to_string(),
         log: crate::access_log::Entry::default(),
+        requests: 0,
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -272,8 +275,14 @@ async fn one_request(
     let Some(snap) = snap else {
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
-    let (req, verdict) = parsed;
+    let (mut req, verdict) = parsed;
     c.rbuf.advance(req.head_len);
+    c.requests = c.requests.saturating_add(1);
+    let most = snap.cfg.client_keepalive_requests;
+    if most > 0 && c.requests >= most {
+        // nginx's `keepalive_requests`: this answer says `Connection: close` and is the last.
+        req.keep_alive = false;
+    }
     let Some(bound) = verdict else {
         // Denied. A body that was not read makes the connection unusable.
         return c

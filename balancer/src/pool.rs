@@ -28,6 +28,8 @@ pub(crate) struct UpConn {
     addr: SocketAddr,
     /// The upstream answered before it had the whole request: never reused.
     pub answered_early: bool,
+    /// Requests sent over this connection so far.
+    pub requests: u32,
 }
 
 impl UpConn {
@@ -55,22 +57,27 @@ pub(crate) struct Pool {
     idle: RefCell<HashMap<SocketAddr, VecDeque<Idle>>>,
     max_idle: Cell<usize>,
     idle_timeout: Cell<Duration>,
+    /// Requests after which a connection is closed instead of kept (0 = no limit).
+    max_requests: Cell<u32>,
 }
 
 impl Pool {
-    /// An empty pool keeping at most `max_idle` connections per upstream.
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+    /// An empty pool keeping at most `max_idle` connections per upstream, each idle at most
+    /// `idle_timeout` and used for at most `max_requests` requests (0 = no limit).
+    pub fn new(max_idle: usize, idle_timeout: Duration, max_requests: u32) -> Self {
         Self {
             idle: RefCell::default(),
             max_idle: Cell::new(max_idle),
             idle_timeout: Cell::new(idle_timeout),
+            max_requests: Cell::new(max_requests),
         }
     }
 
     /// Applies reloaded limits (connections already idle stay until used or expired).
-    pub fn configure(&self, max_idle: usize, idle_timeout: Duration) {
+    pub fn configure(&self, max_idle: usize, idle_timeout: Duration, max_requests: u32) {
         self.max_idle.set(max_idle);
         self.idle_timeout.set(idle_timeout);
+        self.max_requests.set(max_requests);
     }
 
     /// Whether connections are kept at all.
@@ -93,7 +100,11 @@ impl Pool {
 
     /// Returns a connection whose last response was read completely.
     pub fn put(&self, conn: UpConn) {
-        if !conn.rbuf.is_empty() || conn.answered_early {
+        let max_requests = self.max_requests.get();
+        if !conn.rbuf.is_empty()
+            || conn.answered_early
+            || (max_requests > 0 && conn.requests >= max_requests)
+        {
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -129,6 +140,7 @@ impl Pool {
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             addr,
             answered_early: false,
+            requests: 0,
         })
     }
 }
@@ -143,7 +155,7 @@ mod tests {
     async fn a_full_pool_closes_its_least_recently_used_connection() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let pool = Pool::new(2, Duration::from_secs(60));
+        let pool = Pool::new(2, Duration::from_secs(60), 0);
         let mut peers = Vec::new();
         let mut ports = Vec::new();
         for _ in 0..3 {

@@ -63,8 +63,11 @@ impl Worker {
         let snap = self.shared.snapshot.load_full();
         if snap.generation != self.generation.get() {
             self.generation.set(snap.generation);
-            self.pool
-                .configure(snap.cfg.keepalive, snap.cfg.keepalive_timeout);
+            self.pool.configure(
+                snap.cfg.keepalive,
+                snap.cfg.keepalive_timeout,
+                snap.cfg.keepalive_requests,
+            );
             self.log.set_sink(snap.access_log.clone());
         }
         snap
@@ -225,6 +228,7 @@ impl Worker {
                 ),
             };
             self.assemble(c, up, req, body);
+            conn.requests = conn.requests.saturating_add(1);
             let send = snap.cfg.proxy_send_timeout;
             let mut answered = false;
             match body::write_watching(&mut conn, &c.wire, &mut c.utimer, send).await {

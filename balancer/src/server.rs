@@ -100,7 +100,11 @@ pub(crate) fn run_worker(
         let listener = TcpListener::from_std(listener)?;
         let cfg = shared.snapshot.load();
         let worker = Rc::new(Worker {
-            pool: Rc::new(Pool::new(cfg.cfg.keepalive, cfg.cfg.keepalive_timeout)),
+            pool: Rc::new(Pool::new(
+                cfg.cfg.keepalive,
+                cfg.cfg.keepalive_timeout,
+                cfg.cfg.keepalive_requests,
+            )),
             generation: Cell::new(cfg.generation),
             shared: shared.clone(),
             stopping: Cell::new(false),

@@ -38,6 +38,9 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// nginx's default `keepalive_timeout` towards clients.
 pub const DEFAULT_CLIENT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// nginx's default `keepalive_requests` (towards clients and in `upstream` alike): requests
+/// served over one connection before it is closed.
+pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
 /// How long a graceful stop waits for in-flight requests.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// nginx's default `max_fails`.
@@ -275,11 +278,18 @@ pub struct BalancerConfig {
     /// `keepalive_timeout` in `http`; `keepalive_timeout` here is the upstream pool's).
     #[serde(with = "units::duration")]
     pub client_keepalive_timeout: Duration,
+    /// Requests served over one client connection; the last one's response says
+    /// `Connection: close` and the connection closes after it (nginx's `keepalive_requests` in
+    /// `http`; 0 = no limit). Spreads long-lived clients over balancers and frees their buffers.
+    pub client_keepalive_requests: u32,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
     pub keepalive: usize,
     /// How long an idle upstream connection is kept.
     #[serde(with = "units::duration")]
     pub keepalive_timeout: Duration,
+    /// Requests sent over one upstream connection before it is closed instead of kept (nginx's
+    /// `keepalive_requests` in `upstream`; 0 = no limit).
+    pub keepalive_requests: u32,
     /// Longest wait for in-flight requests on a graceful stop.
     #[serde(with = "units::duration")]
     pub shutdown_timeout: Duration,
@@ -311,8 +321,10 @@ impl Default for BalancerConfig {
             client_body_timeout: DEFAULT_CLIENT_TIMEOUT,
             send_timeout: DEFAULT_CLIENT_TIMEOUT,
             client_keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
+            client_keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             upstream: Vec::new(),
         }

@@ -29,6 +29,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     /// Requests with method POST received.
     pub posts: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub conns: Arc<AtomicUsize>,
     stop: CancellationToken,
 }
 
@@ -42,14 +44,17 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let posts = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
         let (n, h, p, s) = (name.to_owned(), hits.clone(), posts.clone(), stop.clone());
+        let accepted = conns.clone();
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     _ = s.cancelled() => return,
                     a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let (n, h, p, s) = (n.clone(), h.clone(), p.clone(), s.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -70,6 +75,7 @@ impl Upstream {
             addr,
             hits,
             posts,
+            conns,
             stop,
         }
     }
@@ -85,6 +91,11 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn conns(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
     }
 }
 
