@@ -132,3 +132,69 @@ async fn is_off_by_default() {
     assert_eq!(r.text().await.unwrap(), "a");
     assert_eq!(a.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shows_failing_full_and_down_upstreams() {
+    let a = Upstream::start("a").await;
+    let dead = Upstream::start("dead").await;
+    let off = Upstream::start("off").await;
+    dead.kill();
+    let mut cfg = config(&[&a, &dead, &off]);
+    cfg.upstream[0].max_conns = 1;
+    cfg.upstream[2].down = true;
+    cfg.health_check = Some(ferrocat_balancer::config::HealthCheckConfig {
+        path: "/".into(),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 1,
+        expect_status: Vec::new(),
+    });
+    cfg.status_path = Some("/_status".into());
+    let (_h, base) = start(cfg).await;
+    let http = client();
+
+    // Active checks find the killed upstream failing; `a` stays up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = status(&http, &format!("{base}/_status")).await;
+        if by_route(&page, "dead")["state"] == "failing" {
+            assert_eq!(by_route(&page, "a")["state"], "up", "{page}");
+            assert_eq!(by_route(&page, "off")["state"], "down", "{page}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never failing: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // One slow request holds `a`'s only connection (max_conns = 1): `a` is full meanwhile.
+    let slow = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.get(format!("{base}/slow/1500"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let page = status(&http, &format!("{base}/_status")).await;
+        let up = by_route(&page, "a");
+        if up["active"] == 1 {
+            assert_eq!(up["state"], "full", "{page}");
+            assert_eq!(up["max_conns"], 1, "{page}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never active: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(slow.await.unwrap(), 200);
+    let page = status(&http, &format!("{base}/_status")).await;
+    assert_eq!(by_route(&page, "a")["state"], "up", "{page}");
+    assert_eq!(by_route(&page, "a")["active"], 0, "{page}");
+}
