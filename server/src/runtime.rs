@@ -79,6 +79,7 @@ pub fn run(mode: Mode, path: Option<PathBuf>) -> i32 {
         Ok(l) => l,
         Err(code) => return code,
     };
+    raise_open_file_limit();
     let system = actix_rt::System::new();
     system.block_on(async move {
         match serve(mode, path, loaded).await {
@@ -89,6 +90,34 @@ pub fn run(mode: Mode, path: Option<PathBuf>) -> i32 {
             }
         }
     })
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does and nginx's
+/// `worker_rlimit_nofile` would: every proxied request holds a client and an upstream socket,
+/// so a default soft limit of 1024 would cap the balancer at about 500 concurrent clients, each
+/// one more answered by `accept failed: Too many open files`. Returns the limit in force.
+pub fn raise_open_file_limit() -> Option<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            return None;
+        }
+    };
+    if soft >= hard {
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => {
+            log::info!("open-file limit raised from {soft} to {hard}");
+            Some(hard)
+        }
+        Err(e) => {
+            log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            Some(soft)
+        }
+    }
 }
 
 async fn serve(mode: Mode, path: Option<PathBuf>, loaded: Loaded) -> Result<(), String> {
