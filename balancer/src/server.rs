@@ -125,6 +125,7 @@ pub(crate) fn run_worker(
             })
         };
         let mut conns = JoinSet::new();
+        let (mut accept_failures, mut last_accept_log) = (0u64, None);
         loop {
             tokio::select! {
                 biased;
@@ -134,7 +135,14 @@ pub(crate) fn run_worker(
                         conns.spawn_local(crate::conn::serve(worker.clone(), stream, peer, state.clone()));
                     }
                     Err(e) => {
-                        log::warn!("accept failed: {e}");
+                        // Out of file descriptors, say: back off, and log once a second
+                        // at most, with the count, instead of a line every 10 ms.
+                        accept_failures += 1;
+                        if last_accept_log.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(1)) {
+                            log::warn!("accept failed ({accept_failures}x since last logged): {e}");
+                            accept_failures = 0;
+                            last_accept_log = Some(std::time::Instant::now());
+                        }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 },

@@ -41,8 +41,26 @@ impl Ferrocat {
     }
 
     pub fn spawn_env(mode: &str, toml: &str, addr: SocketAddr, env: &[(&str, &str)]) -> Ferrocat {
+        Self::spawn_wrapped(&[], mode, toml, addr, env)
+    }
+
+    /// As `spawn_env`, run through `wrapper` (e.g. `["prlimit", "--nofile=64:64"]`).
+    pub fn spawn_wrapped(
+        wrapper: &[&str],
+        mode: &str,
+        toml: &str,
+        addr: SocketAddr,
+        env: &[(&str, &str)],
+    ) -> Ferrocat {
         let cfg = write_config(toml);
-        let mut cmd = Command::new(binary());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
         cmd.arg(mode)
             .arg("--config")
             .arg(cfg.path())
