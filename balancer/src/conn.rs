@@ -229,6 +229,7 @@ async fn one_request(
                 }
                 Some(
                     crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
+                        .or_else(|| crate::sticky::url_route(v.path(), &snap.cfg.sticky_cookie))
                         .and_then(|r| snap.routes.get(r).copied()),
                 )
             };

@@ -4,6 +4,11 @@
 //! `<id>.<route>`: in both the route is the text after the last `.`. A request whose route names
 //! an available upstream goes there; otherwise it is balanced as if unbound, and the app node that
 //! gets it takes the session over (and rewrites the cookie with its own route).
+//!
+//! A client without cookies carries a Tomcat session in the URL instead (`encodeURL`:
+//! `/shop/cart;jsessionid=<id>.<route>?x=1`); without a session cookie, that path parameter
+//! routes the request (as mod_jk and Tomcat's own balancer do). The name is the cookie's,
+//! matched without regard to case (Tomcat writes `jsessionid`).
 
 /// Value of the cookie `name` in the request's `Cookie` header values, if present.
 pub(crate) fn cookie_value<'a>(
@@ -42,6 +47,28 @@ pub(crate) fn route<'a>(
     (!route.is_empty()).then_some(route)
 }
 
+/// The route suffix of a `;NAME=<id>.<route>` path parameter in `path` (the request path
+/// without its query), `NAME` compared without regard to case.
+pub(crate) fn url_route<'a>(path: &'a str, name: &str) -> Option<&'a str> {
+    if name.is_empty() {
+        return None;
+    }
+    let mut rest = path;
+    while let Some(i) = rest.find(';') {
+        rest = &rest[i + 1..];
+        let Some((key, after)) = rest.split_once('=') else {
+            return None;
+        };
+        if !key.eq_ignore_ascii_case(name) {
+            continue;
+        }
+        let value = after.split([';', '/']).next().unwrap_or("");
+        let (_, route) = value.rsplit_once('.')?;
+        return (!route.is_empty()).then_some(route);
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,5 +99,20 @@ mod tests {
         assert_eq!(route(headers(&["sid=a.b"]), "JSESSIONID"), None);
         assert_eq!(route(headers(&["sid=a.b"]), ""), None);
         assert_eq!(route(headers(&["sid=a.b"]), "sid"), Some("b"));
+    }
+
+    #[test]
+    fn url_session_parameter_carries_the_route() {
+        let r = |p| url_route(p, "JSESSIONID");
+        assert_eq!(r("/shop/cart;jsessionid=5A8F1C.tomcat1"), Some("tomcat1"));
+        assert_eq!(r("/a;JSESSIONID=5A8F1C.tomcat2/b"), Some("tomcat2"));
+        assert_eq!(r("/a;v=1;jsessionid=ID.t3;x=y"), Some("t3"));
+        assert_eq!(r("/a;jsessionid=ID-n1.app2"), Some("app2"));
+        assert_eq!(r("/a;jsessionid=NOROUTE"), None);
+        assert_eq!(r("/a;jsessionid=ID."), None);
+        assert_eq!(r("/a;xjsessionid=ID.t1"), None);
+        assert_eq!(r("/a;jsessionid"), None);
+        assert_eq!(r("/plain/path"), None);
+        assert_eq!(url_route("/a;sid=ID.t1", ""), None);
     }
 }

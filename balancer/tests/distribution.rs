@@ -51,6 +51,23 @@ async fn requests_stick_to_the_upstream_of_their_route() {
             assert_eq!(r.headers()["x-upstream"], want, "{cookie}");
         }
     }
+    // Tomcat's URL-rewritten session (a client without cookies): the `;jsessionid=` path
+    // parameter routes; a session cookie, when there is one, wins.
+    let url_cases = [
+        ("/shop/cart;jsessionid=5A8F1C2B.app3?x=1", None, "app3"),
+        ("/a;JSESSIONID=ABC.app2/b", None, "app2"),
+        ("/a;jsessionid=ABC.app2", Some("JSESSIONID=ABC.app1"), "app1"),
+    ];
+    for (path, cookie, want) in url_cases {
+        for _ in 0..6 {
+            let mut rq = http.get(format!("{base}{path}"));
+            if let Some(c) = cookie {
+                rq = rq.header("cookie", c);
+            }
+            let r = rq.send().await.unwrap();
+            assert_eq!(r.headers()["x-upstream"], want, "{path} {cookie:?}");
+        }
+    }
     h.stop(true).await;
 }
 
