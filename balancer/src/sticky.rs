@@ -56,9 +56,7 @@ pub(crate) fn url_route<'a>(path: &'a str, name: &str) -> Option<&'a str> {
     let mut rest = path;
     while let Some(i) = rest.find(';') {
         rest = &rest[i + 1..];
-        let Some((key, after)) = rest.split_once('=') else {
-            return None;
-        };
+        let (key, after) = rest.split_once('=')?;
         if !key.eq_ignore_ascii_case(name) {
             continue;
         }
