@@ -191,6 +191,14 @@ fn note_request(log: &mut crate::access_log::Entry, v: &request::View<'_>) {
     }
 }
 
+/// Notes the first line of `raw` (up to its line feed, without the carriage return) as the
+/// access log's request line, escaped and cut like every field.
+fn note_raw_line(log: &mut crate::access_log::Entry, raw: &[u8]) {
+    let line = raw.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    crate::access_log::escape_into(&mut log.line, line);
+}
+
 /// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
 /// requested while nothing of it has arrived) and serves the request.
 async fn one_request(
@@ -233,7 +241,16 @@ async fn one_request(
                         .and_then(|r| snap.routes.get(r).copied()),
                 )
             };
-            match request::parse(&c.rbuf, &c.ip_text, &mut c.head, inspect) {
+            let outcome = request::parse(&c.rbuf, &c.ip_text, &mut c.head, inspect);
+            if c.log.on
+                && c.log.line.is_empty()
+                && !matches!(outcome, Ok(_) | Err(HeadError::Partial))
+            {
+                // Refused before its line was noted: log what the client sent as its first
+                // line, as nginx does for a bad request.
+                note_raw_line(&mut c.log, &c.rbuf);
+            }
+            match outcome {
                 Ok(parsed) => break parsed,
                 Err(HeadError::Partial) => {}
                 Err(HeadError::TooLarge) => {

@@ -175,3 +175,37 @@ async fn a_log_in_a_missing_directory_is_a_config_error_naming_the_key() {
     h.stop(true).await;
     assert!(!Path::new("off").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_head_is_logged_with_the_line_the_client_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.access_log = Some(path.clone());
+    let (h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    // A header line without a colon, then a control byte in a request line.
+    for raw in [
+        &b"GET /bad/header HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
+        &b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+    ] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(raw).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        assert!(out.starts_with(b"HTTP/1.1 400"), "{out:?}");
+    }
+    let lines = lines_at_least(&path, 2).await;
+    let parsed: Vec<_> = lines.iter().map(|l| fields(l)).collect();
+    assert_eq!(parsed.len(), 2, "{lines:#?}");
+    assert_eq!(parsed[0].0, "GET /bad/header HTTP/1.1");
+    assert_eq!(parsed[1].0, r"GET /a\x01b HTTP/1.1");
+    for p in &parsed {
+        assert_eq!(p.1, 400);
+        assert_eq!((p.6.as_str(), p.7.as_str()), ("-", "-"));
+    }
+    assert_eq!(a.hits(), 0);
+    h.stop(true).await;
+}

@@ -56,7 +56,11 @@ async fn requests_stick_to_the_upstream_of_their_route() {
     let url_cases = [
         ("/shop/cart;jsessionid=5A8F1C2B.app3?x=1", None, "app3"),
         ("/a;JSESSIONID=ABC.app2/b", None, "app2"),
-        ("/a;jsessionid=ABC.app2", Some("JSESSIONID=ABC.app1"), "app1"),
+        (
+            "/a;jsessionid=ABC.app2",
+            Some("JSESSIONID=ABC.app1"),
+            "app1",
+        ),
     ];
     for (path, cookie, want) in url_cases {
         for _ in 0..6 {
