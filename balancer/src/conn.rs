@@ -312,6 +312,9 @@ async fn one_request(
     };
     if let Some(path) = &snap.cfg.status_path {
         if req.framing == Framing::None && crate::status::is_status_request(&c.head, path) {
+            if !snap.status_allow.iter().any(|n| n.contains(c.ip)) {
+                return c.page(StatusCode::FORBIDDEN, !req.keep_alive).await;
+            }
             c.wbuf.clear();
             let body = crate::status::respond(&mut c.wbuf, &snap, &req);
             c.answered(StatusCode::OK, body);

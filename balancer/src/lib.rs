@@ -47,6 +47,7 @@ mod hashkey;
 mod headers;
 mod health;
 mod io;
+mod netmask;
 mod pages;
 mod pool;
 mod proxy;

@@ -119,6 +119,8 @@ pub(crate) struct Snapshot {
     pub backup: Group,
     /// `deny` patterns.
     pub deny: RegexSet,
+    /// Who may read the status page.
+    pub status_allow: Vec<crate::netmask::Net>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
     /// Key template for `method = "hash"`.
@@ -217,6 +219,15 @@ impl Snapshot {
                 _ => Some(crate::access_log::Sink::open(path)?),
             },
         };
+        let status_allow = cfg
+            .status_allow
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                crate::netmask::Net::parse(n)
+                    .map_err(|e| ConfigError::new(format!("balancer.status_allow[{i}]"), e))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(Self {
             generation,
             cfg,
@@ -225,6 +236,7 @@ impl Snapshot {
             primary,
             backup,
             deny,
+            status_allow,
             error_page,
             hash_key,
             retry,

@@ -198,3 +198,34 @@ async fn shows_failing_full_and_down_upstreams() {
     assert_eq!(by_route(&page, "a")["state"], "up", "{page}");
     assert_eq!(by_route(&page, "a")["active"], 0, "{page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_in_status_allow_read_the_page() {
+    let a = Upstream::start("a").await;
+    let http = client();
+
+    // The default allows loopback (the other tests read it from 127.0.0.1).
+    let mut cfg = config(&[&a]);
+    cfg.status_path = Some("/_status".into());
+    assert_eq!(cfg.status_allow, vec!["127.0.0.0/8", "::1"]);
+
+    // A list without loopback: 403 for this client, and the upstream never sees the path.
+    cfg.status_allow = vec!["10.0.0.0/8".into(), "2001:db8::/32".into()];
+    let (h, base) = start(cfg.clone()).await;
+    let r = http.get(format!("{base}/_status")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(a.hits(), 0);
+    // Other paths are proxied as before.
+    let r = http.get(format!("{base}/x")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "a");
+
+    // A reload that adds this client's address opens it.
+    cfg.status_allow.push("127.0.0.1".into());
+    h.reload(cfg.clone()).unwrap();
+    status(&http, &format!("{base}/_status")).await;
+
+    // A bad range is a config error naming the entry.
+    cfg.status_allow = vec!["127.0.0.0/8".into(), "127.0.0.300/8".into()];
+    let err = cfg.validate().unwrap_err();
+    assert_eq!(err.key, "balancer.status_allow[1]");
+}

@@ -241,9 +241,13 @@ pub struct BalancerConfig {
     /// addresses and statuses); absent or `"off"`: none. A reload reopens it (log rotation).
     pub access_log: Option<PathBuf>,
     /// Path the balancer answers itself with its upstreams' state as JSON (nginx
-    /// `stub_status`, HAProxy's stats page); absent: none. Anyone who can reach the balancer can
-    /// read it, so pick a path the outside cannot reach, or `deny` it where needed.
+    /// `stub_status`, HAProxy's stats page); absent: none. Only clients in `status_allow` may
+    /// read it.
     pub status_path: Option<String>,
+    /// Client addresses (CIDR ranges or single addresses) that may read the status page; the
+    /// others get 403 there (nginx `allow ...; deny all;` in the page's `location`). Default:
+    /// loopback only. `["0.0.0.0/0", "::/0"]` opens it to everyone.
+    pub status_allow: Vec<String>,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -309,6 +313,7 @@ impl Default for BalancerConfig {
             error_page: None,
             access_log: None,
             status_path: None,
+            status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
