@@ -105,16 +105,23 @@ pub fn raise_open_file_limit() -> Option<u64> {
             return None;
         }
     };
-    if soft >= hard {
+    // An unlimited hard limit cannot be the soft one: the kernel caps open files at
+    // `fs.nr_open`.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    let target = hard.min(nr_open);
+    if soft >= target {
         return Some(soft);
     }
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
         Ok(()) => {
-            log::info!("open-file limit raised from {soft} to {hard}");
-            Some(hard)
+            log::info!("open-file limit raised from {soft} to {target}");
+            Some(target)
         }
         Err(e) => {
-            log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+            log::warn!("cannot raise the open-file limit from {soft} to {target}: {e}");
             Some(soft)
         }
     }
