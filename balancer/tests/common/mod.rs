@@ -57,9 +57,17 @@ impl Upstream {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let (n, h, p, s) = (n.clone(), h.clone(), p.clone(), s.clone());
                 tokio::spawn(async move {
+                    let killed = s.clone();
                     let svc = hyper::service::service_fn(move |req| {
-                        let (n, h, p) = (n.clone(), h.clone(), p.clone());
-                        async move { Ok::<_, Infallible>(answer(&n, &h, &p, req).await) }
+                        let (n, h, p, killed) = (n.clone(), h.clone(), p.clone(), killed.clone());
+                        async move {
+                            // Killed while this connection's task had not yet seen it: answer
+                            // nothing (the connection closes), as a dead process would.
+                            if killed.is_cancelled() {
+                                return Err(std::io::Error::other("killed"));
+                            }
+                            Ok(answer(&n, &h, &p, req).await)
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc);
