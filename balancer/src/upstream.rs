@@ -219,15 +219,7 @@ impl Snapshot {
                 _ => Some(crate::access_log::Sink::open(path)?),
             },
         };
-        let status_allow = cfg
-            .status_allow
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                crate::netmask::Net::parse(n)
-                    .map_err(|e| ConfigError::new(format!("balancer.status_allow[{i}]"), e))
-            })
-            .collect::<Result<_, _>>()?;
+        let status_allow = cfg.status_allow_nets()?;
         Ok(Self {
             generation,
             cfg,

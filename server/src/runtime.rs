@@ -95,14 +95,14 @@ pub fn run(mode: Mode, path: Option<PathBuf>) -> i32 {
 /// Raises the soft limit on open files to the hard limit, as Go's runtime does and nginx's
 /// `worker_rlimit_nofile` would: every proxied request holds a client and an upstream socket,
 /// so a default soft limit of 1024 would cap the balancer at about 500 concurrent clients, each
-/// one more answered by `accept failed: Too many open files`. Returns the limit in force.
-pub fn raise_open_file_limit() -> Option<u64> {
+/// one more answered by `accept failed: Too many open files`.
+pub fn raise_open_file_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(l) => l,
         Err(e) => {
             log::warn!("cannot read the open-file limit: {e}");
-            return None;
+            return;
         }
     };
     // An unlimited hard limit cannot be the soft one: the kernel caps open files at
@@ -113,17 +113,11 @@ pub fn raise_open_file_limit() -> Option<u64> {
         .unwrap_or(hard);
     let target = hard.min(nr_open);
     if soft >= target {
-        return Some(soft);
+        return;
     }
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
-        Ok(()) => {
-            log::info!("open-file limit raised from {soft} to {target}");
-            Some(target)
-        }
-        Err(e) => {
-            log::warn!("cannot raise the open-file limit from {soft} to {target}: {e}");
-            Some(soft)
-        }
+        Ok(()) => log::info!("open-file limit raised from {soft} to {target}"),
+        Err(e) => log::warn!("cannot raise the open-file limit from {soft} to {target}: {e}"),
     }
 }
 

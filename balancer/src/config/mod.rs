@@ -349,6 +349,18 @@ impl BalancerConfig {
             .filter(|p| p.as_os_str() != "off")
     }
 
+    /// `status_allow` parsed; the error names the first bad entry.
+    pub(crate) fn status_allow_nets(&self) -> Result<Vec<crate::netmask::Net>, ConfigError> {
+        self.status_allow
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                crate::netmask::Net::parse(n)
+                    .map_err(|e| ConfigError::new(format!("balancer.status_allow[{i}]"), e))
+            })
+            .collect()
+    }
+
     /// Number of worker threads to run (`workers = 0` means one per core).
     pub fn effective_workers(&self) -> usize {
         if self.workers == 0 {

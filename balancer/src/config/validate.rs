@@ -62,11 +62,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
-    for (i, net) in cfg.status_allow.iter().enumerate() {
-        if let Err(e) = crate::netmask::Net::parse(net) {
-            return Err(ConfigError::new(format!("balancer.status_allow[{i}]"), e));
-        }
-    }
+    cfg.status_allow_nets()?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",
