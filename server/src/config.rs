@@ -141,6 +141,16 @@ impl Config {
                 path: p.display().to_string(),
                 reason: e.to_string(),
             })?;
+            // The file alone, strictly: the merged view below coerces types
+            // (`sticky = 1`, `workers = "2"`) because environment values are
+            // strings, and that leniency must not hide a mistake in the file.
+            check_file_strictly(&text).map_err(|e| match e {
+                ConfigError::File { reason, .. } => ConfigError::File {
+                    path: p.display().to_string(),
+                    reason,
+                },
+                e => e,
+            })?;
             builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
         }
         let overrides: config::Map<String, String> = env
@@ -151,7 +161,6 @@ impl Config {
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true)
                 .source(Some(overrides)),
         );
         let raw = builder.build().map_err(|e| ConfigError::File {
@@ -160,19 +169,7 @@ impl Config {
         })?;
         let config: Config = serde_path_to_error::deserialize(raw).map_err(|e| {
             let path = e.path().to_string();
-            let reason = e.into_inner().to_string();
-            // serde reports an unknown key at its parent's path; name the key itself.
-            let unknown = reason
-                .strip_prefix("unknown field `")
-                .and_then(|r| r.split_once('`'))
-                .map(|(field, _)| field.to_owned());
-            let key = match (path.as_str(), unknown) {
-                (".", Some(f)) => f,
-                (p, Some(f)) if !p.ends_with(&format!(".{f}")) => format!("{p}.{f}"),
-                (".", None) => "(top level)".into(),
-                (p, _) => p.to_owned(),
-            };
-            ConfigError::Invalid { key, reason }
+            invalid(path, e.into_inner().to_string())
         })?;
         config.validate()
     }
@@ -193,6 +190,47 @@ impl Config {
             session,
         })
     }
+}
+
+/// Deserializes the TOML text as typed (no coercion): a wrong type, an
+/// unknown key or a syntax error in the file is reported with its key (or
+/// line and column).
+fn check_file_strictly(text: &str) -> Result<(), ConfigError> {
+    let de = toml::Deserializer::new(text);
+    match serde_path_to_error::deserialize::<_, Config>(de) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "."
+                && inner.span().is_some()
+                && !inner.message().starts_with("unknown field")
+            {
+                // Not about a key: the text is not TOML.
+                return Err(ConfigError::File {
+                    path: String::new(),
+                    reason: inner.to_string().trim_end().to_owned(),
+                });
+            }
+            Err(invalid(path, inner.message().to_owned()))
+        }
+    }
+}
+
+/// A deserialization error at `path` (serde_path_to_error's dotted path).
+fn invalid(path: String, reason: String) -> ConfigError {
+    // serde reports an unknown key at its parent's path; name the key itself.
+    let unknown = reason
+        .strip_prefix("unknown field `")
+        .and_then(|r| r.split_once('`'))
+        .map(|(field, _)| field.to_owned());
+    let key = match (path.as_str(), unknown) {
+        (".", Some(f)) => f,
+        (p, Some(f)) if p != f && !p.ends_with(&format!(".{f}")) => format!("{p}.{f}"),
+        (".", None) => "(top level)".into(),
+        (p, _) => p.to_owned(),
+    };
+    ConfigError::Invalid { key, reason }
 }
 
 #[cfg(test)]
@@ -297,6 +335,73 @@ mod tests {
         .unwrap();
         assert_eq!(l.config.node.name, "app7");
         assert!(l.session.sticky);
+    }
+
+    #[test]
+    fn wrong_types_in_the_file_are_named_not_coerced() {
+        for (toml, key) in [
+            ("[session]\nsticky = 1\n", "session.sticky"),
+            ("[session]\nsticky = \"yes\"\n", "session.sticky"),
+            ("[node]\nworkers = \"2\"\n", "node.workers"),
+            (
+                "[session]\nmemcached_nodes = 5\n",
+                "session.memcached_nodes",
+            ),
+            (
+                "[[balancer.upstream]]\naddress = \"127.0.0.1:1\"\nweight = \"2\"\n",
+                "balancer.upstream[0].weight",
+            ),
+            ("[Session]\nsticky = true\n", "Session"),
+        ] {
+            let e = load(toml, &[]).unwrap_err();
+            assert_eq!(e.key(), Some(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn environment_values_are_still_parsed_from_text() {
+        let l = load(
+            "[node]\nworkers = 3\n",
+            &[
+                ("FERROCAT__NODE__WORKERS", "2"),
+                // All digits: must stay this text (a number would lose digits).
+                (
+                    "FERROCAT__SESSION__COOKIE_SECRET",
+                    "12345678901234567890123456789012",
+                ),
+                ("FERROCAT__SESSION__SESSION_BACKUP_ASYNC", "true"),
+                ("FERROCAT__BALANCER__KEEPALIVE_REQUESTS", "7"),
+                ("FERROCAT__BALANCER__CLIENT_MAX_BODY_SIZE", "2m"),
+                ("FERROCAT__BALANCER__ACCESS_LOG", "/tmp/access.log"),
+                ("FERROCAT__BALANCER__STICKY_COOKIE", "1234"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(l.config.node.workers, 2);
+        assert!(l.config.session.session_backup_async);
+        assert_eq!(l.config.balancer.keepalive_requests, 7);
+        assert_eq!(l.config.balancer.client_max_body_size, 2 * 1024 * 1024);
+        assert_eq!(
+            l.config.balancer.access_log.as_deref(),
+            Some(Path::new("/tmp/access.log"))
+        );
+        assert_eq!(l.config.balancer.sticky_cookie, "1234");
+        let e = load("", &[("FERROCAT__NODE__WORKERS", "two")]).unwrap_err();
+        assert_eq!(e.key(), Some("node.workers"), "{e}");
+        assert_eq!(
+            l.session.cookie_secret.as_deref(),
+            Some(&b"12345678901234567890123456789012"[..])
+        );
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_and_line() {
+        let e = load("[node]\nname = \"app1\"\nworkers = = 2\n", &[]).unwrap_err();
+        let ConfigError::File { path, reason } = &e else {
+            panic!("expected a file error, got {e}");
+        };
+        assert!(!path.is_empty(), "{e}");
+        assert!(reason.contains("line 3"), "{e}");
     }
 
     #[test]
