@@ -7,6 +7,7 @@
 //! closes on the keep-alive time-out or at once when a stop is requested; a stop during a request
 //! lets it finish, then closes.
 
+use std::fmt::Write as _;
 use std::future::{poll_fn, Future};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::{pin, Pin};
@@ -76,8 +77,14 @@ pub(crate) struct Conn {
     pub timeouts: ClientTimeouts,
     /// Time limits of waits on an upstream.
     pub utimer: LazyTimer,
+    /// The connection's address.
     pub ip: IpAddr,
     pub ip_text: String,
+    /// The current request's client address: `ip`, or the one a trusted proxy named
+    /// (`set_real_ip_from`).
+    pub client: IpAddr,
+    /// `client` as text, when it is not `ip`.
+    pub client_text: String,
     /// What the current request's access log line needs.
     pub log: crate::access_log::Entry,
     /// Requests whose heads were read on this connection.
@@ -151,6 +158,8 @@ pub(crate) async fn serve(
         utimer: LazyTimer::new(),
         ip,
         ip_text: ip.to_string(),
+        client: ip,
+        client_text: String::new(),
         log: crate::access_log::Entry::default(),
         requests: 0,
     };
@@ -158,7 +167,12 @@ pub(crate) async fn serve(
     loop {
         let next = one_request(&worker, &mut c, stop.as_mut()).await;
         if c.log.on {
-            worker.log.record(&c.ip_text, &c.log);
+            let who = if c.client == c.ip {
+                &c.ip_text
+            } else {
+                &c.client_text
+            };
+            worker.log.record(who, &c.log);
         }
         if next == Next::Close || worker.stopping.get() {
             break;
@@ -207,6 +221,7 @@ async fn one_request(
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     c.log.reset(worker.log.enabled());
+    c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
     // previous request's time limits apply.
@@ -223,7 +238,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (ip, key, log) = (c.ip, &mut c.key, &mut c.log);
+            let (key, log) = (&mut c.key, &mut c.log);
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v);
@@ -232,7 +247,7 @@ async fn one_request(
                     return None;
                 }
                 match &snap.hash_key {
-                    Some(k) => k.eval(v, ip, key),
+                    Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
                 }
                 Some(
@@ -241,7 +256,12 @@ async fn one_request(
                         .and_then(|r| snap.routes.get(r).copied()),
                 )
             };
-            let outcome = request::parse(&c.rbuf, &c.ip_text, &mut c.head, inspect);
+            let peer = request::Peer {
+                ip: c.ip,
+                text: &c.ip_text,
+                real_ip: snap.real_ip.as_ref(),
+            };
+            let outcome = request::parse(&c.rbuf, &peer, &mut c.head, inspect);
             if c.log.on
                 && c.log.line.is_empty()
                 && !matches!(outcome, Ok(_) | Err(HeadError::Partial))
@@ -294,6 +314,11 @@ async fn one_request(
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (mut req, verdict) = parsed;
+    if req.client != c.ip {
+        c.client = req.client;
+        c.client_text.clear();
+        let _ = write!(c.client_text, "{}", req.client);
+    }
     c.rbuf.advance(req.head_len);
     c.requests = c.requests.saturating_add(1);
     let most = snap.cfg.client_keepalive_requests;
@@ -312,7 +337,7 @@ async fn one_request(
     };
     if let Some(path) = &snap.cfg.status_path {
         if req.framing == Framing::None && crate::status::is_status_request(&c.head, path) {
-            if !snap.status_allow.iter().any(|n| n.contains(c.ip)) {
+            if !snap.status_allow.iter().any(|n| n.contains(c.client)) {
                 return c.page(StatusCode::FORBIDDEN, !req.keep_alive).await;
             }
             c.wbuf.clear();

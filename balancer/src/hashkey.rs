@@ -133,6 +133,7 @@ mod tests {
             minor: 1,
             path_and_query: "/a/b?user=7&x=1",
             headers: &headers,
+            client: [10, 0, 0, 9].into(),
         };
         let ip: IpAddr = [10, 0, 0, 9].into();
         let eval = |t: &str| {

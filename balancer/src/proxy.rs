@@ -97,7 +97,10 @@ impl Worker {
         body: &mut ReqBody,
         key: &[u8],
     ) -> bool {
-        let ctx = SelectCtx { client: c.ip, key };
+        let ctx = SelectCtx {
+            client: c.client,
+            key,
+        };
         let policy = snap.retry;
         let max_tries = if policy.tries == 0 {
             snap.upstreams.len().max(1)

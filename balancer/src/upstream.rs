@@ -121,6 +121,8 @@ pub(crate) struct Snapshot {
     pub deny: RegexSet,
     /// Who may read the status page.
     pub status_allow: Vec<crate::netmask::Net>,
+    /// Where the client address comes from behind trusted proxies (`None`: the peer's).
+    pub real_ip: Option<crate::realip::RealIp>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
     /// Key template for `method = "hash"`.
@@ -207,6 +209,8 @@ impl Snapshot {
         let hash_key = (cfg.method == Method::Hash).then(|| HashKey::parse(&cfg.hash_key));
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
+        let status_allow = cfg.status_allow_nets()?;
+        let real_ip = cfg.real_ip()?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -219,7 +223,6 @@ impl Snapshot {
                 _ => Some(crate::access_log::Sink::open(path)?),
             },
         };
-        let status_allow = cfg.status_allow_nets()?;
         Ok(Self {
             generation,
             cfg,
@@ -229,6 +232,7 @@ impl Snapshot {
             backup,
             deny,
             status_allow,
+            real_ip,
             error_page,
             hash_key,
             retry,

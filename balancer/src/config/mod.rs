@@ -248,6 +248,17 @@ pub struct BalancerConfig {
     /// others get 403 there (nginx `allow ...; deny all;` in the page's `location`). Default:
     /// loopback only. `["0.0.0.0/0", "::/0"]` opens it to everyone.
     pub status_allow: Vec<String>,
+    /// Proxies (CIDR ranges or single addresses) whose `real_ip_header` is believed (nginx
+    /// `set_real_ip_from`): for connections from them, the client address (`ip_hash`,
+    /// `$remote_addr`, `X-Real-IP`, the access log, `status_allow`) comes from that header.
+    /// Empty (the default): the connection's address, always.
+    pub set_real_ip_from: Vec<String>,
+    /// The header holding the client address (nginx `real_ip_header`): `X-Real-IP` (the
+    /// default), `X-Forwarded-For`, or another one such as `CF-Connecting-IP`.
+    pub real_ip_header: String,
+    /// With `X-Forwarded-For`: skip entries from the right while they are trusted proxies
+    /// too (nginx `real_ip_recursive`); off: its last entry is the client.
+    pub real_ip_recursive: bool,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -314,6 +325,9 @@ impl Default for BalancerConfig {
             access_log: None,
             status_path: None,
             status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            set_real_ip_from: Vec::new(),
+            real_ip_header: "X-Real-IP".into(),
+            real_ip_recursive: false,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
@@ -359,6 +373,38 @@ impl BalancerConfig {
                     .map_err(|e| ConfigError::new(format!("balancer.status_allow[{i}]"), e))
             })
             .collect()
+    }
+
+    /// `set_real_ip_from`, `real_ip_header` and `real_ip_recursive` parsed (`None`: off); the
+    /// error names the bad key.
+    pub(crate) fn real_ip(&self) -> Result<Option<crate::realip::RealIp>, ConfigError> {
+        let from = self
+            .set_real_ip_from
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                crate::netmask::Net::parse(n)
+                    .map_err(|e| ConfigError::new(format!("balancer.set_real_ip_from[{i}]"), e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let header = self.real_ip_header.trim();
+        if header.eq_ignore_ascii_case("proxy_protocol") {
+            return Err(ConfigError::new(
+                "balancer.real_ip_header",
+                "the PROXY protocol is not supported; name a header such as X-Forwarded-For",
+            ));
+        }
+        if header.is_empty() || !header.bytes().all(validate::is_token_byte) {
+            return Err(ConfigError::new(
+                "balancer.real_ip_header",
+                format!("{:?} is not a header name", self.real_ip_header),
+            ));
+        }
+        Ok(crate::realip::RealIp::new(
+            from,
+            header,
+            self.real_ip_recursive,
+        ))
     }
 
     /// Number of worker threads to run (`workers = 0` means one per core).

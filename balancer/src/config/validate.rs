@@ -63,6 +63,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         }
     }
     cfg.status_allow_nets()?;
+    cfg.real_ip()?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",
@@ -97,7 +98,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     validate_upstreams(cfg)
 }
 
-fn is_token_byte(b: u8) -> bool {
+pub(super) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

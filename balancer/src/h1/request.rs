@@ -5,7 +5,10 @@
 //! request through a [`View`] (deny check, session route, hash key) while the buffer is borrowed,
 //! and keeps only the small [`Request`] summary afterwards.
 
+use std::net::IpAddr;
+
 use crate::headers::{self, Kind};
+use crate::realip::RealIp;
 
 /// Largest request head (request line and headers) accepted; larger gets 431.
 pub(crate) const MAX_HEAD: usize = 16 * 1024;
@@ -45,6 +48,19 @@ pub(crate) struct Request {
     pub upgrade: bool,
     /// The rewritten head already has a `Host`.
     pub has_host: bool,
+    /// The client's address: the connection's, or the one a trusted proxy named.
+    pub client: IpAddr,
+}
+
+/// Who sent a request: the connection's address and where a trusted proxy's word about the
+/// client is read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer<'a> {
+    pub ip: IpAddr,
+    /// `ip` as text.
+    pub text: &'a str,
+    /// `set_real_ip_from` and its header, if configured.
+    pub real_ip: Option<&'a RealIp>,
 }
 
 /// Why a head cannot be used (yet).
@@ -73,6 +89,8 @@ pub(crate) struct View<'a> {
     pub path_and_query: &'a str,
     /// The header fields as received.
     pub headers: &'a [httparse::Header<'a>],
+    /// The client's address (see [`Request::client`]).
+    pub client: IpAddr,
 }
 
 impl<'a> View<'a> {
@@ -139,7 +157,7 @@ fn origin_form(target: &str) -> Option<(&str, &str)> {
 /// empty line), and calls `inspect` on the parsed request.
 pub(crate) fn parse<T>(
     buf: &[u8],
-    client_ip: &str,
+    peer: &Peer<'_>,
     out: &mut Vec<u8>,
     inspect: impl FnOnce(&View<'_>) -> T,
 ) -> Result<(Request, T), HeadError> {
@@ -213,6 +231,10 @@ pub(crate) fn parse<T>(
         headers::listed_in_connection(connection, "keep-alive")
     };
     let upgrade = has_upgrade && headers::listed_in_connection(connection, "upgrade");
+    let client = match peer.real_ip {
+        Some(r) => r.client(peer.ip, fields),
+        None => peer.ip,
+    };
 
     // The request line, in origin form.
     let (authority, path_and_query) = match origin_form(target) {
@@ -243,7 +265,8 @@ pub(crate) fn parse<T>(
             headers::put(out, h.name.as_bytes(), h.value);
         }
     }
-    // X-Forwarded-For: the values received, in order, then the client's address.
+    // X-Forwarded-For: the values received, in order, then the address of the peer this
+    // request came from (the hop, even when a trusted proxy named another client).
     out.extend_from_slice(b"X-Forwarded-For: ");
     for (h, &k) in fields.iter().zip(&kinds) {
         if k == Kind::XForwardedFor && !h.value.trim_ascii().is_empty() {
@@ -251,9 +274,13 @@ pub(crate) fn parse<T>(
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(client_ip.as_bytes());
+    out.extend_from_slice(peer.text.as_bytes());
     out.extend_from_slice(b"\r\n");
-    headers::put(out, b"X-Real-IP", client_ip.as_bytes());
+    if client == peer.ip {
+        headers::put(out, b"X-Real-IP", peer.text.as_bytes());
+    } else {
+        headers::put(out, b"X-Real-IP", client.to_string().as_bytes());
+    }
     out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
@@ -268,6 +295,7 @@ pub(crate) fn parse<T>(
             "/"
         },
         headers: fields,
+        client,
     };
     let extra = inspect(&view);
     Ok((
@@ -281,6 +309,7 @@ pub(crate) fn parse<T>(
             expect_continue,
             upgrade,
             has_host,
+            client,
         },
         extra,
     ))

@@ -1,10 +1,18 @@
 //! Request head parsing and rewriting.
 
-use super::request::{parse, Framing, HeadError, Request};
+use super::request::{parse, Framing, HeadError, Peer, Request};
+
+fn peer(text: &'static str) -> Peer<'static> {
+    Peer {
+        ip: text.parse().expect("address"),
+        text,
+        real_ip: None,
+    }
+}
 
 fn ok(head: &str) -> (Request, String, String) {
     let mut out = Vec::new();
-    let (r, path) = parse(head.as_bytes(), "10.0.0.7", &mut out, |v| {
+    let (r, path) = parse(head.as_bytes(), &peer("10.0.0.7"), &mut out, |v| {
         v.path_and_query.to_owned()
     })
     .expect("valid head");
@@ -13,7 +21,7 @@ fn ok(head: &str) -> (Request, String, String) {
 
 fn err(head: &str) -> HeadError {
     let mut out = Vec::new();
-    parse(head.as_bytes(), "10.0.0.7", &mut out, |_| ()).expect_err("invalid head")
+    parse(head.as_bytes(), &peer("10.0.0.7"), &mut out, |_| ()).expect_err("invalid head")
 }
 
 #[test]
@@ -25,6 +33,32 @@ fn headers_are_rewritten_for_the_upstream() {
     );
     assert!(r.keep_alive && r.idempotent && r.has_host && !r.upgrade);
     assert_eq!(r.framing, Framing::None);
+}
+
+#[test]
+fn a_trusted_proxy_sets_the_client_address() {
+    let trusted = crate::realip::RealIp::new(
+        vec![crate::netmask::Net::parse("10.0.0.0/8").expect("range")],
+        "X-Forwarded-For",
+        false,
+    );
+    let head = "GET / HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 203.0.113.5\r\n\r\n";
+    for (from, client) in [("10.0.0.7", "203.0.113.5"), ("192.0.2.1", "192.0.2.1")] {
+        let peer = Peer {
+            real_ip: trusted.as_ref(),
+            ..peer(from)
+        };
+        let mut out = Vec::new();
+        let (r, seen) = parse(head.as_bytes(), &peer, &mut out, |v| v.client).expect("valid");
+        let out = String::from_utf8(out).expect("utf8");
+        assert_eq!(r.client.to_string(), client);
+        assert_eq!(seen, r.client);
+        assert!(out.contains(&format!("X-Real-IP: {client}\r\n")), "{out}");
+        assert!(
+            out.contains(&format!("X-Forwarded-For: 203.0.113.5, {from}\r\n")),
+            "{out}"
+        );
+    }
 }
 
 #[test]
@@ -199,7 +233,7 @@ fn parsers_never_panic_on_garbage() {
             }
         }
         out.clear();
-        let _ = parse(&input, "10.0.0.1", &mut out, |v| {
+        let _ = parse(&input, &peer("10.0.0.1"), &mut out, |v| {
             (
                 v.path().len(),
                 v.query().map(str::len),
