@@ -129,6 +129,10 @@ pub struct SessionConfig {
     pub cache_revalidate_after: Duration,
     /// Connections per memcached node.
     pub memcached_connections: usize,
+    /// msm's `storageKeyPrefix`: written as `<prefix>:` before every memcached key, so
+    /// several apps can share the memcached nodes (each reads, locks and warms up only its
+    /// own keys). Every app node of one app needs the same value. Empty: no prefix.
+    pub storage_key_prefix: String,
 }
 
 impl Default for SessionConfig {
@@ -152,6 +156,7 @@ impl Default for SessionConfig {
             cache_max_bytes: "256m".into(),
             cache_revalidate_after: DEFAULT_CACHE_REVALIDATE_AFTER,
             memcached_connections: 2,
+            storage_key_prefix: String::new(),
         }
     }
 }
@@ -195,6 +200,8 @@ pub struct SessionSettings {
     pub cache_revalidate_after: Duration,
     /// Connections per memcached node.
     pub memcached_connections: usize,
+    /// Prefix of every memcached key (empty: none).
+    pub storage_key_prefix: String,
 }
 
 impl SessionConfig {
@@ -264,6 +271,8 @@ impl SessionConfig {
         if self.memcached_connections == 0 || self.memcached_connections > 64 {
             return Err(err("memcached_connections", "must be between 1 and 64"));
         }
+        crate::store::memcached::check_key_prefix(&self.storage_key_prefix)
+            .map_err(|r| err("storage_key_prefix", r))?;
         if !self.memcached_nodes.trim().is_empty() {
             crate::store::memcached::parse_memcached_nodes(&self.memcached_nodes)
                 .map_err(|r| err("memcached_nodes", r))?;
@@ -294,6 +303,7 @@ impl SessionConfig {
             cache_max_bytes: usize::try_from(cache_max_bytes).unwrap_or(usize::MAX),
             cache_revalidate_after: self.cache_revalidate_after,
             memcached_connections: self.memcached_connections,
+            storage_key_prefix: self.storage_key_prefix.clone(),
         })
     }
 }
@@ -313,6 +323,21 @@ mod tests {
         let s = SessionConfig::default().validate().unwrap();
         assert!(s.ignore.as_ref().unwrap().is_match("/static/a.css"));
         assert_eq!(s.locking, LockingMode::None);
+    }
+
+    #[test]
+    fn storage_key_prefix_is_checked() {
+        for p in ["shop app", "caf\u{e9}", &"x".repeat(65)] {
+            assert_eq!(
+                bad(|c| c.storage_key_prefix = p.into()).key,
+                "session.storage_key_prefix"
+            );
+        }
+        let c = SessionConfig {
+            storage_key_prefix: "shop-v2".into(),
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap().storage_key_prefix, "shop-v2");
     }
 
     #[test]

@@ -933,3 +933,80 @@ async fn a_change_parked_during_an_outage_does_not_undo_a_logout_made_meanwhile(
     assert_eq!(a.degraded_pending(), 0, "the parked copy must be dropped");
     assert!(b.load(&id).await.unwrap().is_none());
 }
+
+/// msm's `storageKeyPrefix`: two apps on the same memcached nodes, even with the
+/// same session id, never see, lock or warm up each other's sessions.
+#[actix_rt::test]
+async fn apps_with_their_own_key_prefix_share_the_nodes_apart() {
+    let mut cluster = Cluster::start(2);
+    let with_prefix = |prefix: &str| {
+        let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+            .unwrap()
+            .operation_timeout(OP_TIMEOUT)
+            .probe_interval(Duration::from_millis(50))
+            .key_prefix(prefix);
+        let stats = Arc::new(Stats::default());
+        (
+            ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap(),
+            stats,
+        )
+    };
+    let (shop, shop_stats) = with_prefix("shop");
+    let (shop2, _) = with_prefix("shop");
+    let (blog, _) = with_prefix("blog");
+    let (plain, _) = store(&cluster);
+    for s in [&shop, &shop2, &blog, &plain] {
+        settled(s).await;
+    }
+    let id = shop.new_id(None);
+    shop.save(&id, &live(1, "cart")).await.unwrap();
+    assert_eq!(payload(&shop2, &id).await.unwrap().1, "cart");
+    assert!(payload(&blog, &id).await.is_none());
+    assert!(payload(&plain, &id).await.is_none());
+    // The other app's session under the same id is its own.
+    blog.save(&id, &live(1, "post")).await.unwrap();
+    assert_eq!(payload(&shop, &id).await.unwrap().1, "cart");
+    assert_eq!(payload(&blog, &id).await.unwrap().1, "post");
+    // On the nodes: `<prefix>:<key>` and `<prefix>:bak:<key>`.
+    let nodes = shop.copy_nodes(&id);
+    let (p, b) = (nodes.primary.unwrap(), nodes.backup.unwrap());
+    let primary = raw(&mut cluster, &p);
+    let backup = raw(&mut cluster, &b);
+    let key = id.key();
+    assert!(raw_record(&primary, &format!("shop:{key}")).await.is_some());
+    assert!(raw_record(&backup, &format!("shop:bak:{key}"))
+        .await
+        .is_some());
+    assert!(raw_record(&primary, &key).await.is_none());
+    // A lock taken by one app does not hold the other.
+    assert!(shop.try_lock(&id, Duration::from_secs(5)).await.unwrap());
+    assert!(blog.try_lock(&id, Duration::from_secs(5)).await.unwrap());
+    assert!(!shop2.try_lock(&id, Duration::from_secs(5)).await.unwrap());
+    shop.unlock(&id).await.unwrap();
+    blog.unlock(&id).await.unwrap();
+
+    // The primary comes back empty while only the shop runs: its warm-up copies the
+    // shop's session back and leaves the blog's keys alone (the blog warms up its own).
+    drop(blog);
+    drop(shop2);
+    drop(plain);
+    let before = warmups(&shop, &p);
+    let copied = shop_stats.warmup_copied.load(Relaxed);
+    cluster.node(&p).restart();
+    wait_until(
+        "warm-up of the restarted node",
+        Duration::from_secs(20),
+        || warmups(&shop, &p) > before && state(&shop, &p) == NodeState::Up,
+    )
+    .await;
+    assert_eq!(shop_stats.warmup_copied.load(Relaxed) - copied, 1);
+    let primary = raw(&mut cluster, &p);
+    assert_eq!(
+        raw_record(&primary, &format!("shop:{key}"))
+            .await
+            .map(|r| r.payload),
+        Some(b"cart".to_vec())
+    );
+    assert!(raw_record(&primary, &format!("blog:{key}")).await.is_none());
+    assert!(raw_record(&primary, &key).await.is_none());
+}

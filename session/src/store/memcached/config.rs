@@ -63,6 +63,27 @@ pub struct MemcachedStoreConfig {
     pub warmup_concurrency: usize,
     /// Bound on enumerating one node's keys during a warm-up.
     pub warmup_timeout: Duration,
+    /// Written as `<prefix>:` before every key (msm's `storageKeyPrefix`), so apps sharing
+    /// the memcached nodes keep apart: each reads, locks and warms up only its own keys.
+    /// Empty: no prefix.
+    pub key_prefix: String,
+}
+
+/// Longest `key_prefix`.
+pub const MAX_KEY_PREFIX_LEN: usize = 64;
+
+/// Checks a key prefix: at most [`MAX_KEY_PREFIX_LEN`] printable ASCII characters without
+/// spaces (memcached keys cannot hold whitespace or control characters).
+pub fn check_key_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.len() > MAX_KEY_PREFIX_LEN {
+        return Err(format!("at most {MAX_KEY_PREFIX_LEN} characters"));
+    }
+    if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{prefix:?}: only printable ASCII characters without spaces"
+        ));
+    }
+    Ok(())
 }
 
 impl MemcachedStoreConfig {
@@ -79,6 +100,7 @@ impl MemcachedStoreConfig {
             degraded_max_sessions: DEFAULT_DEGRADED_MAX_SESSIONS,
             warmup_concurrency: DEFAULT_WARMUP_CONCURRENCY,
             warmup_timeout: DEFAULT_WARMUP_TIMEOUT,
+            key_prefix: String::new(),
         }
     }
 
@@ -109,6 +131,13 @@ impl MemcachedStoreConfig {
     #[must_use]
     pub fn connections_per_node(mut self, n: usize) -> Self {
         self.connections_per_node = n;
+        self
+    }
+
+    /// Sets the key prefix (see [`MemcachedStoreConfig::key_prefix`]).
+    #[must_use]
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
         self
     }
 
@@ -175,6 +204,7 @@ impl MemcachedStoreConfig {
         if self.warmup_concurrency == 0 {
             return Err("warmup_concurrency: must be at least 1".into());
         }
+        check_key_prefix(&self.key_prefix).map_err(|e| format!("key_prefix: {e}"))?;
         Ok(())
     }
 }

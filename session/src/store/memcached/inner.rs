@@ -223,12 +223,28 @@ impl Core {
         }
     }
 
+    /// The memcached key for `key`: with `<key_prefix>:` before it when one is set.
     fn key(&self, node: usize, key: &str, op: &'static str) -> Result<Key, StoreError> {
-        Key::new(key).map_err(|e| StoreError::Node {
+        let made = if self.cfg.key_prefix.is_empty() {
+            Key::new(key)
+        } else {
+            Key::new(format!("{}:{key}", self.cfg.key_prefix))
+        };
+        made.map_err(|e| StoreError::Node {
             node: self.node_id(node).to_owned(),
             op,
             reason: format!("invalid key: {e}"),
         })
+    }
+
+    /// A key as enumerated on a node, without this store's prefix; `None` when it does not
+    /// carry the prefix (another app's key).
+    pub(crate) fn own_key<'a>(&self, raw: &'a str) -> Option<&'a str> {
+        if self.cfg.key_prefix.is_empty() {
+            return Some(raw);
+        }
+        raw.strip_prefix(self.cfg.key_prefix.as_str())?
+            .strip_prefix(':')
     }
 
     /// Reads and decodes one copy.

@@ -55,7 +55,9 @@ use std::time::Duration;
 use actix::{Actor, Addr, Arbiter, System};
 use ferrocat_memcached::{ClientOptions, NodeClient};
 
-pub use self::config::{parse_memcached_nodes, MemcachedStoreConfig, NodeSpec};
+pub use self::config::{
+    check_key_prefix, parse_memcached_nodes, MemcachedStoreConfig, NodeSpec, MAX_KEY_PREFIX_LEN,
+};
 pub use self::health::{HealthSnapshot, NodeHealth, NodeState};
 pub use self::write::TOMBSTONE_VERSION;
 

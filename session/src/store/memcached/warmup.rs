@@ -73,6 +73,9 @@ impl Found {
         raw: &str,
         r: usize,
     ) {
+        let Some(raw) = core.own_key(raw) else {
+            return; // another app's key (a different `key_prefix`)
+        };
         let Some((skey, is_bak)) = classify(raw) else {
             return;
         };
@@ -260,6 +263,9 @@ mod tests {
         assert_eq!(classify(&format!("lock:{id}")), None);
         assert_eq!(classify(SENTINEL_KEY), None);
         assert_eq!(classify("random-junk"), None);
+        // Another app's keys (with a `key_prefix`) are not sessions of a store without one.
+        assert_eq!(classify(&format!("shop:{id}")), None);
+        assert_eq!(classify(&format!("shop:bak:{id}")), None);
         let no_node = SessionId::generate(None, None).key();
         assert_eq!(classify(&no_node), None);
     }
