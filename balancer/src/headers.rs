@@ -2,7 +2,8 @@
 //!
 //! Towards the upstream: hop-by-hop headers (and any header named in `Connection`) are removed,
 //! `Host` is kept (set to the upstream address only when the client sent none), `X-Real-IP` is
-//! set, `X-Forwarded-For` gets the client address appended and `X-Forwarded-Proto` is set; an
+//! set, `X-Forwarded-For` gets the client address appended and `X-Forwarded-Proto` is set (a
+//! trusted proxy's, see [`crate::realip`], is kept); an
 //! upgrade request keeps `Connection: upgrade` and its `Upgrade`. Towards the client: hop-by-hop
 //! headers of the upstream's answer are removed and the proxy writes the framing
 //! (`Content-Length` or chunked) and `Connection` for the client's connection. The head parsers

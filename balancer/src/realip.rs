@@ -12,6 +12,10 @@
 //! other header holds one address. An entry that is not an address (`unknown`) stops the
 //! search: the address found so far stands. An entry may carry a port (`1.2.3.4:5678`,
 //! `[2001:db8::1]:443`), as some cloud balancers send.
+//!
+//! A trusted proxy's `X-Forwarded-Proto` (`http` or `https`) is passed on too, so an app
+//! behind a TLS-terminating balancer still learns that its client used HTTPS; from anyone
+//! else the header is replaced with `http`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -42,7 +46,8 @@ impl RealIp {
         })
     }
 
-    fn trusts(&self, ip: IpAddr) -> bool {
+    /// Whether `ip` is one of the trusted proxies.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
         self.from.iter().any(|n| n.contains(ip))
     }
 

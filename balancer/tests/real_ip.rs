@@ -28,8 +28,17 @@ async fn a_trusted_proxy_names_the_client() {
     cfg.real_ip_header = "X-Forwarded-For".into();
     cfg.real_ip_recursive = true;
     let (h, base) = start(cfg).await;
-    let text = seen(&base, &[("x-forwarded-for", "203.0.113.9, 10.1.1.1")]).await;
+    let text = seen(
+        &base,
+        &[
+            ("x-forwarded-for", "203.0.113.9, 10.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
     assert!(text.contains("x-real-ip: 203.0.113.9\n"), "{text}");
+    // The proxy terminated TLS: the app learns the client's scheme.
+    assert!(text.contains("x-forwarded-proto: https\n"), "{text}");
     // The list goes on with the hop this request came from.
     assert!(
         text.contains("x-forwarded-for: 203.0.113.9, 10.1.1.1, 127.0.0.1\n"),
@@ -57,8 +66,16 @@ async fn headers_from_an_untrusted_peer_are_ignored() {
         let mut cfg = config(&[&a]);
         cfg.set_real_ip_from = from.clone();
         let (h, base) = start(cfg).await;
-        let text = seen(&base, &[("x-real-ip", "203.0.113.9")]).await;
+        let text = seen(
+            &base,
+            &[("x-real-ip", "203.0.113.9"), ("x-forwarded-proto", "https")],
+        )
+        .await;
         assert!(text.contains("x-real-ip: 127.0.0.1\n"), "{from:?}: {text}");
+        assert!(
+            text.contains("x-forwarded-proto: http\n"),
+            "{from:?}: {text}"
+        );
         h.stop(true).await;
     }
 }

@@ -152,6 +152,20 @@ fn origin_form(target: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// The scheme a trusted proxy's first `X-Forwarded-Proto` names (`http` or `https`, any case);
+/// `http` when it names none or something else.
+fn forwarded_proto(fields: &[httparse::Header<'_>], kinds: &[Kind]) -> &'static str {
+    let sent = fields
+        .iter()
+        .zip(kinds)
+        .find(|(_, &k)| k == Kind::XForwardedProto)
+        .map(|(h, _)| h.value.trim_ascii());
+    match sent {
+        Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
+        _ => "http",
+    }
+}
+
 /// Parses the head at the start of `buf`, appends the upstream's request line and headers to
 /// `out` (without `Host` when the client sent none, without body framing and without the final
 /// empty line), and calls `inspect` on the parsed request.
@@ -231,9 +245,11 @@ pub(crate) fn parse<T>(
         headers::listed_in_connection(connection, "keep-alive")
     };
     let upgrade = has_upgrade && headers::listed_in_connection(connection, "upgrade");
-    let client = match peer.real_ip {
-        Some(r) => r.client(peer.ip, fields),
-        None => peer.ip,
+    let (client, proto) = match peer.real_ip {
+        Some(r) if r.trusts(peer.ip) => {
+            (r.client(peer.ip, fields), forwarded_proto(fields, &kinds))
+        }
+        _ => (peer.ip, "http"),
     };
 
     // The request line, in origin form.
@@ -281,7 +297,7 @@ pub(crate) fn parse<T>(
     } else {
         headers::put(out, b"X-Real-IP", client.to_string().as_bytes());
     }
-    out.extend_from_slice(b"X-Forwarded-Proto: http\r\n");
+    headers::put(out, b"X-Forwarded-Proto", proto.as_bytes());
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }

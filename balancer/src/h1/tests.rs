@@ -42,8 +42,11 @@ fn a_trusted_proxy_sets_the_client_address() {
         "X-Forwarded-For",
         false,
     );
-    let head = "GET / HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 203.0.113.5\r\n\r\n";
-    for (from, client) in [("10.0.0.7", "203.0.113.5"), ("192.0.2.1", "192.0.2.1")] {
+    let head = "GET / HTTP/1.1\r\nHost: shop\r\nX-Forwarded-For: 203.0.113.5\r\nX-Forwarded-Proto: HTTPS\r\n\r\n";
+    for (from, client, proto) in [
+        ("10.0.0.7", "203.0.113.5", "https"),
+        ("192.0.2.1", "192.0.2.1", "http"),
+    ] {
         let peer = Peer {
             real_ip: trusted.as_ref(),
             ..peer(from)
@@ -58,6 +61,11 @@ fn a_trusted_proxy_sets_the_client_address() {
             out.contains(&format!("X-Forwarded-For: 203.0.113.5, {from}\r\n")),
             "{out}"
         );
+        assert!(
+            out.contains(&format!("X-Forwarded-Proto: {proto}\r\n")),
+            "{out}"
+        );
+        assert_eq!(out.matches("X-Forwarded-Proto").count(), 1, "{out}");
     }
 }
 
