@@ -122,3 +122,35 @@ async fn an_upstream_connection_is_replaced_after_keepalive_requests() {
     assert_eq!(b.hits(), 12);
     assert_eq!(b.conns(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_both_limits_on_live_connections() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.keepalive_requests = 0;
+    cfg.client_keepalive_requests = 0;
+    let (h, base) = start(cfg.clone()).await;
+    let mut s = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let (_, closed) = exchange(&mut s, "/").await;
+        assert!(!closed);
+    }
+    assert_eq!(a.conns(), 1);
+
+    // Now at most 2 requests per upstream connection, and 8 per client connection: the
+    // kept-alive client connection (4 requests so far) gets 4 more, the last says close.
+    cfg.keepalive_requests = 2;
+    cfg.client_keepalive_requests = 8;
+    h.reload(cfg).unwrap();
+    for i in 5..=8 {
+        let (head, closed) = exchange(&mut s, "/").await;
+        assert!(head.starts_with("HTTP/1.1 200"), "request {i}: {head}");
+        assert_eq!(closed, i == 8, "request {i}");
+    }
+    // The pooled connection counts the 4 requests it carried before: it is done after the
+    // 5th; then requests 6-7 and 8 get their own.
+    assert_eq!(a.hits(), 8);
+    assert_eq!(a.conns(), 3);
+}
