@@ -203,6 +203,9 @@ stats! {
     cache_evictions;
     /// Sticky cache misses served from the store.
     cache_misses;
+    /// Sticky cache hits idle past their max inactive interval: dropped, and
+    /// the store asked instead.
+    cache_expired;
     /// Sticky cache hits checked against the store (`cache_revalidate_after`).
     cache_revalidations;
     /// Revalidations that found the cached copy outdated (another app node

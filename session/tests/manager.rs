@@ -743,3 +743,37 @@ async fn sticky_saves_are_conditional_on_the_nodes_own_last_write() {
     assert_eq!(memcached_stat(&mut cluster, "cas_badval"), 0);
     assert_eq!(memcached_stat(&mut cluster, "cas_misses"), 0);
 }
+
+/// A session idle for longer than its max inactive interval is gone, also on
+/// a sticky node that still holds it in its cache (the cache must not keep
+/// alive what the store let expire).
+async fn an_idle_session_expires_after_max_inactive_interval(kind: Kind, sticky: bool) {
+    let (mgr, _cluster) = manager_on(kind, |c| {
+        c.sticky = sticky;
+        c.max_inactive_interval = Duration::from_secs(1);
+    });
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let cookie = cookie_of(&res).unwrap();
+    assert_eq!(keys!(&app, cookie), ["x"]);
+    // memcached counts whole seconds: 2.5 s idle is past any rounding of 1 s.
+    actix_rt::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        keys!(&app, cookie).is_empty(),
+        "sticky = {sticky}: still alive"
+    );
+    assert_eq!(mgr.stats().cache_expired, u64::from(sticky));
+}
+
+async fn sticky_an_idle_session_expires_after_max_inactive_interval(kind: Kind) {
+    an_idle_session_expires_after_max_inactive_interval(kind, true).await;
+}
+
+async fn non_sticky_an_idle_session_expires_after_max_inactive_interval(kind: Kind) {
+    an_idle_session_expires_after_max_inactive_interval(kind, false).await;
+}
+
+on_every_store!(
+    sticky_an_idle_session_expires_after_max_inactive_interval,
+    non_sticky_an_idle_session_expires_after_max_inactive_interval,
+);

@@ -214,6 +214,17 @@ impl Inner {
                 if !hit.record.is_live() {
                     return; // logged out on this node (a marker, see `finish_invalidated`)
                 }
+                if hit.record.is_expired(now_ms()) {
+                    // Idle past its interval: the store let its copies expire at the same time
+                    // (they were written or touched with the cached record's last access). The
+                    // store decides, in case another node kept it alive meanwhile.
+                    let key = id.key();
+                    if cache.get(&key).is_some_and(|e| Arc::ptr_eq(&e, &hit)) {
+                        cache.remove(&key);
+                    }
+                    self.stats.cache_expired.fetch_add(1, Relaxed);
+                    return Box::pin(self.load_from_store(id, state, started)).await;
+                }
                 let age_ms = now_ms().saturating_sub(hit.confirmed_ms);
                 let hit = if u128::from(age_ms) < self.settings.cache_revalidate_after.as_millis() {
                     Some(hit)
@@ -240,6 +251,11 @@ impl Inner {
             }
             self.stats.cache_misses.fetch_add(1, Relaxed);
         }
+        self.load_from_store(id, state, started).await;
+    }
+
+    /// Loads the session from the store (not the sticky cache).
+    async fn load_from_store(&self, id: &SessionId, state: &mut SessionState, started: Instant) {
         self.stats.store_loads.fetch_add(1, Relaxed);
         // The backend bounds each operation; this outer bound only guards
         // against a backend that does not.
