@@ -127,6 +127,16 @@ async fn slow_attr(session: Session, path: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok().finish()
 }
 
+/// Sets this session's max inactive interval to `secs` (Tomcat's `setMaxInactiveInterval`).
+async fn set_interval(session: Session, secs: web::Path<u64>) -> HttpResponse {
+    session.set_max_inactive_interval(Duration::from_secs(secs.into_inner()));
+    HttpResponse::Ok().finish()
+}
+
+async fn interval(session: Session) -> HttpResponse {
+    HttpResponse::Ok().json(session.max_inactive_interval().as_secs())
+}
+
 async fn logout(session: Session) -> HttpResponse {
     session.invalidate();
     HttpResponse::Ok().finish()
@@ -143,6 +153,8 @@ macro_rules! app {
                 .route("/same", web::post().to(set_same))
                 .route("/login", web::post().to(login))
                 .route("/logout", web::post().to(logout))
+                .route("/interval/{secs}", web::post().to(set_interval))
+                .route("/interval", web::get().to(interval))
                 .route("/static/a.css", web::get().to(read)),
         )
         .await
@@ -776,4 +788,58 @@ async fn non_sticky_an_idle_session_expires_after_max_inactive_interval(kind: Ki
 on_every_store!(
     sticky_an_idle_session_expires_after_max_inactive_interval,
     non_sticky_an_idle_session_expires_after_max_inactive_interval,
+);
+
+/// Tomcat's `setMaxInactiveInterval`: one session lives longer than the
+/// configured interval, another one with the default expires; the interval is
+/// kept with the session (read back on a later request, on any node).
+async fn a_session_keeps_its_own_max_inactive_interval(kind: Kind, sticky: bool) {
+    let (mgr, _cluster) = manager_on(kind, |c| {
+        c.sticky = sticky;
+        c.max_inactive_interval = Duration::from_secs(1);
+    });
+    let app = app!(mgr);
+    let post = |uri: &str, cookie: Option<&Cookie<'static>>| {
+        let mut r = test::TestRequest::post().uri(uri);
+        if let Some(c) = cookie {
+            r = r.cookie(c.clone());
+        }
+        r.to_request()
+    };
+    let long = cookie_of(&test::call_service(&app, post("/attr/long", None)).await).unwrap();
+    let short = cookie_of(&test::call_service(&app, post("/attr/short", None)).await).unwrap();
+    let res = test::call_service(&app, post("/interval/60", Some(&long))).await;
+    assert!(res.status().is_success());
+    let secs = |c: &Cookie<'static>| {
+        test::TestRequest::get()
+            .uri("/interval")
+            .cookie(c.clone())
+            .to_request()
+    };
+    let s: u64 = test::call_and_read_body_json(&app, secs(&long)).await;
+    assert_eq!(s, 60);
+    let s: u64 = test::call_and_read_body_json(&app, secs(&short)).await;
+    assert_eq!(s, 1);
+    actix_rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(keys!(&app, long), ["long"], "sticky = {sticky}");
+    assert!(keys!(&app, short).is_empty(), "sticky = {sticky}");
+    // A change of the interval alone is written (and nothing else changed).
+    let backups = mgr.stats().backups;
+    test::call_service(&app, post("/interval/120", Some(&long))).await;
+    assert_eq!(mgr.stats().backups, backups + 1);
+    test::call_service(&app, post("/interval/120", Some(&long))).await;
+    assert_eq!(mgr.stats().backups, backups + 1, "same interval: no write");
+}
+
+async fn sticky_a_session_keeps_its_own_max_inactive_interval(kind: Kind) {
+    a_session_keeps_its_own_max_inactive_interval(kind, true).await;
+}
+
+async fn non_sticky_a_session_keeps_its_own_max_inactive_interval(kind: Kind) {
+    a_session_keeps_its_own_max_inactive_interval(kind, false).await;
+}
+
+on_every_store!(
+    sticky_a_session_keeps_its_own_max_inactive_interval,
+    non_sticky_a_session_keeps_its_own_max_inactive_interval,
 );

@@ -160,6 +160,7 @@ impl Inner {
         let mut locks = RequestLocks::default();
         let mut state = SessionState {
             serializer: self.settings.serializer,
+            default_max_inactive: self.max_inactive_secs(),
             ..Default::default()
         };
         if let Some(id) = &cookie_id {
@@ -402,7 +403,12 @@ impl Inner {
             None
         };
         let hash = payload.as_deref().map(hash_payload);
-        let changed = is_new || (hash.is_some() && hash != state.loaded_hash);
+        let interval = state.max_inactive_secs();
+        let interval_changed = state
+            .record
+            .as_ref()
+            .is_some_and(|r| r.max_inactive_secs != interval);
+        let changed = is_new || (hash.is_some() && (hash != state.loaded_hash || interval_changed));
         if let Some(p) = &pattern {
             self.learner.record(p, changed);
         }
@@ -435,16 +441,12 @@ impl Inner {
                     last_access_ms: now,
                     payload,
                     serializer: state.serializer.id(),
-                    max_inactive_secs: self.max_inactive_secs(),
+                    max_inactive_secs: interval,
                     // Field by field: `..prev.clone()` would copy the old payload only to drop it.
                     kind: prev.kind.clone(),
                     created_ms: prev.created_ms,
                 },
-                _ => SessionRecord::new_live(
-                    state.serializer.id(),
-                    self.max_inactive_secs(),
-                    payload,
-                ),
+                _ => SessionRecord::new_live(state.serializer.id(), interval, payload),
             };
             self.stats.stored_size.record(record.payload.len() as u64);
             // What the load saw applies to the id it loaded, not to a renewed one.
@@ -552,7 +554,7 @@ impl Inner {
         expires_in: Option<std::time::Duration>,
     ) -> bool {
         let Some(record) = record else { return false };
-        let interval = self.settings.max_inactive;
+        let interval = std::time::Duration::from_secs(record.max_inactive_secs.into());
         if interval.is_zero() {
             return false; // never expires: nothing to refresh
         }

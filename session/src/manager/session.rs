@@ -60,6 +60,21 @@ pub(crate) struct SessionState {
     pub invalidate: bool,
     /// The request is outside session handling (ignore pattern).
     pub detached: bool,
+    /// `set_max_inactive_interval` was called: the session's new interval (seconds, 0 = never
+    /// expires).
+    pub max_inactive: Option<u32>,
+    /// The configured `max_inactive_interval` (seconds), for sessions that set none.
+    pub default_max_inactive: u32,
+}
+
+impl SessionState {
+    /// The interval the session is stored with: set this request, else the one it was
+    /// stored with, else the configured one (a new session).
+    pub(crate) fn max_inactive_secs(&self) -> u32 {
+        self.max_inactive
+            .or_else(|| self.record.as_ref().map(|r| r.max_inactive_secs))
+            .unwrap_or(self.default_max_inactive)
+    }
 }
 
 /// The current request's session.
@@ -145,6 +160,25 @@ impl Session {
         let mut st = self.0.borrow_mut();
         st.invalidate = true;
         st.attrs.clear();
+    }
+
+    /// Sets how long this session lives without a request (Tomcat's
+    /// `setMaxInactiveInterval`), instead of the configured
+    /// `max_inactive_interval`: e.g. longer after "remember me", shorter for an
+    /// admin. The session keeps it from then on, on every app node. Whole seconds,
+    /// rounded up; zero: the session never expires (it stays until logout, or until
+    /// memcached evicts it).
+    pub fn set_max_inactive_interval(&self, interval: std::time::Duration) {
+        let secs = interval.as_secs() + u64::from(interval.subsec_nanos() > 0);
+        let mut st = self.0.borrow_mut();
+        st.max_inactive = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+        st.dirty = true;
+    }
+
+    /// How long this session lives without a request (see
+    /// [`Session::set_max_inactive_interval`]); zero: it never expires.
+    pub fn max_inactive_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.0.borrow().max_inactive_secs().into())
     }
 
     /// The session id (without the cookie signature), if the session exists.
