@@ -16,7 +16,8 @@ pub fn build(
         MemcachedStoreConfig::from_msm(&settings.memcached_nodes, &settings.failover_nodes)?
             .operation_timeout(settings.operation_timeout)
             .connections_per_node(settings.memcached_connections)
-            .key_prefix(settings.storage_key_prefix.clone());
+            .key_prefix(settings.storage_key_prefix.clone())
+            .credentials(settings.memcached_credentials.clone());
     // Tombstones of sessions whose last record is unknown must outlive any
     // stale copy, which lives at most one max inactive interval.
     cfg.default_max_inactive_secs =

@@ -211,3 +211,63 @@ async fn all_nodes_down_degrades_to_memory_and_recovers() {
     );
     assert_eq!(v["visits"], visits + 1);
 }
+
+/// `memcached_username`/`memcached_password` (the password from the
+/// environment) against nodes started with `memcached -Y`, and
+/// `storage_key_prefix`: the app works, and its keys carry the prefix.
+#[actix_rt::test]
+async fn authenticated_nodes_and_a_key_prefix_from_the_config() {
+    use ferrocat_memcached::{ClientOptions, Credentials, Key, NodeClient};
+    let dir = tempfile::tempdir().unwrap();
+    let authfile = dir.path().join("authfile");
+    std::fs::write(&authfile, "shopapp:s3cret\n").unwrap();
+    let cluster = Cluster::start_with_args(2, &["-Y", authfile.to_str().unwrap()]);
+    let port = free_port();
+    let toml = format!(
+        r#"
+[node]
+name = "app1"
+listen = "127.0.0.1:{port}"
+workers = 1
+
+[session]
+memcached_nodes = "{}"
+cookie_secret = "failover-test-secret-failover-test-secret"
+storage_key_prefix = "shop"
+memcached_username = "shopapp"
+"#,
+        cluster.memcached_nodes()
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let f = Ferrocat::spawn_env(
+        "app",
+        &toml,
+        addr,
+        &[("FERROCAT__SESSION__MEMCACHED_PASSWORD", "s3cret")],
+    );
+    let mut u = User::login(&f, "alice").await;
+    assert_eq!(u.me(&f).await.0["visits"], 1);
+    assert_eq!(u.me(&f).await.0["visits"], 2);
+    let stats: Value = bare_client()
+        .get(f.url("/ferrocat/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["degraded_operations"], 0, "{stats}");
+
+    // The session's key on its primary node: `shop:<random>-<node>`.
+    let id = u.cookie.split_once('.').unwrap().1;
+    let key = id.rsplit_once('.').unwrap().0;
+    let primary = node_of(&u.cookie);
+    let i: usize = primary[1..].parse().unwrap();
+    let raw = NodeClient::new(
+        cluster.nodes[i - 1].addr(),
+        ClientOptions::default().credentials(Some(Credentials::new("shopapp", "s3cret").unwrap())),
+    );
+    let item = raw.get(&Key::new(format!("shop:{key}")).unwrap()).await;
+    assert!(item.unwrap().is_some(), "no shop:{key} on {primary}");
+    assert!(raw.get(&Key::new(key).unwrap()).await.unwrap().is_none());
+}

@@ -133,6 +133,12 @@ pub struct SessionConfig {
     /// several apps can share the memcached nodes (each reads, locks and warms up only its
     /// own keys). Every app node of one app needs the same value. Empty: no prefix.
     pub storage_key_prefix: String,
+    /// User name for memcached nodes that require authentication (`memcached -Y`,
+    /// msm's `username`); empty: none. Set together with `memcached_password`.
+    pub memcached_username: String,
+    /// Its password (better from the environment:
+    /// `FERROCAT__SESSION__MEMCACHED_PASSWORD`).
+    pub memcached_password: String,
 }
 
 impl Default for SessionConfig {
@@ -157,6 +163,8 @@ impl Default for SessionConfig {
             cache_revalidate_after: DEFAULT_CACHE_REVALIDATE_AFTER,
             memcached_connections: 2,
             storage_key_prefix: String::new(),
+            memcached_username: String::new(),
+            memcached_password: String::new(),
         }
     }
 }
@@ -202,6 +210,8 @@ pub struct SessionSettings {
     pub memcached_connections: usize,
     /// Prefix of every memcached key (empty: none).
     pub storage_key_prefix: String,
+    /// Credentials for memcached nodes that require authentication.
+    pub memcached_credentials: Option<ferrocat_memcached::Credentials>,
 }
 
 impl SessionConfig {
@@ -273,6 +283,38 @@ impl SessionConfig {
         }
         crate::store::memcached::check_key_prefix(&self.storage_key_prefix)
             .map_err(|r| err("storage_key_prefix", r))?;
+        let memcached_credentials = match (
+            self.memcached_username.is_empty(),
+            self.memcached_password.is_empty(),
+        ) {
+            (true, true) => None,
+            (false, true) => {
+                return Err(err(
+                    "memcached_password",
+                    "memcached_username is set: set its password too",
+                ))
+            }
+            (true, false) => {
+                return Err(err(
+                    "memcached_username",
+                    "memcached_password is set: set the user name too",
+                ))
+            }
+            (false, false) => Some(
+                ferrocat_memcached::Credentials::new(
+                    &self.memcached_username,
+                    &self.memcached_password,
+                )
+                .map_err(|r| {
+                    let key = if r.starts_with("password") {
+                        "memcached_password"
+                    } else {
+                        "memcached_username"
+                    };
+                    err(key, r)
+                })?,
+            ),
+        };
         if !self.memcached_nodes.trim().is_empty() {
             crate::store::memcached::parse_memcached_nodes(&self.memcached_nodes)
                 .map_err(|r| err("memcached_nodes", r))?;
@@ -304,6 +346,7 @@ impl SessionConfig {
             cache_revalidate_after: self.cache_revalidate_after,
             memcached_connections: self.memcached_connections,
             storage_key_prefix: self.storage_key_prefix.clone(),
+            memcached_credentials,
         })
     }
 }
@@ -338,6 +381,41 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(c.validate().unwrap().storage_key_prefix, "shop-v2");
+    }
+
+    #[test]
+    fn memcached_credentials_come_in_pairs_and_are_checked() {
+        let with = |user: &str, pass: &str| {
+            let c = SessionConfig {
+                memcached_username: user.into(),
+                memcached_password: pass.into(),
+                ..Default::default()
+            };
+            c.validate()
+        };
+        assert_eq!(
+            with("app", "").unwrap_err().key,
+            "session.memcached_password"
+        );
+        assert_eq!(
+            with("", "pw").unwrap_err().key,
+            "session.memcached_username"
+        );
+        assert_eq!(
+            with("a:b", "pw").unwrap_err().key,
+            "session.memcached_username"
+        );
+        let e = with("app", "two words").unwrap_err();
+        assert_eq!(e.key, "session.memcached_password");
+        assert!(
+            !e.reason.contains("two words"),
+            "the password is not echoed: {e}"
+        );
+        let ok = with("app", "s3cret").unwrap();
+        let creds = ok.memcached_credentials.unwrap();
+        assert_eq!((creds.username(), creds.password()), ("app", "s3cret"));
+        assert!(!format!("{creds:?}").contains("s3cret"));
+        assert!(with("", "").unwrap().memcached_credentials.is_none());
     }
 
     #[test]

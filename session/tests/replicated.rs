@@ -1010,3 +1010,71 @@ async fn apps_with_their_own_key_prefix_share_the_nodes_apart() {
     assert!(raw_record(&primary, &format!("blog:{key}")).await.is_none());
     assert!(raw_record(&primary, &key).await.is_none());
 }
+
+/// Nodes started with `memcached -Y <authfile>` (ASCII authentication, msm's
+/// `username`/`password`): with the right credentials the store works,
+/// warm-up's key dump included; a wrong password or none is an error that
+/// says so, and the password is never stored on a node that wants none.
+#[actix_rt::test]
+async fn nodes_that_require_authentication() {
+    use ferrocat_memcached::{Credentials, McError};
+    let dir = std::env::temp_dir().join(format!("ferrocat-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let authfile = dir.join("authfile");
+    std::fs::write(&authfile, "app:s3cret\n").unwrap();
+    let mut cluster = Cluster::start_with_args(2, &["-Y", authfile.to_str().unwrap()]);
+    let creds = |user: &str, pass: &str| Some(Credentials::new(user, pass).unwrap());
+    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+        .unwrap()
+        .operation_timeout(OP_TIMEOUT)
+        .probe_interval(Duration::from_millis(50))
+        .credentials(creds("app", "s3cret"));
+    let stats = Arc::new(Stats::default());
+    let store = ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap();
+    settled(&store).await;
+    let id = store.new_id(None);
+    store.save(&id, &live(1, "cart")).await.unwrap();
+    assert_eq!(payload(&store, &id).await.unwrap().1, "cart");
+    assert_eq!(stats.degraded_operations.load(Relaxed), 0);
+
+    // Warm-up enumerates keys over an authenticated connection too.
+    let p = store.copy_nodes(&id).primary.unwrap();
+    let before = warmups(&store, &p);
+    let copied = stats.warmup_copied.load(Relaxed);
+    cluster.node(&p).restart();
+    wait_until(
+        "warm-up of the restarted node",
+        Duration::from_secs(20),
+        || warmups(&store, &p) > before && state(&store, &p) == NodeState::Up,
+    )
+    .await;
+    assert_eq!(stats.warmup_copied.load(Relaxed) - copied, 1);
+
+    // A wrong password, or none, is refused with a clear error.
+    let addr = cluster.node(&p).addr();
+    let key = Key::new("k").unwrap();
+    let wrong = NodeClient::new(
+        addr,
+        ClientOptions::default().credentials(creds("app", "wrong")),
+    );
+    let e = wrong.get(&key).await.unwrap_err();
+    assert!(matches!(e, McError::Auth { .. }), "{e}");
+    assert!(e.to_string().contains("authentication failed"), "{e}");
+    assert!(e.is_node_failure());
+    let none = NodeClient::new(addr, ClientOptions::default());
+    assert!(none.get(&key).await.is_err());
+
+    // Credentials sent to a node that wants none leave nothing readable behind.
+    let mut open = Cluster::start(1);
+    let plain = NodeClient::new(
+        open.node("n1").addr(),
+        ClientOptions::default().credentials(creds("app", "s3cret")),
+    );
+    plain.set(&key, b"v", 0, 60, SetMode::Set).await.unwrap();
+    assert!(raw(&mut open, "n1")
+        .get(&Key::new("ferrocat:auth").unwrap())
+        .await
+        .unwrap()
+        .is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}

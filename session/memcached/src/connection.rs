@@ -107,7 +107,7 @@ async fn supervise(
 }
 
 async fn connect(addr: SocketAddr, opts: &ClientOptions) -> Result<TcpStream, McError> {
-    let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
         .await
         .map_err(|_| McError::Timeout {
             addr,
@@ -117,6 +117,9 @@ async fn connect(addr: SocketAddr, opts: &ClientOptions) -> Result<TcpStream, Mc
     stream
         .set_nodelay(true)
         .map_err(|e| McError::from_io(addr, "connect", e))?;
+    if let Some(creds) = &opts.credentials {
+        crate::auth::authenticate(&mut stream, addr, creds, opts.connect_timeout).await?;
+    }
     Ok(stream)
 }
 

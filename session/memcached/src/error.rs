@@ -52,6 +52,14 @@ pub enum McError {
         /// The server's message.
         detail: String,
     },
+    /// The node refused the credentials (or asked for some and none were configured).
+    #[error("memcached {addr}: authentication failed: {detail}")]
+    Auth {
+        /// The node.
+        addr: SocketAddr,
+        /// The node's answer.
+        detail: String,
+    },
     /// The key cannot be sent to memcached.
     #[error("invalid memcached key: {reason}")]
     InvalidKey {
@@ -94,6 +102,7 @@ impl McError {
                 | McError::Timeout { .. }
                 | McError::Io { .. }
                 | McError::Protocol { .. }
+                | McError::Auth { .. }
         )
     }
 
@@ -104,6 +113,7 @@ impl McError {
             | McError::Timeout { addr, .. }
             | McError::Io { addr, .. }
             | McError::Protocol { addr, .. }
+            | McError::Auth { addr, .. }
             | McError::Server { addr, .. } => Some(*addr),
             _ => None,
         }

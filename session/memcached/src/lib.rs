@@ -21,6 +21,8 @@
 //!   matches responses to requests in order (checking the echoed opaque `O`), reconnects
 //!   with back-off, and fails in-flight requests when the connection breaks.
 //! * `protocol`: encoding and a bounded, never-panicking response parser.
+//! * `auth`: memcached's ASCII authentication (`memcached -Y`), on every new connection when
+//!   `ClientOptions::credentials` are set.
 //! * `metadump`: key enumeration (`lru_crawler metadump all`) on a separate connection.
 //! * [`McError`] (`error`): errors with the node and the operation; `is_node_failure`
 //!   says whether the node is suspect and another node may be tried.
@@ -37,6 +39,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth;
 mod client;
 mod connection;
 mod error;

@@ -119,6 +119,9 @@ async fn dump_once(
             op: "connect",
         })?
         .map_err(|e| McError::from_io(addr, "connect", e))?;
+    if let Some(creds) = &opts.credentials {
+        crate::auth::authenticate(&mut stream, addr, creds, opts.connect_timeout).await?;
+    }
     stream
         .write_all(format!("lru_crawler metadump {what}\r\n").as_bytes())
         .await

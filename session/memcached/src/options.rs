@@ -37,6 +37,54 @@ pub struct ClientOptions {
     pub reconnect_backoff_max: Duration,
     /// Limit for a whole key dump.
     pub metadump_timeout: Duration,
+    /// User name and password for nodes that require authentication (`memcached -Y`);
+    /// `None`: connect without.
+    pub credentials: Option<Credentials>,
+}
+
+/// A user name and password for memcached's ASCII authentication (`memcached -Y <file>`,
+/// whose lines are `user:password`). `Debug` does not show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    username: String,
+    password: String,
+}
+
+impl Credentials {
+    /// Checks both: 1 to 128 printable ASCII characters, no spaces (memcached splits the
+    /// pair at the space), and no `:` in the user name (the auth file's separator).
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Result<Self, String> {
+        let (username, password) = (username.into(), password.into());
+        let ok = |s: &str| (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic());
+        if !ok(&username) || username.contains(':') {
+            return Err(
+                "user name: 1 to 128 printable ASCII characters without spaces or ':'".into(),
+            );
+        }
+        if !ok(&password) {
+            return Err("password: 1 to 128 printable ASCII characters without spaces".into());
+        }
+        Ok(Self { username, password })
+    }
+
+    /// The user name.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// The password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -49,6 +97,7 @@ impl Default for ClientOptions {
             reconnect_backoff_min: DEFAULT_BACKOFF_MIN,
             reconnect_backoff_max: DEFAULT_BACKOFF_MAX,
             metadump_timeout: DEFAULT_METADUMP_TIMEOUT,
+            credentials: None,
         }
     }
 }
@@ -79,6 +128,13 @@ impl ClientOptions {
     #[must_use]
     pub fn max_value_size(mut self, n: usize) -> Self {
         self.max_value_size = n;
+        self
+    }
+
+    /// Authenticate every connection with these credentials (`memcached -Y`).
+    #[must_use]
+    pub fn credentials(mut self, creds: Option<Credentials>) -> Self {
+        self.credentials = creds;
         self
     }
 

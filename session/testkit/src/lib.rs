@@ -307,10 +307,20 @@ fn wait_for_threads(pid: u32, stopped: bool) {
 }
 
 /// The pid a memcached reports in `stats`, if it answers.
-fn server_pid(mut stream: TcpStream) -> Option<u32> {
+fn server_pid(mut stream: TcpStream, login: Option<&(String, String)>) -> Option<u32> {
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
+    if let Some((user, pass)) = login {
+        // `-Y`: authenticate first (see `auth_login`).
+        let data = format!("{user} {pass}");
+        write!(stream, "set auth 0 -1 {}\r\n{data}\r\n", data.len()).ok()?;
+        let mut answer = [0u8; 8];
+        stream.read_exact(&mut answer).ok()?;
+        if &answer != b"STORED\r\n" {
+            return None;
+        }
+    }
     stream.write_all(b"stats\r\n").ok()?;
     let mut text = String::new();
     let mut buf = [0u8; 4096];
@@ -326,9 +336,22 @@ fn server_pid(mut stream: TcpStream) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// With `-Y <authfile>` among `extra`: the file's first `user:password` line, used to log in
+/// for the readiness check.
+fn auth_login(extra: &[String]) -> Option<(String, String)> {
+    let file = extra
+        .iter()
+        .position(|a| a == "-Y")
+        .and_then(|i| extra.get(i + 1))?;
+    let text = std::fs::read_to_string(file).ok()?;
+    let (user, pass) = text.lines().next()?.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
 /// Spawn memcached on `port` and wait until it accepts TCP; on failure the child is
 /// killed and reaped and the reason returned.
 fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
+    let login = auth_login(extra);
     let mut cmd = Command::new(memcached_binary());
     cmd.arg("-p")
         .arg(port.to_string())
@@ -360,7 +383,7 @@ fn spawn_ready(port: u16, extra: &[String]) -> Result<Child, String> {
             // Another test's memcached can own the port (two tests were handed
             // the same free port): only the server that reports our child's pid
             // is ours. Anything else: give the port up and let the caller retry.
-            match server_pid(stream) {
+            match server_pid(stream, login.as_ref()) {
                 Some(pid) if pid == child.id() => return Ok(child),
                 Some(other) => {
                     let _ = child.kill();
@@ -391,8 +414,14 @@ pub struct Cluster {
 impl Cluster {
     /// Start `n` memcached processes.
     pub fn start(n: usize) -> Cluster {
+        Self::start_with_args(n, &[])
+    }
+
+    /// Start `n` memcached processes with extra command-line arguments (e.g.
+    /// `["-Y", authfile]`; a node restarts with them too).
+    pub fn start_with_args(n: usize, extra: &[&str]) -> Cluster {
         Cluster {
-            nodes: (0..n).map(|_| Memcached::start()).collect(),
+            nodes: (0..n).map(|_| Memcached::start_with_args(extra)).collect(),
         }
     }
 

@@ -67,6 +67,9 @@ pub struct MemcachedStoreConfig {
     /// the memcached nodes keep apart: each reads, locks and warms up only its own keys.
     /// Empty: no prefix.
     pub key_prefix: String,
+    /// User name and password for nodes started with `memcached -Y` (ASCII
+    /// authentication); `None`: none.
+    pub credentials: Option<ferrocat_memcached::Credentials>,
 }
 
 /// Longest `key_prefix`.
@@ -101,6 +104,7 @@ impl MemcachedStoreConfig {
             warmup_concurrency: DEFAULT_WARMUP_CONCURRENCY,
             warmup_timeout: DEFAULT_WARMUP_TIMEOUT,
             key_prefix: String::new(),
+            credentials: None,
         }
     }
 
@@ -138,6 +142,13 @@ impl MemcachedStoreConfig {
     #[must_use]
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the credentials every connection authenticates with.
+    #[must_use]
+    pub fn credentials(mut self, creds: Option<ferrocat_memcached::Credentials>) -> Self {
+        self.credentials = creds;
         self
     }
 

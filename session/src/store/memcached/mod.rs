@@ -120,7 +120,8 @@ impl ReplicatedMemcachedStore {
         let mut opts = ClientOptions::default()
             .connections(cfg.connections_per_node)
             .operation_timeout(cfg.operation_timeout)
-            .connect_timeout(cfg.operation_timeout);
+            .connect_timeout(cfg.operation_timeout)
+            .credentials(cfg.credentials.clone());
         opts.metadump_timeout = cfg.warmup_timeout;
         let clients = cfg
             .nodes
