@@ -350,6 +350,28 @@ async fn one_request(
             };
         }
     }
+    if let Some(limit) = &snap.limit {
+        match limit.check(c.client) {
+            crate::ratelimit::Verdict::Pass => {}
+            crate::ratelimit::Verdict::Delay(wait) => tokio::time::sleep(wait).await,
+            crate::ratelimit::Verdict::Reject => {
+                // A body that was not read makes the connection unusable.
+                let close = !req.keep_alive || req.framing != Framing::None;
+                c.wbuf.clear();
+                let page = match limit.status.as_u16() {
+                    502..=504 => snap.error_page.as_deref(),
+                    _ => None,
+                };
+                let body = crate::pages::error(&mut c.wbuf, limit.status, page, close);
+                c.answered(limit.status, body);
+                return if c.flush().await && !close {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+        }
+    }
     match body::intake(c, &req, snap.cfg.client_max_body_size).await {
         Intake::Body(mut b) => {
             let keep = worker.proxy(c, &snap, &req, bound, &mut b).await;

@@ -51,6 +51,7 @@ mod netmask;
 mod pages;
 mod pool;
 mod proxy;
+mod ratelimit;
 mod realip;
 mod selection;
 mod server;

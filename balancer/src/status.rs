@@ -61,9 +61,17 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
             })
         })
         .collect();
+    let limit_req = snap.limit.as_ref().map(|l| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "rejected": l.table.rejected.load(Relaxed),
+            "delayed": l.table.delayed.load(Relaxed),
+        })
+    });
     json!({
         "config_generation": snap.generation,
         "method": format!("{:?}", snap.cfg.method),
+        "limit_req": limit_req,
         "upstreams": upstreams,
     })
 }

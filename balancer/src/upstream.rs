@@ -123,6 +123,8 @@ pub(crate) struct Snapshot {
     pub status_allow: Vec<crate::netmask::Net>,
     /// Where the client address comes from behind trusted proxies (`None`: the peer's).
     pub real_ip: Option<crate::realip::RealIp>,
+    /// `limit_req_*`, if configured.
+    pub limit: Option<crate::ratelimit::RateLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
     /// Key template for `method = "hash"`.
@@ -211,6 +213,12 @@ impl Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
         let real_ip = cfg.real_ip()?;
+        // The buckets outlive a reload (a client does not get a fresh burst from one).
+        let limit = cfg.rate_limit(|| {
+            prev.and_then(|p| p.limit.as_ref())
+                .map(|l| l.table.clone())
+                .unwrap_or_else(|| std::sync::Arc::new(crate::ratelimit::Table::new()))
+        })?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -233,6 +241,7 @@ impl Snapshot {
             deny,
             status_allow,
             real_ip,
+            limit,
             error_page,
             hash_key,
             retry,

@@ -259,6 +259,16 @@ pub struct BalancerConfig {
     /// With `X-Forwarded-For`: skip entries from the right while they are trusted proxies
     /// too (nginx `real_ip_recursive`); off: its last entry is the client.
     pub real_ip_recursive: bool,
+    /// Requests per client address (nginx `limit_req_zone $binary_remote_addr rate=...`):
+    /// `"10r/s"`, `"300r/m"`; empty (the default): no limit. The client is the one
+    /// `set_real_ip_from` names, if configured.
+    pub limit_req_rate: String,
+    /// Requests a client may send beyond the rate at once (nginx `limit_req burst=`).
+    pub limit_req_burst: u32,
+    /// Serve the burst at once instead of spacing it out at the rate (nginx `nodelay`).
+    pub limit_req_nodelay: bool,
+    /// Status of a refused request (nginx `limit_req_status`; 503 gets the `error_page`).
+    pub limit_req_status: u16,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -328,6 +338,10 @@ impl Default for BalancerConfig {
             set_real_ip_from: Vec::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
+            limit_req_rate: String::new(),
+            limit_req_burst: 0,
+            limit_req_nodelay: false,
+            limit_req_status: 503,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
@@ -405,6 +419,35 @@ impl BalancerConfig {
             header,
             self.real_ip_recursive,
         ))
+    }
+
+    /// `limit_req_*` parsed (`None`: off), with `table` as its state; the error names the bad
+    /// key.
+    pub(crate) fn rate_limit(
+        &self,
+        table: impl FnOnce() -> std::sync::Arc<crate::ratelimit::Table>,
+    ) -> Result<Option<crate::ratelimit::RateLimit>, ConfigError> {
+        let status = http::StatusCode::from_u16(self.limit_req_status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "balancer.limit_req_status",
+                    format!("{} is not a 4xx or 5xx status", self.limit_req_status),
+                )
+            })?;
+        if self.limit_req_rate.trim().is_empty() {
+            return Ok(None);
+        }
+        let interval = crate::ratelimit::parse_rate(&self.limit_req_rate)
+            .map_err(|e| ConfigError::new("balancer.limit_req_rate", e))?;
+        Ok(Some(crate::ratelimit::RateLimit::new(
+            interval,
+            self.limit_req_burst,
+            self.limit_req_nodelay,
+            status,
+            table(),
+        )))
     }
 
     /// Number of worker threads to run (`workers = 0` means one per core).

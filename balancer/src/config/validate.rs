@@ -64,6 +64,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     }
     cfg.status_allow_nets()?;
     cfg.real_ip()?;
+    cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",
