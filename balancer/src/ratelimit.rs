@@ -16,7 +16,7 @@
 //! exactly; beyond that, the quietest ones lose their state (they start with a full bucket
 //! again), as nginx's zone evicts its least recently used states.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -143,9 +143,7 @@ impl RateLimit {
 
     fn check_at(&self, client: IpAddr, now: u64) -> Verdict {
         let t = &*self.table;
-        let mut h = t.hasher.build_hasher();
-        client.to_canonical().hash(&mut h);
-        let hash = h.finish();
+        let hash = t.hasher.hash_one(client.to_canonical());
         // A nonzero fingerprint: an empty slot (0) never matches.
         let fp = (hash >> TAT_BITS) | 1;
         let mask = (SLOTS - 1) as u64;
