@@ -260,6 +260,7 @@ async fn one_request(
                 ip: c.ip,
                 text: &c.ip_text,
                 real_ip: snap.real_ip.as_ref(),
+                set: &snap.set_headers,
             };
             let outcome = request::parse(&c.rbuf, &peer, &mut c.head, inspect);
             if c.log.on

@@ -333,7 +333,8 @@ impl Worker {
             if !conn.rbuf.is_empty() {
                 got_any = true;
                 c.wbuf.clear();
-                match response::parse(&conn.rbuf, req.head_method, &mut c.wbuf) {
+                let add = (&snap.add_headers, snap.cfg.add_header_always);
+                match response::parse(&conn.rbuf, req.head_method, &mut c.wbuf, Some(add)) {
                     Ok(r) if r.status == 101 && !req.upgrade => {
                         return Err(protocol(up, "101 to a request without Upgrade"));
                     }

@@ -123,6 +123,10 @@ pub(crate) struct Snapshot {
     pub status_allow: Vec<crate::netmask::Net>,
     /// Where the client address comes from behind trusted proxies (`None`: the peer's).
     pub real_ip: Option<crate::realip::RealIp>,
+    /// `proxy_set_header`.
+    pub set_headers: crate::custom_headers::CustomHeaders,
+    /// `add_header`.
+    pub add_headers: crate::custom_headers::CustomHeaders,
     /// `limit_req_*`, if configured.
     pub limit: Option<crate::ratelimit::RateLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
@@ -213,6 +217,13 @@ impl Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
         let real_ip = cfg.real_ip()?;
+        let set_headers = crate::custom_headers::CustomHeaders::parse(
+            &cfg.proxy_set_header,
+            "proxy_set_header",
+            true,
+        )?;
+        let add_headers =
+            crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
         // The buckets outlive a reload (a client does not get a fresh burst from one).
         let limit = cfg.rate_limit(|| {
             prev.and_then(|p| p.limit.as_ref())
@@ -241,6 +252,8 @@ impl Snapshot {
             deny,
             status_allow,
             real_ip,
+            set_headers,
+            add_headers,
             limit,
             error_page,
             hash_key,

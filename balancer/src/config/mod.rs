@@ -11,6 +11,7 @@
 //! `fail_timeout`, `proxy_next_upstream`, ...), so an nginx config translates line by line.
 
 mod validate;
+pub(crate) use validate::is_token_byte;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -259,6 +260,17 @@ pub struct BalancerConfig {
     /// With `X-Forwarded-For`: skip entries from the right while they are trusted proxies
     /// too (nginx `real_ip_recursive`); off: its last entry is the client.
     pub real_ip_recursive: bool,
+    /// Request headers set for the upstream (nginx `proxy_set_header`), as `"Name: value"`:
+    /// replaces the client's header of that name (also `Host`, `X-Real-IP`,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto`); an empty value removes it; `$remote_addr`,
+    /// `$host`, `$request_uri`, `$cookie_NAME`, `$http_NAME`... are evaluated per request.
+    pub proxy_set_header: Vec<String>,
+    /// Response headers added for the client (nginx `add_header`), as `"Name: value"`:
+    /// replaces the upstream's header of that name, in responses with status 200, 201, 204,
+    /// 206, 301, 302, 303, 304, 307 or 308.
+    pub add_header: Vec<String>,
+    /// `add_header` in every proxied response, whatever its status (nginx `always`).
+    pub add_header_always: bool,
     /// Requests per client address (nginx `limit_req_zone $binary_remote_addr rate=...`):
     /// `"10r/s"`, `"300r/m"`; empty (the default): no limit. The client is the one
     /// `set_real_ip_from` names, if configured.
@@ -338,6 +350,9 @@ impl Default for BalancerConfig {
             set_real_ip_from: Vec::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
+            proxy_set_header: Vec::new(),
+            add_header: Vec::new(),
+            add_header_always: false,
             limit_req_rate: String::new(),
             limit_req_burst: 0,
             limit_req_nodelay: false,

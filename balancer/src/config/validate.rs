@@ -64,6 +64,8 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     }
     cfg.status_allow_nets()?;
     cfg.real_ip()?;
+    crate::custom_headers::CustomHeaders::parse(&cfg.proxy_set_header, "proxy_set_header", true)?;
+    crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
     cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
@@ -99,7 +101,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     validate_upstreams(cfg)
 }
 
-pub(super) fn is_token_byte(b: u8) -> bool {
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 
+use crate::custom_headers::CustomHeaders;
 use crate::headers::{self, Kind};
 use crate::realip::RealIp;
 
@@ -61,6 +62,8 @@ pub(crate) struct Peer<'a> {
     pub text: &'a str,
     /// `set_real_ip_from` and its header, if configured.
     pub real_ip: Option<&'a RealIp>,
+    /// `proxy_set_header`.
+    pub set: &'a CustomHeaders,
 }
 
 /// Why a head cannot be used (yet).
@@ -266,7 +269,11 @@ pub(crate) fn parse<T>(
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
     // Pass 2: the headers the upstream gets.
-    if let Some(a) = authority {
+    let custom = !peer.set.is_empty();
+    let ours = |name: &str| custom && peer.set.names(name);
+    if ours("host") {
+        has_host = true; // written with the other configured headers below
+    } else if let Some(a) = authority {
         headers::put(out, b"Host", a.as_bytes());
         has_host = true;
     }
@@ -277,27 +284,36 @@ pub(crate) fn parse<T>(
             Kind::Upgrade => upgrade,
             _ => false,
         };
-        if pass {
+        if pass && !ours(h.name) {
             headers::put(out, h.name.as_bytes(), h.value);
         }
     }
-    // X-Forwarded-For: the values received, in order, then the address of the peer this
-    // request came from (the hop, even when a trusted proxy named another client).
-    out.extend_from_slice(b"X-Forwarded-For: ");
-    for (h, &k) in fields.iter().zip(&kinds) {
-        if k == Kind::XForwardedFor && !h.value.trim_ascii().is_empty() {
-            out.extend_from_slice(h.value.trim_ascii());
-            out.extend_from_slice(b", ");
+    if !ours("x-forwarded-for") {
+        // The values received, in order, then the address of the peer this request came
+        // from (the hop, even when a trusted proxy named another client).
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        for (h, &k) in fields.iter().zip(&kinds) {
+            if k == Kind::XForwardedFor && !h.value.trim_ascii().is_empty() {
+                out.extend_from_slice(h.value.trim_ascii());
+                out.extend_from_slice(b", ");
+            }
         }
+        out.extend_from_slice(peer.text.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(peer.text.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if client == peer.ip {
-        headers::put(out, b"X-Real-IP", peer.text.as_bytes());
-    } else {
-        headers::put(out, b"X-Real-IP", client.to_string().as_bytes());
+    if !ours("x-real-ip") {
+        let named;
+        let ip = if client == peer.ip {
+            peer.text
+        } else {
+            named = client.to_string();
+            &named
+        };
+        headers::put(out, b"X-Real-IP", ip.as_bytes());
     }
-    headers::put(out, b"X-Forwarded-Proto", proto.as_bytes());
+    if !ours("x-forwarded-proto") {
+        headers::put(out, b"X-Forwarded-Proto", proto.as_bytes());
+    }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }
@@ -313,6 +329,9 @@ pub(crate) fn parse<T>(
         headers: fields,
         client,
     };
+    if custom {
+        peer.set.write(out, Some(&view));
+    }
     let extra = inspect(&view);
     Ok((
         Request {

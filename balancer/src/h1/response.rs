@@ -4,6 +4,7 @@
 //! The body length follows RFC 9112 section 6.3: none for HEAD, 1xx, 204 and 304; chunked if the
 //! last transfer coding is chunked; `Content-Length` bytes; else until the upstream closes.
 
+use crate::custom_headers::{add_header_applies, CustomHeaders};
 use crate::headers::{self, Kind};
 
 /// Largest response head accepted from an upstream.
@@ -50,6 +51,7 @@ pub(crate) fn parse(
     buf: &[u8],
     head_request: bool,
     out: &mut Vec<u8>,
+    add: Option<(&CustomHeaders, bool)>,
 ) -> Result<Response, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -109,6 +111,10 @@ pub(crate) fn parse(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let switching = status == 101;
+    // `add_header`: for the statuses nginx adds it to, or all with `add_header_always`.
+    let add = add
+        .filter(|(h, always)| !h.is_empty() && (*always || add_header_applies(status)))
+        .map(|(h, _)| h);
     let keep_length = matches!(body, Body::Length(_)) || (body == Body::None && !te);
     for (h, &k) in fields.iter().zip(&kinds) {
         let pass = match k {
@@ -120,9 +126,12 @@ pub(crate) fn parse(
             Kind::Connection | Kind::Upgrade => switching,
             Kind::HopByHop | Kind::TransferEncoding => false,
         };
-        if pass {
+        if pass && !add.is_some_and(|a| a.names(h.name)) {
             headers::put(out, h.name.as_bytes(), h.value);
         }
+    }
+    if let Some(a) = add {
+        a.write(out, None);
     }
     Ok(Response {
         head_len,
@@ -138,7 +147,7 @@ mod tests {
 
     fn parsed(head: &str, head_request: bool) -> (Response, String) {
         let mut out = Vec::new();
-        let r = parse(head.as_bytes(), head_request, &mut out).expect("valid head");
+        let r = parse(head.as_bytes(), head_request, &mut out, None).expect("valid head");
         (r, String::from_utf8(out).expect("utf8"))
     }
 
@@ -206,14 +215,14 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(bad.as_bytes(), false, &mut out),
+                    parse(bad.as_bytes(), false, &mut out, None),
                     Err(HeadError::Bad(_))
                 ),
                 "{bad}"
             );
         }
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out).err(),
+            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out, None).err(),
             Some(HeadError::Partial)
         );
     }

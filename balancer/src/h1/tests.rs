@@ -2,11 +2,15 @@
 
 use super::request::{parse, Framing, HeadError, Peer, Request};
 
+static NO_HEADERS: std::sync::LazyLock<crate::custom_headers::CustomHeaders> =
+    std::sync::LazyLock::new(Default::default);
+
 fn peer(text: &'static str) -> Peer<'static> {
     Peer {
         ip: text.parse().expect("address"),
         text,
         real_ip: None,
+        set: &NO_HEADERS,
     }
 }
 
@@ -249,7 +253,7 @@ fn parsers_never_panic_on_garbage() {
             )
         });
         out.clear();
-        let _ = super::response::parse(&input, rng.gen(), &mut out);
+        let _ = super::response::parse(&input, rng.gen(), &mut out, None);
         let mut d = super::chunked::ChunkedDecoder::default();
         let _ = d.feed(&input, |_| {});
     }

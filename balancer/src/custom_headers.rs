@@ -1,0 +1,154 @@
+//! Headers of the operator's own: `proxy_set_header` towards the upstream and `add_header`
+//! towards the client (nginx's directives of the same names), written as `"Name: value"`.
+//!
+//! `proxy_set_header` replaces what the client sent under that name (also `Host`, `X-Real-IP`,
+//! `X-Forwarded-For` and `X-Forwarded-Proto`, which the balancer otherwise writes itself); an
+//! empty value removes the header. A value may hold the `hash_key` variables (`$remote_addr`,
+//! `$host`, `$request_uri`, `$cookie_NAME`, `$http_NAME`, ...), evaluated per request.
+//!
+//! `add_header` replaces the upstream's header of that name in responses with status 200, 201,
+//! 204, 206, 301, 302, 303, 304, 307 or 308, as nginx does; with `add_header_always`, in every
+//! proxied response. Its values are text as written.
+//!
+//! Framing and hop-by-hop headers (`Content-Length`, `Transfer-Encoding`, `Connection`,
+//! `Upgrade`, `TE`, ...) cannot be set: the balancer owns them.
+
+use crate::config::ConfigError;
+use crate::hashkey::HashKey;
+use crate::headers::{self, Kind};
+
+/// One configured header.
+#[derive(Debug, Clone)]
+struct Custom {
+    name: String,
+    /// `None`: remove the header.
+    value: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+enum Value {
+    Text(Vec<u8>),
+    Template(HashKey),
+}
+
+/// A list of configured headers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CustomHeaders(Vec<Custom>);
+
+impl CustomHeaders {
+    /// Parses `entries` of the config key `key`; `templates`: values may hold variables.
+    pub fn parse(entries: &[String], key: &str, templates: bool) -> Result<Self, ConfigError> {
+        let mut list: Vec<Custom> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let bad = |why: String| ConfigError::new(format!("balancer.{key}[{i}]"), why);
+            let Some((name, value)) = entry.split_once(':') else {
+                return Err(bad(format!("{entry:?}: expected \"Name: value\"")));
+            };
+            let (name, value) = (name.trim(), value.trim());
+            if name.is_empty() || !name.bytes().all(crate::config::is_token_byte) {
+                return Err(bad(format!("{name:?} is not a header name")));
+            }
+            let allowed = match headers::kind(name) {
+                Kind::Other | Kind::Cookie => true,
+                Kind::Host | Kind::XRealIp | Kind::XForwardedFor | Kind::XForwardedProto => {
+                    templates
+                }
+                _ => false,
+            };
+            if !allowed {
+                return Err(bad(format!("{name} is managed by the balancer")));
+            }
+            if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+                return Err(bad(format!(
+                    "the value of {name} holds a control character"
+                )));
+            }
+            if value.is_empty() && headers::kind(name) == Kind::Host {
+                return Err(bad("Host cannot be removed (HTTP/1.1 needs it)".into()));
+            }
+            if list.iter().any(|c| c.name.eq_ignore_ascii_case(name)) {
+                return Err(bad(format!("{name} is set twice")));
+            }
+            let value = if value.is_empty() {
+                None
+            } else if templates && value.contains('$') {
+                Some(Value::Template(HashKey::parse(value)))
+            } else {
+                Some(Value::Text(value.as_bytes().to_vec()))
+            };
+            list.push(Custom {
+                name: name.to_owned(),
+                value,
+            });
+        }
+        Ok(Self(list))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `name` is one of the configured headers (any case).
+    pub fn names(&self, name: &str) -> bool {
+        self.0.iter().any(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Appends the headers (those with a value) to `out`; templates are evaluated for `req`.
+    pub fn write(&self, out: &mut Vec<u8>, req: Option<&crate::h1::request::View<'_>>) {
+        let mut scratch = Vec::new();
+        for c in &self.0 {
+            match (&c.value, req) {
+                (None, _) => {}
+                (Some(Value::Text(v)), _) => headers::put(out, c.name.as_bytes(), v),
+                (Some(Value::Template(t)), Some(view)) => {
+                    t.eval(view, view.client, &mut scratch);
+                    if !scratch.is_empty() {
+                        headers::put(out, c.name.as_bytes(), &scratch);
+                    }
+                }
+                (Some(Value::Template(_)), None) => {}
+            }
+        }
+    }
+}
+
+/// Whether `add_header` (without `always`) applies to a response with `status`.
+pub(crate) fn add_header_applies(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 201 | 204 | 206 | 301 | 302 | 303 | 304 | 307 | 308
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(entries: &[&str], templates: bool) -> Result<CustomHeaders, ConfigError> {
+        let e: Vec<String> = entries.iter().map(|s| (*s).to_owned()).collect();
+        CustomHeaders::parse(&e, "proxy_set_header", templates)
+    }
+
+    #[test]
+    fn entries_are_checked_and_named() {
+        for (bad, templates) in [
+            (&["X-Env"][..], true),
+            (&["Bad Name: 1"], true),
+            (&["Content-Length: 5"], true),
+            (&["Transfer-Encoding: chunked"], true),
+            (&["Connection: close"], true),
+            (&["Host: x"], false),
+            (&["X-A: 1", "x-a: 2"], true),
+            (&["X-A: a\u{1}b"], true),
+            (&["Host:"], true),
+        ] {
+            let e = list(bad, templates).expect_err("refused");
+            assert!(e.key.starts_with("balancer.proxy_set_header["), "{e}");
+        }
+        let ok = list(&["Host: backend.internal", "X-Gone:", "X-Env: prod"], true).unwrap();
+        assert!(ok.names("host") && ok.names("x-gone") && !ok.names("x-other"));
+        let mut out = Vec::new();
+        ok.write(&mut out, None);
+        assert_eq!(out, b"Host: backend.internal\r\nX-Env: prod\r\n");
+    }
+}

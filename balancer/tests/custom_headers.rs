@@ -1,0 +1,108 @@
+//! `proxy_set_header` (request headers for the upstream, with variables) and `add_header` /
+//! `add_header_always` (response headers for the client), as nginx's directives.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{client, config, start, Upstream};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_set_header_replaces_removes_and_evaluates() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.proxy_set_header = vec![
+        "Host: backend.internal".into(),
+        "X-Env: prod".into(),
+        "X-Drop:".into(),
+        "X-Client: $remote_addr asked $host for $request_uri".into(),
+        "X-Forwarded-Proto: https".into(),
+    ];
+    let (h, base) = start(cfg).await;
+    let text = client()
+        .get(format!("{base}/headers?q=1"))
+        .header("host", "shop.example")
+        .header("x-env", "from-the-client")
+        .header("x-drop", "secret")
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+    assert!(lines.contains(&"host: backend.internal"), "{text}");
+    assert_eq!(count("host:"), 1, "{text}");
+    assert!(lines.contains(&"x-env: prod"), "{text}");
+    assert_eq!(count("x-env:"), 1, "{text}");
+    assert_eq!(count("x-drop:"), 0, "{text}");
+    assert!(
+        lines.contains(&"x-client: 127.0.0.1 asked shop.example for /headers?q=1"),
+        "{text}"
+    );
+    assert!(lines.contains(&"x-forwarded-proto: https"), "{text}");
+    assert_eq!(count("x-forwarded-proto:"), 1, "{text}");
+    // What is not configured is as before.
+    assert!(lines.contains(&"x-real-ip: 127.0.0.1"), "{text}");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_header_goes_on_successful_answers_or_always() {
+    let a = Upstream::start("a").await;
+    for always in [false, true] {
+        let mut cfg = config(&[&a]);
+        cfg.add_header = vec![
+            "X-Frame-Options: DENY".into(),
+            // The fake upstream sets this one: replaced, not doubled.
+            "X-Upstream: hidden".into(),
+        ];
+        cfg.add_header_always = always;
+        let (h, base) = start(cfg).await;
+        let http = client();
+        let r = http.get(format!("{base}/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-frame-options"], "DENY");
+        let ups: Vec<_> = r.headers().get_all("x-upstream").iter().collect();
+        assert_eq!(ups, ["hidden"]);
+        let r = http.get(format!("{base}/status/404")).send().await.unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(r.headers().contains_key("x-frame-options"), always);
+        let ups: Vec<_> = r.headers().get_all("x-upstream").iter().collect();
+        assert_eq!(ups, [if always { "hidden" } else { "a" }]);
+        h.stop(true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_entries_are_named() {
+    use ferrocat_balancer::Balancer;
+    let a = Upstream::start("a").await;
+    for (set, add, key) in [
+        (
+            vec!["Content-Length: 3"],
+            vec![],
+            "balancer.proxy_set_header[0]",
+        ),
+        (
+            vec!["X-A: 1", "X-B"],
+            vec![],
+            "balancer.proxy_set_header[1]",
+        ),
+        (
+            vec![],
+            vec!["Transfer-Encoding: chunked"],
+            "balancer.add_header[0]",
+        ),
+        (vec![], vec!["Host: x"], "balancer.add_header[0]"),
+    ] {
+        let mut cfg = config(&[&a]);
+        cfg.proxy_set_header = set.iter().map(|s| s.to_string()).collect();
+        cfg.add_header = add.iter().map(|s| s.to_string()).collect();
+        let Err(e) = Balancer::start(cfg).await else {
+            panic!("{set:?} {add:?} accepted")
+        };
+        assert!(e.to_string().contains(key), "{e}");
+    }
+}
