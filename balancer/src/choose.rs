@@ -67,13 +67,34 @@ pub(crate) fn choose(
     }
     for allow_drain in [false, true] {
         for group in [&snap.primary, &snap.backup] {
-            let mut eligible = |pos: usize| {
-                let i = group.members[pos];
-                let u = &snap.upstreams[i];
-                (allow_drain || !u.cfg.drain) && !tried.contains(&i) && u.available(now)
-            };
-            if let Some(pos) = group.selector.select(ctx, &mut eligible) {
-                return Some(group.members[pos]);
+            // First with `slow_start`: an upstream still warming up takes a request with the
+            // probability of how far it is (the pick moves on to the next peer otherwise, so
+            // the others keep their ratios). If that leaves nobody (all of them warming),
+            // the group is asked again without it: a warming upstream beats a backup.
+            let mut skipped = false;
+            for gate in [true, false] {
+                if !gate && !skipped {
+                    break;
+                }
+                let mut eligible = |pos: usize| {
+                    let i = group.members[pos];
+                    let u = &snap.upstreams[i];
+                    let usable =
+                        (allow_drain || !u.cfg.drain) && !tried.contains(&i) && u.available(now);
+                    if !usable {
+                        return false;
+                    }
+                    match u.warming(now) {
+                        Some(share) if gate && rand::random::<f64>() >= share => {
+                            skipped = true;
+                            false
+                        }
+                        _ => true,
+                    }
+                };
+                if let Some(pos) = group.selector.select(ctx, &mut eligible) {
+                    return Some(group.members[pos]);
+                }
             }
         }
     }

@@ -125,6 +125,9 @@ pub(crate) async fn run(
                 let (Some(hc), Some(up)) = (&snap.cfg.health_check, snap.upstreams.iter().find(|u| u.cfg.address == address)) else { continue };
                 let streak = streaks.entry(address.clone()).or_insert_with(|| Streak::new(up.healthy.load(Ordering::Relaxed)));
                 if let Some(healthy) = streak.observe(passed, hc.rise, hc.fall) {
+                    if healthy {
+                        up.recovered_at.store(now_millis(), Ordering::Relaxed);
+                    }
                     up.healthy.store(healthy, Ordering::Relaxed);
                     log::warn!("upstream {address} is now {} (active health check)", if healthy { "up" } else { "down" });
                 }

@@ -58,6 +58,8 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
                 "active": active,
                 "attempts": u.counts.attempts.load(Relaxed),
                 "failures": u.counts.failures.load(Relaxed),
+                // Share of its weight while `slow_start` runs; null when whole.
+                "warming": u.warming(&mut now),
             })
         })
         .collect();

@@ -45,6 +45,9 @@ pub(crate) struct Upstream {
     pub healthy: Arc<AtomicBool>,
     /// Passive failures: down until this `now_millis()` value (0 = not down). Written by the health owner.
     pub down_until: Arc<AtomicU64>,
+    /// When active health checks last found it healthy again (`now_millis()`, 0 = never down).
+    /// Written by the health owner; with `down_until`, where `slow_start` counts from.
+    pub recovered_at: Arc<AtomicU64>,
     /// Attempts and failed attempts, for the status page (kept across reloads).
     pub counts: Arc<Counts>,
 }
@@ -69,6 +72,25 @@ impl Upstream {
             return false;
         }
         self.cfg.max_conns == 0 || self.active.load(Ordering::Relaxed) < self.cfg.max_conns as usize
+    }
+
+    /// How far through its `slow_start` the upstream is, in (0, 1); `None` when it takes its
+    /// whole share (no slow start, never down, or warm). Reads the clock only for an upstream
+    /// that came back at some point.
+    pub fn warming(&self, now: &mut LazyNow) -> Option<f64> {
+        if self.cfg.slow_start.is_zero() {
+            return None;
+        }
+        let since = self
+            .recovered_at
+            .load(Ordering::Relaxed)
+            .max(self.down_until.load(Ordering::Relaxed));
+        if since == 0 {
+            return None;
+        }
+        let span = u64::try_from(self.cfg.slow_start.as_millis()).unwrap_or(u64::MAX);
+        let into = now.get().checked_sub(since)?;
+        (into < span).then(|| (into.max(1) as f64 / span as f64).min(1.0))
     }
 
     /// Whether the upstream is up (health and `down`) regardless of its connection limit.
@@ -279,11 +301,12 @@ fn build_upstream(
         .map_err(|_| ConfigError::new(key(), "not a valid Host header value"))?;
     // Counters and health are shared with the previous incarnation of the same address, so a
     // reload that changes weight or drain keeps in-flight accounting and health.
-    let (active, healthy, down_until, counts) = match old {
+    let (active, healthy, down_until, recovered_at, counts) = match old {
         Some(o) => (
             o.active.clone(),
             o.healthy.clone(),
             o.down_until.clone(),
+            o.recovered_at.clone(),
             o.counts.clone(),
         ),
         None => Default::default(),
@@ -298,6 +321,7 @@ fn build_upstream(
         active,
         healthy,
         down_until,
+        recovered_at,
         counts,
     })
 }

@@ -175,6 +175,12 @@ pub struct UpstreamConfig {
     /// Takes no new (unbound) requests; requests bound to its route keep going.
     #[serde(default)]
     pub drain: bool,
+    /// After the upstream comes back (active checks pass again, or a `max_fails` suspension
+    /// ends), its share of unbound requests grows from zero to its weight over this time
+    /// (nginx `slow_start`), so a JVM that just restarted is not flooded while it warms up.
+    /// 0 (the default): at once.
+    #[serde(default, with = "units::duration")]
+    pub slow_start: Duration,
 }
 
 fn default_weight() -> u32 {
@@ -200,6 +206,7 @@ impl UpstreamConfig {
             down: false,
             max_conns: 0,
             drain: false,
+            slow_start: Duration::ZERO,
         }
     }
 

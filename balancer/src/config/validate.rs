@@ -178,6 +178,14 @@ fn validate_upstreams(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 "must be greater than 0",
             ));
         }
+        if !up.slow_start.is_zero()
+            && matches!(cfg.method, Method::IpHash | Method::Hash | Method::Random)
+        {
+            return Err(ConfigError::new(
+                key("slow_start"),
+                "not supported with the hash, ip_hash and random methods (as in nginx)",
+            ));
+        }
         if up.backup && matches!(cfg.method, Method::IpHash | Method::Hash | Method::Random) {
             return Err(ConfigError::new(
                 key("backup"),
