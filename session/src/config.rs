@@ -117,6 +117,13 @@ pub struct SessionConfig {
     pub cookie_secret: Option<String>,
     /// Sets the cookie's Secure flag (HTTPS deployments).
     pub cookie_secure: bool,
+    /// The cookie's Path (Tomcat: the context path, e.g. `/shop`).
+    pub cookie_path: String,
+    /// The cookie's Domain (e.g. `example.com`, for its subdomains too); empty: none (the
+    /// host that set it only).
+    pub cookie_domain: String,
+    /// The cookie's SameSite: `lax` (default), `strict` or `none` (needs `cookie_secure`).
+    pub cookie_same_site: String,
     /// Sticky cache bound: sessions held in memory.
     pub cache_max_entries: usize,
     /// Sticky cache bound: bytes held in memory ("256m").
@@ -158,6 +165,9 @@ impl Default for SessionConfig {
             cookie_name: DEFAULT_COOKIE_NAME.into(),
             cookie_secret: None,
             cookie_secure: false,
+            cookie_path: "/".into(),
+            cookie_domain: String::new(),
+            cookie_same_site: "lax".into(),
             cache_max_entries: DEFAULT_CACHE_MAX_ENTRIES,
             cache_max_bytes: "256m".into(),
             cache_revalidate_after: DEFAULT_CACHE_REVALIDATE_AFTER,
@@ -200,6 +210,12 @@ pub struct SessionSettings {
     pub cookie_secret: Option<Vec<u8>>,
     /// Cookie Secure flag.
     pub cookie_secure: bool,
+    /// Cookie Path.
+    pub cookie_path: String,
+    /// Cookie Domain (None: not set).
+    pub cookie_domain: Option<String>,
+    /// Cookie SameSite.
+    pub cookie_same_site: actix_web::cookie::SameSite,
     /// Sticky cache entry bound.
     pub cache_max_entries: usize,
     /// Sticky cache byte bound.
@@ -272,6 +288,39 @@ impl SessionConfig {
             Some(s) => Some(s.as_bytes().to_vec()),
             None => None,
         };
+        if !self.cookie_path.starts_with('/')
+            || !self
+                .cookie_path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        {
+            return Err(err(
+                "cookie_path",
+                "must start with / and hold no spaces, ';' or ','",
+            ));
+        }
+        let domain = self.cookie_domain.trim().trim_start_matches('.');
+        if !domain
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(err(
+                "cookie_domain",
+                "must be a host name such as example.com",
+            ));
+        }
+        let cookie_same_site = match self.cookie_same_site.to_ascii_lowercase().as_str() {
+            "lax" => actix_web::cookie::SameSite::Lax,
+            "strict" => actix_web::cookie::SameSite::Strict,
+            "none" if self.cookie_secure => actix_web::cookie::SameSite::None,
+            "none" => {
+                return Err(err(
+                    "cookie_same_site",
+                    "\"none\" needs cookie_secure = true (browsers reject it otherwise)",
+                ))
+            }
+            _ => return Err(err("cookie_same_site", "use lax, strict or none")),
+        };
         if self.cache_max_entries == 0 {
             return Err(err("cache_max_entries", "must be at least 1"));
         }
@@ -341,6 +390,9 @@ impl SessionConfig {
             cookie_name: self.cookie_name.clone(),
             cookie_secret,
             cookie_secure: self.cookie_secure,
+            cookie_path: self.cookie_path.clone(),
+            cookie_domain: (!domain.is_empty()).then(|| domain.to_owned()),
+            cookie_same_site,
             cache_max_entries: self.cache_max_entries,
             cache_max_bytes: usize::try_from(cache_max_bytes).unwrap_or(usize::MAX),
             cache_revalidate_after: self.cache_revalidate_after,
@@ -416,6 +468,38 @@ mod tests {
         assert_eq!((creds.username(), creds.password()), ("app", "s3cret"));
         assert!(!format!("{creds:?}").contains("s3cret"));
         assert!(with("", "").unwrap().memcached_credentials.is_none());
+    }
+
+    #[test]
+    fn cookie_attributes_are_checked() {
+        assert_eq!(
+            bad(|c| c.cookie_path = "shop".into()).key,
+            "session.cookie_path"
+        );
+        assert_eq!(
+            bad(|c| c.cookie_path = "/a;b".into()).key,
+            "session.cookie_path"
+        );
+        assert_eq!(
+            bad(|c| c.cookie_domain = "exa mple.com".into()).key,
+            "session.cookie_domain"
+        );
+        assert_eq!(
+            bad(|c| c.cookie_same_site = "sometimes".into()).key,
+            "session.cookie_same_site"
+        );
+        assert_eq!(
+            bad(|c| c.cookie_same_site = "none".into()).key,
+            "session.cookie_same_site"
+        );
+        let c = SessionConfig {
+            cookie_same_site: "None".into(),
+            cookie_secure: true,
+            ..Default::default()
+        };
+        let s = c.validate().unwrap();
+        assert_eq!(s.cookie_same_site, actix_web::cookie::SameSite::None);
+        assert_eq!((s.cookie_path.as_str(), s.cookie_domain), ("/", None));
     }
 
     #[test]

@@ -843,3 +843,38 @@ on_every_store!(
     sticky_a_session_keeps_its_own_max_inactive_interval,
     non_sticky_a_session_keeps_its_own_max_inactive_interval,
 );
+
+/// `cookie_path`, `cookie_domain`, `cookie_same_site`: on the cookie that
+/// starts the session and on the one that removes it (a removal with another
+/// Path or Domain would leave the browser's cookie in place).
+#[actix_rt::test]
+async fn cookie_attributes_are_configurable_and_kept_on_removal() {
+    let (mgr, _) = manager_on(Kind::Memory, |c| {
+        c.cookie_path = "/shop".into();
+        c.cookie_domain = ".example.com".into();
+        c.cookie_same_site = "strict".into();
+    });
+    let app = app!(mgr);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/x").to_request()).await;
+    let c = cookie_of(&res).unwrap();
+    assert_eq!(c.path(), Some("/shop"));
+    assert_eq!(c.domain(), Some("example.com"));
+    assert_eq!(c.same_site(), Some(actix_web::cookie::SameSite::Strict));
+    assert_eq!(c.http_only(), Some(true));
+    let res = test::call_service(
+        &app,
+        test::TestRequest::post()
+            .uri("/logout")
+            .cookie(c.clone())
+            .to_request(),
+    )
+    .await;
+    let gone = cookie_of(&res).unwrap();
+    assert_eq!(gone.value(), "");
+    assert_eq!(
+        gone.max_age(),
+        Some(actix_web::cookie::time::Duration::ZERO)
+    );
+    assert_eq!(gone.path(), Some("/shop"));
+    assert_eq!(gone.domain(), Some("example.com"));
+}

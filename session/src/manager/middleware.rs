@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 
 use actix_web::body::MessageBody;
-use actix_web::cookie::{Cookie, SameSite};
+use actix_web::cookie::Cookie;
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::{Error, HttpMessage};
 
@@ -85,22 +85,12 @@ where
             match action {
                 CookieAction::Keep => {}
                 CookieAction::Set(id) => {
-                    let cookie =
-                        Cookie::build(settings.cookie_name.clone(), inner.signer.sign(&id))
-                            .path("/")
-                            .http_only(true)
-                            .same_site(SameSite::Lax)
-                            .secure(settings.cookie_secure)
-                            .finish();
+                    let cookie = session_cookie(settings, inner.signer.sign(&id));
                     res.response_mut().add_cookie(&cookie)?;
                 }
                 CookieAction::Remove => {
-                    let mut cookie = Cookie::build(settings.cookie_name.clone(), "")
-                        .path("/")
-                        .http_only(true)
-                        .same_site(SameSite::Lax)
-                        .secure(settings.cookie_secure)
-                        .finish();
+                    // The same Path and Domain, or the browser keeps the old cookie.
+                    let mut cookie = session_cookie(settings, String::new());
                     cookie.make_removal();
                     res.response_mut().add_cookie(&cookie)?;
                 }
@@ -108,4 +98,17 @@ where
             Ok(res)
         })
     }
+}
+
+/// The session cookie with `value` and the configured attributes.
+fn session_cookie(settings: &crate::config::SessionSettings, value: String) -> Cookie<'static> {
+    let mut b = Cookie::build(settings.cookie_name.clone(), value)
+        .path(settings.cookie_path.clone())
+        .http_only(true)
+        .same_site(settings.cookie_same_site)
+        .secure(settings.cookie_secure);
+    if let Some(d) = &settings.cookie_domain {
+        b = b.domain(d.clone());
+    }
+    b.finish()
 }
