@@ -192,6 +192,10 @@ pub(crate) struct Entry {
     pub referer: Vec<u8>,
     /// `User-Agent`, escaped.
     pub agent: Vec<u8>,
+    /// `request_id_header` is on: the line ends with the request id (`"-"` when none).
+    pub with_request_id: bool,
+    /// The request id, escaped.
+    pub request_id: Vec<u8>,
 }
 
 impl Entry {
@@ -206,6 +210,8 @@ impl Entry {
         self.line.clear();
         self.referer.clear();
         self.agent.clear();
+        self.with_request_id = false;
+        self.request_id.clear();
     }
 
     /// Notes the start of the request (the first call counts).
@@ -365,23 +371,29 @@ fn format_line(out: &mut Vec<u8>, client: &str, stamp: &[u8], e: &Entry) {
     push_num(out, frac);
     out.extend_from_slice(b" \"");
     if e.upstreams.is_empty() {
-        out.extend_from_slice(b"-\" \"-\"\n");
-        return;
-    }
-    for (i, (addr, _)) in e.upstreams.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
+        out.extend_from_slice(b"-\" \"-\"");
+    } else {
+        for (i, (addr, _)) in e.upstreams.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            push_addr(out, addr);
         }
-        push_addr(out, addr);
-    }
-    out.extend_from_slice(b"\" \"");
-    for (i, (_, status)) in e.upstreams.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(b", ");
+        out.extend_from_slice(b"\" \"");
+        for (i, (_, status)) in e.upstreams.iter().enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b", ");
+            }
+            push_num(out, u64::from(*status));
         }
-        push_num(out, u64::from(*status));
+        out.push(b'"');
     }
-    out.extend_from_slice(b"\"\n");
+    if e.with_request_id {
+        out.extend_from_slice(b" \"");
+        out.extend_from_slice(dash(&e.request_id));
+        out.push(b'"');
+    }
+    out.push(b'\n');
 }
 
 /// Appends `n` in decimal (no formatting machinery: this runs once per field and request).

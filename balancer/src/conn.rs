@@ -89,6 +89,8 @@ pub(crate) struct Conn {
     pub log: crate::access_log::Entry,
     /// Requests whose heads were read on this connection.
     pub requests: u32,
+    /// The current request's id (`request_id_header`).
+    pub request_id: Vec<u8>,
 }
 
 /// What happens to the connection after a request.
@@ -162,6 +164,7 @@ pub(crate) async fn serve(
         client_text: String::new(),
         log: crate::access_log::Entry::default(),
         requests: 0,
+        request_id: Vec::new(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -221,6 +224,7 @@ async fn one_request(
     mut stop: Pin<&mut impl Future<Output = ()>>,
 ) -> Next {
     c.log.reset(worker.log.enabled());
+    c.request_id.clear();
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
@@ -234,6 +238,7 @@ async fn one_request(
                 let s = worker.snapshot();
                 c.timeouts = ClientTimeouts::of(&s.cfg);
                 c.log.on = worker.log.enabled();
+                c.log.with_request_id = s.request_id.is_some();
                 s
             });
             c.log.start();
@@ -262,7 +267,11 @@ async fn one_request(
                 real_ip: snap.real_ip.as_ref(),
                 set: &snap.set_headers,
             };
-            let outcome = request::parse(&c.rbuf, &peer, &mut c.head, inspect);
+            let rid = snap
+                .request_id
+                .as_deref()
+                .map(|name| (name, &mut c.request_id));
+            let outcome = request::parse(&c.rbuf, &peer, rid, &mut c.head, inspect);
             if c.log.on
                 && c.log.line.is_empty()
                 && !matches!(outcome, Ok(_) | Err(HeadError::Partial))
@@ -315,6 +324,9 @@ async fn one_request(
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (mut req, verdict) = parsed;
+    if c.log.on && snap.request_id.is_some() {
+        crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
+    }
     if req.client != c.ip {
         c.client = req.client;
         c.client_text.clear();

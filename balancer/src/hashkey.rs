@@ -1,6 +1,7 @@
 //! The `hash_key` template of `method = "hash"`, in nginx variable syntax.
 //!
-//! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`, `$host`,
+//! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`,
+//! `$request_id` (with `request_id_header`), `$host`,
 //! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), and literal text between
 //! them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
 
@@ -19,6 +20,7 @@ enum Part {
     Uri,
     Args,
     RemoteAddr,
+    RequestId,
     Host,
     Cookie(String),
     Arg(String),
@@ -44,6 +46,7 @@ impl HashKey {
                 "uri" => Part::Uri,
                 "args" => Part::Args,
                 "remote_addr" => Part::RemoteAddr,
+                "request_id" => Part::RequestId,
                 "host" => Part::Host,
                 _ => {
                     if let Some(c) = name.strip_prefix("cookie_") {
@@ -78,6 +81,7 @@ impl HashKey {
                     use std::io::Write as _;
                     let _ = write!(out, "{client}");
                 }
+                Part::RequestId => out.extend_from_slice(req.request_id),
                 Part::Host => {
                     if let Some(h) = req.header("host") {
                         out.extend_from_slice(h);
@@ -134,6 +138,7 @@ mod tests {
             path_and_query: "/a/b?user=7&x=1",
             headers: &headers,
             client: [10, 0, 0, 9].into(),
+            request_id: b"",
         };
         let ip: IpAddr = [10, 0, 0, 9].into();
         let eval = |t: &str| {

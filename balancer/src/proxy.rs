@@ -334,7 +334,11 @@ impl Worker {
                 got_any = true;
                 c.wbuf.clear();
                 let add = (&snap.add_headers, snap.cfg.add_header_always);
-                match response::parse(&conn.rbuf, req.head_method, &mut c.wbuf, Some(add)) {
+                let rid = snap
+                    .request_id
+                    .as_deref()
+                    .map(|name| (name, c.request_id.as_slice()));
+                match response::parse(&conn.rbuf, req.head_method, &mut c.wbuf, Some(add), rid) {
                     Ok(r) if r.status == 101 && !req.upgrade => {
                         return Err(protocol(up, "101 to a request without Upgrade"));
                     }

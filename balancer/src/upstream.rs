@@ -149,6 +149,8 @@ pub(crate) struct Snapshot {
     pub set_headers: crate::custom_headers::CustomHeaders,
     /// `add_header`.
     pub add_headers: crate::custom_headers::CustomHeaders,
+    /// `request_id_header`, if set.
+    pub request_id: Option<String>,
     /// `limit_req_*`, if configured.
     pub limit: Option<crate::ratelimit::RateLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
@@ -239,6 +241,7 @@ impl Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
         let real_ip = cfg.real_ip()?;
+        let request_id = Some(cfg.request_id_header.trim().to_owned()).filter(|n| !n.is_empty());
         let set_headers = crate::custom_headers::CustomHeaders::parse(
             &cfg.proxy_set_header,
             "proxy_set_header",
@@ -276,6 +279,7 @@ impl Snapshot {
             real_ip,
             set_headers,
             add_headers,
+            request_id,
             limit,
             error_page,
             hash_key,

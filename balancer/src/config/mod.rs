@@ -278,6 +278,12 @@ pub struct BalancerConfig {
     pub add_header: Vec<String>,
     /// `add_header` in every proxied response, whatever its status (nginx `always`).
     pub add_header_always: bool,
+    /// A header carrying a request id, e.g. `"X-Request-ID"`; empty (the default): none. The
+    /// id the client (or a proxy in front) sent is kept if it is 1 to 200 visible characters,
+    /// else a new one is made (32 hex digits, nginx's `$request_id`). It goes to the
+    /// upstream, back to the client, into the access log (a last field), and is
+    /// `$request_id` in `proxy_set_header`.
+    pub request_id_header: String,
     /// Requests per client address (nginx `limit_req_zone $binary_remote_addr rate=...`):
     /// `"10r/s"`, `"300r/m"`; empty (the default): no limit. The client is the one
     /// `set_real_ip_from` names, if configured.
@@ -360,6 +366,7 @@ impl Default for BalancerConfig {
             proxy_set_header: Vec::new(),
             add_header: Vec::new(),
             add_header_always: false,
+            request_id_header: String::new(),
             limit_req_rate: String::new(),
             limit_req_burst: 0,
             limit_req_nodelay: false,

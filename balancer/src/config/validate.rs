@@ -64,8 +64,34 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     }
     cfg.status_allow_nets()?;
     cfg.real_ip()?;
-    crate::custom_headers::CustomHeaders::parse(&cfg.proxy_set_header, "proxy_set_header", true)?;
-    crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
+    let added = crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
+    let set = crate::custom_headers::CustomHeaders::parse(
+        &cfg.proxy_set_header,
+        "proxy_set_header",
+        true,
+    )?;
+    let rid = cfg.request_id_header.trim();
+    if !rid.is_empty() {
+        let key = "balancer.request_id_header";
+        if !rid.bytes().all(is_token_byte) {
+            return Err(ConfigError::new(
+                key,
+                format!("{rid:?} is not a header name"),
+            ));
+        }
+        if crate::headers::kind(rid) != crate::headers::Kind::Other {
+            return Err(ConfigError::new(
+                key,
+                format!("{rid} is managed by the balancer"),
+            ));
+        }
+        if set.names(rid) || added.names(rid) {
+            return Err(ConfigError::new(
+                key,
+                format!("{rid} is also in proxy_set_header or add_header"),
+            ));
+        }
+    }
     cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(

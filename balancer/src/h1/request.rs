@@ -94,6 +94,8 @@ pub(crate) struct View<'a> {
     pub headers: &'a [httparse::Header<'a>],
     /// The client's address (see [`Request::client`]).
     pub client: IpAddr,
+    /// The request id (`request_id_header`); empty when off.
+    pub request_id: &'a [u8],
 }
 
 impl<'a> View<'a> {
@@ -155,6 +157,19 @@ fn origin_form(target: &str) -> Option<(&str, &str)> {
     }
 }
 
+/// A request id a client or a proxy in front may set: 1 to 200 visible ASCII characters.
+fn valid_request_id(v: &[u8]) -> bool {
+    (1..=200).contains(&v.len()) && v.iter().all(u8::is_ascii_graphic)
+}
+
+/// Writes a new request id into `out`: 128 random bits as 32 hex digits (nginx's `$request_id`).
+fn new_request_id(out: &mut Vec<u8>) {
+    let n: u128 = rand::random();
+    for i in (0..32).rev() {
+        out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
+    }
+}
+
 /// The scheme a trusted proxy's first `X-Forwarded-Proto` names (`http` or `https`, any case);
 /// `http` when it names none or something else.
 fn forwarded_proto(fields: &[httparse::Header<'_>], kinds: &[Kind]) -> &'static str {
@@ -175,6 +190,7 @@ fn forwarded_proto(fields: &[httparse::Header<'_>], kinds: &[Kind]) -> &'static 
 pub(crate) fn parse<T>(
     buf: &[u8],
     peer: &Peer<'_>,
+    request_id: Option<(&str, &mut Vec<u8>)>,
     out: &mut Vec<u8>,
     inspect: impl FnOnce(&View<'_>) -> T,
 ) -> Result<(Request, T), HeadError> {
@@ -268,9 +284,25 @@ pub(crate) fn parse<T>(
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
+    // The request id: the client's (a proxy in front may have set it), if sane; else a new one.
+    let rid_name = request_id.as_ref().map(|(n, _)| *n);
+    let rid: &[u8] = match request_id {
+        Some((name, id)) => {
+            id.clear();
+            match fields.iter().find(|h| h.name.eq_ignore_ascii_case(name)) {
+                Some(h) if valid_request_id(h.value) => id.extend_from_slice(h.value),
+                _ => new_request_id(id),
+            }
+            id
+        }
+        None => b"",
+    };
+
     // Pass 2: the headers the upstream gets.
     let custom = !peer.set.is_empty();
-    let ours = |name: &str| custom && peer.set.names(name);
+    let ours = |name: &str| {
+        (custom && peer.set.names(name)) || rid_name.is_some_and(|r| r.eq_ignore_ascii_case(name))
+    };
     if ours("host") {
         has_host = true; // written with the other configured headers below
     } else if let Some(a) = authority {
@@ -314,6 +346,9 @@ pub(crate) fn parse<T>(
     if !ours("x-forwarded-proto") {
         headers::put(out, b"X-Forwarded-Proto", proto.as_bytes());
     }
+    if let Some(name) = rid_name {
+        headers::put(out, name.as_bytes(), rid);
+    }
     if upgrade {
         out.extend_from_slice(b"Connection: upgrade\r\n");
     }
@@ -328,6 +363,7 @@ pub(crate) fn parse<T>(
         },
         headers: fields,
         client,
+        request_id: rid,
     };
     if custom {
         peer.set.write(out, Some(&view));

@@ -52,6 +52,7 @@ pub(crate) fn parse(
     head_request: bool,
     out: &mut Vec<u8>,
     add: Option<(&CustomHeaders, bool)>,
+    request_id: Option<(&str, &[u8])>,
 ) -> Result<Response, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -126,12 +127,17 @@ pub(crate) fn parse(
             Kind::Connection | Kind::Upgrade => switching,
             Kind::HopByHop | Kind::TransferEncoding => false,
         };
-        if pass && !add.is_some_and(|a| a.names(h.name)) {
+        let replaced = add.is_some_and(|a| a.names(h.name))
+            || request_id.is_some_and(|(n, _)| n.eq_ignore_ascii_case(h.name));
+        if pass && !replaced {
             headers::put(out, h.name.as_bytes(), h.value);
         }
     }
     if let Some(a) = add {
         a.write(out, None);
+    }
+    if let Some((name, id)) = request_id {
+        headers::put(out, name.as_bytes(), id);
     }
     Ok(Response {
         head_len,
@@ -147,7 +153,7 @@ mod tests {
 
     fn parsed(head: &str, head_request: bool) -> (Response, String) {
         let mut out = Vec::new();
-        let r = parse(head.as_bytes(), head_request, &mut out, None).expect("valid head");
+        let r = parse(head.as_bytes(), head_request, &mut out, None, None).expect("valid head");
         (r, String::from_utf8(out).expect("utf8"))
     }
 
@@ -215,14 +221,14 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(bad.as_bytes(), false, &mut out, None),
+                    parse(bad.as_bytes(), false, &mut out, None, None),
                     Err(HeadError::Bad(_))
                 ),
                 "{bad}"
             );
         }
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out, None).err(),
+            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out, None, None).err(),
             Some(HeadError::Partial)
         );
     }

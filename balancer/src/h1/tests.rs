@@ -16,7 +16,7 @@ fn peer(text: &'static str) -> Peer<'static> {
 
 fn ok(head: &str) -> (Request, String, String) {
     let mut out = Vec::new();
-    let (r, path) = parse(head.as_bytes(), &peer("10.0.0.7"), &mut out, |v| {
+    let (r, path) = parse(head.as_bytes(), &peer("10.0.0.7"), None, &mut out, |v| {
         v.path_and_query.to_owned()
     })
     .expect("valid head");
@@ -25,7 +25,7 @@ fn ok(head: &str) -> (Request, String, String) {
 
 fn err(head: &str) -> HeadError {
     let mut out = Vec::new();
-    parse(head.as_bytes(), &peer("10.0.0.7"), &mut out, |_| ()).expect_err("invalid head")
+    parse(head.as_bytes(), &peer("10.0.0.7"), None, &mut out, |_| ()).expect_err("invalid head")
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn a_trusted_proxy_sets_the_client_address() {
             ..peer(from)
         };
         let mut out = Vec::new();
-        let (r, seen) = parse(head.as_bytes(), &peer, &mut out, |v| v.client).expect("valid");
+        let (r, seen) = parse(head.as_bytes(), &peer, None, &mut out, |v| v.client).expect("valid");
         let out = String::from_utf8(out).expect("utf8");
         assert_eq!(r.client.to_string(), client);
         assert_eq!(seen, r.client);
@@ -245,7 +245,7 @@ fn parsers_never_panic_on_garbage() {
             }
         }
         out.clear();
-        let _ = parse(&input, &peer("10.0.0.1"), &mut out, |v| {
+        let _ = parse(&input, &peer("10.0.0.1"), None, &mut out, |v| {
             (
                 v.path().len(),
                 v.query().map(str::len),
@@ -253,7 +253,7 @@ fn parsers_never_panic_on_garbage() {
             )
         });
         out.clear();
-        let _ = super::response::parse(&input, rng.gen(), &mut out, None);
+        let _ = super::response::parse(&input, rng.gen(), &mut out, None, None);
         let mut d = super::chunked::ChunkedDecoder::default();
         let _ = d.feed(&input, |_| {});
     }
