@@ -93,22 +93,30 @@ impl CustomHeaders {
         self.0.iter().any(|c| c.name.eq_ignore_ascii_case(name))
     }
 
-    /// Appends the headers (those with a value) to `out`; templates are evaluated for `req`.
-    pub fn write(&self, out: &mut Vec<u8>, req: Option<&crate::h1::request::View<'_>>) {
+    /// Appends the headers (those with a value) to `out`; templates are evaluated for `req`
+    /// (one that evaluates to nothing is left out, as nginx does). Returns whether a `Host`
+    /// was written.
+    pub fn write(&self, out: &mut Vec<u8>, req: Option<&crate::h1::request::View<'_>>) -> bool {
         let mut scratch = Vec::new();
+        let mut host = false;
         for c in &self.0 {
-            match (&c.value, req) {
-                (None, _) => {}
-                (Some(Value::Text(v)), _) => headers::put(out, c.name.as_bytes(), v),
+            let written = match (&c.value, req) {
+                (None, _) | (Some(Value::Template(_)), None) => false,
+                (Some(Value::Text(v)), _) => {
+                    headers::put(out, c.name.as_bytes(), v);
+                    true
+                }
                 (Some(Value::Template(t)), Some(view)) => {
                     t.eval(view, view.client, &mut scratch);
                     if !scratch.is_empty() {
                         headers::put(out, c.name.as_bytes(), &scratch);
                     }
+                    !scratch.is_empty()
                 }
-                (Some(Value::Template(_)), None) => {}
-            }
+            };
+            host |= written && c.name.eq_ignore_ascii_case("host");
         }
+        host
     }
 }
 
@@ -148,7 +156,7 @@ mod tests {
         let ok = list(&["Host: backend.internal", "X-Gone:", "X-Env: prod"], true).unwrap();
         assert!(ok.names("host") && ok.names("x-gone") && !ok.names("x-other"));
         let mut out = Vec::new();
-        ok.write(&mut out, None);
+        assert!(ok.write(&mut out, None), "Host written");
         assert_eq!(out, b"Host: backend.internal\r\nX-Env: prod\r\n");
     }
 }

@@ -106,3 +106,29 @@ async fn bad_entries_are_named() {
         assert!(e.to_string().contains(key), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_template_that_comes_out_empty_falls_back_to_the_upstream_address() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.proxy_set_header = vec!["Host: $http_x_orig_host".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let host = |sent: Option<&'static str>| {
+        let mut r = http.get(format!("{base}/headers"));
+        if let Some(s) = sent {
+            r = r.header("x-orig-host", s);
+        }
+        async move {
+            let text = r.send().await.unwrap().text().await.unwrap();
+            let hosts: Vec<String> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+                .collect();
+            hosts
+        }
+    };
+    assert_eq!(host(Some("orig.example")).await, ["orig.example"]);
+    assert_eq!(host(None).await, [a.addr.to_string()]);
+    h.stop(true).await;
+}

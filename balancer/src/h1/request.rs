@@ -365,8 +365,9 @@ pub(crate) fn parse<T>(
         client,
         request_id: rid,
     };
-    if custom {
-        peer.set.write(out, Some(&view));
+    if custom && !peer.set.write(out, Some(&view)) && ours("host") {
+        // A `Host` template that came out empty: the upstream's address, as for HTTP/1.0.
+        has_host = false;
     }
     let extra = inspect(&view);
     Ok((

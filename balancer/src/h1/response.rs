@@ -134,7 +134,7 @@ pub(crate) fn parse(
         }
     }
     if let Some(a) = add {
-        a.write(out, None);
+        let _ = a.write(out, None);
     }
     if let Some((name, id)) = request_id {
         headers::put(out, name.as_bytes(), id);
