@@ -143,6 +143,21 @@ impl Worker {
                             continue;
                         }
                     }
+                    if snap.cfg.proxy_intercept_errors && matches!(resp.status, 500 | 502..=504) {
+                        // nginx `proxy_intercept_errors`: the client gets the error page, not
+                        // the upstream's (a stack trace, say). Its body is not read, so its
+                        // connection is closed rather than pooled.
+                        drop(conn);
+                        drop(guard);
+                        let status =
+                            StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let close = !req.keep_alive || !body.complete() || self.stopping.get();
+                        c.wbuf.clear();
+                        let n =
+                            pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+                        c.answered(status, n);
+                        return c.flush().await && !close;
+                    }
                     return self.respond(c, conn, resp, guard, snap, req, body).await;
                 }
                 Err(Failure::TooLarge) => {

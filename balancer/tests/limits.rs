@@ -253,3 +253,38 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     assert_eq!(uploads.load(Ordering::SeqCst), 3);
     h.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_intercept_errors_replaces_upstream_error_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("50x.html");
+    std::fs::write(&page, "<h1>sorry</h1>").unwrap();
+    let a = Upstream::start("a").await;
+    for intercept in [false, true] {
+        let mut cfg = config(&[&a]);
+        cfg.error_page = Some(page.clone());
+        cfg.proxy_intercept_errors = intercept;
+        let (h, base) = start(cfg).await;
+        let http = client();
+        for code in [500u16, 503] {
+            let r = http
+                .get(format!("{base}/status/{code}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), code);
+            let body = r.text().await.unwrap();
+            // The fake upstream's own error body is its name.
+            let expected = if intercept { "<h1>sorry</h1>" } else { "a" };
+            assert_eq!(body, expected, "intercept = {intercept}, {code}");
+        }
+        // Other statuses pass either way, and the client connection still works.
+        let r = http.get(format!("{base}/status/404")).send().await.unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.text().await.unwrap()),
+            (404, "a".into())
+        );
+        assert_eq!(get(&http, &format!("{base}/")).await.0, 200);
+        h.stop(true).await;
+    }
+}

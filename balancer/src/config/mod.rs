@@ -278,6 +278,11 @@ pub struct BalancerConfig {
     pub add_header: Vec<String>,
     /// `add_header` in every proxied response, whatever its status (nginx `always`).
     pub add_header_always: bool,
+    /// Upstream answers with status 500, 502, 503 or 504 are replaced by the `error_page`
+    /// (the built-in page without one), with the same status (nginx
+    /// `proxy_intercept_errors on`): clients never see an app server's error page or stack
+    /// trace. Off (the default): passed on as they are.
+    pub proxy_intercept_errors: bool,
     /// A header carrying a request id, e.g. `"X-Request-ID"`; empty (the default): none. The
     /// id the client (or a proxy in front) sent is kept if it is 1 to 200 visible characters,
     /// else a new one is made (32 hex digits, nginx's `$request_id`). It goes to the
@@ -366,6 +371,7 @@ impl Default for BalancerConfig {
             proxy_set_header: Vec::new(),
             add_header: Vec::new(),
             add_header_always: false,
+            proxy_intercept_errors: false,
             request_id_header: String::new(),
             limit_req_rate: String::new(),
             limit_req_burst: 0,
