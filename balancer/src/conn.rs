@@ -91,6 +91,8 @@ pub(crate) struct Conn {
     pub requests: u32,
     /// The current request's id (`request_id_header`).
     pub request_id: Vec<u8>,
+    /// Header lines every page of the balancer's own carries for this request (its id).
+    pub page_headers: Vec<u8>,
 }
 
 /// What happens to the connection after a request.
@@ -125,10 +127,23 @@ impl Conn {
         ok
     }
 
+    /// Adds `page_headers` to the page of the balancer's own that `wbuf` holds (nothing but
+    /// that page).
+    pub fn page_headers(&mut self) {
+        if self.page_headers.is_empty() {
+            return;
+        }
+        if let Some(end) = self.wbuf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let at = end + 2;
+            self.wbuf.splice(at..at, self.page_headers.iter().copied());
+        }
+    }
+
     /// Answers with a page of the balancer's own.
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
         let body = pages::plain(&mut self.wbuf, status, close);
+        self.page_headers();
         self.answered(status, body);
         if self.flush().await && !close {
             Next::KeepAlive
@@ -165,6 +180,7 @@ pub(crate) async fn serve(
         log: crate::access_log::Entry::default(),
         requests: 0,
         request_id: Vec::new(),
+        page_headers: Vec::new(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -225,6 +241,7 @@ async fn one_request(
 ) -> Next {
     c.log.reset(worker.log.enabled());
     c.request_id.clear();
+    c.page_headers.clear();
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
@@ -324,8 +341,11 @@ async fn one_request(
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (mut req, verdict) = parsed;
-    if c.log.on && snap.request_id.is_some() {
-        crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
+    if let Some(name) = &snap.request_id {
+        if c.log.on {
+            crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
+        }
+        crate::headers::put(&mut c.page_headers, name.as_bytes(), &c.request_id);
     }
     if req.client != c.ip {
         c.client = req.client;
@@ -376,6 +396,7 @@ async fn one_request(
                     _ => None,
                 };
                 let body = crate::pages::error(&mut c.wbuf, limit.status, page, close);
+                c.page_headers();
                 c.answered(limit.status, body);
                 return if c.flush().await && !close {
                     Next::KeepAlive

@@ -155,6 +155,7 @@ impl Worker {
                         c.wbuf.clear();
                         let n =
                             pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+                        c.page_headers();
                         c.answered(status, n);
                         return c.flush().await && !close;
                     }
@@ -211,6 +212,7 @@ impl Worker {
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
         let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+        c.page_headers();
         c.answered(status, body);
         c.flush().await && !close
     }

@@ -91,3 +91,26 @@ async fn bad_request_id_headers_are_named() {
         assert!(e.to_string().contains("balancer.request_id_header"), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balancers_own_answers_carry_the_id_too() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.request_id_header = "X-Request-ID".into();
+    cfg.deny = vec!["^/secret".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let r = http
+        .get(format!("{base}/secret"))
+        .header("x-request-id", "edge-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["x-request-id"], "edge-1");
+    a.kill();
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-request-id"].len(), 32);
+    h.stop(true).await;
+}
