@@ -161,6 +161,7 @@ pub(crate) async fn serve(
     mut state: watch::Receiver<RunState>,
 ) {
     let _ = stream.set_nodelay(true);
+    let _open = OpenConn::new(&worker.traffic);
     let ip = peer.ip().to_canonical();
     let mut c = Conn {
         stream,
@@ -202,6 +203,26 @@ pub(crate) async fn serve(
         if c.wbuf.capacity() > KEEP_BUFFER {
             c.wbuf = Vec::with_capacity(4096);
         }
+    }
+}
+
+/// Counts a client connection as accepted and, while it lives, active.
+struct OpenConn<'a>(&'a crate::server::Traffic);
+
+impl<'a> OpenConn<'a> {
+    fn new(t: &'a crate::server::Traffic) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        t.accepted.fetch_add(1, Relaxed);
+        t.active.fetch_add(1, Relaxed);
+        Self(t)
+    }
+}
+
+impl Drop for OpenConn<'_> {
+    fn drop(&mut self) {
+        self.0
+            .active
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -341,6 +362,10 @@ async fn one_request(
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (mut req, verdict) = parsed;
+    worker
+        .traffic
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(name) = &snap.request_id {
         if c.log.on {
             crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
@@ -374,7 +399,7 @@ async fn one_request(
                 return c.page(StatusCode::FORBIDDEN, !req.keep_alive).await;
             }
             c.wbuf.clear();
-            let body = crate::status::respond(&mut c.wbuf, &snap, &req);
+            let body = crate::status::respond(&mut c.wbuf, &snap, &req, worker.shared.traffic());
             c.answered(StatusCode::OK, body);
             return if c.flush().await && req.keep_alive {
                 Next::KeepAlive

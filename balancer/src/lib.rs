@@ -101,6 +101,7 @@ impl Balancer {
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             health: health_tx,
+            traffic: std::sync::Mutex::new(Vec::new()),
         });
         let (state_tx, state_rx) = watch::channel(RunState::Running);
         let (stopped_tx, stopped_rx) = watch::channel(false);

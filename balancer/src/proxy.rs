@@ -34,6 +34,8 @@ use crate::upstream::{ActiveGuard, LazyNow, Snapshot, Upstream};
 /// One worker's view: the shared state and its own connection pool.
 pub(crate) struct Worker {
     pub shared: Arc<Shared>,
+    /// This worker's traffic counters (see `Shared::traffic`).
+    pub traffic: Arc<crate::server::Traffic>,
     pub pool: Rc<Pool>,
     pub generation: Cell<u64>,
     /// Set once a stop was requested: connections close after their current request.

@@ -44,6 +44,35 @@ pub(crate) struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Inbox of the health owner.
     pub health: mpsc::UnboundedSender<HealthEvent>,
+    /// Each worker's traffic counters (registered once at its start; read by the status page).
+    pub traffic: std::sync::Mutex<Vec<Arc<Traffic>>>,
+}
+
+/// One worker's client traffic, for the status page (nginx `stub_status`). Only its worker
+/// writes them: no cache line is shared between workers on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Traffic {
+    /// Client connections accepted.
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Client connections open now.
+    pub active: std::sync::atomic::AtomicU64,
+    /// Request heads read.
+    pub requests: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The totals over every worker: (accepted, active, requests).
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let list = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        list.iter().fold((0, 0, 0), |(a, o, r), t| {
+            (
+                a + t.accepted.load(Relaxed),
+                o + t.active.load(Relaxed),
+                r + t.requests.load(Relaxed),
+            )
+        })
+    }
 }
 
 impl Shared {
@@ -107,6 +136,15 @@ pub(crate) fn run_worker(
             )),
             generation: Cell::new(cfg.generation),
             shared: shared.clone(),
+            traffic: {
+                let t = Arc::new(Traffic::default());
+                shared
+                    .traffic
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(t.clone());
+                t
+            },
             stopping: Cell::new(false),
             log: crate::access_log::WorkerLog::default(),
         });

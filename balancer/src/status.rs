@@ -79,8 +79,16 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
 }
 
 /// Appends the complete response (no body for HEAD) to `out`; returns the body's length.
-pub(crate) fn respond(out: &mut Vec<u8>, snap: &Snapshot, req: &Request) -> usize {
-    let body = serde_json::to_vec_pretty(&render(snap)).unwrap_or_default();
+pub(crate) fn respond(
+    out: &mut Vec<u8>,
+    snap: &Snapshot,
+    req: &Request,
+    (accepted, active, requests): (u64, u64, u64),
+) -> usize {
+    let mut page = render(snap);
+    page["connections"] = json!({ "accepted": accepted, "active": active });
+    page["requests"] = json!(requests);
+    let body = serde_json::to_vec_pretty(&page).unwrap_or_default();
     out.extend_from_slice(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n",
     );

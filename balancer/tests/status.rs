@@ -229,3 +229,76 @@ async fn only_clients_in_status_allow_read_the_page() {
     let err = cfg.validate().unwrap_err();
     assert_eq!(err.key, "balancer.status_allow[1]");
 }
+
+/// One GET over `s` (kept alive); returns the status and the body.
+async fn raw_get(s: &mut tokio::net::TcpStream, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = s.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap();
+            if buf.len() >= end + 4 + len {
+                let status = text[9..12].parse().unwrap();
+                return (status, text[end + 4..end + 4 + len].to_owned());
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_client_connections_and_requests_over_every_worker() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.workers = 2;
+    cfg.status_path = Some("/_status".into());
+    let (h, base) = start(cfg).await;
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Three clients with one kept-alive connection each, 5 requests apiece.
+    let mut conns = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        for _ in 0..5 {
+            assert_eq!(raw_get(&mut s, "/").await.0, 200);
+        }
+        conns.push(s);
+    }
+    let (status, body) = raw_get(&mut conns[0], "/_status").await;
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["connections"]["accepted"], 3, "{page}");
+    assert_eq!(page["connections"]["active"], 3, "{page}");
+    assert_eq!(page["requests"], 16, "15 and this one: {page}");
+    drop(conns);
+    // Closed connections are no longer active.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let page: Value = serde_json::from_str(&raw_get(&mut s, "/_status").await.1).unwrap();
+        if page["connections"]["active"] == 1 {
+            assert!(
+                page["connections"]["accepted"].as_u64().unwrap() >= 4,
+                "{page}"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.stop(true).await;
+}
