@@ -878,3 +878,50 @@ async fn cookie_attributes_are_configurable_and_kept_on_removal() {
     assert_eq!(gone.path(), Some("/shop"));
     assert_eq!(gone.domain(), Some("example.com"));
 }
+
+/// A sticky node that takes over a session written long ago but kept alive by
+/// touches since (a read-mostly session) caches it as alive: its cache does
+/// not count the session as expired from its last write.
+#[actix_rt::test]
+async fn sticky_takeover_of_a_touched_session_is_not_taken_for_expired() {
+    let cluster = Cluster::start(2);
+    let node = |route: &str| {
+        let stats = Arc::new(Stats::default());
+        let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
+            .unwrap()
+            .operation_timeout(Duration::from_millis(500));
+        let store = Arc::new(ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap());
+        let c = SessionConfig {
+            cookie_secret: Some("x".repeat(32)),
+            sticky: true,
+            max_inactive_interval: Duration::from_secs(2),
+            ..Default::default()
+        };
+        SessionManager::new(c.validate().unwrap(), route, store, stats)
+    };
+    let (app1, app2) = (node("app1"), node("app2"));
+    let (a1, a2) = (app!(app1), app!(app2));
+    let res = test::call_service(&a1, test::TestRequest::post().uri("/attr/a").to_request()).await;
+    let on_app1 = cookie_of(&res).unwrap();
+    // 3 s of reads on app1, past the 2 s interval: kept alive by touches, never rewritten.
+    for _ in 0..10 {
+        actix_rt::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(keys!(&a1, on_app1), ["a"]);
+    }
+    assert_eq!(app1.stats().backups, 1);
+    // app2 takes it over (app1 went away), then serves it from its cache.
+    let res = test::call_service(
+        &a2,
+        test::TestRequest::get()
+            .uri("/read")
+            .cookie(on_app1.clone())
+            .to_request(),
+    )
+    .await;
+    let on_app2 = cookie_of(&res).expect("taken over: new cookie");
+    assert_eq!(keys!(&a2, on_app2), ["a"]);
+    assert_eq!(keys!(&a2, on_app2), ["a"]);
+    let s = app2.stats();
+    assert_eq!(s.cache_expired, 0, "{s:?}");
+    assert_eq!(s.tomcat_failovers, 1, "{s:?}");
+}

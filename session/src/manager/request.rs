@@ -284,7 +284,19 @@ impl Inner {
             new_id = new_id.with_route(Some(&self.route));
         }
         let hash = hash_payload(&loaded.record.payload);
-        if self.fill_state(state, new_id, loaded.record, hash) {
+        let mut record = loaded.record;
+        if let (Some(_), Some(left)) = (&self.cache, loaded.expires_in) {
+            // Sticky: the cached copy's last access decides its expiry (`load`). The record
+            // tells its last write; touches since (here or on another node) moved the store's
+            // expiry on, and how long the copies still live tells when the last one was.
+            let interval = u64::from(record.max_inactive_secs) * 1000;
+            let left = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            let touched = now_ms().saturating_sub(interval.saturating_sub(left));
+            if record.max_inactive_secs > 0 && touched > record.last_access_ms {
+                record.last_access_ms = touched;
+            }
+        }
+        if self.fill_state(state, new_id, record, hash) {
             state.expires_in = loaded.expires_in;
             state.seen = loaded.seen;
             state.confirmed_ms = now_ms();
