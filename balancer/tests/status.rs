@@ -59,11 +59,23 @@ async fn shows_a_failed_upstream_suspended_and_counts_attempts() {
     }
     assert_eq!(a.hits(), 4);
 
-    let page = status(&http, &format!("{base}/_status?fresh=1")).await;
+    // The health owner (its own thread) applies the suspension it was told of; on a busy
+    // machine the page may be asked before it did.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let page = loop {
+        let page = status(&http, &format!("{base}/_status?fresh=1")).await;
+        if by_route(&page, "dead")["state"] == "suspended" || std::time::Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let d = by_route(&page, "dead");
     assert_eq!(d["state"], "suspended", "{page}");
-    assert_eq!(d["attempts"], 1, "{page}");
-    assert_eq!(d["failures"], 1, "{page}");
+    // Usually 1; on a busy machine a request or two may reach it before the health owner
+    // applied the suspension (each was retried on `a`).
+    let tries = d["attempts"].as_u64().unwrap();
+    assert!((1..=4).contains(&tries), "{page}");
+    assert_eq!(d["failures"], tries, "{page}");
     let retry = d["retry_in_ms"].as_u64().unwrap();
     assert!(retry > 20_000 && retry <= 30_000, "{retry}");
     let up = by_route(&page, "a");
@@ -81,7 +93,7 @@ async fn shows_a_failed_upstream_suspended_and_counts_attempts() {
     let page = status(&http, &format!("{base}/_status")).await;
     assert_eq!(by_route(&page, "a")["weight"], 2);
     assert_eq!(by_route(&page, "a")["attempts"], 4);
-    assert_eq!(by_route(&page, "dead")["attempts"], 1);
+    assert_eq!(by_route(&page, "dead")["attempts"], tries);
     assert_eq!(by_route(&page, "dead")["state"], "suspended");
 
     // HEAD: same headers, no body.
