@@ -5,22 +5,9 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{client, config, start, Upstream};
-
-/// The file's lines once it has at least `n` (workers flush within a second).
-async fn lines_at_least(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{client, config, log_lines_at_least as lines_at_least, start, Upstream};
 
 /// The fields of a line: (request, status, body bytes, referer, user agent, request time,
 /// upstream addresses, upstream statuses).

@@ -8,8 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, config, start, Upstream};
-use serde_json::Value;
+use common::{client, config, get_json, start, Upstream};
 
 /// GET `path` as client `ip` (named through `X-Real-IP` by the trusted loopback proxy).
 async fn get_as(http: &reqwest::Client, base: &str, ip: &str) -> (u16, String) {
@@ -52,14 +51,7 @@ async fn a_burst_passes_then_requests_are_refused_per_client() {
     assert_eq!(a.hits(), 3, "a refused request reaches no upstream");
     // Another client has a bucket of its own.
     assert_eq!(get_as(&http, &base, "203.0.113.2").await.0, 200);
-    let status: Value = http
-        .get(format!("{base}/_status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status = get_json(&http, &format!("{base}/_status")).await;
     assert_eq!(status["limit_req"]["rejected"], 1, "{status}");
 
     // A reload keeps the buckets; one that removes the limit lets the client through.

@@ -6,9 +6,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
-use common::{client, config, start, Upstream};
+use common::{client, config, log_lines_at_least, start, Upstream};
 use ferrocat_balancer::config::Method;
 
 /// The request headers upstream `/headers` saw, for a GET with `headers`.
@@ -146,16 +145,7 @@ async fn status_allow_and_the_access_log_see_the_named_client() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // Workers flush the log within a second.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= 4 || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lines = log_lines_at_least(&log, 4).await;
     let first: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(
         first,

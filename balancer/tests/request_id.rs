@@ -5,9 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::{client, config, start, Upstream};
+use common::{client, config, log_lines_at_least, start, Upstream};
 
 /// The value of header `name` in the `/headers` echo (one line per header).
 fn echoed<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
@@ -56,15 +54,7 @@ async fn one_id_per_request_seen_by_the_upstream_the_client_and_the_log() {
     assert_eq!(echoed(&text, "x-request-id"), [fresh.as_str()]);
 
     // The access log ends each line with the id.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let lines = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-        if lines.len() >= 4 || Instant::now() > deadline {
-            break lines;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let lines = log_lines_at_least(&log, 4).await;
     let ids: Vec<String> = lines
         .iter()
         .map(|l| l.rsplit(' ').next().unwrap().trim_matches('"').to_owned())

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{client, config, get, start, Upstream};
+use common::{client, config, get, get_json, start, Upstream};
 use ferrocat_balancer::HealthCheckConfig;
 use serde_json::Value;
 
@@ -23,14 +23,7 @@ async fn share(http: &reqwest::Client, base: &str, name: &str, n: usize) -> usiz
 
 /// The status page's `warming` of the upstream at `address` (null while it is not up).
 async fn warming(http: &reqwest::Client, base: &str, address: &str) -> Value {
-    let page: Value = http
-        .get(format!("{base}/_status"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = get_json(http, &format!("{base}/_status")).await;
     let up = page["upstreams"]
         .as_array()
         .unwrap()

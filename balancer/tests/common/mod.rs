@@ -225,3 +225,22 @@ pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
         .unwrap_or_default();
     (r.status().as_u16(), up)
 }
+
+/// GETs `url` and parses the JSON body (the status page).
+pub async fn get_json(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+/// The lines of the log file at `path` once it has at least `n` (workers flush within a
+/// second); what it has after 10 s otherwise.
+pub async fn log_lines_at_least(path: &std::path::Path, n: usize) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        if lines.len() >= n || std::time::Instant::now() > deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
