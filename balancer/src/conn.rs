@@ -372,6 +372,10 @@ async fn one_request(
         }
         crate::headers::put(&mut c.page_headers, name.as_bytes(), &c.request_id);
     }
+    if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
+        // nginx `always`: the pages the balancer makes itself get them too.
+        let _ = snap.add_headers.write(&mut c.page_headers, None);
+    }
     if req.client != c.ip {
         c.client = req.client;
         c.client_text.clear();

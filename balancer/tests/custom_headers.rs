@@ -59,6 +59,7 @@ async fn add_header_goes_on_successful_answers_or_always() {
             "X-Upstream: hidden".into(),
         ];
         cfg.add_header_always = always;
+        cfg.deny = vec!["^/secret".into()];
         let (h, base) = start(cfg).await;
         let http = client();
         let r = http.get(format!("{base}/")).send().await.unwrap();
@@ -71,6 +72,10 @@ async fn add_header_goes_on_successful_answers_or_always() {
         assert_eq!(r.headers().contains_key("x-frame-options"), always);
         let ups: Vec<_> = r.headers().get_all("x-upstream").iter().collect();
         assert_eq!(ups, [if always { "hidden" } else { "a" }]);
+        // The balancer's own answer (a denied path: 403) gets them only with `always`.
+        let r = http.get(format!("{base}/secret")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        assert_eq!(r.headers().contains_key("x-frame-options"), always);
         h.stop(true).await;
     }
 }
