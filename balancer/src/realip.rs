@@ -64,10 +64,8 @@ impl RealIp {
             return values.next().and_then(parse_addr).unwrap_or(peer);
         }
         // The lines' entries from the right: the last line holds the newest entries.
-        let lines: Vec<&[u8]> = values.collect();
         let mut client = peer;
-        for entry in lines
-            .iter()
+        for entry in values
             .rev()
             .flat_map(|l| l.split(|&b| b == b',').rev())
             .filter(|e| !e.trim_ascii().is_empty())
