@@ -18,6 +18,11 @@ fn app(cluster: &Cluster) -> Ferrocat {
 }
 
 fn app_on(cluster: &Cluster, port: u16) -> Ferrocat {
+    app_with(cluster, port, "", &[])
+}
+
+/// An app node on `port` over `cluster`, with more `[session]` lines and environment.
+fn app_with(cluster: &Cluster, port: u16, session_extra: &str, env: &[(&str, &str)]) -> Ferrocat {
     let toml = format!(
         r#"
 [node]
@@ -29,11 +34,12 @@ workers = 2
 memcached_nodes = "{}"
 cookie_secret = "failover-test-secret-failover-test-secret"
 operation_timeout = "{OP_TIMEOUT_MS}ms"
+{session_extra}
 "#,
         cluster.memcached_nodes()
     );
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    Ferrocat::spawn("app", &toml, addr)
+    Ferrocat::spawn_env("app", &toml, addr, env)
 }
 
 /// The memcached node id in a cookie value `<sig>.<random>-<node>.<route>`.
@@ -222,27 +228,10 @@ async fn authenticated_nodes_and_a_key_prefix_from_the_config() {
     let authfile = dir.path().join("authfile");
     std::fs::write(&authfile, "shopapp:s3cret\n").unwrap();
     let cluster = Cluster::start_with_args(2, &["-Y", authfile.to_str().unwrap()]);
-    let port = free_port();
-    let toml = format!(
-        r#"
-[node]
-name = "app1"
-listen = "127.0.0.1:{port}"
-workers = 1
-
-[session]
-memcached_nodes = "{}"
-cookie_secret = "failover-test-secret-failover-test-secret"
-storage_key_prefix = "shop"
-memcached_username = "shopapp"
-"#,
-        cluster.memcached_nodes()
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let f = Ferrocat::spawn_env(
-        "app",
-        &toml,
-        addr,
+    let f = app_with(
+        &cluster,
+        free_port(),
+        "storage_key_prefix = \"shop\"\nmemcached_username = \"shopapp\"",
         &[("FERROCAT__SESSION__MEMCACHED_PASSWORD", "s3cret")],
     );
     let mut u = User::login(&f, "alice").await;

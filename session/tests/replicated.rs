@@ -32,10 +32,21 @@ fn store_with(
     failover_nodes: &str,
     probe_interval: Duration,
 ) -> (ReplicatedMemcachedStore, Arc<Stats>) {
+    store_from(cluster, failover_nodes, probe_interval, |c| c)
+}
+
+/// [`store_with`], the config changed by `f` first.
+fn store_from(
+    cluster: &Cluster,
+    failover_nodes: &str,
+    probe_interval: Duration,
+    f: impl FnOnce(MemcachedStoreConfig) -> MemcachedStoreConfig,
+) -> (ReplicatedMemcachedStore, Arc<Stats>) {
     let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), failover_nodes)
         .unwrap()
         .operation_timeout(OP_TIMEOUT)
         .probe_interval(probe_interval);
+    let cfg = f(cfg);
     let stats = Arc::new(Stats::default());
     (
         ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap(),
@@ -72,6 +83,25 @@ async fn settled(store: &ReplicatedMemcachedStore) {
         },
     )
     .await;
+}
+
+/// Restarts `node` empty and waits for `store` to warm it up; returns the copies warm-up wrote.
+async fn restart_and_warm_up(
+    cluster: &mut Cluster,
+    store: &ReplicatedMemcachedStore,
+    stats: &Stats,
+    node: &str,
+) -> u64 {
+    let before = warmups(store, node);
+    let copied = stats.warmup_copied.load(Relaxed);
+    cluster.node(node).restart();
+    wait_until(
+        "warm-up of the restarted node",
+        Duration::from_secs(20),
+        || warmups(store, node) > before && state(store, node) == NodeState::Up,
+    )
+    .await;
+    stats.warmup_copied.load(Relaxed) - copied
 }
 
 fn raw(cluster: &mut Cluster, node: &str) -> NodeClient {
@@ -307,20 +337,10 @@ async fn restarted_primary_is_warmed_up_so_losing_the_backup_node_loses_nothing(
             c.primary.as_deref() == Some("n1") || c.backup.as_deref() == Some("n1")
         })
         .count() as u64;
-    let before = warmups(&store, "n1");
-    let copied_before = stats.warmup_copied.load(Relaxed);
-
-    cluster.node("n1").restart();
-    wait_until(
-        "warm-up of the restarted node",
-        Duration::from_secs(20),
-        || warmups(&store, "n1") > before && state(&store, "n1") == NodeState::Up,
-    )
-    .await;
-    assert_eq!(stats.warmup_copied.load(Relaxed) - copied_before, on_n1);
+    let copied = restart_and_warm_up(&mut cluster, &store, &stats, "n1").await;
+    assert_eq!(copied, on_n1);
     eprintln!(
-        "warm-up of n1: {on_n1} of {SESSIONS} sessions had a copy on n1, {} copied back",
-        stats.warmup_copied.load(Relaxed) - copied_before
+        "warm-up of n1: {on_n1} of {SESSIONS} sessions had a copy on n1, {copied} copied back"
     );
 
     cluster.node("n2").kill();
@@ -940,16 +960,9 @@ async fn a_change_parked_during_an_outage_does_not_undo_a_logout_made_meanwhile(
 async fn apps_with_their_own_key_prefix_share_the_nodes_apart() {
     let mut cluster = Cluster::start(2);
     let with_prefix = |prefix: &str| {
-        let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
-            .unwrap()
-            .operation_timeout(OP_TIMEOUT)
-            .probe_interval(Duration::from_millis(50))
-            .key_prefix(prefix);
-        let stats = Arc::new(Stats::default());
-        (
-            ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap(),
-            stats,
-        )
+        store_from(&cluster, "", Duration::from_millis(50), |c| {
+            c.key_prefix(prefix)
+        })
     };
     let (shop, shop_stats) = with_prefix("shop");
     let (shop2, _) = with_prefix("shop");
@@ -990,16 +1003,10 @@ async fn apps_with_their_own_key_prefix_share_the_nodes_apart() {
     drop(blog);
     drop(shop2);
     drop(plain);
-    let before = warmups(&shop, &p);
-    let copied = shop_stats.warmup_copied.load(Relaxed);
-    cluster.node(&p).restart();
-    wait_until(
-        "warm-up of the restarted node",
-        Duration::from_secs(20),
-        || warmups(&shop, &p) > before && state(&shop, &p) == NodeState::Up,
-    )
-    .await;
-    assert_eq!(shop_stats.warmup_copied.load(Relaxed) - copied, 1);
+    assert_eq!(
+        restart_and_warm_up(&mut cluster, &shop, &shop_stats, &p).await,
+        1
+    );
     let primary = raw(&mut cluster, &p);
     assert_eq!(
         raw_record(&primary, &format!("shop:{key}"))
@@ -1024,13 +1031,9 @@ async fn nodes_that_require_authentication() {
     std::fs::write(&authfile, "app:s3cret\n").unwrap();
     let mut cluster = Cluster::start_with_args(2, &["-Y", authfile.to_str().unwrap()]);
     let creds = |user: &str, pass: &str| Some(Credentials::new(user, pass).unwrap());
-    let cfg = MemcachedStoreConfig::from_msm(&cluster.memcached_nodes(), "")
-        .unwrap()
-        .operation_timeout(OP_TIMEOUT)
-        .probe_interval(Duration::from_millis(50))
-        .credentials(creds("app", "s3cret"));
-    let stats = Arc::new(Stats::default());
-    let store = ReplicatedMemcachedStore::new(cfg, stats.clone()).unwrap();
+    let (store, stats) = store_from(&cluster, "", Duration::from_millis(50), |c| {
+        c.credentials(creds("app", "s3cret"))
+    });
     settled(&store).await;
     let id = store.new_id(None);
     store.save(&id, &live(1, "cart")).await.unwrap();
@@ -1039,16 +1042,10 @@ async fn nodes_that_require_authentication() {
 
     // Warm-up enumerates keys over an authenticated connection too.
     let p = store.copy_nodes(&id).primary.unwrap();
-    let before = warmups(&store, &p);
-    let copied = stats.warmup_copied.load(Relaxed);
-    cluster.node(&p).restart();
-    wait_until(
-        "warm-up of the restarted node",
-        Duration::from_secs(20),
-        || warmups(&store, &p) > before && state(&store, &p) == NodeState::Up,
-    )
-    .await;
-    assert_eq!(stats.warmup_copied.load(Relaxed) - copied, 1);
+    assert_eq!(
+        restart_and_warm_up(&mut cluster, &store, &stats, &p).await,
+        1
+    );
 
     // A wrong password, or none, is refused with a clear error.
     let addr = cluster.node(&p).addr();
