@@ -114,3 +114,43 @@ async fn slow_start_is_refused_with_hash_methods() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_back_from_a_max_fails_suspension_is_ramped_up_too() {
+    use ferrocat_balancer::NextUpstream;
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let b_addr = b.addr.to_string();
+    let mut cfg = config(&[&a, &b]);
+    // A 503 counts as a failure; only `b` is suspended by one (for 500 ms), and ramps up
+    // over 3 s once the suspension is over.
+    cfg.proxy_next_upstream = vec![NextUpstream::Error, NextUpstream::Http503];
+    cfg.upstream[0].max_fails = 0;
+    cfg.upstream[1].max_fails = 1;
+    cfg.upstream[1].fail_timeout = Duration::from_millis(500);
+    cfg.upstream[1].slow_start = Duration::from_secs(3);
+    cfg.status_path = Some("/_status".into());
+    let (h, base) = start(cfg).await;
+    let http = client();
+    assert_eq!(share(&http, &base, "b", 20).await, 10, "the whole share");
+    // Both answer 503 here: the request tries both, and `b` is suspended.
+    let r = http.get(format!("{base}/status/503")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let w = warming(&http, &base, &b_addr).await;
+        if w.is_f64() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let back = Instant::now();
+    let early = share(&http, &base, "b", 100).await;
+    assert!(
+        back.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        back.elapsed()
+    );
+    assert!(early < 35, "b took {early} of 100 while warming up");
+    h.stop(true).await;
+}
