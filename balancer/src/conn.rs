@@ -253,6 +253,21 @@ fn note_raw_line(log: &mut crate::access_log::Entry, raw: &[u8]) {
     crate::access_log::escape_into(&mut log.line, line);
 }
 
+/// Notes the request id in the access log and puts it and the `add_header_always` headers in
+/// `page_headers`, for the pages the balancer answers with itself.
+fn own_page_headers(snap: &crate::upstream::Snapshot, c: &mut Conn) {
+    if let Some(name) = &snap.request_id {
+        if c.log.on {
+            crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
+        }
+        crate::headers::put(&mut c.page_headers, name.as_bytes(), &c.request_id);
+    }
+    if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
+        // nginx `always`: the pages the balancer makes itself get them too.
+        let _ = snap.add_headers.write(&mut c.page_headers, None);
+    }
+}
+
 /// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
 /// requested while nothing of it has arrived) and serves the request.
 async fn one_request(
@@ -318,6 +333,15 @@ async fn one_request(
                 // line, as nginx does for a bad request.
                 note_raw_line(&mut c.log, &c.rbuf);
             }
+            let refused = !matches!(outcome, Ok(_) | Err(HeadError::Partial));
+            if refused {
+                // Refused heads get the request id and the `add_header_always` headers too; a
+                // head refused before its id was read gets a new one.
+                if snap.request_id.is_some() && c.request_id.is_empty() {
+                    crate::h1::request::new_request_id(&mut c.request_id);
+                }
+                own_page_headers(snap, c);
+            }
             match outcome {
                 Ok(parsed) => break parsed,
                 Err(HeadError::Partial) => {}
@@ -366,16 +390,7 @@ async fn one_request(
         .traffic
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    if let Some(name) = &snap.request_id {
-        if c.log.on {
-            crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
-        }
-        crate::headers::put(&mut c.page_headers, name.as_bytes(), &c.request_id);
-    }
-    if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
-        // nginx `always`: the pages the balancer makes itself get them too.
-        let _ = snap.add_headers.write(&mut c.page_headers, None);
-    }
+    own_page_headers(&snap, c);
     if req.client != c.ip {
         c.client = req.client;
         c.client_text.clear();

@@ -104,3 +104,84 @@ async fn the_balancers_own_answers_carry_the_id_too() {
     assert_eq!(r.headers()["x-request-id"].len(), 32);
     h.stop(true).await;
 }
+
+/// Sends `head` on a new connection and returns the whole answer (the balancer closes after
+/// refusing a head).
+async fn raw(base: &str, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The value of `name` (lower case) in a raw answer's head.
+fn head_value<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
+    let head = answer.split("\r\n\r\n").next()?;
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_refused_before_parsing_get_an_id_and_the_always_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.request_id_header = "X-Request-ID".into();
+    cfg.add_header = vec!["X-Frame-Options: DENY".into()];
+    cfg.add_header_always = true;
+    cfg.access_log = Some(log.clone());
+    let (h, base) = start(cfg).await;
+    let many_headers: String = (0..150).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases: [(Vec<u8>, &str); 3] = [
+        (
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: edge-1\r\nBad Header\r\n\r\n".to_vec(),
+            "400",
+        ),
+        (
+            format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(20_000)).into_bytes(),
+            "414",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: x\r\nX-Request-ID: edge-2\r\n{many_headers}\r\n")
+                .into_bytes(),
+            "431",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (head, status) in &cases {
+        let answer = raw(&base, head).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{status}: {answer}"
+        );
+        // The head was not parsed, so the client's id is not trusted: a new one.
+        let id = head_value(&answer, "x-request-id").unwrap_or_else(|| panic!("{answer}"));
+        assert_eq!(id.len(), 32, "{answer}");
+        assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{answer}");
+        assert_eq!(
+            head_value(&answer, "x-frame-options"),
+            Some("DENY"),
+            "{answer}"
+        );
+        ids.push(id.to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+    assert_eq!(a.hits(), 0, "refused heads reach no upstream");
+    // The access log names the same ids.
+    let lines = log_lines_at_least(&log, 3).await;
+    let logged: Vec<String> = lines
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap().trim_matches('"').to_owned())
+        .collect();
+    assert_eq!(logged, ids, "{lines:?}");
+    h.stop(true).await;
+}

@@ -163,7 +163,7 @@ fn valid_request_id(v: &[u8]) -> bool {
 }
 
 /// Writes a new request id into `out`: 128 random bits as 32 hex digits (nginx's `$request_id`).
-fn new_request_id(out: &mut Vec<u8>) {
+pub(crate) fn new_request_id(out: &mut Vec<u8>) {
     let n: u128 = rand::random();
     for i in (0..32).rev() {
         out.push(b"0123456789abcdef"[((n >> (i * 4)) & 0xf) as usize]);
