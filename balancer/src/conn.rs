@@ -71,6 +71,8 @@ pub(crate) struct Conn {
     pub body: Vec<u8>,
     /// The evaluated `hash_key`.
     pub key: Vec<u8>,
+    /// The evaluated `limit_req_key`.
+    pub limit_key: Vec<u8>,
     /// Time limits of waits on the client.
     pub ctimer: LazyTimer,
     /// How long those waits may be.
@@ -171,6 +173,7 @@ pub(crate) async fn serve(
         wire: Vec::with_capacity(1024),
         body: Vec::new(),
         key: Vec::new(),
+        limit_key: Vec::new(),
         ctimer: LazyTimer::new(),
         timeouts: ClientTimeouts::of(&worker.snapshot().cfg),
         utimer: LazyTimer::new(),
@@ -296,7 +299,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, log) = (&mut c.key, &mut c.log);
+            let (key, limit_key, log) = (&mut c.key, &mut c.limit_key, &mut c.log);
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v);
@@ -307,6 +310,9 @@ async fn one_request(
                 match &snap.hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
+                }
+                if let Some(k) = snap.limit.as_ref().and_then(|l| l.key.as_ref()) {
+                    k.eval(v, v.client, limit_key);
                 }
                 Some(
                     crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
@@ -428,7 +434,7 @@ async fn one_request(
         }
     }
     if let Some(limit) = &snap.limit {
-        match limit.check(c.client) {
+        match limit.check(c.client, &c.limit_key) {
             crate::ratelimit::Verdict::Pass => {}
             crate::ratelimit::Verdict::Delay(wait) => tokio::time::sleep(wait).await,
             crate::ratelimit::Verdict::Reject => {

@@ -1,4 +1,4 @@
-//! The `hash_key` template of `method = "hash"`, in nginx variable syntax.
+//! The `hash_key` template of `method = "hash"` (and of `limit_req_key`), in nginx variable syntax.
 //!
 //! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`,
 //! `$request_id` (with `request_id_header`), `$host`,

@@ -1,5 +1,6 @@
 //! Request rate limiting per client address (nginx's `limit_req_zone $binary_remote_addr
-//! rate=...` with `limit_req burst=... [nodelay]`).
+//! rate=...` with `limit_req burst=... [nodelay]`), or per the value of `limit_req_key` (an
+//! API key header, a cookie; a request whose key is empty is not limited).
 //!
 //! Each client address gets a leaky bucket, kept as GCRA (generic cell rate algorithm) state:
 //! the *theoretical arrival time* (TAT) of its next request. A request at time `t` is over the
@@ -102,6 +103,8 @@ pub(crate) struct RateLimit {
     nodelay: bool,
     pub status: http::StatusCode,
     pub table: Arc<Table>,
+    /// `limit_req_key`; `None`: the client address.
+    pub key: Option<crate::hashkey::HashKey>,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -126,6 +129,7 @@ impl RateLimit {
         nodelay: bool,
         status: http::StatusCode,
         table: Arc<Table>,
+        key: Option<crate::hashkey::HashKey>,
     ) -> Self {
         Self {
             interval,
@@ -133,17 +137,28 @@ impl RateLimit {
             nodelay,
             status,
             table,
+            key,
         }
     }
 
-    /// Decides on one request from `client` now.
-    pub fn check(&self, client: IpAddr) -> Verdict {
-        self.check_at(client, self.table.now())
+    /// Decides on one request now: from `client`, or, with `limit_req_key`, with the
+    /// evaluated `key` (an empty key is not limited).
+    pub fn check(&self, client: IpAddr, key: &[u8]) -> Verdict {
+        let now = self.table.now();
+        match self.key {
+            None => self.check_hash(self.table.hasher.hash_one(client.to_canonical()), now),
+            Some(_) if key.is_empty() => Verdict::Pass,
+            Some(_) => self.check_hash(self.table.hasher.hash_one(key), now),
+        }
     }
 
+    #[cfg(test)]
     fn check_at(&self, client: IpAddr, now: u64) -> Verdict {
+        self.check_hash(self.table.hasher.hash_one(client.to_canonical()), now)
+    }
+
+    fn check_hash(&self, hash: u64, now: u64) -> Verdict {
         let t = &*self.table;
-        let hash = t.hasher.hash_one(client.to_canonical());
         // A nonzero fingerprint: an empty slot (0) never matches.
         let fp = (hash >> TAT_BITS) | 1;
         let mask = (SLOTS - 1) as u64;
@@ -195,6 +210,7 @@ mod tests {
             nodelay,
             http::StatusCode::SERVICE_UNAVAILABLE,
             Arc::new(Table::new()),
+            None,
         )
     }
 

@@ -117,3 +117,50 @@ async fn the_refusal_status_and_bad_settings() {
         assert!(e.to_string().contains(key), "{e}");
     }
 }
+
+/// GET `/` with `x-api-key: key` (none when `None`), from the one loopback client.
+async fn get_with_key(http: &reqwest::Client, base: &str, key: Option<&str>) -> u16 {
+    let mut r = http.get(format!("{base}/"));
+    if let Some(k) = key {
+        r = r.header("x-api-key", k);
+    }
+    r.send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_req_key_buckets_by_the_evaluated_key_and_an_empty_key_is_not_limited() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.limit_req_rate = "1r/m".into();
+    cfg.limit_req_burst = 1;
+    cfg.limit_req_nodelay = true;
+    cfg.limit_req_key = "$http_x_api_key".into();
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    // All requests come from 127.0.0.1; the key tells the callers apart.
+    assert_eq!(get_with_key(&http, &base, Some("k1")).await, 200);
+    assert_eq!(get_with_key(&http, &base, Some("k1")).await, 200);
+    assert_eq!(get_with_key(&http, &base, Some("k1")).await, 503);
+    assert_eq!(get_with_key(&http, &base, Some("k2")).await, 200);
+    assert_eq!(get_with_key(&http, &base, Some("k2")).await, 200);
+    assert_eq!(get_with_key(&http, &base, Some("k2")).await, 503);
+    // No key: not limited (nginx does not account an empty key).
+    for i in 0..5 {
+        assert_eq!(get_with_key(&http, &base, None).await, 200, "request {i}");
+    }
+    assert_eq!(a.hits(), 4 + 5);
+
+    // Back to the default key (the client address): the address's own bucket applies.
+    cfg.limit_req_key = String::new();
+    h.reload(cfg).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(get_with_key(&http, &base, Some("k3")).await);
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 503], "keyed on 127.0.0.1 again");
+    h.stop(true).await;
+}

@@ -293,6 +293,10 @@ pub struct BalancerConfig {
     /// `"10r/s"`, `"300r/m"`; empty (the default): no limit. The client is the one
     /// `set_real_ip_from` names, if configured.
     pub limit_req_rate: String,
+    /// What a client is for `limit_req_rate` (nginx `limit_req_zone <key>`), in `hash_key`'s
+    /// variable syntax, e.g. `"$http_x_api_key"` or `"$cookie_JSESSIONID"`; empty (the
+    /// default): the client address. A request whose key comes out empty is not limited.
+    pub limit_req_key: String,
     /// Requests a client may send beyond the rate at once (nginx `limit_req burst=`).
     pub limit_req_burst: u32,
     /// Serve the burst at once instead of spacing it out at the rate (nginx `nodelay`).
@@ -374,6 +378,7 @@ impl Default for BalancerConfig {
             proxy_intercept_errors: false,
             request_id_header: String::new(),
             limit_req_rate: String::new(),
+            limit_req_key: String::new(),
             limit_req_burst: 0,
             limit_req_nodelay: false,
             limit_req_status: 503,
@@ -476,12 +481,16 @@ impl BalancerConfig {
         }
         let interval = crate::ratelimit::parse_rate(&self.limit_req_rate)
             .map_err(|e| ConfigError::new("balancer.limit_req_rate", e))?;
+        let key = Some(self.limit_req_key.trim())
+            .filter(|k| !k.is_empty())
+            .map(crate::hashkey::HashKey::parse);
         Ok(Some(crate::ratelimit::RateLimit::new(
             interval,
             self.limit_req_burst,
             self.limit_req_nodelay,
             status,
             table(),
+            key,
         )))
     }
 
