@@ -267,7 +267,15 @@ fn own_page_headers(snap: &crate::upstream::Snapshot, c: &mut Conn) {
     }
     if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
         // nginx `always`: the pages the balancer makes itself get them too.
-        let _ = snap.add_headers.write(&mut c.page_headers, None);
+        let vars = crate::custom_headers::ResponseVars {
+            upstream: None,
+            status: 0,
+            client: c.client,
+            request_id: &c.request_id,
+        };
+        let _ = snap
+            .add_headers
+            .write(&mut c.page_headers, None, Some(&vars));
     }
 }
 
@@ -396,12 +404,12 @@ async fn one_request(
         .traffic
         .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    own_page_headers(&snap, c);
     if req.client != c.ip {
         c.client = req.client;
         c.client_text.clear();
         let _ = write!(c.client_text, "{}", req.client);
     }
+    own_page_headers(&snap, c);
     c.rbuf.advance(req.head_len);
     c.requests = c.requests.saturating_add(1);
     let most = snap.cfg.client_keepalive_requests;

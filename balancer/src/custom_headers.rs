@@ -8,7 +8,10 @@
 //!
 //! `add_header` replaces the upstream's header of that name in responses with status 200, 201,
 //! 204, 206, 301, 302, 303, 304, 307 or 308, as nginx does; with `add_header_always`, in every
-//! proxied response. Its values are text as written.
+//! proxied response. Its values may name `$upstream_addr` (the upstream that answered),
+//! `$status`, `$remote_addr` and `$request_id` (with `request_id_header`); on the balancer's own
+//! pages (with `add_header_always`) `$upstream_addr` and `$status` are empty, and a value that
+//! comes out empty leaves the header out, as nginx does.
 //!
 //! Framing and hop-by-hop headers (`Content-Length`, `Transfer-Encoding`, `Connection`,
 //! `Upgrade`, `TE`, ...) cannot be set: the balancer owns them.
@@ -29,6 +32,88 @@ struct Custom {
 enum Value {
     Text(Vec<u8>),
     Template(HashKey),
+    /// An `add_header` value with variables.
+    Response(Vec<Var>),
+}
+
+/// A piece of an `add_header` value.
+#[derive(Debug, Clone)]
+enum Var {
+    Literal(String),
+    UpstreamAddr,
+    Status,
+    RemoteAddr,
+    RequestId,
+}
+
+/// What `add_header` values may name, for one response.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResponseVars<'a> {
+    /// The upstream that answered; `None` on the balancer's own pages.
+    pub upstream: Option<std::net::SocketAddr>,
+    /// The status sent to the client; 0 when not known yet.
+    pub status: u16,
+    /// The client (as `set_real_ip_from` names it).
+    pub client: std::net::IpAddr,
+    /// The request id; empty without `request_id_header`.
+    pub request_id: &'a [u8],
+}
+
+/// Parses an `add_header` value with variables; an unknown variable is an error.
+fn response_vars(value: &str) -> Result<Vec<Var>, String> {
+    let mut parts = Vec::new();
+    let mut rest = value;
+    while let Some(pos) = rest.find('$') {
+        if pos > 0 {
+            parts.push(Var::Literal(rest[..pos].to_owned()));
+        }
+        let after = &rest[pos + 1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        parts.push(match &after[..end] {
+            "upstream_addr" => Var::UpstreamAddr,
+            "status" => Var::Status,
+            "remote_addr" => Var::RemoteAddr,
+            "request_id" => Var::RequestId,
+            other => {
+                return Err(format!(
+                    "${other} is not known here (known: $upstream_addr, $status, $remote_addr, \
+                     $request_id)"
+                ))
+            }
+        });
+        rest = &after[end..];
+    }
+    if !rest.is_empty() {
+        parts.push(Var::Literal(rest.to_owned()));
+    }
+    Ok(parts)
+}
+
+impl Var {
+    fn eval(parts: &[Var], vars: &ResponseVars<'_>, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        out.clear();
+        for p in parts {
+            match p {
+                Var::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                Var::UpstreamAddr => {
+                    if let Some(a) = vars.upstream {
+                        let _ = write!(out, "{a}");
+                    }
+                }
+                Var::Status if vars.status > 0 => {
+                    let _ = write!(out, "{}", vars.status);
+                }
+                Var::Status => {}
+                Var::RemoteAddr => {
+                    let _ = write!(out, "{}", vars.client);
+                }
+                Var::RequestId => out.extend_from_slice(vars.request_id),
+            }
+        }
+    }
 }
 
 /// A list of configured headers.
@@ -73,6 +158,8 @@ impl CustomHeaders {
                 None
             } else if templates && value.contains('$') {
                 Some(Value::Template(HashKey::parse(value)))
+            } else if value.contains('$') {
+                Some(Value::Response(response_vars(value).map_err(bad)?))
             } else {
                 Some(Value::Text(value.as_bytes().to_vec()))
             };
@@ -93,15 +180,30 @@ impl CustomHeaders {
         self.0.iter().any(|c| c.name.eq_ignore_ascii_case(name))
     }
 
-    /// Appends the headers (those with a value) to `out`; templates are evaluated for `req`
-    /// (one that evaluates to nothing is left out, as nginx does). Returns whether a `Host`
-    /// was written.
-    pub fn write(&self, out: &mut Vec<u8>, req: Option<&crate::h1::request::View<'_>>) -> bool {
+    /// Appends the headers (those with a value) to `out`; templates are evaluated for `req`,
+    /// `add_header` variables with `vars` (one that evaluates to nothing is left out, as nginx
+    /// does). Returns whether a `Host` was written.
+    pub fn write(
+        &self,
+        out: &mut Vec<u8>,
+        req: Option<&crate::h1::request::View<'_>>,
+        vars: Option<&ResponseVars<'_>>,
+    ) -> bool {
         let mut scratch = Vec::new();
         let mut host = false;
         for c in &self.0 {
             let written = match (&c.value, req) {
                 (None, _) | (Some(Value::Template(_)), None) => false,
+                (Some(Value::Response(parts)), _) => match vars {
+                    Some(v) => {
+                        Var::eval(parts, v, &mut scratch);
+                        if !scratch.is_empty() {
+                            headers::put(out, c.name.as_bytes(), &scratch);
+                        }
+                        !scratch.is_empty()
+                    }
+                    None => false,
+                },
                 (Some(Value::Text(v)), _) => {
                     headers::put(out, c.name.as_bytes(), v);
                     true
@@ -156,7 +258,7 @@ mod tests {
         let ok = list(&["Host: backend.internal", "X-Gone:", "X-Env: prod"], true).unwrap();
         assert!(ok.names("host") && ok.names("x-gone") && !ok.names("x-other"));
         let mut out = Vec::new();
-        assert!(ok.write(&mut out, None), "Host written");
+        assert!(ok.write(&mut out, None, None), "Host written");
         assert_eq!(out, b"Host: backend.internal\r\nX-Env: prod\r\n");
     }
 }

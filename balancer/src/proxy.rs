@@ -352,7 +352,13 @@ impl Worker {
             if !conn.rbuf.is_empty() {
                 got_any = true;
                 c.wbuf.clear();
-                let add = (&snap.add_headers, snap.cfg.add_header_always);
+                let vars = crate::custom_headers::ResponseVars {
+                    upstream: Some(up.addr),
+                    status: 0,
+                    client: c.client,
+                    request_id: &c.request_id,
+                };
+                let add = (&snap.add_headers, snap.cfg.add_header_always, &vars);
                 let rid = snap
                     .request_id
                     .as_deref()

@@ -101,6 +101,12 @@ async fn bad_entries_are_named() {
             "balancer.add_header[0]",
         ),
         (vec![], vec!["Host: x"], "balancer.add_header[0]"),
+        // A variable add_header does not know (a request variable) is refused, not left empty.
+        (
+            vec![],
+            vec!["X-A: 1", "X-Where: $host"],
+            "balancer.add_header[1]",
+        ),
     ] {
         let mut cfg = config(&[&a]);
         cfg.proxy_set_header = set.iter().map(|s| s.to_string()).collect();
@@ -135,5 +141,45 @@ async fn a_host_template_that_comes_out_empty_falls_back_to_the_upstream_address
     };
     assert_eq!(host(Some("orig.example")).await, ["orig.example"]);
     assert_eq!(host(None).await, [a.addr.to_string()]);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_header_values_name_the_upstream_the_status_and_the_client() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.add_header = vec![
+        "X-Served-By: $upstream_addr".into(),
+        "X-Answer: $status to $remote_addr".into(),
+        "X-Trace: id=$request_id".into(),
+    ];
+    cfg.add_header_always = true;
+    cfg.request_id_header = "X-Request-ID".into();
+    cfg.deny = vec!["^/secret".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let r = http
+        .get(format!("{base}/status/404"))
+        .header("x-request-id", "edge-9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-served-by"], a.addr.to_string().as_str());
+    assert_eq!(r.headers()["x-answer"], "404 to 127.0.0.1");
+    assert_eq!(r.headers()["x-trace"], "id=edge-9");
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.headers()["x-answer"], "200 to 127.0.0.1");
+    // The balancer's own page: no upstream answered (the header whose value comes out empty
+    // is left out), no status known when the headers are made.
+    let r = http.get(format!("{base}/secret")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        !r.headers().contains_key("x-served-by"),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(r.headers()["x-answer"], "to 127.0.0.1");
+    assert_eq!(r.headers()["x-trace"].len(), "id=".len() + 32);
     h.stop(true).await;
 }

@@ -365,7 +365,7 @@ pub(crate) fn parse<T>(
         client,
         request_id: rid,
     };
-    if custom && !peer.set.write(out, Some(&view)) && ours("host") {
+    if custom && !peer.set.write(out, Some(&view), None) && ours("host") {
         // A `Host` template that came out empty: the upstream's address, as for HTTP/1.0.
         has_host = false;
     }

@@ -4,7 +4,7 @@
 //! The body length follows RFC 9112 section 6.3: none for HEAD, 1xx, 204 and 304; chunked if the
 //! last transfer coding is chunked; `Content-Length` bytes; else until the upstream closes.
 
-use crate::custom_headers::{add_header_applies, CustomHeaders};
+use crate::custom_headers::{add_header_applies, CustomHeaders, ResponseVars};
 use crate::headers::{self, Kind};
 
 /// Largest response head accepted from an upstream.
@@ -51,7 +51,7 @@ pub(crate) fn parse(
     buf: &[u8],
     head_request: bool,
     out: &mut Vec<u8>,
-    add: Option<(&CustomHeaders, bool)>,
+    add: Option<(&CustomHeaders, bool, &ResponseVars<'_>)>,
     request_id: Option<(&str, &[u8])>,
 ) -> Result<Response, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -114,8 +114,8 @@ pub(crate) fn parse(
     let switching = status == 101;
     // `add_header`: for the statuses nginx adds it to, or all with `add_header_always`.
     let add = add
-        .filter(|(h, always)| !h.is_empty() && (*always || add_header_applies(status)))
-        .map(|(h, _)| h);
+        .filter(|(h, always, _)| !h.is_empty() && (*always || add_header_applies(status)))
+        .map(|(h, _, vars)| (h, ResponseVars { status, ..*vars }));
     let keep_length = matches!(body, Body::Length(_)) || (body == Body::None && !te);
     for (h, &k) in fields.iter().zip(&kinds) {
         let pass = match k {
@@ -127,14 +127,14 @@ pub(crate) fn parse(
             Kind::Connection | Kind::Upgrade => switching,
             Kind::HopByHop | Kind::TransferEncoding => false,
         };
-        let replaced = add.is_some_and(|a| a.names(h.name))
+        let replaced = add.as_ref().is_some_and(|(a, _)| a.names(h.name))
             || request_id.is_some_and(|(n, _)| n.eq_ignore_ascii_case(h.name));
         if pass && !replaced {
             headers::put(out, h.name.as_bytes(), h.value);
         }
     }
-    if let Some(a) = add {
-        let _ = a.write(out, None);
+    if let Some((a, vars)) = add {
+        let _ = a.write(out, None, Some(&vars));
     }
     if let Some((name, id)) = request_id {
         headers::put(out, name.as_bytes(), id);
