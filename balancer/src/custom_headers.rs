@@ -17,7 +17,7 @@
 //! `Upgrade`, `TE`, ...) cannot be set: the balancer owns them.
 
 use crate::config::ConfigError;
-use crate::hashkey::HashKey;
+use crate::hashkey::{HashKey, Piece};
 use crate::headers::{self, Kind};
 
 /// One configured header.
@@ -61,34 +61,24 @@ pub(crate) struct ResponseVars<'a> {
 
 /// Parses an `add_header` value with variables; an unknown variable is an error.
 fn response_vars(value: &str) -> Result<Vec<Var>, String> {
-    let mut parts = Vec::new();
-    let mut rest = value;
-    while let Some(pos) = rest.find('$') {
-        if pos > 0 {
-            parts.push(Var::Literal(rest[..pos].to_owned()));
-        }
-        let after = &rest[pos + 1..];
-        let end = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        parts.push(match &after[..end] {
-            "upstream_addr" => Var::UpstreamAddr,
-            "status" => Var::Status,
-            "remote_addr" => Var::RemoteAddr,
-            "request_id" => Var::RequestId,
-            other => {
-                return Err(format!(
-                    "${other} is not known here (known: $upstream_addr, $status, $remote_addr, \
-                     $request_id)"
-                ))
-            }
-        });
-        rest = &after[end..];
-    }
-    if !rest.is_empty() {
-        parts.push(Var::Literal(rest.to_owned()));
-    }
-    Ok(parts)
+    crate::hashkey::pieces(value)
+        .into_iter()
+        .map(|piece| {
+            Ok(match piece {
+                Piece::Text(t) => Var::Literal(t.to_owned()),
+                Piece::Var("upstream_addr") => Var::UpstreamAddr,
+                Piece::Var("status") => Var::Status,
+                Piece::Var("remote_addr") => Var::RemoteAddr,
+                Piece::Var("request_id") => Var::RequestId,
+                Piece::Var(other) => {
+                    return Err(format!(
+                        "${other} is not known here (known: $upstream_addr, $status, \
+                         $remote_addr, $request_id)"
+                    ))
+                }
+            })
+        })
+        .collect()
 }
 
 impl Var {

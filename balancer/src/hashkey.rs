@@ -9,6 +9,34 @@ use std::net::IpAddr;
 
 use crate::h1::request::View;
 
+/// A piece of a template in nginx variable syntax.
+pub(crate) enum Piece<'a> {
+    Text(&'a str),
+    /// A variable's name, without the `$` (ASCII letters, digits and `_`).
+    Var(&'a str),
+}
+
+/// Splits `template` into text and `$name` variables.
+pub(crate) fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(pos) = rest.find('$') {
+        if pos > 0 {
+            out.push(Piece::Text(&rest[..pos]));
+        }
+        let after = &rest[pos + 1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        out.push(Piece::Var(&after[..end]));
+        rest = &after[end..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    out
+}
+
 /// A parsed key template.
 #[derive(Debug, Clone)]
 pub(crate) struct HashKey(Vec<Part>);
@@ -31,16 +59,14 @@ impl HashKey {
     /// Parses `template`; never fails (unknown variables are empty).
     pub fn parse(template: &str) -> Self {
         let mut parts = Vec::new();
-        let mut rest = template;
-        while let Some(pos) = rest.find('$') {
-            if pos > 0 {
-                parts.push(Part::Literal(rest[..pos].to_owned()));
-            }
-            let after = &rest[pos + 1..];
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            let name = &after[..end];
+        for piece in pieces(template) {
+            let name = match piece {
+                Piece::Text(t) => {
+                    parts.push(Part::Literal(t.to_owned()));
+                    continue;
+                }
+                Piece::Var(name) => name,
+            };
             parts.push(match name {
                 "request_uri" => Part::RequestUri,
                 "uri" => Part::Uri,
@@ -60,10 +86,6 @@ impl HashKey {
                     }
                 }
             });
-            rest = &after[end..];
-        }
-        if !rest.is_empty() {
-            parts.push(Part::Literal(rest.to_owned()));
         }
         Self(parts)
     }
