@@ -5,9 +5,8 @@
 mod common;
 
 use std::path::Path;
-use std::time::Duration;
 
-use common::{client, config, log_lines_at_least as lines_at_least, start, Upstream};
+use common::{client, config, log_lines_at_least as lines_at_least, raw_exchange, start, Upstream};
 
 /// The fields of a line: (request, status, body bytes, referer, user agent, request time,
 /// upstream addresses, upstream statuses).
@@ -165,24 +164,19 @@ async fn a_log_in_a_missing_directory_is_a_config_error_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_head_is_logged_with_the_line_the_client_sent() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
     let a = Upstream::start("a").await;
     let mut cfg = config(&[&a]);
     cfg.access_log = Some(path.clone());
     let (h, base) = start(cfg).await;
-    let addr = base.trim_start_matches("http://").to_owned();
     // A header line without a colon, then a control byte in a request line.
     for raw in [
         &b"GET /bad/header HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"[..],
         &b"GET /a\x01b HTTP/1.1\r\nHost: x\r\n\r\n"[..],
     ] {
-        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(raw).await.unwrap();
-        let mut out = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
-        assert!(out.starts_with(b"HTTP/1.1 400"), "{out:?}");
+        let out = raw_exchange(&base, raw).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     }
     let lines = lines_at_least(&path, 2).await;
     let parsed: Vec<_> = lines.iter().map(|l| fields(l)).collect();

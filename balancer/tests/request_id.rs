@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{client, config, log_lines_at_least, start, Upstream};
+use common::{client, config, log_lines_at_least, raw_exchange, start, Upstream};
 
 /// The value of header `name` in the `/headers` echo (one line per header).
 fn echoed<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
@@ -105,21 +105,6 @@ async fn the_balancers_own_answers_carry_the_id_too() {
     h.stop(true).await;
 }
 
-/// Sends `head` on a new connection and returns the whole answer (the balancer closes after
-/// refusing a head).
-async fn raw(base: &str, head: &[u8]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(head).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The value of `name` (lower case) in a raw answer's head.
 fn head_value<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
     let head = answer.split("\r\n\r\n").next()?;
@@ -158,7 +143,7 @@ async fn heads_refused_before_parsing_get_an_id_and_the_always_headers() {
     ];
     let mut ids = Vec::new();
     for (head, status) in &cases {
-        let answer = raw(&base, head).await;
+        let answer = raw_exchange(&base, head).await;
         assert!(
             answer.starts_with(&format!("HTTP/1.1 {status}")),
             "{status}: {answer}"

@@ -244,3 +244,16 @@ pub async fn log_lines_at_least(path: &std::path::Path, n: usize) -> Vec<String>
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Sends the raw bytes `head` to the balancer at `base` on a new connection and returns all it
+/// answers until it closes the connection (or 5 s pass): for heads a client library would not
+/// send.
+pub async fn raw_exchange(base: &str, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
