@@ -98,6 +98,10 @@ pub struct SessionConfig {
     pub lock_expiration: Duration,
     /// Requests whose URI matches neither load nor store the session.
     pub request_uri_ignore_pattern: String,
+    /// msm's `sessionAttributeFilter`: only attributes whose whole name matches this
+    /// regex are written to the store; empty: all. In sticky mode the node's cache keeps
+    /// every attribute.
+    pub session_attribute_filter: String,
     /// Response goes first; the persistence actor stores.
     pub session_backup_async: bool,
     /// Longest a response waits for the store in sync mode.
@@ -157,6 +161,7 @@ impl Default for SessionConfig {
             locking_mode: "none".into(),
             lock_expiration: DEFAULT_LOCK_EXPIRATION,
             request_uri_ignore_pattern: DEFAULT_IGNORE_PATTERN.into(),
+            session_attribute_filter: String::new(),
             session_backup_async: false,
             session_backup_timeout: DEFAULT_BACKUP_TIMEOUT,
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
@@ -194,6 +199,8 @@ pub struct SessionSettings {
     pub lock_expiration: Duration,
     /// Compiled ignore pattern (None when empty).
     pub ignore: Option<Regex>,
+    /// Attributes written to the store: names matching this (anchored) regex; None: all.
+    pub attribute_filter: Option<Regex>,
     /// Async backups.
     pub backup_async: bool,
     /// Sync backup bound.
@@ -248,6 +255,15 @@ impl SessionConfig {
                     err("request_uri_ignore_pattern", format!("invalid regex: {e}"))
                 })?)
             };
+        // msm matches the whole attribute name (`Matcher.matches`), so the pattern is anchored.
+        let attribute_filter = if self.session_attribute_filter.is_empty() {
+            None
+        } else {
+            Some(
+                Regex::new(&format!("^(?:{})$", self.session_attribute_filter))
+                    .map_err(|e| err("session_attribute_filter", format!("invalid regex: {e}")))?,
+            )
+        };
         let serializer = SerializerKind::from_name(&self.serializer).ok_or_else(|| {
             err(
                 "serializer",
@@ -382,6 +398,7 @@ impl SessionConfig {
             locking,
             lock_expiration: self.lock_expiration,
             ignore,
+            attribute_filter,
             backup_async: self.session_backup_async,
             backup_timeout: self.session_backup_timeout,
             operation_timeout: self.operation_timeout,
@@ -529,6 +546,28 @@ mod tests {
             bad(|c| c.request_uri_ignore_pattern = "[".into()).key,
             "session.request_uri_ignore_pattern"
         );
+    }
+
+    #[test]
+    fn attribute_filter_must_compile_and_matches_whole_names() {
+        assert_eq!(
+            bad(|c| c.session_attribute_filter = "(".into()).key,
+            "session.session_attribute_filter"
+        );
+        let s = SessionConfig {
+            session_attribute_filter: "user|cart.*".into(),
+            ..Default::default()
+        }
+        .validate()
+        .expect("valid");
+        let f = s.attribute_filter.expect("a filter");
+        assert!(f.is_match("user") && f.is_match("cart") && f.is_match("cart_items"));
+        assert!(!f.is_match("username") && !f.is_match("my_cart"));
+        assert!(SessionConfig::default()
+            .validate()
+            .expect("valid")
+            .attribute_filter
+            .is_none());
     }
 
     #[test]

@@ -111,6 +111,20 @@ impl SessionRecord {
         }
     }
 
+    /// The same record (version, times, kind) holding `payload` instead.
+    #[must_use]
+    pub fn with_payload(&self, payload: Vec<u8>) -> Self {
+        SessionRecord {
+            kind: self.kind.clone(),
+            serializer: self.serializer,
+            version: self.version,
+            created_ms: self.created_ms,
+            last_access_ms: self.last_access_ms,
+            max_inactive_secs: self.max_inactive_secs,
+            payload,
+        }
+    }
+
     /// A tombstone that supersedes `self`.
     #[must_use]
     pub fn tombstone(&self) -> Self {

@@ -94,6 +94,8 @@ on_every_store!(
     sticky_a_node_that_was_bypassed_serves_the_store_copy_not_its_stale_cache,
     sticky_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node,
     sticky_async_a_write_from_a_stale_cache_does_not_undo_a_logout_on_another_node,
+    non_sticky_only_the_attributes_the_filter_keeps_are_stored,
+    sticky_the_cache_keeps_every_attribute_the_store_the_filtered_ones,
 );
 
 async fn add_attr(session: Session, path: web::Path<String>) -> HttpResponse {
@@ -595,6 +597,16 @@ fn sticky_pair(
     revalidate_app1: Duration,
     backup_async: bool,
 ) -> (SessionManager, SessionManager, Option<Cluster>) {
+    sticky_pair_with(kind, revalidate_app1, backup_async, |_| {})
+}
+
+/// [`sticky_pair`] with `f` applied to both nodes' configuration.
+fn sticky_pair_with(
+    kind: Kind,
+    revalidate_app1: Duration,
+    backup_async: bool,
+    f: impl Fn(&mut SessionConfig),
+) -> (SessionManager, SessionManager, Option<Cluster>) {
     let cluster = matches!(kind, Kind::Memcached).then(|| Cluster::start(3));
     let shared: Arc<dyn SessionBackend> = Arc::new(MemoryStore::default());
     let node = |route: &str, revalidate: Duration| {
@@ -616,6 +628,7 @@ fn sticky_pair(
             ..Default::default()
         };
         c.max_inactive_interval = Duration::from_secs(600);
+        f(&mut c);
         SessionManager::new(c.validate().unwrap(), route, store, stats)
     };
     let app1 = node("app1", revalidate_app1);
@@ -924,4 +937,85 @@ async fn sticky_takeover_of_a_touched_session_is_not_taken_for_expired() {
     let s = app2.stats();
     assert_eq!(s.cache_expired, 0, "{s:?}");
     assert_eq!(s.tomcat_failovers, 1, "{s:?}");
+}
+
+/// msm's `sessionAttributeFilter`, non-sticky: an attribute whose name the
+/// filter does not match is not stored, so the next request (which loads the
+/// session) does not have it, and changing only such attributes writes nothing.
+async fn non_sticky_only_the_attributes_the_filter_keeps_are_stored(kind: Kind) {
+    let (mgr, _cluster) = manager_on(kind, |c| c.session_attribute_filter = "user|cart".into());
+    let app = app!(mgr);
+    let res = test::call_service(
+        &app,
+        test::TestRequest::post().uri("/attr/user").to_request(),
+    )
+    .await;
+    let cookie = cookie_of(&res).unwrap();
+    assert_eq!(mgr.stats().backups, 1);
+    // Not matched as a whole name: "username" and "scratch" stay out of the store.
+    for name in ["scratch", "username"] {
+        let res = post!(&app, &format!("/attr/{name}"), cookie);
+        assert!(res.status().is_success());
+        assert!(cookie_of(&res).is_none(), "same session, no new cookie");
+    }
+    let s = mgr.stats();
+    assert_eq!(
+        (s.backups, s.unchanged_sessions_skipped),
+        (1, 2),
+        "only filtered-out attributes changed: nothing written ({s:?})"
+    );
+    assert_eq!(keys!(&app, cookie), ["user"]);
+    post!(&app, "/attr/cart", cookie);
+    assert_eq!(mgr.stats().backups, 2);
+    assert_eq!(keys!(&app, cookie), ["cart", "user"]);
+}
+
+/// Sticky with `session_attribute_filter`: the node that serves the session
+/// keeps every attribute in its cache (also across its revalidations against
+/// the store), the store gets the filtered ones, and a node that takes the
+/// session over gets those.
+async fn sticky_the_cache_keeps_every_attribute_the_store_the_filtered_ones(kind: Kind) {
+    let (app1, app2, _cluster) = sticky_pair_with(kind, Duration::ZERO, false, |c| {
+        c.session_attribute_filter = "user|v".into();
+    });
+    let (a1, a2) = (app!(app1), app!(app2));
+    let res = test::call_service(
+        &a1,
+        test::TestRequest::post().uri("/attr/user").to_request(),
+    )
+    .await;
+    let on_app1 = cookie_of(&res).unwrap();
+    assert_eq!(app1.stats().backups, 1);
+    post!(&a1, "/attr/scratch", on_app1);
+    let s = app1.stats();
+    assert_eq!(
+        (s.backups, s.unchanged_sessions_skipped),
+        (1, 1),
+        "a filtered-out attribute is not written ({s:?})"
+    );
+    // Revalidated before every request (cache_revalidate_after = 0): the store's copy is the
+    // same version, so the cached one (with every attribute) is served.
+    assert_eq!(
+        keys!(&a1, on_app1),
+        ["scratch", "user"],
+        "{:?}",
+        app1.stats()
+    );
+    assert_eq!(keys!(&a1, on_app1), ["scratch", "user"]);
+    assert_eq!(app1.stats().cache_stale, 0, "{:?}", app1.stats());
+    // A stored attribute is added: written (filtered), the cache keeps all three.
+    post!(&a1, "/same", on_app1);
+    assert_eq!(app1.stats().backups, 2, "{:?}", app1.stats());
+    assert_eq!(keys!(&a1, on_app1), ["scratch", "user", "v"]);
+    assert_eq!(app1.stats().cache_stale, 0, "{:?}", app1.stats());
+    // app2 takes the session over from the store: the filtered attributes only.
+    let req = test::TestRequest::get()
+        .uri("/read")
+        .cookie(on_app1.clone())
+        .to_request();
+    let res = test::call_service(&a2, req).await;
+    let on_app2 = cookie_of(&res).expect("taken over: new cookie");
+    assert!(on_app2.value().ends_with(".app2"), "{}", on_app2.value());
+    let body: Vec<String> = test::read_body_json(res).await;
+    assert_eq!(body, ["user", "v"]);
 }

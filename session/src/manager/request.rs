@@ -52,6 +52,14 @@ enum Checked {
     LoggedOut,
 }
 
+/// A changed session's serialized attributes.
+struct Encoded {
+    /// What the store gets: the attributes `session_attribute_filter` keeps.
+    stored: Vec<u8>,
+    /// Sticky mode, when the filter left attributes out: all of them, for the cache.
+    local: Option<Vec<u8>>,
+}
+
 /// What `begin` found, for `finish`.
 pub(crate) struct Begun {
     pub cookie_id: Option<SessionId>,
@@ -398,21 +406,12 @@ impl Inner {
             }
         };
 
-        let payload = if state.dirty || is_new {
-            let t = Instant::now();
-            match state.serializer.encode_attributes(&state.attrs) {
-                Ok(p) => {
-                    self.stats.serialization.record(t.elapsed());
-                    Some(p)
-                }
-                Err(e) => {
-                    log::error!("session attributes could not be serialized: {e}");
-                    self.stats.backup_failures.fetch_add(1, Relaxed);
-                    None
-                }
-            }
-        } else {
-            None
+        let (payload, local) = match (state.dirty || is_new)
+            .then(|| self.encode(state))
+            .flatten()
+        {
+            Some(Encoded { stored, local }) => (Some(stored), local),
+            None => (None, None),
         };
         let hash = payload.as_deref().map(hash_payload);
         let interval = state.max_inactive_secs();
@@ -470,10 +469,16 @@ impl Inner {
             // this node last saw; so does the first write of a new id.
             let confirm = seen.copies[0].is_some() || is_new || retired.is_some();
             if let Some(cache) = &self.cache {
-                let size = record.payload.len() + 128;
+                // With `session_attribute_filter`, the cache keeps every attribute; the
+                // store gets the ones the filter keeps (same version, so they match).
+                let cached = match local {
+                    Some(all) => record.with_payload(all),
+                    None => record.clone(),
+                };
+                let size = cached.payload.len() + 128;
                 let entry = Arc::new(CachedSession {
                     id: id.clone(),
-                    record: record.clone(),
+                    record: cached,
                     hash,
                     seen: seen.clone(),
                     confirmed_ms: state.confirmed_ms,
@@ -515,8 +520,14 @@ impl Inner {
                 // touch it again.
                 let cached = cache.get(&id.key());
                 let logged_out = cached.as_ref().is_some_and(|c| !c.record.is_live());
-                if !logged_out && (touched || cached.is_none_or(|c| c.id != id)) {
-                    let mut record = record.clone();
+                // Only attributes the store does not get changed: the cache takes them.
+                let local = local.filter(|all| *all != record.payload);
+                if !logged_out && (touched || local.is_some() || cached.is_none_or(|c| c.id != id))
+                {
+                    let mut record = match local {
+                        Some(all) => record.with_payload(all),
+                        None => record.clone(),
+                    };
                     if touched {
                         record.last_access_ms = now_ms();
                     }
@@ -543,6 +554,56 @@ impl Inner {
         match &state.id {
             Some(id) if Some(id) != cookie_id.as_ref() => CookieAction::Set(id.clone()),
             _ => CookieAction::Keep,
+        }
+    }
+
+    /// Serializes a changed session's attributes: all of them, or with
+    /// `session_attribute_filter` the ones it keeps for the store (and in sticky
+    /// mode all of them for the cache, when the filter left any out).
+    fn encode(&self, state: &SessionState) -> Option<Encoded> {
+        let t = Instant::now();
+        let filter = self
+            .settings
+            .attribute_filter
+            .as_ref()
+            .filter(|f| state.attrs.keys().any(|k| !f.is_match(k)));
+        let encoded = match filter {
+            None => state
+                .serializer
+                .encode_attributes(&state.attrs)
+                .map(|stored| Encoded {
+                    stored,
+                    local: None,
+                }),
+            Some(f) => {
+                let kept: crate::serializer::Attributes = state
+                    .attrs
+                    .iter()
+                    .filter(|(k, _)| f.is_match(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                state
+                    .serializer
+                    .encode_attributes(&kept)
+                    .and_then(|stored| {
+                        let local = match self.cache {
+                            Some(_) => Some(state.serializer.encode_attributes(&state.attrs)?),
+                            None => None,
+                        };
+                        Ok(Encoded { stored, local })
+                    })
+            }
+        };
+        match encoded {
+            Ok(e) => {
+                self.stats.serialization.record(t.elapsed());
+                Some(e)
+            }
+            Err(e) => {
+                log::error!("session attributes could not be serialized: {e}");
+                self.stats.backup_failures.fetch_add(1, Relaxed);
+                None
+            }
         }
     }
 
