@@ -73,6 +73,8 @@ pub(crate) struct Conn {
     pub key: Vec<u8>,
     /// The evaluated `limit_req_key`.
     pub limit_key: Vec<u8>,
+    /// The evaluated `limit_conn_key`.
+    pub conn_key: Vec<u8>,
     /// Time limits of waits on the client.
     pub ctimer: LazyTimer,
     /// How long those waits may be.
@@ -141,6 +143,31 @@ impl Conn {
         }
     }
 
+    /// Refuses `req` with `status` (`limit_req_status`, `limit_conn_status`) before any
+    /// upstream is asked; 502 to 504 get the `error_page`.
+    async fn refuse(
+        &mut self,
+        snap: &crate::upstream::Snapshot,
+        req: &request::Request,
+        status: StatusCode,
+    ) -> Next {
+        // A body that was not read makes the connection unusable.
+        let close = !req.keep_alive || req.framing != Framing::None;
+        self.wbuf.clear();
+        let page = match status.as_u16() {
+            502..=504 => snap.error_page.as_deref(),
+            _ => None,
+        };
+        let body = pages::error(&mut self.wbuf, status, page, close);
+        self.page_headers();
+        self.answered(status, body);
+        if self.flush().await && !close {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        }
+    }
+
     /// Answers with a page of the balancer's own.
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
@@ -174,6 +201,7 @@ pub(crate) async fn serve(
         body: Vec::new(),
         key: Vec::new(),
         limit_key: Vec::new(),
+        conn_key: Vec::new(),
         ctimer: LazyTimer::new(),
         timeouts: ClientTimeouts::of(&worker.snapshot().cfg),
         utimer: LazyTimer::new(),
@@ -307,7 +335,8 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, log) = (&mut c.key, &mut c.limit_key, &mut c.log);
+            let (key, limit_key, conn_key, log) =
+                (&mut c.key, &mut c.limit_key, &mut c.conn_key, &mut c.log);
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v);
@@ -321,6 +350,9 @@ async fn one_request(
                 }
                 if let Some(k) = snap.limit.as_ref().and_then(|l| l.key.as_ref()) {
                     k.eval(v, v.client, limit_key);
+                }
+                if let Some(k) = snap.conn_limit.as_ref().and_then(|l| l.key.as_ref()) {
+                    k.eval(v, v.client, conn_key);
                 }
                 Some(
                     crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
@@ -441,26 +473,22 @@ async fn one_request(
             };
         }
     }
+    // Counted until this function returns: the response (or tunnel) has ended by then.
+    let _in_flight = match &snap.conn_limit {
+        None => None,
+        Some(limit) => match limit.admit(c.client, &c.conn_key) {
+            crate::connlimit::Admit::Pass(held) => held,
+            crate::connlimit::Admit::Reject => {
+                return c.refuse(&snap, &req, limit.status).await;
+            }
+        },
+    };
     if let Some(limit) = &snap.limit {
         match limit.check(c.client, &c.limit_key) {
             crate::ratelimit::Verdict::Pass => {}
             crate::ratelimit::Verdict::Delay(wait) => tokio::time::sleep(wait).await,
             crate::ratelimit::Verdict::Reject => {
-                // A body that was not read makes the connection unusable.
-                let close = !req.keep_alive || req.framing != Framing::None;
-                c.wbuf.clear();
-                let page = match limit.status.as_u16() {
-                    502..=504 => snap.error_page.as_deref(),
-                    _ => None,
-                };
-                let body = crate::pages::error(&mut c.wbuf, limit.status, page, close);
-                c.page_headers();
-                c.answered(limit.status, body);
-                return if c.flush().await && !close {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return c.refuse(&snap, &req, limit.status).await;
             }
         }
     }

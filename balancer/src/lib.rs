@@ -41,6 +41,7 @@ mod checks;
 mod choose;
 pub mod config;
 mod conn;
+mod connlimit;
 mod custom_headers;
 mod error;
 mod h1;

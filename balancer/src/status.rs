@@ -70,10 +70,20 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
             "delayed": l.table.delayed.load(Relaxed),
         })
     });
+    let limit_conn = snap.conn_limit.as_ref().map(|l| {
+        use std::sync::atomic::Ordering::Relaxed;
+        json!({
+            "limit": l.max,
+            "active": l.table.active(),
+            "rejected": l.table.rejected.load(Relaxed),
+            "untracked": l.table.untracked.load(Relaxed),
+        })
+    });
     json!({
         "config_generation": snap.generation,
         "method": format!("{:?}", snap.cfg.method),
         "limit_req": limit_req,
+        "limit_conn": limit_conn,
         "upstreams": upstreams,
     })
 }

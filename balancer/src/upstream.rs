@@ -153,6 +153,8 @@ pub(crate) struct Snapshot {
     pub request_id: Option<String>,
     /// `limit_req_*`, if configured.
     pub limit: Option<crate::ratelimit::RateLimit>,
+    /// `limit_conn*`, if configured.
+    pub conn_limit: Option<crate::connlimit::ConnLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
     /// Key template for `method = "hash"`.
@@ -255,6 +257,12 @@ impl Snapshot {
                 .map(|l| l.table.clone())
                 .unwrap_or_else(|| std::sync::Arc::new(crate::ratelimit::Table::new()))
         })?;
+        // The counts too: requests in flight across a reload stay counted.
+        let conn_limit = cfg.conn_limit(|| {
+            prev.and_then(|p| p.conn_limit.as_ref())
+                .map(|l| l.table.clone())
+                .unwrap_or_else(|| std::sync::Arc::new(crate::connlimit::Table::new()))
+        })?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -281,6 +289,7 @@ impl Snapshot {
             add_headers,
             request_id,
             limit,
+            conn_limit,
             error_page,
             hash_key,
             retry,

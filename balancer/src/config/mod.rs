@@ -303,6 +303,16 @@ pub struct BalancerConfig {
     pub limit_req_nodelay: bool,
     /// Status of a refused request (nginx `limit_req_status`; 503 gets the `error_page`).
     pub limit_req_status: u16,
+    /// Requests one client address may have in flight at once (nginx `limit_conn_zone
+    /// $binary_remote_addr` + `limit_conn N`); 0 (the default): no limit. The client is the one
+    /// `set_real_ip_from` names, if configured.
+    pub limit_conn: u32,
+    /// What a client is for `limit_conn` (nginx `limit_conn_zone <key>`), in `hash_key`'s
+    /// variable syntax; empty (the default): the client address. A request whose key comes
+    /// out empty is not limited.
+    pub limit_conn_key: String,
+    /// Status of a refused request (nginx `limit_conn_status`; 503 gets the `error_page`).
+    pub limit_conn_status: u16,
     /// Session cookie whose `.route` suffix binds a request to an upstream; empty disables.
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
@@ -382,6 +392,9 @@ impl Default for BalancerConfig {
             limit_req_burst: 0,
             limit_req_nodelay: false,
             limit_req_status: 503,
+            limit_conn: 0,
+            limit_conn_key: String::new(),
+            limit_conn_status: 503,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
@@ -492,6 +505,51 @@ impl BalancerConfig {
             table(),
             key,
         )))
+    }
+
+    /// `limit_conn*` parsed (`None`: off), with `table` as its state; the error names the bad
+    /// key.
+    pub(crate) fn conn_limit(
+        &self,
+        table: impl FnOnce() -> std::sync::Arc<crate::connlimit::Table>,
+    ) -> Result<Option<crate::connlimit::ConnLimit>, ConfigError> {
+        let status = http::StatusCode::from_u16(self.limit_conn_status)
+            .ok()
+            .filter(|s| s.is_client_error() || s.is_server_error())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    "balancer.limit_conn_status",
+                    format!("{} is not a 4xx or 5xx status", self.limit_conn_status),
+                )
+            })?;
+        if self.limit_conn > crate::connlimit::MAX_LIMIT {
+            return Err(ConfigError::new(
+                "balancer.limit_conn",
+                format!(
+                    "{} is above the largest count, {}",
+                    self.limit_conn,
+                    crate::connlimit::MAX_LIMIT
+                ),
+            ));
+        }
+        let key = Some(self.limit_conn_key.trim())
+            .filter(|k| !k.is_empty())
+            .map(crate::hashkey::HashKey::parse);
+        if self.limit_conn == 0 {
+            if key.is_some() {
+                return Err(ConfigError::new(
+                    "balancer.limit_conn_key",
+                    "set without limit_conn (the number of requests in flight allowed per key)",
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(crate::connlimit::ConnLimit {
+            max: self.limit_conn,
+            status,
+            table: table(),
+            key,
+        }))
     }
 
     /// Number of worker threads to run (`workers = 0` means one per core).

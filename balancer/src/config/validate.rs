@@ -93,6 +93,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         }
     }
     cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;
+    cfg.conn_limit(|| std::sync::Arc::new(crate::connlimit::Table::new()))?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {
         return Err(ConfigError::new(
             "balancer.sticky_cookie",
