@@ -449,8 +449,10 @@ async fn one_request(
         // nginx's `keepalive_requests`: this answer says `Connection: close` and is the last.
         req.keep_alive = false;
     }
+    let verdict = verdict.filter(|_| snap.access.is_empty() || snap.access.allows(c.client));
     let Some(bound) = verdict else {
-        // Denied. A body that was not read makes the connection unusable.
+        // Denied (`deny` path, or `access` rule). A body that was not read makes the
+        // connection unusable.
         return c
             .page(
                 StatusCode::FORBIDDEN,

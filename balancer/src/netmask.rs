@@ -54,9 +54,103 @@ impl Net {
     }
 }
 
+/// nginx's `allow` / `deny` rules (`ngx_http_access_module`): checked in order, the first
+/// that matches the client decides; a client no rule matches is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct AccessRules(Vec<(bool, Option<Net>)>);
+
+impl AccessRules {
+    /// Parses entries such as `"allow 10.0.0.0/8"`, `"deny 192.0.2.1"`, `"deny all"`; the
+    /// error gives the index of the first bad entry.
+    pub fn parse(entries: &[String]) -> Result<Self, (usize, String)> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (verb, what) = e
+                    .trim()
+                    .split_once(char::is_whitespace)
+                    .unwrap_or((e.trim(), ""));
+                let allow = match verb {
+                    "allow" => true,
+                    "deny" => false,
+                    _ => {
+                        return Err((
+                            i,
+                            format!("{e:?}: expected \"allow <range>\" or \"deny <range>\" (a range, an address or \"all\")"),
+                        ))
+                    }
+                };
+                let net = match what.trim() {
+                    "all" => None,
+                    "" => return Err((i, format!("{e:?}: a range, an address or \"all\" is missing"))),
+                    range => Some(Net::parse(range).map_err(|m| (i, m))?),
+                };
+                Ok((allow, net))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+
+    /// No rules: everyone is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `ip` may be served.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        self.0
+            .iter()
+            .find(|(_, net)| net.is_none_or(|n| n.contains(ip)))
+            .is_none_or(|(allow, _)| *allow)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_rules_first_match_decides() {
+        let rules = AccessRules::parse(&[
+            "allow 203.0.113.0/24".into(),
+            "deny  198.51.100.7".into(),
+            "allow 198.51.100.0/24".into(),
+            "allow ::1".into(),
+            "deny all".into(),
+        ])
+        .expect("rules");
+        for (addr, allowed) in [
+            ("203.0.113.9", true),
+            ("198.51.100.7", false),
+            ("198.51.100.8", true),
+            ("::1", true),
+            ("::ffff:203.0.113.1", true),
+            ("192.0.2.1", false),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(rules.allows(ip(addr)), allowed, "{addr}");
+        }
+        // No rule matches: allowed, as in nginx.
+        let only_deny = AccessRules::parse(&["deny 192.0.2.0/24".into()]).expect("rules");
+        assert!(only_deny.allows(ip("198.51.100.1")));
+        assert!(!only_deny.allows(ip("192.0.2.200")));
+        assert!(AccessRules::default().allows(ip("192.0.2.1")));
+    }
+
+    #[test]
+    fn bad_access_rules_name_the_entry() {
+        for (entries, at) in [
+            (vec!["permit 10.0.0.0/8"], 0),
+            (vec!["allow 10.0.0.0/8", "deny"], 1),
+            (vec!["allow 10.0.0.0/33"], 0),
+            (vec!["deny everyone"], 0),
+        ] {
+            let entries: Vec<String> = entries.into_iter().map(String::from).collect();
+            let err = AccessRules::parse(&entries).expect_err("refused");
+            assert_eq!(err.0, at, "{entries:?}: {}", err.1);
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|_| panic!("{s}"))

@@ -143,6 +143,8 @@ pub(crate) struct Snapshot {
     pub deny: RegexSet,
     /// Who may read the status page.
     pub status_allow: Vec<crate::netmask::Net>,
+    /// `access` (nginx `allow` / `deny`).
+    pub access: crate::netmask::AccessRules,
     /// Where the client address comes from behind trusted proxies (`None`: the peer's).
     pub real_ip: Option<crate::realip::RealIp>,
     /// `proxy_set_header`.
@@ -242,6 +244,7 @@ impl Snapshot {
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
+        let access = cfg.access_rules()?;
         let real_ip = cfg.real_ip()?;
         let request_id = Some(cfg.request_id_header.trim().to_owned()).filter(|n| !n.is_empty());
         let set_headers = crate::custom_headers::CustomHeaders::parse(
@@ -284,6 +287,7 @@ impl Snapshot {
             backup,
             deny,
             status_allow,
+            access,
             real_ip,
             set_headers,
             add_headers,

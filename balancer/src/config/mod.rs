@@ -243,6 +243,11 @@ pub struct BalancerConfig {
     pub client_max_body_size: u64,
     /// Path regexes answered with 403 (nginx `location ~ ... { deny all; }`).
     pub deny: Vec<String>,
+    /// Client address rules (nginx `allow` / `deny`): `"allow 10.0.0.0/8"`, `"deny 192.0.2.1"`,
+    /// `"deny all"`, checked in order, the first that matches decides (403 for `deny`); a
+    /// client no rule matches is served. The client is the one `set_real_ip_from` names.
+    /// Empty (the default): everyone.
+    pub access: Vec<String>,
     /// HTML page served with 502/503/504 when no upstream can answer.
     pub error_page: Option<PathBuf>,
     /// Access log file (nginx `access_log`, the `combined` format plus request time, upstream
@@ -379,6 +384,7 @@ impl Default for BalancerConfig {
             access_log: None,
             status_path: None,
             status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
+            access: Vec::new(),
             set_real_ip_from: Vec::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
@@ -428,6 +434,12 @@ impl BalancerConfig {
         self.access_log
             .as_deref()
             .filter(|p| p.as_os_str() != "off")
+    }
+
+    /// `access` parsed; the error names the first bad entry.
+    pub(crate) fn access_rules(&self) -> Result<crate::netmask::AccessRules, ConfigError> {
+        crate::netmask::AccessRules::parse(&self.access)
+            .map_err(|(i, e)| ConfigError::new(format!("balancer.access[{i}]"), e))
     }
 
     /// `status_allow` parsed; the error names the first bad entry.
