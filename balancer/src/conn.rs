@@ -159,19 +159,18 @@ impl Conn {
             _ => None,
         };
         let body = pages::error(&mut self.wbuf, status, page, close);
-        self.page_headers();
-        self.answered(status, body);
-        if self.flush().await && !close {
-            Next::KeepAlive
-        } else {
-            Next::Close
-        }
+        self.send_page(status, body, close).await
     }
 
     /// Answers with a page of the balancer's own.
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
         let body = pages::plain(&mut self.wbuf, status, close);
+        self.send_page(status, body, close).await
+    }
+
+    /// Sends the page `wbuf` holds (its last `body` bytes the body) with `page_headers`.
+    async fn send_page(&mut self, status: StatusCode, body: usize, close: bool) -> Next {
         self.page_headers();
         self.answered(status, body);
         if self.flush().await && !close {

@@ -423,6 +423,14 @@ impl Default for BalancerConfig {
     }
 }
 
+/// The status of a refused request (`limit_req_status`, `limit_conn_status`): 4xx or 5xx.
+fn refusal_status(code: u16, key: &str) -> Result<http::StatusCode, ConfigError> {
+    http::StatusCode::from_u16(code)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .ok_or_else(|| ConfigError::new(key, format!("{code} is not a 4xx or 5xx status")))
+}
+
 impl BalancerConfig {
     /// Checks the rules serde cannot express; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -492,15 +500,7 @@ impl BalancerConfig {
         &self,
         table: impl FnOnce() -> std::sync::Arc<crate::ratelimit::Table>,
     ) -> Result<Option<crate::ratelimit::RateLimit>, ConfigError> {
-        let status = http::StatusCode::from_u16(self.limit_req_status)
-            .ok()
-            .filter(|s| s.is_client_error() || s.is_server_error())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "balancer.limit_req_status",
-                    format!("{} is not a 4xx or 5xx status", self.limit_req_status),
-                )
-            })?;
+        let status = refusal_status(self.limit_req_status, "balancer.limit_req_status")?;
         if self.limit_req_rate.trim().is_empty() {
             return Ok(None);
         }
@@ -525,15 +525,7 @@ impl BalancerConfig {
         &self,
         table: impl FnOnce() -> std::sync::Arc<crate::connlimit::Table>,
     ) -> Result<Option<crate::connlimit::ConnLimit>, ConfigError> {
-        let status = http::StatusCode::from_u16(self.limit_conn_status)
-            .ok()
-            .filter(|s| s.is_client_error() || s.is_server_error())
-            .ok_or_else(|| {
-                ConfigError::new(
-                    "balancer.limit_conn_status",
-                    format!("{} is not a 4xx or 5xx status", self.limit_conn_status),
-                )
-            })?;
+        let status = refusal_status(self.limit_conn_status, "balancer.limit_conn_status")?;
         if self.limit_conn > crate::connlimit::MAX_LIMIT {
             return Err(ConfigError::new(
                 "balancer.limit_conn",
