@@ -97,6 +97,9 @@ pub(crate) struct Conn {
     pub request_id: Vec<u8>,
     /// Header lines every page of the balancer's own carries for this request (its id).
     pub page_headers: Vec<u8>,
+    /// With `add_header_always`: the config whose `add_header` lines the balancer's own pages
+    /// get too (written with the page, when its status is known).
+    pub page_add: Option<std::sync::Arc<crate::upstream::Snapshot>>,
 }
 
 /// What happens to the connection after a request.
@@ -131,15 +134,26 @@ impl Conn {
         ok
     }
 
-    /// Adds `page_headers` to the page of the balancer's own that `wbuf` holds (nothing but
-    /// that page).
-    pub fn page_headers(&mut self) {
-        if self.page_headers.is_empty() {
+    /// Adds `page_headers` and, with `add_header_always`, the `add_header` lines (`$status`
+    /// is this page's) to the page of the balancer's own that `wbuf` holds (nothing but that
+    /// page).
+    fn page_headers(&mut self, status: StatusCode) {
+        let mut lines = std::borrow::Cow::Borrowed(&self.page_headers);
+        if let Some(snap) = &self.page_add {
+            let vars = crate::custom_headers::ResponseVars {
+                upstream: None,
+                status: status.as_u16(),
+                client: self.client,
+                request_id: &self.request_id,
+            };
+            let _ = snap.add_headers.write(lines.to_mut(), None, Some(&vars));
+        }
+        if lines.is_empty() {
             return;
         }
         if let Some(end) = self.wbuf.windows(4).position(|w| w == b"\r\n\r\n") {
             let at = end + 2;
-            self.wbuf.splice(at..at, self.page_headers.iter().copied());
+            self.wbuf.splice(at..at, lines.iter().copied());
         }
     }
 
@@ -169,9 +183,10 @@ impl Conn {
         self.send_page(status, body, close).await
     }
 
-    /// Sends the page `wbuf` holds (its last `body` bytes the body) with `page_headers`.
-    async fn send_page(&mut self, status: StatusCode, body: usize, close: bool) -> Next {
-        self.page_headers();
+    /// Sends the page of the balancer's own that `wbuf` holds (its last `body` bytes the
+    /// body) with `page_headers`.
+    pub async fn send_page(&mut self, status: StatusCode, body: usize, close: bool) -> Next {
+        self.page_headers(status);
         self.answered(status, body);
         if self.flush().await && !close {
             Next::KeepAlive
@@ -212,6 +227,7 @@ pub(crate) async fn serve(
         requests: 0,
         request_id: Vec::new(),
         page_headers: Vec::new(),
+        page_add: None,
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -285,7 +301,7 @@ fn note_raw_line(log: &mut crate::access_log::Entry, raw: &[u8]) {
 
 /// Notes the request id in the access log and puts it and the `add_header_always` headers in
 /// `page_headers`, for the pages the balancer answers with itself.
-fn own_page_headers(snap: &crate::upstream::Snapshot, c: &mut Conn) {
+fn own_page_headers(snap: &std::sync::Arc<crate::upstream::Snapshot>, c: &mut Conn) {
     if let Some(name) = &snap.request_id {
         if c.log.on {
             crate::access_log::escape_into(&mut c.log.request_id, &c.request_id);
@@ -294,15 +310,7 @@ fn own_page_headers(snap: &crate::upstream::Snapshot, c: &mut Conn) {
     }
     if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
         // nginx `always`: the pages the balancer makes itself get them too.
-        let vars = crate::custom_headers::ResponseVars {
-            upstream: None,
-            status: 0,
-            client: c.client,
-            request_id: &c.request_id,
-        };
-        let _ = snap
-            .add_headers
-            .write(&mut c.page_headers, None, Some(&vars));
+        c.page_add = Some(snap.clone());
     }
 }
 
@@ -316,6 +324,7 @@ async fn one_request(
     c.log.reset(worker.log.enabled());
     c.request_id.clear();
     c.page_headers.clear();
+    c.page_add = None;
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the

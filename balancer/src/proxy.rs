@@ -19,7 +19,7 @@ use http::StatusCode;
 
 use crate::body::{self, Forwarded, ReqBody, StreamError, ToClient};
 use crate::choose::{choose, no_upstream_status, Tried};
-use crate::conn::Conn;
+use crate::conn::{Conn, Next};
 use crate::error::AttemptError;
 use crate::h1::request::{Framing, Request};
 use crate::h1::response::{self, Body, HeadError, Response};
@@ -157,9 +157,7 @@ impl Worker {
                         c.wbuf.clear();
                         let n =
                             pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
-                        c.page_headers();
-                        c.answered(status, n);
-                        return c.flush().await && !close;
+                        return c.send_page(status, n, close).await == Next::KeepAlive;
                     }
                     return self.respond(c, conn, resp, guard, snap, req, body).await;
                 }
@@ -214,9 +212,7 @@ impl Worker {
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
         let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
-        c.page_headers();
-        c.answered(status, body);
-        c.flush().await && !close
+        c.send_page(status, body, close).await == Next::KeepAlive
     }
 
     /// One exchange with `up`: a pooled or new connection, the request, the response head

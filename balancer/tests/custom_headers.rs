@@ -171,7 +171,7 @@ async fn add_header_values_name_the_upstream_the_status_and_the_client() {
     let r = http.get(format!("{base}/")).send().await.unwrap();
     assert_eq!(r.headers()["x-answer"], "200 to 127.0.0.1");
     // The balancer's own page: no upstream answered (the header whose value comes out empty
-    // is left out), no status known when the headers are made.
+    // is left out); `$status` is the page's.
     let r = http.get(format!("{base}/secret")).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert!(
@@ -179,7 +179,19 @@ async fn add_header_values_name_the_upstream_the_status_and_the_client() {
         "{:?}",
         r.headers()
     );
-    assert_eq!(r.headers()["x-answer"], "to 127.0.0.1");
+    assert_eq!(r.headers()["x-answer"], "403 to 127.0.0.1");
     assert_eq!(r.headers()["x-trace"].len(), "id=".len() + 32);
+    // So is the error page when no upstream answers, and a refused head's 400.
+    a.kill();
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.headers()["x-answer"], "502 to 127.0.0.1");
+    let raw = common::raw_exchange(&base, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n").await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    assert!(
+        raw.to_ascii_lowercase()
+            .contains("x-answer: 400 to 127.0.0.1\r\n"),
+        "{raw}"
+    );
     h.stop(true).await;
 }
