@@ -276,6 +276,52 @@ async fn upgrade_requests_are_tunnelled_both_ways() {
     h.stop(true).await;
 }
 
+/// A client that sends its first tunnel bytes right behind the upgrade request (in the same
+/// write, before the 101): they reach the upstream once the tunnel is up, in order, before what
+/// it sends later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_before_the_101_go_through_the_tunnel_first() {
+    let (up, _head) = upgrade_echo().await;
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
+    let (h, base) = start(cfg).await;
+    let mut s = connect(&base).await;
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly bytes|",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    while find(&buf, b"\r\n\r\n").is_none() {
+        read_more(&mut s, &mut buf).await;
+    }
+    let at = find(&buf, b"\r\n\r\n").unwrap() + 4;
+    assert!(
+        buf.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&buf)
+    );
+    s.write_all(b"later").await.unwrap();
+    let want = b"early bytes|later";
+    while buf.len() - at < want.len() {
+        read_more(&mut s, &mut buf).await;
+    }
+    assert_eq!(&buf[at..], want, "{}", String::from_utf8_lossy(&buf[at..]));
+    drop(s);
+    h.stop(true).await;
+}
+
+/// Reads what `s` has (within 5 s) onto `buf`; it must not be closed.
+async fn read_more(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+        .await
+        .expect("no answer within 5 s")
+        .unwrap();
+    assert!(n > 0, "closed");
+    buf.extend_from_slice(&chunk[..n]);
+}
+
 /// A raw upstream that answers every request with `answer`, then closes the connection.
 async fn raw_upstream(answer: &'static [u8]) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
