@@ -139,6 +139,11 @@ async fn interval(session: Session) -> HttpResponse {
     HttpResponse::Ok().json(session.max_inactive_interval().as_secs())
 }
 
+async fn remove_attr(session: Session, path: web::Path<String>) -> HttpResponse {
+    session.remove(&path);
+    HttpResponse::Ok().finish()
+}
+
 async fn logout(session: Session) -> HttpResponse {
     session.invalidate();
     HttpResponse::Ok().finish()
@@ -150,6 +155,7 @@ macro_rules! app {
             App::new()
                 .wrap($mgr.middleware())
                 .route("/attr/{name}", web::post().to(add_attr))
+                .route("/remove/{name}", web::post().to(remove_attr))
                 .route("/slow/{name}", web::post().to(slow_attr))
                 .route("/read", web::get().to(read))
                 .route("/same", web::post().to(set_same))
@@ -1008,6 +1014,12 @@ async fn sticky_the_cache_keeps_every_attribute_the_store_the_filtered_ones(kind
     assert_eq!(app1.stats().backups, 2, "{:?}", app1.stats());
     assert_eq!(keys!(&a1, on_app1), ["scratch", "user", "v"]);
     assert_eq!(app1.stats().cache_stale, 0, "{:?}", app1.stats());
+    // Removing the filtered-out attribute again writes nothing and sticks in the cache.
+    post!(&a1, "/remove/scratch", on_app1);
+    assert_eq!(keys!(&a1, on_app1), ["user", "v"], "{:?}", app1.stats());
+    assert_eq!(app1.stats().backups, 2, "{:?}", app1.stats());
+    post!(&a1, "/attr/scratch", on_app1);
+    assert_eq!(keys!(&a1, on_app1), ["scratch", "user", "v"]);
     // app2 takes the session over from the store: the filtered attributes only.
     let req = test::TestRequest::get()
         .uri("/read")

@@ -406,7 +406,7 @@ impl Inner {
             }
         };
 
-        let (payload, local) = match (state.dirty || is_new)
+        let (mut payload, mut local) = match (state.dirty || is_new)
             .then(|| self.encode(state))
             .flatten()
         {
@@ -423,6 +423,12 @@ impl Inner {
         if let Some(p) = &pattern {
             self.learner.record(p, changed);
         }
+        // Sticky, nothing to store: every attribute as the cache should now hold them (with
+        // `session_attribute_filter`, those the store does not get may still have changed).
+        let unstored = match (&self.cache, changed) {
+            (Some(_), false) => local.take().or_else(|| payload.take()),
+            _ => None,
+        };
 
         let mut locks = locks;
         if let (true, Some(payload), Some(hash)) = (changed, payload, hash) {
@@ -521,7 +527,7 @@ impl Inner {
                 let cached = cache.get(&id.key());
                 let logged_out = cached.as_ref().is_some_and(|c| !c.record.is_live());
                 // Only attributes the store does not get changed: the cache takes them.
-                let local = local.filter(|all| *all != record.payload);
+                let local = unstored.filter(|all| *all != record.payload);
                 if !logged_out && (touched || local.is_some() || cached.is_none_or(|c| c.id != id))
                 {
                     let mut record = match local {
