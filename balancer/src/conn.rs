@@ -232,6 +232,8 @@ pub(crate) async fn serve(
     let mut stop = pin!(stop_requested(&mut state));
     loop {
         let next = one_request(&worker, &mut c, stop.as_mut()).await;
+        // An idle connection must not keep an old config (and its log file) alive.
+        c.page_add = None;
         if c.log.on {
             let who = if c.client == c.ip {
                 &c.ip_text
