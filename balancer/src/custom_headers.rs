@@ -73,7 +73,7 @@ fn response_vars(value: &str) -> Result<Vec<Var>, String> {
                 Piece::Var(other) => {
                     return Err(format!(
                         "${other} is not known here (known: $upstream_addr, $status, \
-                         $remote_addr, $request_id)"
+                         $remote_addr, $request_id; $$ for a literal $)"
                     ))
                 }
             })
@@ -250,5 +250,24 @@ mod tests {
         let mut out = Vec::new();
         assert!(ok.write(&mut out, None, None), "Host written");
         assert_eq!(out, b"Host: backend.internal\r\nX-Env: prod\r\n");
+    }
+
+    #[test]
+    fn a_doubled_dollar_is_a_literal_dollar_in_add_header() {
+        let e: Vec<String> = vec!["X-Price: $$5 at $status".into(), "X-Cost: $$".into()];
+        let h = CustomHeaders::parse(&e, "add_header", false).expect("valid");
+        let vars = ResponseVars {
+            upstream: None,
+            status: 200,
+            client: [127, 0, 0, 1].into(),
+            request_id: b"",
+        };
+        let mut out = Vec::new();
+        let _ = h.write(&mut out, None, Some(&vars));
+        assert_eq!(out, b"X-Price: $5 at 200\r\nX-Cost: $\r\n");
+        // A single `$` before a name that is no variable is still refused.
+        let bad: Vec<String> = vec!["X-Price: $5".into()];
+        let err = CustomHeaders::parse(&bad, "add_header", false).expect_err("refused");
+        assert!(err.to_string().contains("$$"), "{err}");
     }
 }

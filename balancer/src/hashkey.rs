@@ -16,7 +16,7 @@ pub(crate) enum Piece<'a> {
     Var(&'a str),
 }
 
-/// Splits `template` into text and `$name` variables.
+/// Splits `template` into text and `$name` variables; `$$` is a literal `$`.
 pub(crate) fn pieces(template: &str) -> Vec<Piece<'_>> {
     let mut out = Vec::new();
     let mut rest = template;
@@ -25,6 +25,11 @@ pub(crate) fn pieces(template: &str) -> Vec<Piece<'_>> {
             out.push(Piece::Text(&rest[..pos]));
         }
         let after = &rest[pos + 1..];
+        if let Some(more) = after.strip_prefix('$') {
+            out.push(Piece::Text("$"));
+            rest = more;
+            continue;
+        }
         let end = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
@@ -173,5 +178,7 @@ mod tests {
         assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");
         assert_eq!(eval("u$arg_user:$cookie_sid:$http_x_tenant"), "u7:abc:acme");
         assert_eq!(eval("$nope$cookie_missing"), "");
+        assert_eq!(eval("$$host=$host$$"), "$host=shop$");
+        assert_eq!(eval("a$$$$b"), "a$$b");
     }
 }
