@@ -230,28 +230,35 @@ async fn upgrade_echo() -> (SocketAddr, tokio::sync::oneshot::Receiver<String>) 
     (addr, rx)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrade_requests_are_tunnelled_both_ways() {
+/// A balancer in front of [`upgrade_echo`], a client connection that sent `request`, and what
+/// it read until the end of the answer's head (maybe more); the upstream reports the head it got.
+async fn upgrade_through_balancer(
+    request: &[u8],
+) -> (
+    ferrocat_balancer::BalancerHandle,
+    TcpStream,
+    Vec<u8>,
+    tokio::sync::oneshot::Receiver<String>,
+) {
     let (up, head) = upgrade_echo().await;
     let mut cfg = config(&[]);
     cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
     let (h, base) = start(cfg).await;
     let mut s = connect(&base).await;
-    s.write_all(
+    s.write_all(request).await.unwrap();
+    let mut buf = Vec::new();
+    while find(&buf, b"\r\n\r\n").is_none() {
+        read_more(&mut s, &mut buf).await;
+    }
+    (h, s, buf, head)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_requests_are_tunnelled_both_ways() {
+    let (h, mut s, buf, head) = upgrade_through_balancer(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: echo\r\n\r\n",
     )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while find(&buf, b"\r\n\r\n").is_none() {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        buf.extend_from_slice(&chunk[..n]);
-    }
+    .await;
     let text = String::from_utf8_lossy(&buf).to_ascii_lowercase();
     assert!(text.starts_with("http/1.1 101 "), "{text}");
     assert!(
@@ -281,20 +288,10 @@ async fn upgrade_requests_are_tunnelled_both_ways() {
 /// it sends later.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_sent_before_the_101_go_through_the_tunnel_first() {
-    let (up, _head) = upgrade_echo().await;
-    let mut cfg = config(&[]);
-    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
-    let (h, base) = start(cfg).await;
-    let mut s = connect(&base).await;
-    s.write_all(
+    let (h, mut s, mut buf, _head) = upgrade_through_balancer(
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\nearly bytes|",
     )
-    .await
-    .unwrap();
-    let mut buf = Vec::new();
-    while find(&buf, b"\r\n\r\n").is_none() {
-        read_more(&mut s, &mut buf).await;
-    }
+    .await;
     let at = find(&buf, b"\r\n\r\n").unwrap() + 4;
     assert!(
         buf.starts_with(b"HTTP/1.1 101 "),
