@@ -75,6 +75,8 @@ pub(crate) struct Conn {
     pub limit_key: Vec<u8>,
     /// The evaluated `limit_conn_key`.
     pub conn_key: Vec<u8>,
+    /// A `redirect` rule's status for the current request (0: none) and its `Location`.
+    pub redirect: (u16, Vec<u8>),
     /// Time limits of waits on the client.
     pub ctimer: LazyTimer,
     /// How long those waits may be.
@@ -216,6 +218,7 @@ pub(crate) async fn serve(
         key: Vec::new(),
         limit_key: Vec::new(),
         conn_key: Vec::new(),
+        redirect: (0, Vec::new()),
         ctimer: LazyTimer::new(),
         timeouts: ClientTimeouts::of(&worker.snapshot().cfg),
         utimer: LazyTimer::new(),
@@ -327,6 +330,7 @@ async fn one_request(
     c.request_id.clear();
     c.page_headers.clear();
     c.page_add = None;
+    c.redirect.0 = 0;
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
@@ -345,12 +349,24 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log) =
-                (&mut c.key, &mut c.limit_key, &mut c.conn_key, &mut c.log);
+            let (key, limit_key, conn_key, log, redirect) = (
+                &mut c.key,
+                &mut c.limit_key,
+                &mut c.conn_key,
+                &mut c.log,
+                &mut c.redirect,
+            );
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v);
                 }
+                redirect.0 = if snap.redirects.is_empty() {
+                    0
+                } else {
+                    snap.redirects
+                        .find(v.path(), v.query(), &mut redirect.1)
+                        .unwrap_or(0)
+                };
                 if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
                     return None;
                 }
@@ -458,6 +474,14 @@ async fn one_request(
     if most > 0 && c.requests >= most {
         // nginx's `keepalive_requests`: this answer says `Connection: close` and is the last.
         req.keep_alive = false;
+    }
+    if c.redirect.0 != 0 {
+        // nginx's rewrite phase comes before its access checks and limits.
+        let status = StatusCode::from_u16(c.redirect.0).unwrap_or(StatusCode::FOUND);
+        crate::headers::put(&mut c.page_headers, b"Location", &c.redirect.1);
+        return c
+            .page(status, !req.keep_alive || req.framing != Framing::None)
+            .await;
     }
     let verdict = verdict.filter(|_| snap.access.is_empty() || snap.access.allows(c.client));
     let Some(bound) = verdict else {

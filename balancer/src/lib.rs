@@ -55,6 +55,7 @@ mod pool;
 mod proxy;
 mod ratelimit;
 mod realip;
+mod redirect;
 mod selection;
 mod server;
 mod spool;

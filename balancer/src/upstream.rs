@@ -145,6 +145,8 @@ pub(crate) struct Snapshot {
     pub status_allow: Vec<crate::netmask::Net>,
     /// `access` (nginx `allow` / `deny`).
     pub access: crate::netmask::AccessRules,
+    /// `redirect` rules.
+    pub redirects: crate::redirect::Redirects,
     /// Where the client address comes from behind trusted proxies (`None`: the peer's).
     pub real_ip: Option<crate::realip::RealIp>,
     /// `proxy_set_header`.
@@ -245,6 +247,7 @@ impl Snapshot {
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
         let access = cfg.access_rules()?;
+        let redirects = cfg.redirects()?;
         let real_ip = cfg.real_ip()?;
         let request_id = Some(cfg.request_id_header.trim().to_owned()).filter(|n| !n.is_empty());
         let set_headers = crate::custom_headers::CustomHeaders::parse(
@@ -288,6 +291,7 @@ impl Snapshot {
             deny,
             status_allow,
             access,
+            redirects,
             real_ip,
             set_headers,
             add_headers,

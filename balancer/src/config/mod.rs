@@ -248,6 +248,12 @@ pub struct BalancerConfig {
     /// client no rule matches is served. The client is the one `set_real_ip_from` names.
     /// Empty (the default): everyone.
     pub access: Vec<String>,
+    /// Redirects the balancer answers itself (nginx `rewrite ... redirect|permanent`, `return
+    /// 301 ...`): `"<regex> <target> [301|302|303|307|308]"` (302 by default), the first whose
+    /// regex matches the path (without the query) answers, before `deny`, `access` and the
+    /// limits; `$1`, `${name}` in the target name the regex's groups, `$$` is a `$`; the query is
+    /// appended unless the target ends with `?`.
+    pub redirect: Vec<String>,
     /// HTML page served with 502/503/504 when no upstream can answer.
     pub error_page: Option<PathBuf>,
     /// Access log file (nginx `access_log`, the `combined` format plus request time, upstream
@@ -385,6 +391,7 @@ impl Default for BalancerConfig {
             status_path: None,
             status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
             access: Vec::new(),
+            redirect: Vec::new(),
             set_real_ip_from: Vec::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
@@ -442,6 +449,12 @@ impl BalancerConfig {
         self.access_log
             .as_deref()
             .filter(|p| p.as_os_str() != "off")
+    }
+
+    /// `redirect` parsed; the error names the first bad entry.
+    pub(crate) fn redirects(&self) -> Result<crate::redirect::Redirects, ConfigError> {
+        crate::redirect::Redirects::parse(&self.redirect)
+            .map_err(|(i, e)| ConfigError::new(format!("balancer.redirect[{i}]"), e))
     }
 
     /// `access` parsed; the error names the first bad entry.

@@ -64,6 +64,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     }
     cfg.status_allow_nets()?;
     cfg.access_rules()?;
+    cfg.redirects()?;
     cfg.real_ip()?;
     let added = crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
     let set = crate::custom_headers::CustomHeaders::parse(
