@@ -63,33 +63,29 @@ impl AccessRules {
     /// Parses entries such as `"allow 10.0.0.0/8"`, `"deny 192.0.2.1"`, `"deny all"`; the
     /// error gives the index of the first bad entry.
     pub fn parse(entries: &[String]) -> Result<Self, (usize, String)> {
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let (verb, what) = e
-                    .trim()
-                    .split_once(char::is_whitespace)
-                    .unwrap_or((e.trim(), ""));
-                let allow = match verb {
-                    "allow" => true,
-                    "deny" => false,
-                    _ => {
-                        return Err((
-                            i,
-                            format!("{e:?}: expected \"allow <range>\" or \"deny <range>\" (a range, an address or \"all\")"),
-                        ))
-                    }
-                };
-                let net = match what.trim() {
-                    "all" => None,
-                    "" => return Err((i, format!("{e:?}: a range, an address or \"all\" is missing"))),
-                    range => Some(Net::parse(range).map_err(|m| (i, m))?),
-                };
-                Ok((allow, net))
-            })
-            .collect::<Result<_, _>>()
-            .map(Self)
+        crate::config::parse_each(entries, Self::parse_rule).map(Self)
+    }
+
+    fn parse_rule(e: &str) -> Result<(bool, Option<Net>), String> {
+        let (verb, what) = e
+            .trim()
+            .split_once(char::is_whitespace)
+            .unwrap_or((e.trim(), ""));
+        let allow = match verb {
+            "allow" => true,
+            "deny" => false,
+            _ => {
+                return Err(format!(
+                    "{e:?}: expected \"allow <range>\" or \"deny <range>\" (a range, an address or \"all\")"
+                ))
+            }
+        };
+        let net = match what.trim() {
+            "all" => None,
+            "" => return Err(format!("{e:?}: a range, an address or \"all\" is missing")),
+            range => Some(Net::parse(range)?),
+        };
+        Ok((allow, net))
     }
 
     /// No rules: everyone is allowed.

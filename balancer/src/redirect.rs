@@ -23,12 +23,10 @@ impl Redirects {
     /// Parses `"<regex> <target> [301|302|303|307|308]"` entries (302 when no status is given);
     /// the error gives the index of the first bad entry.
     pub fn parse(entries: &[String]) -> Result<Self, (usize, String)> {
-        entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| Rule::parse(e).map_err(|m| (i, format!("{e:?}: {m}"))))
-            .collect::<Result<_, _>>()
-            .map(Self)
+        crate::config::parse_each(entries, |e| {
+            Rule::parse(e).map_err(|m| format!("{e:?}: {m}"))
+        })
+        .map(Self)
     }
 
     pub fn is_empty(&self) -> bool {

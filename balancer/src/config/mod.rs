@@ -430,6 +430,23 @@ impl Default for BalancerConfig {
     }
 }
 
+/// Parses every entry of a list with `parse`; the error gives the index of the first bad one.
+pub(crate) fn parse_each<T>(
+    entries: &[String],
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, (usize, String)> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse(e).map_err(|m| (i, m)))
+        .collect()
+}
+
+/// Turns [`parse_each`]'s error into one naming the entry: `key[i]`.
+fn entry_error(key: &str) -> impl FnOnce((usize, String)) -> ConfigError + '_ {
+    move |(i, reason)| ConfigError::new(format!("{key}[{i}]"), reason)
+}
+
 /// The status of a refused request (`limit_req_status`, `limit_conn_status`): 4xx or 5xx.
 fn refusal_status(code: u16, key: &str) -> Result<http::StatusCode, ConfigError> {
     http::StatusCode::from_u16(code)
@@ -453,40 +470,25 @@ impl BalancerConfig {
 
     /// `redirect` parsed; the error names the first bad entry.
     pub(crate) fn redirects(&self) -> Result<crate::redirect::Redirects, ConfigError> {
-        crate::redirect::Redirects::parse(&self.redirect)
-            .map_err(|(i, e)| ConfigError::new(format!("balancer.redirect[{i}]"), e))
+        crate::redirect::Redirects::parse(&self.redirect).map_err(entry_error("balancer.redirect"))
     }
 
     /// `access` parsed; the error names the first bad entry.
     pub(crate) fn access_rules(&self) -> Result<crate::netmask::AccessRules, ConfigError> {
-        crate::netmask::AccessRules::parse(&self.access)
-            .map_err(|(i, e)| ConfigError::new(format!("balancer.access[{i}]"), e))
+        crate::netmask::AccessRules::parse(&self.access).map_err(entry_error("balancer.access"))
     }
 
     /// `status_allow` parsed; the error names the first bad entry.
     pub(crate) fn status_allow_nets(&self) -> Result<Vec<crate::netmask::Net>, ConfigError> {
-        self.status_allow
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                crate::netmask::Net::parse(n)
-                    .map_err(|e| ConfigError::new(format!("balancer.status_allow[{i}]"), e))
-            })
-            .collect()
+        parse_each(&self.status_allow, crate::netmask::Net::parse)
+            .map_err(entry_error("balancer.status_allow"))
     }
 
     /// `set_real_ip_from`, `real_ip_header` and `real_ip_recursive` parsed (`None`: off); the
     /// error names the bad key.
     pub(crate) fn real_ip(&self) -> Result<Option<crate::realip::RealIp>, ConfigError> {
-        let from = self
-            .set_real_ip_from
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                crate::netmask::Net::parse(n)
-                    .map_err(|e| ConfigError::new(format!("balancer.set_real_ip_from[{i}]"), e))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let from = parse_each(&self.set_real_ip_from, crate::netmask::Net::parse)
+            .map_err(entry_error("balancer.set_real_ip_from"))?;
         let header = self.real_ip_header.trim();
         if header.eq_ignore_ascii_case("proxy_protocol") {
             return Err(ConfigError::new(
