@@ -159,3 +159,36 @@ async fn bad_limit_conn_settings_name_the_key() {
         assert!(e.to_string().contains(&format!("{named}:")), "{e}");
     }
 }
+
+/// A client that goes away in the middle of its request gives its place back: the count is
+/// held by the request, whatever way it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_mid_request_gives_its_place_back() {
+    use tokio::io::AsyncWriteExt;
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.limit_conn = 1;
+    cfg.status_path = Some("/_status".into());
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /slow/1500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    hits_reach(&a, 1).await;
+    assert_eq!(get(&http, &base, "/", "127.0.0.1", None).await.0, 503);
+    drop(s);
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = get_json(&http, &format!("{base}/_status")).await;
+        if st["limit_conn"]["active"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < until, "the place was not given back: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&http, &base, "/", "127.0.0.1", None).await.0, 200);
+    h.stop(true).await;
+}
