@@ -51,10 +51,12 @@ impl Tried {
     }
 }
 
-/// Picks the upstream for the next attempt: the bound route while it is available, else the
-/// primaries (not draining), else the backups; draining upstreams only if nothing else is left.
+/// Picks the upstream of `pool` for the next attempt: the bound route while it is available,
+/// else the pool's primaries (not draining), else its backups; draining upstreams only if
+/// nothing else is left. `bound` must be a member of the pool.
 pub(crate) fn choose(
     snap: &Snapshot,
+    pool: usize,
     ctx: &SelectCtx<'_>,
     tried: &[usize],
     bound: Option<usize>,
@@ -65,8 +67,9 @@ pub(crate) fn choose(
             return Some(i);
         }
     }
+    let pool = &snap.pools[pool];
     for allow_drain in [false, true] {
-        for group in [&snap.primary, &snap.backup] {
+        for group in [&pool.primary, &pool.backup] {
             // First with `slow_start`: an upstream still warming up takes a request with the
             // probability of how far it is (the pick moves on to the next peer otherwise, so
             // the others keep their ratios). If that leaves nobody (all of them warming),
@@ -101,15 +104,15 @@ pub(crate) fn choose(
     None
 }
 
-/// Status when no attempt could be made: 503 if every live upstream is at `max_conns`
-/// (busy), 502 otherwise (no live upstream, as nginx).
-pub(crate) fn no_upstream_status(snap: &Snapshot, tried: &[usize]) -> StatusCode {
+/// Status when no attempt could be made: 503 if every live upstream of the pool is at
+/// `max_conns` (busy), 502 otherwise (no live upstream, as nginx).
+pub(crate) fn no_upstream_status(snap: &Snapshot, pool: usize, tried: &[usize]) -> StatusCode {
     let mut now = LazyNow::default();
     let busy = snap
         .upstreams
         .iter()
         .enumerate()
-        .any(|(i, u)| !tried.contains(&i) && u.up(&mut now));
+        .any(|(i, u)| u.pool == pool && !tried.contains(&i) && u.up(&mut now));
     if busy {
         StatusCode::SERVICE_UNAVAILABLE
     } else {

@@ -370,7 +370,8 @@ async fn one_request(
                 if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
                     return None;
                 }
-                match &snap.hash_key {
+                let pool = snap.pool_for(v.path());
+                match &snap.pools[pool].hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
                 }
@@ -380,11 +381,13 @@ async fn one_request(
                 if let Some(k) = snap.conn_limit.as_ref().and_then(|l| l.key.as_ref()) {
                     k.eval(v, v.client, conn_key);
                 }
-                Some(
-                    crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
-                        .or_else(|| crate::sticky::url_route(v.path(), &snap.cfg.sticky_cookie))
-                        .and_then(|r| snap.routes.get(r).copied()),
-                )
+                // A route binds only to an upstream of the request's pool (a session of the
+                // app pool says nothing about where static files come from).
+                let bound = crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)
+                    .or_else(|| crate::sticky::url_route(v.path(), &snap.cfg.sticky_cookie))
+                    .and_then(|r| snap.routes.get(r).copied())
+                    .filter(|&i| snap.upstreams[i].pool == pool);
+                Some((pool, bound))
             };
             let peer = request::Peer {
                 ip: c.ip,
@@ -484,7 +487,7 @@ async fn one_request(
             .await;
     }
     let verdict = verdict.filter(|_| snap.access.is_empty() || snap.access.allows(c.client));
-    let Some(bound) = verdict else {
+    let Some(target) = verdict else {
         // Denied (`deny` path, or `access` rule). A body that was not read makes the
         // connection unusable.
         return c
@@ -530,7 +533,7 @@ async fn one_request(
     }
     match body::intake(c, &req, snap.cfg.client_max_body_size).await {
         Intake::Body(mut b) => {
-            let keep = worker.proxy(c, &snap, &req, bound, &mut b).await;
+            let keep = worker.proxy(c, &snap, &req, target, &mut b).await;
             if keep {
                 Next::KeepAlive
             } else {

@@ -73,7 +73,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 pub use config::{
-    BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, UpstreamConfig,
+    BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, PoolConfig,
+    UpstreamConfig,
 };
 pub use units::parse_size;
 

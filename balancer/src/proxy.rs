@@ -81,11 +81,11 @@ impl Worker {
         c: &mut Conn,
         snap: &Arc<Snapshot>,
         req: &Request,
-        bound: Option<usize>,
+        (pool, bound): (usize, Option<usize>),
         body: &mut ReqBody,
     ) -> bool {
         let key = std::mem::take(&mut c.key);
-        let keep = self.attempts(c, snap, req, bound, body, &key).await;
+        let keep = self.attempts(c, snap, req, (pool, bound), body, &key).await;
         c.key = key;
         keep
     }
@@ -95,7 +95,7 @@ impl Worker {
         c: &mut Conn,
         snap: &Arc<Snapshot>,
         req: &Request,
-        bound: Option<usize>,
+        (pool, bound): (usize, Option<usize>),
         body: &mut ReqBody,
         key: &[u8],
     ) -> bool {
@@ -105,7 +105,7 @@ impl Worker {
         };
         let policy = snap.retry;
         let max_tries = if policy.tries == 0 {
-            snap.upstreams.len().max(1)
+            snap.pools[pool].len.max(1)
         } else {
             policy.tries as usize
         };
@@ -119,7 +119,7 @@ impl Worker {
         let mut again = true;
         while again {
             let mut now = LazyNow::default();
-            let Some(idx) = choose(snap, &ctx, tried.as_slice(), bound, &mut now) else {
+            let Some(idx) = choose(snap, pool, &ctx, tried.as_slice(), bound, &mut now) else {
                 break;
             };
             let up = &snap.upstreams[idx];
@@ -208,7 +208,8 @@ impl Worker {
                 }
             }
         }
-        let status = last_status.unwrap_or_else(|| no_upstream_status(snap, tried.as_slice()));
+        let status =
+            last_status.unwrap_or_else(|| no_upstream_status(snap, pool, tried.as_slice()));
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
         let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);

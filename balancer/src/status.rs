@@ -49,6 +49,7 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
                 "address": u.cfg.address,
                 "resolved": u.addr.to_string(),
                 "route": u.cfg.route,
+                "pool": u.cfg.pool,
                 "weight": u.cfg.weight,
                 "backup": u.cfg.backup,
                 "drain": u.cfg.drain,

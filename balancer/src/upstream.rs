@@ -50,6 +50,8 @@ pub(crate) struct Upstream {
     pub recovered_at: Arc<AtomicU64>,
     /// Attempts and failed attempts, for the status page (kept across reloads).
     pub counts: Arc<Counts>,
+    /// Index of its pool in [`Snapshot::pools`] (0: the default pool).
+    pub pool: usize,
 }
 
 /// An upstream's totals since it was first configured.
@@ -125,6 +127,19 @@ pub(crate) struct Group {
     pub selector: Box<dyn Selector>,
 }
 
+/// The upstreams that one kind of request goes to: the default pool (the upstreams without
+/// `pool`) or a `[[balancer.pool]]`.
+pub(crate) struct Pool {
+    /// Primary upstreams.
+    pub primary: Group,
+    /// Backup upstreams, used only while no primary is available.
+    pub backup: Group,
+    /// Key template for `method = "hash"`.
+    pub hash_key: Option<HashKey>,
+    /// How many upstreams it has (primaries and backups).
+    pub len: usize,
+}
+
 /// Everything a request needs, derived from one config; swapped whole on reload.
 pub(crate) struct Snapshot {
     /// Counts reloads; workers compare it to apply pool settings once.
@@ -135,10 +150,12 @@ pub(crate) struct Snapshot {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Route suffix -> index into `upstreams`.
     pub routes: HashMap<String, usize>,
-    /// Primary upstreams.
-    pub primary: Group,
-    /// Backup upstreams, used only while no primary is available.
-    pub backup: Group,
+    /// The default pool first, then the `[[balancer.pool]]`s in config order.
+    pub pools: Vec<Pool>,
+    /// Every pool's `paths`, in config order (empty without pools).
+    pub pool_paths: RegexSet,
+    /// For each pattern of `pool_paths`, its pool's index in `pools`.
+    pub pool_of_path: Vec<usize>,
     /// `deny` patterns.
     pub deny: RegexSet,
     /// Who may read the status page.
@@ -161,8 +178,6 @@ pub(crate) struct Snapshot {
     pub conn_limit: Option<crate::connlimit::ConnLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
-    /// Key template for `method = "hash"`.
-    pub hash_key: Option<HashKey>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// The open access log, if one is configured.
@@ -206,31 +221,72 @@ impl RetryPolicy {
 }
 
 impl Snapshot {
+    /// The pool a request for `path` goes to: the first `[[balancer.pool]]` with a matching
+    /// path regex, else the default pool (0).
+    pub fn pool_for(&self, path: &str) -> usize {
+        if self.pool_of_path.is_empty() {
+            return 0;
+        }
+        self.pool_paths
+            .matches(path)
+            .iter()
+            .next()
+            .map_or(0, |i| self.pool_of_path[i])
+    }
+
     /// Validates `cfg` and builds a snapshot, reusing upstreams of `prev` whose config is unchanged
     /// (so their counters and health carry over).
     pub fn build(cfg: BalancerConfig, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        // Pool 0 is the default one; validation made sure every named pool exists.
+        let pool_index = |name: Option<&str>| {
+            name.and_then(|n| cfg.pool.iter().position(|p| p.name == n))
+                .map_or(0, |i| i + 1)
+        };
         let mut upstreams = Vec::with_capacity(cfg.upstream.len());
         for (i, up) in cfg.upstream.iter().enumerate() {
             let old = prev.and_then(|p| p.upstreams.iter().find(|u| u.cfg.address == up.address));
-            upstreams.push(Arc::new(build_upstream(i, up, old.map(|o| &**o))?));
+            let pool = pool_index(up.pool.as_deref());
+            upstreams.push(Arc::new(build_upstream(i, up, old.map(|o| &**o), pool)?));
         }
         let routes = upstreams
             .iter()
             .enumerate()
             .filter_map(|(i, u)| u.cfg.route.clone().map(|r| (r, i)))
             .collect();
-        let group = |backup: bool| {
-            let members: Vec<usize> = (0..upstreams.len())
-                .filter(|&i| upstreams[i].cfg.backup == backup)
-                .collect();
-            let peers: Vec<Arc<Upstream>> = members.iter().map(|&i| upstreams[i].clone()).collect();
-            Group {
-                selector: selection::build(cfg.method, &peers),
-                members,
-            }
-        };
-        let (primary, backup) = (group(false), group(true));
+        let names = std::iter::once(None).chain(cfg.pool.iter().map(|p| Some(p.name.as_str())));
+        let pools = names
+            .enumerate()
+            .map(|(p, name)| {
+                let (method, hash_key) = cfg.pool_method(name);
+                let group = |backup: bool| {
+                    let members: Vec<usize> = (0..upstreams.len())
+                        .filter(|&i| upstreams[i].pool == p && upstreams[i].cfg.backup == backup)
+                        .collect();
+                    let peers: Vec<Arc<Upstream>> =
+                        members.iter().map(|&i| upstreams[i].clone()).collect();
+                    Group {
+                        selector: selection::build(method, &peers),
+                        members,
+                    }
+                };
+                let (primary, backup) = (group(false), group(true));
+                Pool {
+                    len: primary.members.len() + backup.members.len(),
+                    primary,
+                    backup,
+                    hash_key: (method == Method::Hash).then(|| HashKey::parse(hash_key)),
+                }
+            })
+            .collect();
+        let pool_of_path = cfg
+            .pool
+            .iter()
+            .enumerate()
+            .flat_map(|(i, p)| p.paths.iter().map(move |_| i + 1))
+            .collect();
+        let pool_paths = RegexSet::new(cfg.pool.iter().flat_map(|p| p.paths.iter()))
+            .map_err(|e| ConfigError::new("balancer.pool", e.to_string()))?;
         let deny = RegexSet::new(&cfg.deny)
             .map_err(|e| ConfigError::new("balancer.deny", e.to_string()))?;
         let error_page = match &cfg.error_page {
@@ -242,7 +298,6 @@ impl Snapshot {
             })?)),
             None => None,
         };
-        let hash_key = (cfg.method == Method::Hash).then(|| HashKey::parse(&cfg.hash_key));
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
@@ -286,8 +341,9 @@ impl Snapshot {
             cfg,
             upstreams,
             routes,
-            primary,
-            backup,
+            pools,
+            pool_paths,
+            pool_of_path,
             deny,
             status_allow,
             access,
@@ -299,7 +355,6 @@ impl Snapshot {
             limit,
             conn_limit,
             error_page,
-            hash_key,
             retry,
             access_log,
         })
@@ -310,6 +365,7 @@ fn build_upstream(
     i: usize,
     up: &UpstreamConfig,
     old: Option<&Upstream>,
+    pool: usize,
 ) -> Result<Upstream, ConfigError> {
     let key = || format!("balancer.upstream[{i}].address");
     let addr = up
@@ -344,6 +400,7 @@ fn build_upstream(
         down_until,
         recovered_at,
         counts,
+        pool,
     })
 }
 

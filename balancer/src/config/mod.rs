@@ -181,6 +181,10 @@ pub struct UpstreamConfig {
     /// 0 (the default): at once.
     #[serde(default, with = "units::duration")]
     pub slow_start: Duration,
+    /// The `[[balancer.pool]]` this upstream belongs to (by `name`); none: the default pool,
+    /// which serves every request no pool's `paths` match.
+    #[serde(default)]
+    pub pool: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -207,6 +211,7 @@ impl UpstreamConfig {
             max_conns: 0,
             drain: false,
             slow_start: Duration::ZERO,
+            pool: None,
         }
     }
 
@@ -217,11 +222,50 @@ impl UpstreamConfig {
         self
     }
 
+    /// Puts the upstream in the named pool (builder style).
+    #[must_use]
+    pub fn in_pool(mut self, pool: impl Into<String>) -> Self {
+        self.pool = Some(pool.into());
+        self
+    }
+
     /// Sets the weight (builder style).
     #[must_use]
     pub fn with_weight(mut self, weight: u32) -> Self {
         self.weight = weight;
         self
+    }
+}
+
+/// One `[[balancer.pool]]`: a named group of upstreams that the requests whose path matches
+/// one of its `paths` go to (nginx: an `upstream` block and the `location ~ regex` blocks that
+/// `proxy_pass` to it). Upstreams join it with `pool = "<name>"`; the upstreams without `pool`
+/// form the default pool, which serves every other request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// What upstreams name in their `pool` key.
+    pub name: String,
+    /// Path regexes (the path without the query, as `deny`); the first pool in config order
+    /// with a matching one takes the request.
+    pub paths: Vec<String>,
+    /// Selection method inside this pool; default: `balancer.method`.
+    #[serde(default)]
+    pub method: Option<Method>,
+    /// Key for `method = "hash"` inside this pool; default: `balancer.hash_key`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+}
+
+impl PoolConfig {
+    /// A pool named `name` taking the requests whose path matches one of `paths`.
+    pub fn new(name: impl Into<String>, paths: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            method: None,
+            hash_key: None,
+        }
     }
 }
 
@@ -375,6 +419,9 @@ pub struct BalancerConfig {
     pub shutdown_timeout: Duration,
     /// The upstream servers.
     pub upstream: Vec<UpstreamConfig>,
+    /// Named upstream pools chosen by path (see [`PoolConfig`]); none: every request goes to
+    /// the upstreams.
+    pub pool: Vec<PoolConfig>,
 }
 
 impl Default for BalancerConfig {
@@ -426,6 +473,7 @@ impl Default for BalancerConfig {
             keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             upstream: Vec::new(),
+            pool: Vec::new(),
         }
     }
 }
@@ -459,6 +507,19 @@ impl BalancerConfig {
     /// Checks the rules serde cannot express; the error names the first bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate::validate(self)
+    }
+
+    /// The method and hash key of the pool named `pool` (`None`: the default pool); an unknown
+    /// name gets the balancer's (validation refuses one).
+    pub fn pool_method(&self, pool: Option<&str>) -> (Method, &str) {
+        let named = pool.and_then(|n| self.pool.iter().find(|p| p.name == n));
+        match named {
+            Some(p) => (
+                p.method.unwrap_or(self.method),
+                p.hash_key.as_deref().unwrap_or(&self.hash_key),
+            ),
+            None => (self.method, &self.hash_key),
+        }
     }
 
     /// The access log's path, unless it is off.

@@ -127,7 +127,8 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     if let Some(hc) = &cfg.health_check {
         validate_health(hc)?;
     }
-    validate_upstreams(cfg)
+    validate_upstreams(cfg)?;
+    validate_pools(cfg)
 }
 
 pub(crate) fn is_token_byte(b: u8) -> bool {
@@ -156,6 +157,57 @@ fn validate_health(hc: &HealthCheckConfig) -> Result<(), ConfigError> {
             key("expect_status"),
             format!("{s} is not an HTTP status"),
         ));
+    }
+    Ok(())
+}
+
+fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for (i, pool) in cfg.pool.iter().enumerate() {
+        let key = |k: &str| format!("balancer.pool[{i}].{k}");
+        if pool.name.is_empty() || !pool.name.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                key("name"),
+                "must be non-empty and printable, without spaces",
+            ));
+        }
+        if !names.insert(pool.name.as_str()) {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("{:?} is used twice", pool.name),
+            ));
+        }
+        if pool.paths.is_empty() {
+            return Err(ConfigError::new(
+                key("paths"),
+                "needs at least one path regex (no request would reach the pool)",
+            ));
+        }
+        for (j, pattern) in pool.paths.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(pattern) {
+                return Err(ConfigError::new(
+                    format!("balancer.pool[{i}].paths[{j}]"),
+                    format!("invalid regex: {e}"),
+                ));
+            }
+        }
+        let (method, hash_key) = cfg.pool_method(Some(&pool.name));
+        if method == Method::Hash && hash_key.trim().is_empty() {
+            return Err(ConfigError::new(
+                key("hash_key"),
+                "required with method = \"hash\"",
+            ));
+        }
+        if !cfg
+            .upstream
+            .iter()
+            .any(|u| u.pool.as_deref() == Some(pool.name.as_str()))
+        {
+            return Err(ConfigError::new(
+                key("name"),
+                format!("no upstream has pool = {:?}", pool.name),
+            ));
+        }
     }
     Ok(())
 }
@@ -207,15 +259,24 @@ fn validate_upstreams(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 "must be greater than 0",
             ));
         }
+        if let Some(pool) = &up.pool {
+            if !cfg.pool.iter().any(|p| &p.name == pool) {
+                return Err(ConfigError::new(
+                    key("pool"),
+                    format!("no [[balancer.pool]] is named {pool:?}"),
+                ));
+            }
+        }
+        let (method, _) = cfg.pool_method(up.pool.as_deref());
         if !up.slow_start.is_zero()
-            && matches!(cfg.method, Method::IpHash | Method::Hash | Method::Random)
+            && matches!(method, Method::IpHash | Method::Hash | Method::Random)
         {
             return Err(ConfigError::new(
                 key("slow_start"),
                 "not supported with the hash, ip_hash and random methods (as in nginx)",
             ));
         }
-        if up.backup && matches!(cfg.method, Method::IpHash | Method::Hash | Method::Random) {
+        if up.backup && matches!(method, Method::IpHash | Method::Hash | Method::Random) {
             return Err(ConfigError::new(
                 key("backup"),
                 "not supported with the hash, ip_hash and random methods (as in nginx)",
