@@ -58,7 +58,7 @@ const KEEP_BUFFER: usize = 256 * 1024;
 
 /// A client connection and its reusable buffers.
 pub(crate) struct Conn {
-    pub stream: TcpStream,
+    pub stream: crate::tls::ClientStream,
     /// Bytes read from the client and not used yet (the next head, body bytes).
     pub rbuf: BytesMut,
     /// Bytes to write to the client (response head and body bytes at hand).
@@ -204,10 +204,41 @@ pub(crate) async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     mut state: watch::Receiver<RunState>,
+    tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
     let _open = OpenConn::new(&worker.traffic);
     let ip = peer.ip().to_canonical();
+    let stream = if tls {
+        // The certificate of the config current now; the handshake gets the head's time limit.
+        let snap = worker.snapshot();
+        let Some(acceptor) = snap.tls.clone() else {
+            return;
+        };
+        let limit = snap.cfg.client_header_timeout;
+        drop(snap);
+        match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => crate::tls::ClientStream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                log::debug!("TLS handshake with {ip} failed: {e}");
+                worker
+                    .traffic
+                    .tls_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            Err(_) => {
+                log::debug!("TLS handshake with {ip} timed out after {limit:?}");
+                worker
+                    .traffic
+                    .tls_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        }
+    } else {
+        crate::tls::ClientStream::Plain(stream)
+    };
     let mut c = Conn {
         stream,
         rbuf: BytesMut::with_capacity(READ_BUFFER),
@@ -254,6 +285,11 @@ pub(crate) async fn serve(
         if c.wbuf.capacity() > KEEP_BUFFER {
             c.wbuf = Vec::with_capacity(4096);
         }
+    }
+    if c.stream.is_tls() {
+        // TLS: say `close_notify` (the client can tell an end from a cut), briefly.
+        use tokio::io::AsyncWriteExt as _;
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.stream.shutdown()).await;
     }
 }
 
@@ -394,6 +430,7 @@ async fn one_request(
                 text: &c.ip_text,
                 real_ip: snap.real_ip.as_ref(),
                 set: &snap.set_headers,
+                tls: c.stream.is_tls(),
             };
             let rid = snap
                 .request_id

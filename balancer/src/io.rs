@@ -14,8 +14,10 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, Sleep};
+
+use crate::tls::ClientStream;
 
 /// A time limit ran out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,8 +89,8 @@ pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Reads what the socket has into `buf` (0 = end of stream). A read that does not fill the free
 /// space tells the reactor the socket is drained, which saves the `EAGAIN` read before waiting.
-pub(crate) fn poll_read(
-    stream: &mut TcpStream,
+pub(crate) fn poll_read<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -99,8 +101,8 @@ pub(crate) fn poll_read(
 }
 
 /// Reads once into `buf`, waiting at most `limit`.
-pub(crate) async fn read(
-    stream: &mut TcpStream,
+pub(crate) async fn read<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     timer: &mut LazyTimer,
     limit: Duration,
@@ -108,15 +110,20 @@ pub(crate) async fn read(
     within(timer, limit, poll_fn(|cx| poll_read(stream, buf, cx))).await
 }
 
-/// Writes all of `data`, waiting at most `limit` for the peer to take each part.
-pub(crate) async fn write_all(
-    stream: &mut TcpStream,
+/// Writes all of `data`, waiting at most `limit` for the peer to take each part. Flushes too:
+/// TLS may hold the last records back otherwise (a no-op on a TCP socket).
+pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     data: &[u8],
     timer: &mut LazyTimer,
     limit: Duration,
 ) -> Result<io::Result<()>, Elapsed> {
     use tokio::io::AsyncWriteExt as _;
-    within(timer, limit, stream.write_all(data)).await
+    within(timer, limit, async {
+        stream.write_all(data).await?;
+        stream.flush().await
+    })
+    .await
 }
 
 /// Runs `upstream` (a wait for the upstream's answer) while watching the client connection:
@@ -124,7 +131,7 @@ pub(crate) async fn write_all(
 /// client sends meanwhile (its next, pipelined request) are appended to `rbuf`, and `watching`
 /// is then switched off so that a busy client is read at most once per wait.
 pub(crate) async fn watch_client<T>(
-    client: &TcpStream,
+    client: &mut ClientStream,
     rbuf: &mut BytesMut,
     watching: &mut bool,
     upstream: impl Future<Output = T>,
@@ -134,21 +141,14 @@ pub(crate) async fn watch_client<T>(
         if let Poll::Ready(v) = upstream.as_mut().poll(cx) {
             return Poll::Ready(Some(v));
         }
-        while *watching {
-            match client.poll_read_ready(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(())) => {
-                    if rbuf.capacity() - rbuf.len() < 1024 {
-                        rbuf.reserve(READ_CHUNK);
-                    }
-                    match client.try_read_buf(rbuf) {
-                        Ok(0) => return Poll::Ready(None),
-                        Ok(_) => *watching = false,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(_) => return Poll::Ready(None),
-                    }
-                }
+        if *watching {
+            if rbuf.capacity() - rbuf.len() < 1024 {
+                rbuf.reserve(READ_CHUNK);
+            }
+            match client.poll_read_some(rbuf, cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => *watching = false,
             }
         }
         Poll::Pending

@@ -61,6 +61,7 @@ mod server;
 mod spool;
 mod status;
 mod sticky;
+mod tls;
 mod tunnel;
 mod units;
 mod upstream;
@@ -100,6 +101,12 @@ impl Balancer {
             .map(|l| l.local_addr())
             .transpose()?
             .unwrap_or(listen);
+        let ssl_listen = cfg.ssl_listen;
+        let mut tls_listeners = match ssl_listen {
+            Some(at) => server::bind(at, workers).await?,
+            None => Vec::new(),
+        };
+        let tls_addr = tls_listeners.first().map(|l| l.local_addr()).transpose()?;
         let (health_tx, health_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -110,12 +117,14 @@ impl Balancer {
         let (stopped_tx, stopped_rx) = watch::channel(false);
 
         let mut threads = Vec::new();
+        tls_listeners.reverse();
         for (i, listener) in listeners.into_iter().enumerate() {
             let (shared, state) = (shared.clone(), state_rx.clone());
+            let tls_listener = tls_listeners.pop();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("ferrocat-bal-{i}"))
-                    .spawn(move || server::run_worker(listener, shared, state))?,
+                    .spawn(move || server::run_worker(listener, tls_listener, shared, state))?,
             );
         }
         let health = {
@@ -146,12 +155,19 @@ impl Balancer {
                 }
                 let _ = stopped_tx.send(true);
             })?;
-        log::info!("balancer listening on {local_addr} with {workers} worker(s)");
+        match tls_addr {
+            Some(tls) => log::info!(
+                "balancer listening on {local_addr} and {tls} (TLS) with {workers} worker(s)"
+            ),
+            None => log::info!("balancer listening on {local_addr} with {workers} worker(s)"),
+        }
         Ok(BalancerHandle {
             inner: Arc::new(Inner {
                 shared,
                 local_addr,
                 listen,
+                tls_addr,
+                ssl_listen,
                 workers: cfg.workers,
                 state: state_tx,
                 stopped: stopped_rx,
@@ -171,6 +187,8 @@ struct Inner {
     shared: Arc<Shared>,
     local_addr: SocketAddr,
     listen: SocketAddr,
+    tls_addr: Option<SocketAddr>,
+    ssl_listen: Option<SocketAddr>,
     workers: usize,
     state: watch::Sender<RunState>,
     stopped: watch::Receiver<bool>,
@@ -191,6 +209,11 @@ impl BalancerHandle {
         self.inner.local_addr
     }
 
+    /// The bound TLS address (`ssl_listen`), if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.inner.tls_addr
+    }
+
     /// Applies a new config without dropping connections: new upstream set, weights, drain,
     /// limits, timeouts. Upstreams whose address stays keep their counters and health. `listen`
     /// and `workers` cannot change without a restart.
@@ -200,6 +223,12 @@ impl BalancerHandle {
             return Err(ConfigError::new(
                 "balancer.listen",
                 "changing the listen address needs a restart",
+            ));
+        }
+        if cfg.ssl_listen != self.inner.ssl_listen {
+            return Err(ConfigError::new(
+                "balancer.ssl_listen",
+                "changing the TLS listen address needs a restart",
             ));
         }
         if cfg.workers != self.inner.workers {

@@ -378,7 +378,8 @@ impl Worker {
             }
             let limit = snap.cfg.proxy_read_timeout;
             let read = io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit);
-            let Some(read) = io::watch_client(&c.stream, &mut c.rbuf, &mut watching, read).await
+            let Some(read) =
+                io::watch_client(&mut c.stream, &mut c.rbuf, &mut watching, read).await
             else {
                 return Err(Failure::ClientGone);
             };

@@ -58,18 +58,21 @@ pub(crate) struct Traffic {
     pub active: std::sync::atomic::AtomicU64,
     /// Request heads read.
     pub requests: std::sync::atomic::AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_failures: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
-    /// The totals over every worker: (accepted, active, requests).
-    pub fn traffic(&self) -> (u64, u64, u64) {
+    /// The totals over every worker: (accepted, active, requests, failed TLS handshakes).
+    pub fn traffic(&self) -> (u64, u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let list = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
-        list.iter().fold((0, 0, 0), |(a, o, r), t| {
+        list.iter().fold((0, 0, 0, 0), |(a, o, r, f), t| {
             (
                 a + t.accepted.load(Relaxed),
                 o + t.active.load(Relaxed),
                 r + t.requests.load(Relaxed),
+                f + t.tls_failures.load(Relaxed),
             )
         })
     }
@@ -118,6 +121,7 @@ pub(crate) async fn bind(
 /// Runs one worker on the current thread until stopped.
 pub(crate) fn run_worker(
     listener: std::net::TcpListener,
+    tls_listener: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     mut state: watch::Receiver<RunState>,
 ) -> std::io::Result<()> {
@@ -127,6 +131,7 @@ pub(crate) fn run_worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener = TcpListener::from_std(listener)?;
+        let tls_listener = tls_listener.map(TcpListener::from_std).transpose()?;
         let cfg = shared.snapshot.load();
         let worker = Rc::new(Worker {
             pool: Rc::new(Pool::new(
@@ -168,9 +173,9 @@ pub(crate) fn run_worker(
             tokio::select! {
                 biased;
                 () = stop_requested(&mut state) => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        conns.spawn_local(crate::conn::serve(worker.clone(), stream, peer, state.clone()));
+                accepted = accept(&listener, tls_listener.as_ref()) => match accepted {
+                    Ok((stream, peer, tls)) => {
+                        conns.spawn_local(crate::conn::serve(worker.clone(), stream, peer, state.clone(), tls));
                     }
                     Err(e) => {
                         // Out of file descriptors, say: back off, and log once a second
@@ -188,6 +193,7 @@ pub(crate) fn run_worker(
             }
         }
         drop(listener);
+        drop(tls_listener);
         worker.stopping.set(true);
         if *state.borrow() == RunState::Graceful {
             let limit = shared.snapshot.load().cfg.shutdown_timeout;
@@ -205,6 +211,23 @@ pub(crate) fn run_worker(
         worker.log.flush();
         Ok(())
     })
+}
+
+/// The next connection on either listener, and whether it came in on the TLS one.
+async fn accept(
+    plain: &TcpListener,
+    tls: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr, bool)> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(r) = plain.poll_accept(cx) {
+            return std::task::Poll::Ready(r.map(|(s, p)| (s, p, false)));
+        }
+        match tls {
+            Some(l) => l.poll_accept(cx).map(|r| r.map(|(s, p)| (s, p, true))),
+            None => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Resolves once a stop is requested. If every handle was dropped without a stop, the balancer

@@ -94,10 +94,14 @@ pub(crate) fn respond(
     out: &mut Vec<u8>,
     snap: &Snapshot,
     req: &Request,
-    (accepted, active, requests): (u64, u64, u64),
+    (accepted, active, requests, tls_failures): (u64, u64, u64, u64),
 ) -> usize {
     let mut page = render(snap);
-    page["connections"] = json!({ "accepted": accepted, "active": active });
+    page["connections"] = json!({
+        "accepted": accepted,
+        "active": active,
+        "tls_handshake_failures": tls_failures,
+    });
     page["requests"] = json!(requests);
     let body = serde_json::to_vec_pretty(&page).unwrap_or_default();
     out.extend_from_slice(

@@ -182,6 +182,8 @@ pub(crate) struct Snapshot {
     pub retry: RetryPolicy,
     /// The open access log, if one is configured.
     pub access_log: Option<Arc<crate::access_log::Sink>>,
+    /// `ssl_certificate` and its key, read when this config was applied.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -289,15 +291,7 @@ impl Snapshot {
             .map_err(|e| ConfigError::new("balancer.pool", e.to_string()))?;
         let deny = RegexSet::new(&cfg.deny)
             .map_err(|e| ConfigError::new("balancer.deny", e.to_string()))?;
-        let error_page = match &cfg.error_page {
-            Some(path) => Some(Bytes::from(std::fs::read(path).map_err(|e| {
-                ConfigError::new(
-                    "balancer.error_page",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?)),
-            None => None,
-        };
+        let error_page = cfg.read_error_page()?;
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
@@ -324,6 +318,7 @@ impl Snapshot {
                 .map(|l| l.table.clone())
                 .unwrap_or_else(|| std::sync::Arc::new(crate::connlimit::Table::new()))
         })?;
+        let tls = cfg.tls_acceptor()?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -357,6 +352,7 @@ impl Snapshot {
             error_page,
             retry,
             access_log,
+            tls,
         })
     }
 }

@@ -220,6 +220,14 @@ fn reload(
 pub fn check_config(path: &Path) -> i32 {
     match load_config(Some(path)) {
         Ok(l) => {
+            // The files it names too (error page, TLS certificate and key), as nginx -t does.
+            if let Err(e) = l.config.balancer.check_files() {
+                report_config_error(&ConfigError::Invalid {
+                    key: e.key,
+                    reason: e.reason,
+                });
+                return exit::CONFIG;
+            }
             println!(
                 "{}: OK (node {}, {} upstream(s), sessions: {})",
                 path.display(),

@@ -51,6 +51,31 @@ fn bad_value_is_named() {
 }
 
 #[test]
+fn files_the_config_names_are_read_too() {
+    // A TLS certificate that cannot be read, and an error page that does not exist, as nginx -t
+    // reports them (the balancer would refuse to start with them).
+    let (code, out) = check(
+        "[balancer]\nssl_listen = \"127.0.0.1:0\"\nssl_certificate = \"/nonexistent/site.crt\"\nssl_certificate_key = \"/nonexistent/site.key\"\n[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("balancer.ssl_certificate: cannot read"),
+        "{out}"
+    );
+    let (code, out) = check(
+        "[balancer]\nerror_page = \"/nonexistent/50x.html\"\n[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("balancer.error_page: cannot read"), "{out}");
+    // With pools: a pool nobody joined.
+    let (code, out) = check(
+        "[[balancer.pool]]\nname = \"static\"\npaths = ['^/static/']\n[[balancer.upstream]]\naddress = \"127.0.0.1:8081\"\n",
+    );
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("balancer.pool[0].name"), "{out}");
+}
+
+#[test]
 fn env_override_is_validated_too() {
     let f = write_config("[node]\nname = \"app1\"\n");
     let out = Command::new(binary())

@@ -275,6 +275,13 @@ impl PoolConfig {
 pub struct BalancerConfig {
     /// Address the balancer accepts clients on (port 0 picks a free port).
     pub listen: SocketAddr,
+    /// A second address that speaks TLS (nginx `listen 443 ssl`), with `ssl_certificate` and
+    /// `ssl_certificate_key`; the upstreams get `X-Forwarded-Proto: https` for its requests.
+    pub ssl_listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain, the server's certificate first (re-read on reload).
+    pub ssl_certificate: Option<PathBuf>,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub ssl_certificate_key: Option<PathBuf>,
     /// Worker threads, each with its own event loop and upstream pool; 0 = one per core.
     pub workers: usize,
     /// Selection method for unbound requests.
@@ -428,6 +435,9 @@ impl Default for BalancerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ssl_listen: None,
+            ssl_certificate: None,
+            ssl_certificate_key: None,
             workers: 0,
             method: Method::RoundRobin,
             hash_key: DEFAULT_HASH_KEY.into(),
@@ -519,6 +529,37 @@ impl BalancerConfig {
                 p.hash_key.as_deref().unwrap_or(&self.hash_key),
             ),
             None => (self.method, &self.hash_key),
+        }
+    }
+
+    /// Reads the files the config names as applying it does (`error_page`, `ssl_certificate`,
+    /// `ssl_certificate_key`), without opening the access log: what `ferrocat check-config`
+    /// checks beyond [`BalancerConfig::validate`].
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        self.read_error_page()?;
+        self.tls_acceptor()?;
+        Ok(())
+    }
+
+    /// The contents of `error_page`, if set.
+    pub(crate) fn read_error_page(&self) -> Result<Option<bytes::Bytes>, ConfigError> {
+        let Some(path) = &self.error_page else {
+            return Ok(None);
+        };
+        let page = std::fs::read(path).map_err(|e| {
+            ConfigError::new(
+                "balancer.error_page",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        Ok(Some(page.into()))
+    }
+
+    /// The TLS acceptor of `ssl_certificate` and `ssl_certificate_key`, if set.
+    pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
+        match (&self.ssl_certificate, &self.ssl_certificate_key) {
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
+            _ => Ok(None),
         }
     }
 

@@ -14,6 +14,35 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             format!("at most {MAX_WORKERS}"),
         ));
     }
+    match (
+        cfg.ssl_listen,
+        &cfg.ssl_certificate,
+        &cfg.ssl_certificate_key,
+    ) {
+        (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+        (Some(_), None, _) => {
+            return Err(ConfigError::new(
+                "balancer.ssl_certificate",
+                "required with ssl_listen",
+            ))
+        }
+        (Some(_), _, None) => {
+            return Err(ConfigError::new(
+                "balancer.ssl_certificate_key",
+                "required with ssl_listen",
+            ))
+        }
+        (None, _, _) => return Err(ConfigError::new(
+            "balancer.ssl_listen",
+            "required with ssl_certificate and ssl_certificate_key (the address that speaks TLS)",
+        )),
+    }
+    if cfg.ssl_listen == Some(cfg.listen) && cfg.listen.port() != 0 {
+        return Err(ConfigError::new(
+            "balancer.ssl_listen",
+            "must differ from listen",
+        ));
+    }
     if cfg.method == Method::Hash && cfg.hash_key.trim().is_empty() {
         return Err(ConfigError::new(
             "balancer.hash_key",

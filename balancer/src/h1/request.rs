@@ -64,6 +64,8 @@ pub(crate) struct Peer<'a> {
     pub real_ip: Option<&'a RealIp>,
     /// `proxy_set_header`.
     pub set: &'a CustomHeaders,
+    /// The client came over TLS (`X-Forwarded-Proto: https` unless a trusted proxy says).
+    pub tls: bool,
 }
 
 /// Why a head cannot be used (yet).
@@ -171,8 +173,12 @@ pub(crate) fn new_request_id(out: &mut Vec<u8>) {
 }
 
 /// The scheme a trusted proxy's first `X-Forwarded-Proto` names (`http` or `https`, any case);
-/// `http` when it names none or something else.
-fn forwarded_proto(fields: &[httparse::Header<'_>], kinds: &[Kind]) -> &'static str {
+/// `own` (the scheme of the connection) when it names none or something else.
+fn forwarded_proto(
+    fields: &[httparse::Header<'_>],
+    kinds: &[Kind],
+    own: &'static str,
+) -> &'static str {
     let sent = fields
         .iter()
         .zip(kinds)
@@ -180,7 +186,8 @@ fn forwarded_proto(fields: &[httparse::Header<'_>], kinds: &[Kind]) -> &'static 
         .map(|(h, _)| h.value.trim_ascii());
     match sent {
         Some(v) if v.eq_ignore_ascii_case(b"https") => "https",
-        _ => "http",
+        Some(v) if v.eq_ignore_ascii_case(b"http") => "http",
+        _ => own,
     }
 }
 
@@ -264,11 +271,13 @@ pub(crate) fn parse<T>(
         headers::listed_in_connection(connection, "keep-alive")
     };
     let upgrade = has_upgrade && headers::listed_in_connection(connection, "upgrade");
+    let own = if peer.tls { "https" } else { "http" };
     let (client, proto) = match peer.real_ip {
-        Some(r) if r.trusts(peer.ip) => {
-            (r.client(peer.ip, fields), forwarded_proto(fields, &kinds))
-        }
-        _ => (peer.ip, "http"),
+        Some(r) if r.trusts(peer.ip) => (
+            r.client(peer.ip, fields),
+            forwarded_proto(fields, &kinds, own),
+        ),
+        _ => (peer.ip, own),
     };
 
     // The request line, in origin form.

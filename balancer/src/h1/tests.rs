@@ -11,6 +11,7 @@ fn peer(text: &'static str) -> Peer<'static> {
         text,
         real_ip: None,
         set: &NO_HEADERS,
+        tls: false,
     }
 }
 
@@ -68,6 +69,39 @@ fn a_trusted_proxy_sets_the_client_address() {
         assert!(
             out.contains(&format!("X-Forwarded-Proto: {proto}\r\n")),
             "{out}"
+        );
+        assert_eq!(out.matches("X-Forwarded-Proto").count(), 1, "{out}");
+    }
+}
+
+#[test]
+fn a_tls_client_is_forwarded_as_https_unless_a_trusted_proxy_says_otherwise() {
+    let trusted = crate::realip::RealIp::new(
+        vec![crate::netmask::Net::parse("10.0.0.0/8").expect("range")],
+        "X-Forwarded-For",
+        false,
+    );
+    let said = "GET / HTTP/1.1\r\nHost: shop\r\nX-Forwarded-Proto: http\r\n\r\n";
+    let silent = "GET / HTTP/1.1\r\nHost: shop\r\n\r\n";
+    // (peer, head, expected): an untrusted client's header is replaced; a trusted proxy's
+    // `http` stands (it terminated TLS itself, or not); without one, the connection decides.
+    for (from, head, proto) in [
+        ("192.0.2.1", said, "https"),
+        ("192.0.2.1", silent, "https"),
+        ("10.0.0.7", said, "http"),
+        ("10.0.0.7", silent, "https"),
+    ] {
+        let peer = Peer {
+            real_ip: trusted.as_ref(),
+            tls: true,
+            ..peer(from)
+        };
+        let mut out = Vec::new();
+        parse(head.as_bytes(), &peer, None, &mut out, |_| ()).expect("valid");
+        let out = String::from_utf8(out).expect("utf8");
+        assert!(
+            out.contains(&format!("X-Forwarded-Proto: {proto}\r\n")),
+            "{from} {head:?}: {out}"
         );
         assert_eq!(out.matches("X-Forwarded-Proto").count(), 1, "{out}");
     }

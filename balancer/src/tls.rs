@@ -1,0 +1,157 @@
+//! TLS termination (nginx `listen ... ssl`, `ssl_certificate`, `ssl_certificate_key`).
+//!
+//! The certificate chain and key are read when a config is applied (start and every reload, so
+//! a renewed certificate is picked up by `SIGHUP`, as nginx does); each snapshot holds its
+//! acceptor, and a connection takes the one current when it is accepted. rustls with the `ring`
+//! provider: TLS 1.2 and 1.3, safe cipher suites only, ALPN `http/1.1`.
+//!
+//! [`ClientStream`] is a client connection, plain or TLS, for the request path: one enum, so the
+//! plain path costs a branch, not a boxed stream.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::ConfigError;
+
+/// Builds the acceptor for a PEM certificate chain (leaf first) and its PEM private key
+/// (PKCS#8, PKCS#1 or SEC1). Errors name the key of the file that is wrong.
+pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigError> {
+    const CERT: &str = "balancer.ssl_certificate";
+    const KEY: &str = "balancer.ssl_certificate_key";
+    let read = |path: &Path, name: &str| {
+        std::fs::read(path)
+            .map_err(|e| ConfigError::new(name, format!("cannot read {}: {e}", path.display())))
+    };
+    let pem = read(cert, CERT)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(CERT, format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(ConfigError::new(
+            CERT,
+            format!("{}: no PEM certificate in it", cert.display()),
+        ));
+    }
+    let pem = read(key, KEY)?;
+    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        ConfigError::new(
+            KEY,
+            format!("{}: no usable private key ({e})", key.display()),
+        )
+    })?;
+    // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs has it
+    // but brings a large C build. X25519, P-256 and P-384 it is, as nginx with OpenSSL 3.0.
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::new(CERT, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, private)
+        // A key of another certificate, or an algorithm rustls does not sign with.
+        .map_err(|e| ConfigError::new(KEY, format!("{}: {e}", key.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A client connection: plain TCP or TLS over TCP.
+pub(crate) enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Reads what the client has sent, if anything, into `buf` without waiting: `Ready(Ok(0))`
+    /// at its end, `Pending` (with a wake-up registered) when nothing has arrived.
+    pub fn poll_read_some(
+        &mut self,
+        buf: &mut BytesMut,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            ClientStream::Plain(s) => loop {
+                std::task::ready!(s.poll_read_ready(cx))?;
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    r => return Poll::Ready(r),
+                }
+            },
+            ClientStream::Tls(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, buf),
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            ClientStream::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(s) => s.is_write_vectored(),
+            ClientStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! TLS termination (`ssl_listen`, `ssl_certificate`, `ssl_certificate_key`; nginx `listen 443
+//! ssl`): requests over TLS reach the upstreams as plain HTTP marked `X-Forwarded-Proto: https`,
+//! beside the plain listener; bodies of any size come through whole; a reload picks up a
+//! renewed certificate for new connections while open ones go on; a client that does not speak
+//! TLS (or says nothing) is closed and counted, and the balancer goes on; bad files are config
+//! errors naming the key.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferrocat_balancer::{Balancer, BalancerConfig};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+use common::{client, config, get_json, start, Upstream};
+
+/// A self-signed certificate for `localhost` written as PEM files into `dir` (`name.crt`,
+/// `name.key`); returns the paths and the certificate (for the client to trust).
+fn certificate(
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
+    (cert, key, made.cert.der().clone())
+}
+
+fn tls_config(up: &Upstream, cert: &Path, key: &Path) -> BalancerConfig {
+    let mut cfg = config(&[up]);
+    cfg.ssl_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.ssl_certificate = Some(cert.to_owned());
+    cfg.ssl_certificate_key = Some(key.to_owned());
+    cfg.status_path = Some("/_status".into());
+    cfg
+}
+
+/// A TLS connection to `addr` that trusts only `trusted`, for the name `localhost`.
+async fn connect(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+}
+
+/// An HTTP/1.1 client over one TLS connection.
+async fn https(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let tls = connect(addr, trusted).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+/// GETs `path` over `send`: (status, x-upstream, body).
+async fn fetch(
+    send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> (u16, String, Bytes) {
+    send.ready().await.unwrap();
+    let req = hyper::Request::get(path)
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let up = resp
+        .headers()
+        .get("x-upstream")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, up, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_over_tls_reach_the_upstream_marked_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "site");
+    let a = Upstream::start("a").await;
+    let (h, base) = start(tls_config(&a, &cert, &key)).await;
+    let tls_addr = h.tls_addr().unwrap();
+    assert_ne!(tls_addr, h.local_addr());
+
+    // Several requests on one kept-alive TLS connection, a large streamed body among them.
+    let mut send = https(tls_addr, &der).await;
+    let (status, up, body) = fetch(&mut send, "/headers").await;
+    assert_eq!((status, up.as_str()), (200, "a"));
+    let echoed = String::from_utf8(body.to_vec()).unwrap();
+    assert!(echoed.contains("x-forwarded-proto: https\n"), "{echoed}");
+    assert!(echoed.contains("x-real-ip: 127.0.0.1\n"), "{echoed}");
+    let (status, _, body) = fetch(&mut send, "/big/3000000").await;
+    assert_eq!((status, body.len()), (200, 3_000_000));
+    assert!(body.iter().all(|&b| b == b'x'));
+    // A client that reads slowly: the balancer's writes wait for room, and what TLS holds
+    // back when they do still goes out.
+    send.ready().await.unwrap();
+    let req = hyper::Request::get("/big/8000000")
+        .header("host", "localhost")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("the whole body arrives")
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), 8_000_000);
+    let (status, up, _) = fetch(&mut send, "/x").await;
+    assert_eq!((status, up.as_str()), (200, "a"));
+    assert_eq!(a.hits(), 4);
+
+    // The plain listener beside it is still plain.
+    let plain = client()
+        .get(format!("{base}/headers"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(plain.contains("x-forwarded-proto: http\n"), "{plain}");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_picks_up_a_renewed_certificate_for_new_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert1, key1, der1) = certificate(dir.path(), "old");
+    let (cert2, key2, der2) = certificate(dir.path(), "new");
+    let a = Upstream::start("a").await;
+    let cfg = tls_config(&a, &cert1, &key1);
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+    let mut open = https(addr, &der1).await;
+    assert_eq!(fetch(&mut open, "/").await.0, 200);
+    assert!(
+        connect(addr, &der2).await.is_err(),
+        "the new certificate is not served yet"
+    );
+
+    let mut renewed = cfg.clone();
+    renewed.ssl_certificate = Some(cert2);
+    renewed.ssl_certificate_key = Some(key2);
+    h.reload(renewed).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fresh = https(addr, &der2).await;
+    assert_eq!(fetch(&mut fresh, "/").await.0, 200);
+    assert!(
+        connect(addr, &der1).await.is_err(),
+        "the old certificate is gone"
+    );
+    // The connection opened before the reload goes on.
+    assert_eq!(fetch(&mut open, "/").await.0, 200);
+
+    // The TLS address cannot move without a restart.
+    let mut moved = cfg;
+    moved.ssl_listen = Some("127.0.0.1:1".parse().unwrap());
+    let e = h.reload(moved).unwrap_err();
+    assert_eq!(e.key, "balancer.ssl_listen");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_does_not_speak_tls_is_closed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "site");
+    let a = Upstream::start("a").await;
+    let mut cfg = tls_config(&a, &cert, &key);
+    cfg.client_header_timeout = Duration::from_millis(300);
+    let (h, base) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+
+    // Plain HTTP to the TLS port: no answer an HTTP client could take, the connection ends.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("closed")
+        .ok();
+    assert!(!got.starts_with(b"HTTP/"), "{got:?}");
+    // A client that connects and says nothing is closed after the head's time limit.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut [0; 64]))
+        .await
+        .expect("closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Neither reached the upstream; the balancer serves on and counted both.
+    assert_eq!(a.hits(), 0);
+    let mut send = https(addr, &der).await;
+    assert_eq!(fetch(&mut send, "/").await.0, 200);
+    let status = get_json(&client(), &format!("{base}/_status")).await;
+    assert_eq!(
+        status["connections"]["tls_handshake_failures"], 2,
+        "{status}"
+    );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tls_settings_are_config_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = certificate(dir.path(), "site");
+    let (_, other_key, _) = certificate(dir.path(), "other");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let a = Upstream::start("a").await;
+    let good = tls_config(&a, &cert, &key);
+    let cases: Vec<(BalancerConfig, &str)> = vec![
+        (
+            BalancerConfig {
+                ssl_certificate_key: None,
+                ..good.clone()
+            },
+            "balancer.ssl_certificate_key",
+        ),
+        (
+            BalancerConfig {
+                ssl_listen: None,
+                ..good.clone()
+            },
+            "balancer.ssl_listen",
+        ),
+        (
+            BalancerConfig {
+                ssl_certificate: Some(dir.path().join("missing.crt")),
+                ..good.clone()
+            },
+            "balancer.ssl_certificate",
+        ),
+        (
+            BalancerConfig {
+                ssl_certificate: Some(garbage.clone()),
+                ..good.clone()
+            },
+            "balancer.ssl_certificate",
+        ),
+        (
+            BalancerConfig {
+                ssl_certificate_key: Some(garbage),
+                ..good.clone()
+            },
+            "balancer.ssl_certificate_key",
+        ),
+        (
+            // The key of another certificate.
+            BalancerConfig {
+                ssl_certificate_key: Some(other_key),
+                ..good.clone()
+            },
+            "balancer.ssl_certificate_key",
+        ),
+    ];
+    for (cfg, key) in cases {
+        let Err(e) = Balancer::start(cfg).await else {
+            panic!("{key}: accepted")
+        };
+        assert!(e.to_string().starts_with(&format!("{key}:")), "{key}: {e}");
+    }
+    let h = Balancer::start(good).await.unwrap();
+    h.stop(true).await;
+}
