@@ -392,6 +392,7 @@ async fn one_request(
                 &mut c.log,
                 &mut c.redirect,
             );
+            let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v);
@@ -403,6 +404,20 @@ async fn one_request(
                         .find(v.path(), v.query(), &mut redirect.1)
                         .unwrap_or(0)
                 };
+                if redirect.0 == 0
+                    && snap.cfg.ssl_redirect
+                    && !tls
+                    && snap.cfg.status_path.as_deref() != Some(v.path())
+                {
+                    // A `Host` that names no plain host gets no redirect, and no plain answer.
+                    redirect.0 = crate::redirect::to_https(
+                        v.header("host"),
+                        tls_port,
+                        v.method,
+                        v.path_and_query,
+                        &mut redirect.1,
+                    )?;
+                }
                 if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
                     return None;
                 }

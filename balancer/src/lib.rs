@@ -112,6 +112,7 @@ impl Balancer {
             snapshot: ArcSwap::from_pointee(snapshot),
             health: health_tx,
             traffic: std::sync::Mutex::new(Vec::new()),
+            tls_port: tls_addr.map_or(443, |a| a.port()),
         });
         let (state_tx, state_rx) = watch::channel(RunState::Running);
         let (stopped_tx, stopped_rx) = watch::channel(false);

@@ -50,6 +50,69 @@ impl Redirects {
     }
 }
 
+/// `ssl_redirect`: writes to `out` the `https://` URL of a request that came over plain HTTP,
+/// `https://<host>[:<port>]<path and query>` (no port for 443), and returns its status: 301 for
+/// GET and HEAD, 308 for the others (their method and body must survive the redirect). `None`
+/// when the `Host` header is missing or is not a plain name or address, so nothing a client
+/// sent can make the balancer point elsewhere than a host.
+pub(crate) fn to_https(
+    host: Option<&[u8]>,
+    port: u16,
+    method: &str,
+    path_and_query: &str,
+    out: &mut Vec<u8>,
+) -> Option<u16> {
+    let host = host_name(host?)?;
+    out.clear();
+    out.extend_from_slice(b"https://");
+    out.extend_from_slice(host);
+    if port != 443 {
+        out.push(b':');
+        out.extend_from_slice(port.to_string().as_bytes());
+    }
+    out.extend_from_slice(path_and_query.as_bytes());
+    Some(if matches!(method, "GET" | "HEAD") {
+        301
+    } else {
+        308
+    })
+}
+
+/// The name part of a `Host` value (`shop.example`, `10.0.0.1`, `[::1]`), without its port;
+/// `None` if it holds anything else.
+fn host_name(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (name, port) = if value.first() == Some(&b'[') {
+        let end = value.iter().position(|&b| b == b']')?;
+        let inside = &value[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        (&value[..=end], &value[end + 1..])
+    } else {
+        match value.iter().position(|&b| b == b':') {
+            Some(i) => (&value[..i], &value[i..]),
+            None => (value, &value[value.len()..]),
+        }
+    };
+    let port_ok = port.is_empty()
+        || (port.len() > 1
+            && port.len() <= 6
+            && port[1..].iter().all(u8::is_ascii_digit)
+            && port[0] == b':');
+    let name_ok = name.first() == Some(&b'[')
+        || (!name.is_empty()
+            && name.len() <= 253
+            && name
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    (port_ok && name_ok).then_some(name)
+}
+
 impl Rule {
     fn parse(entry: &str) -> Result<Self, String> {
         let mut words = entry.split_whitespace();
@@ -135,6 +198,45 @@ mod tests {
             find(&rules(&["^/p$ /cost$$5"]), "/p", None),
             Some((302, "/cost$5".into()))
         );
+    }
+
+    #[test]
+    fn plain_requests_are_sent_to_the_same_url_over_https() {
+        let to = |host: Option<&str>, port: u16, method: &str, pq: &str| {
+            let mut out = Vec::new();
+            let status = to_https(host.map(str::as_bytes), port, method, pq, &mut out)?;
+            Some((status, String::from_utf8(out).expect("utf8")))
+        };
+        assert_eq!(
+            to(Some("shop.example"), 443, "GET", "/a?b=1"),
+            Some((301, "https://shop.example/a?b=1".into()))
+        );
+        assert_eq!(
+            to(Some("shop.example:8080"), 8443, "HEAD", "/"),
+            Some((301, "https://shop.example:8443/".into()))
+        );
+        assert_eq!(
+            to(Some("[::1]:8080"), 443, "POST", "/cart"),
+            Some((308, "https://[::1]/cart".into()))
+        );
+        assert_eq!(
+            to(Some("127.0.0.1"), 8443, "PUT", "/x"),
+            Some((308, "https://127.0.0.1:8443/x".into()))
+        );
+        for bad in [
+            "",
+            "evil.example/path",
+            "a@evil.example",
+            "shop example",
+            "shop:80:80",
+            "shop:",
+            "[]",
+            "[::1",
+            "[evil.example]",
+        ] {
+            assert_eq!(to(Some(bad), 443, "GET", "/"), None, "{bad:?}");
+        }
+        assert_eq!(to(None, 443, "GET", "/"), None);
     }
 
     #[test]

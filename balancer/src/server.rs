@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub health: mpsc::UnboundedSender<HealthEvent>,
     /// Each worker's traffic counters (registered once at its start; read by the status page).
     pub traffic: std::sync::Mutex<Vec<Arc<Traffic>>>,
+    /// The port `ssl_listen` is bound to (`ssl_redirect` sends clients there).
+    pub tls_port: u16,
 }
 
 /// One worker's client traffic, for the status page (nginx `stub_status`). Only its worker

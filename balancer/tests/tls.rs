@@ -238,6 +238,74 @@ async fn a_client_that_does_not_speak_tls_is_closed_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_redirect_sends_plain_requests_to_https_and_serves_them_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "site");
+    let a = Upstream::start("a").await;
+    let mut cfg = tls_config(&a, &cert, &key);
+    cfg.ssl_redirect = true;
+    let (h, base) = start(cfg).await;
+    let port = h.tls_addr().unwrap().port();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let location = |r: &reqwest::Response| {
+        r.headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let r = http
+        .get(format!("{base}/shop/cart?item=3"))
+        .header("host", "shop.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        location(&r),
+        Some(format!("https://shop.example:{port}/shop/cart?item=3"))
+    );
+    // A POST keeps its method and body through the redirect: 308.
+    let r = http
+        .post(format!("{base}/api/order"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(
+        location(&r),
+        Some(format!("https://127.0.0.1:{port}/api/order"))
+    );
+    // A Host that is no host name gets no redirect, and no plain answer either.
+    let r = http
+        .get(format!("{base}/x"))
+        .header("host", "evil.example/phish")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(location(&r), None);
+    // The status page stays reachable over plain HTTP.
+    assert_eq!(
+        http.get(format!("{base}/_status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(a.hits(), 0, "nothing went upstream over plain HTTP");
+    // Over TLS the requests are served.
+    let mut send = https(h.tls_addr().unwrap(), &der).await;
+    assert_eq!(fetch(&mut send, "/shop/cart").await.0, 200);
+    assert_eq!(a.hits(), 1);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tls_settings_are_config_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, _) = certificate(dir.path(), "site");
@@ -260,6 +328,13 @@ async fn bad_tls_settings_are_config_errors_naming_the_key() {
                 ..good.clone()
             },
             "balancer.ssl_listen",
+        ),
+        (
+            BalancerConfig {
+                ssl_redirect: true,
+                ..config(&[&a])
+            },
+            "balancer.ssl_redirect",
         ),
         (
             BalancerConfig {

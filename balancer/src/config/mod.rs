@@ -282,6 +282,10 @@ pub struct BalancerConfig {
     pub ssl_certificate: Option<PathBuf>,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     pub ssl_certificate_key: Option<PathBuf>,
+    /// Requests on `listen` (plain HTTP) are answered with a redirect to the same URL over
+    /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
+    /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
+    pub ssl_redirect: bool,
     /// Worker threads, each with its own event loop and upstream pool; 0 = one per core.
     pub workers: usize,
     /// Selection method for unbound requests.
@@ -438,6 +442,7 @@ impl Default for BalancerConfig {
             ssl_listen: None,
             ssl_certificate: None,
             ssl_certificate_key: None,
+            ssl_redirect: false,
             workers: 0,
             method: Method::RoundRobin,
             hash_key: DEFAULT_HASH_KEY.into(),

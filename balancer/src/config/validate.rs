@@ -37,6 +37,12 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             "required with ssl_certificate and ssl_certificate_key (the address that speaks TLS)",
         )),
     }
+    if cfg.ssl_redirect && cfg.ssl_listen.is_none() {
+        return Err(ConfigError::new(
+            "balancer.ssl_redirect",
+            "needs ssl_listen (where to redirect to)",
+        ));
+    }
     if cfg.ssl_listen == Some(cfg.listen) && cfg.listen.port() != 0 {
         return Err(ConfigError::new(
             "balancer.ssl_listen",
