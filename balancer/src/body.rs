@@ -460,6 +460,9 @@ pub(crate) enum ToClient {
     Rechunk,
     /// A chunked body decoded, delimited by closing (HTTP/1.0 client).
     Dechunk,
+    /// Decoded and gzip-compressed (see [`forward_gzip`]); chunked for an HTTP/1.1 client
+    /// (`true`), delimited by closing for HTTP/1.0.
+    Gzip(bool),
 }
 
 /// How forwarding a response body ended.
@@ -541,6 +544,89 @@ pub(crate) async fn forward(
                 }
                 return Forwarded::Complete;
             }
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) => {
+                log::warn!("upstream closed the connection in the middle of a response body");
+                return Forwarded::Cut;
+            }
+            Ok(Err(e)) => {
+                log::warn!("reading a response body failed: {e}");
+                return Forwarded::Cut;
+            }
+            Err(_) => {
+                log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
+                return Forwarded::Cut;
+            }
+        }
+    }
+}
+
+/// Writes `c.wbuf` (the response head) and the body arriving on `up` to the client, decoded
+/// from its framing and gzip-compressed by `encoder`: what each read brought is compressed and
+/// flushed to the client before the next read, so memory stays at the read buffer and the
+/// compressor's window.
+pub(crate) async fn forward_gzip(
+    c: &mut Conn,
+    up: &mut UpConn,
+    framing: Body,
+    encoder: crate::gzip::Encoder,
+    chunked: bool,
+    read_timeout: std::time::Duration,
+) -> Forwarded {
+    let mut left = match framing {
+        Body::Length(n) => n,
+        _ => 0,
+    };
+    let mut dec = ChunkedDecoder::default();
+    let mut plain = Vec::new();
+    let mut done = framing == Body::None || framing == Body::Length(0);
+    let mut encoder = Some(encoder);
+    loop {
+        if !done && !up.rbuf.is_empty() {
+            plain.clear();
+            match framing {
+                Body::None => {}
+                Body::Length(_) => {
+                    let take = (up.rbuf.len() as u64).min(left) as usize;
+                    plain.extend_from_slice(&up.rbuf[..take]);
+                    up.rbuf.advance(take);
+                    left -= take as u64;
+                    done = left == 0;
+                }
+                Body::Chunked => {
+                    let Ok(used) = dec.feed(&up.rbuf, |d| plain.extend_from_slice(d)) else {
+                        log::warn!("upstream sent a malformed chunked body");
+                        return Forwarded::Cut;
+                    };
+                    up.rbuf.advance(used);
+                    done = dec.is_done();
+                }
+                Body::Close => {
+                    plain.extend_from_slice(&up.rbuf);
+                    up.rbuf.clear();
+                }
+            }
+            if let Some(enc) = encoder.as_mut().filter(|_| !plain.is_empty()) {
+                if enc.feed(&plain, &mut c.wbuf, chunked).is_err() {
+                    return Forwarded::Cut;
+                }
+            }
+        }
+        let ended = done;
+        if let Some(enc) = encoder.take_if(|_| ended) {
+            // The last compressed bytes and the gzip trailer go with the last write.
+            if enc.finish(&mut c.wbuf, chunked).is_err() {
+                return Forwarded::Cut;
+            }
+        }
+        if !c.wbuf.is_empty() && !c.flush().await {
+            return Forwarded::ClientGone;
+        }
+        if ended {
+            return Forwarded::Complete;
+        }
+        match io::read(&mut up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
+            Ok(Ok(0)) if framing == Body::Close => done = true,
             Ok(Ok(n)) if n > 0 => {}
             Ok(Ok(_)) => {
                 log::warn!("upstream closed the connection in the middle of a response body");

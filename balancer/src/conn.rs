@@ -75,6 +75,8 @@ pub(crate) struct Conn {
     pub limit_key: Vec<u8>,
     /// The evaluated `limit_conn_key`.
     pub conn_key: Vec<u8>,
+    /// With `gzip`: the client's `Accept-Encoding` takes gzip.
+    pub gzip_ok: bool,
     /// A `redirect` rule's status for the current request (0: none) and its `Location`.
     pub redirect: (u16, Vec<u8>),
     /// Time limits of waits on the client.
@@ -249,6 +251,7 @@ pub(crate) async fn serve(
         key: Vec::new(),
         limit_key: Vec::new(),
         conn_key: Vec::new(),
+        gzip_ok: false,
         redirect: (0, Vec::new()),
         ctimer: LazyTimer::new(),
         timeouts: ClientTimeouts::of(&worker.snapshot().cfg),
@@ -385,12 +388,13 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
                 &mut c.log,
                 &mut c.redirect,
+                &mut c.gzip_ok,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let inspect = |v: &request::View<'_>| {
@@ -432,6 +436,9 @@ async fn one_request(
                 if let Some(k) = snap.conn_limit.as_ref().and_then(|l| l.key.as_ref()) {
                     k.eval(v, v.client, conn_key);
                 }
+                *gzip_ok = snap.gzip.is_some()
+                    && v.header("accept-encoding")
+                        .is_some_and(crate::gzip::accepts);
                 // A route binds only to an upstream of the request's pool (a session of the
                 // app pool says nothing about where static files come from).
                 let bound = crate::sticky::route(v.cookies(), &snap.cfg.sticky_cookie)

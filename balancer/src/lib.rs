@@ -44,6 +44,7 @@ mod conn;
 mod connlimit;
 mod custom_headers;
 mod error;
+mod gzip;
 mod h1;
 mod hashkey;
 mod headers;

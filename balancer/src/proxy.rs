@@ -360,7 +360,15 @@ impl Worker {
                     .request_id
                     .as_deref()
                     .map(|name| (name, c.request_id.as_slice()));
-                match response::parse(&conn.rbuf, req.head_method, &mut c.wbuf, Some(add), rid) {
+                let gzip = snap.gzip.as_ref().map(|p| (p, c.gzip_ok));
+                match response::parse(
+                    &conn.rbuf,
+                    req.head_method,
+                    &mut c.wbuf,
+                    Some(add),
+                    rid,
+                    gzip,
+                ) {
                     Ok(r) if r.status == 101 && !req.upgrade => {
                         return Err(protocol(up, "101 to a request without Upgrade"));
                     }
@@ -424,17 +432,20 @@ impl Worker {
             return false;
         }
         let mode = match (resp.body, req.minor) {
+            _ if resp.gzip => ToClient::Gzip(req.minor == 1),
             (Body::Chunked, 0) => ToClient::Dechunk,
             (Body::Close, 1) => ToClient::Rechunk,
             _ => ToClient::AsIs,
         };
         let delimited_by_close = matches!(
             (resp.body, mode),
-            (Body::Close, ToClient::AsIs) | (Body::Chunked, ToClient::Dechunk)
+            (Body::Close, ToClient::AsIs)
+                | (Body::Chunked, ToClient::Dechunk)
+                | (_, ToClient::Gzip(false))
         );
         let close =
             !req.keep_alive || delimited_by_close || !body.complete() || self.stopping.get();
-        if matches!(mode, ToClient::Rechunk)
+        if matches!(mode, ToClient::Rechunk | ToClient::Gzip(true))
             || (resp.body == Body::Chunked && mode == ToClient::AsIs)
         {
             c.wbuf.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
@@ -447,8 +458,21 @@ impl Worker {
         c.wbuf.extend_from_slice(b"\r\n");
         c.log.status = resp.status;
         c.log.head += c.wbuf.len() as u64;
-        let outcome =
-            body::forward(c, &mut conn, resp.body, mode, snap.cfg.proxy_read_timeout).await;
+        let outcome = match (mode, &snap.gzip) {
+            (ToClient::Gzip(chunked), Some(policy)) => {
+                let encoder = policy.encoder();
+                body::forward_gzip(
+                    c,
+                    &mut conn,
+                    resp.body,
+                    encoder,
+                    chunked,
+                    snap.cfg.proxy_read_timeout,
+                )
+                .await
+            }
+            _ => body::forward(c, &mut conn, resp.body, mode, snap.cfg.proxy_read_timeout).await,
+        };
         if !body.complete() {
             // Answered before the whole body was sent: let the client finish
             // sending before the close (nginx's lingering close).

@@ -184,6 +184,8 @@ pub(crate) struct Snapshot {
     pub access_log: Option<Arc<crate::access_log::Sink>>,
     /// `ssl_certificate` and its key, read when this config was applied.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// `gzip*`, if `gzip` is on.
+    pub gzip: Option<crate::gzip::Policy>,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -319,6 +321,7 @@ impl Snapshot {
                 .unwrap_or_else(|| std::sync::Arc::new(crate::connlimit::Table::new()))
         })?;
         let tls = cfg.tls_acceptor()?;
+        let gzip = crate::gzip::Policy::of(&cfg)?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -353,6 +356,7 @@ impl Snapshot {
             retry,
             access_log,
             tls,
+            gzip,
         })
     }
 }

@@ -48,6 +48,21 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_MAX_FAILS: u32 = 1;
 /// nginx's default `fail_timeout`.
 pub const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Media types `gzip` compresses unless `gzip_types` says otherwise: text and the text-like
+/// formats of web apps (nginx's default is `text/html` alone; everyone adds these).
+pub const DEFAULT_GZIP_TYPES: &[&str] = &[
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/xml",
+    "text/javascript",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "image/svg+xml",
+];
+/// nginx's default `gzip_min_length` (bytes).
+pub const DEFAULT_GZIP_MIN_LENGTH: u64 = 20;
 /// Largest accepted `weight` (keeps the smooth round-robin cycle small).
 pub const MAX_WEIGHT: u32 = 1000;
 
@@ -286,6 +301,15 @@ pub struct BalancerConfig {
     /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
     /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
     pub ssl_redirect: bool,
+    /// Compress responses for clients that accept gzip (nginx `gzip on`; see `crate::gzip`).
+    pub gzip: bool,
+    /// Media types compressed (nginx `gzip_types`); `*` for any.
+    pub gzip_types: Vec<String>,
+    /// Responses with a known length below this are not compressed (nginx `gzip_min_length`).
+    #[serde(with = "units::size")]
+    pub gzip_min_length: u64,
+    /// 1 (fastest, nginx's default) to 9 (smallest).
+    pub gzip_comp_level: u32,
     /// Worker threads, each with its own event loop and upstream pool; 0 = one per core.
     pub workers: usize,
     /// Selection method for unbound requests.
@@ -443,6 +467,10 @@ impl Default for BalancerConfig {
             ssl_certificate: None,
             ssl_certificate_key: None,
             ssl_redirect: false,
+            gzip: false,
+            gzip_types: DEFAULT_GZIP_TYPES.iter().map(|t| (*t).to_owned()).collect(),
+            gzip_min_length: DEFAULT_GZIP_MIN_LENGTH,
+            gzip_comp_level: 1,
             workers: 0,
             method: Method::RoundRobin,
             hash_key: DEFAULT_HASH_KEY.into(),

@@ -33,6 +33,17 @@ pub(crate) struct Response {
     pub body: Body,
     /// The connection can carry another request once this body is read.
     pub reusable: bool,
+    /// The body goes to the client gzip-compressed (the head says so already).
+    pub gzip: bool,
+}
+
+/// What `gzip` needs to know of a response's headers.
+#[derive(Default)]
+struct Encodable<'a> {
+    content_type: Option<&'a [u8]>,
+    encoded: bool,
+    no_transform: bool,
+    vary: Option<&'a [u8]>,
 }
 
 /// Why a response head cannot be used (yet).
@@ -53,6 +64,7 @@ pub(crate) fn parse(
     out: &mut Vec<u8>,
     add: Option<(&CustomHeaders, bool, &ResponseVars<'_>)>,
     request_id: Option<(&str, &[u8])>,
+    gzip: Option<(&crate::gzip::Policy, bool)>,
 ) -> Result<Response, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -83,6 +95,21 @@ pub(crate) fn parse(
         ..
     } = framing_fields;
     let connection = framing_fields.connection();
+    let mut enc = Encodable::default();
+    if gzip.is_some() {
+        for h in fields.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-type") {
+                enc.content_type = Some(h.value);
+            } else if name.eq_ignore_ascii_case(b"content-encoding") {
+                enc.encoded |= !h.value.trim_ascii().eq_ignore_ascii_case(b"identity");
+            } else if name.eq_ignore_ascii_case(b"cache-control") {
+                enc.no_transform |= headers::has_token(h.value, "no-transform");
+            } else if name.eq_ignore_ascii_case(b"vary") {
+                enc.vary = Some(h.value);
+            }
+        }
+    }
     let body = if head_request || status < 200 || status == 204 || status == 304 {
         Body::None
     } else if te {
@@ -116,7 +143,24 @@ pub(crate) fn parse(
     let add = add
         .filter(|(h, always, _)| !h.is_empty() && (*always || add_header_applies(status)))
         .map(|(h, _, vars)| (h, ResponseVars { status, ..*vars }));
-    let keep_length = matches!(body, Body::Length(_)) || (body == Body::None && !te);
+    // `gzip`: of a listed type (`Vary` then), and compressed if the client takes it.
+    let typed = gzip.is_some_and(|(p, _)| enc.content_type.is_some_and(|t| p.compresses_type(t)));
+    let compress = typed
+        && gzip.is_some_and(|(p, accepts)| {
+            accepts
+                && matches!(status, 200 | 403 | 404)
+                && !enc.encoded
+                && !enc.no_transform
+                && match body {
+                    Body::None => false,
+                    Body::Length(n) => n >= p.min_length && n > 0,
+                    Body::Chunked | Body::Close => true,
+                }
+        });
+    let vary_listed = enc
+        .vary
+        .is_some_and(|v| headers::has_token(v, "accept-encoding") || v.trim_ascii() == b"*");
+    let keep_length = !compress && (matches!(body, Body::Length(_)) || (body == Body::None && !te));
     for (h, &k) in fields.iter().zip(&kinds) {
         let pass = match k {
             Kind::Other | Kind::Cookie | Kind::Host | Kind::Expect => {
@@ -130,8 +174,28 @@ pub(crate) fn parse(
         let replaced = add.as_ref().is_some_and(|(a, _)| a.names(h.name))
             || request_id.is_some_and(|(n, _)| n.eq_ignore_ascii_case(h.name));
         if pass && !replaced {
-            headers::put(out, h.name.as_bytes(), h.value);
+            if typed && !vary_listed && h.name.eq_ignore_ascii_case("vary") {
+                let mut value = h.value.to_vec();
+                value.extend_from_slice(b", Accept-Encoding");
+                headers::put(out, h.name.as_bytes(), &value);
+            } else if compress
+                && h.name.eq_ignore_ascii_case("etag")
+                && h.value.first() == Some(&b'"')
+            {
+                // Not the same bytes any more: a strong validator would lie.
+                let mut value = b"W/".to_vec();
+                value.extend_from_slice(h.value);
+                headers::put(out, h.name.as_bytes(), &value);
+            } else {
+                headers::put(out, h.name.as_bytes(), h.value);
+            }
         }
+    }
+    if typed && enc.vary.is_none() {
+        headers::put(out, b"Vary", b"Accept-Encoding");
+    }
+    if compress {
+        headers::put(out, b"Content-Encoding", b"gzip");
     }
     if let Some((a, vars)) = add {
         let _ = a.write(out, None, Some(&vars));
@@ -144,6 +208,7 @@ pub(crate) fn parse(
         status,
         body,
         reusable,
+        gzip: compress,
     })
 }
 
@@ -153,7 +218,8 @@ mod tests {
 
     fn parsed(head: &str, head_request: bool) -> (Response, String) {
         let mut out = Vec::new();
-        let r = parse(head.as_bytes(), head_request, &mut out, None, None).expect("valid head");
+        let r =
+            parse(head.as_bytes(), head_request, &mut out, None, None, None).expect("valid head");
         (r, String::from_utf8(out).expect("utf8"))
     }
 
@@ -221,14 +287,22 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(bad.as_bytes(), false, &mut out, None, None),
+                    parse(bad.as_bytes(), false, &mut out, None, None, None),
                     Err(HeadError::Bad(_))
                 ),
                 "{bad}"
             );
         }
         assert_eq!(
-            parse(b"HTTP/1.1 200 OK\r\nX: 1\r\n", false, &mut out, None, None).err(),
+            parse(
+                b"HTTP/1.1 200 OK\r\nX: 1\r\n",
+                false,
+                &mut out,
+                None,
+                None,
+                None
+            )
+            .err(),
             Some(HeadError::Partial)
         );
     }

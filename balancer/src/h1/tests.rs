@@ -259,14 +259,22 @@ fn upgrade_requests_keep_their_upgrade_headers() {
 fn parsers_never_panic_on_garbage() {
     use rand::{Rng as _, SeedableRng as _};
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let seeds: [&[u8]; 4] = [
+    let seeds: [&[u8]; 5] = [
         b"GET http://a:1/x?y HTTP/1.1\r\nHost: a\r\nConnection: upgrade, x\r\nUpgrade: ws\r\nX-Forwarded-For: 1.2.3.4\r\nContent-Length: 3\r\n\r\nabc",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 4\r\nConnection: close\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/html; q=1\r\nVary: Cookie\r\nETag: \"x\"\r\nCache-Control: a, no-transform\r\nContent-Encoding: identity\r\nContent-Length: 40\r\n\r\n",
         b"5;a=b\r\nhello\r\n0\r\nT: 1\r\n\r\n",
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
     ];
     let alphabet = b"\r\n:; \t,0aF/?%\x00\xff";
     let mut out = Vec::new();
+    let gzip = crate::gzip::Policy::of(&crate::config::BalancerConfig {
+        gzip: true,
+        gzip_types: vec!["*".into()],
+        ..Default::default()
+    })
+    .expect("valid")
+    .expect("on");
     for _ in 0..20_000 {
         let mut input = seeds[rng.gen_range(0..seeds.len())].to_vec();
         for _ in 0..rng.gen_range(1..6) {
@@ -287,7 +295,8 @@ fn parsers_never_panic_on_garbage() {
             )
         });
         out.clear();
-        let _ = super::response::parse(&input, rng.gen(), &mut out, None, None);
+        let gzip = Some((&gzip, rng.gen())).filter(|_| rng.gen());
+        let _ = super::response::parse(&input, rng.gen(), &mut out, None, None, gzip);
         let mut d = super::chunked::ChunkedDecoder::default();
         let _ = d.feed(&input, |_| {});
     }

@@ -20,7 +20,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A real HTTP/1 server that answers by path:
 /// `/slow/MS` waits MS ms; `/status/CODE` answers CODE; `/headers` echoes the request headers;
-/// `/big/N` streams N bytes; `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; anything else
+/// `/big/N` streams N bytes; `/text/N` answers N bytes of text (see there); `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; anything else
 /// answers the server's name. Every answer carries `x-upstream: NAME`.
 pub struct Upstream {
     pub name: String,
@@ -113,6 +113,18 @@ impl Drop for Upstream {
     }
 }
 
+/// `n` bytes of HTML-like text (compresses well, yet not to nothing).
+pub fn text_body(n: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n + 64);
+    let mut i = 0u64;
+    while out.len() < n {
+        out.extend_from_slice(format!("<li class=\"item\">row {i} of the list</li>\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(n);
+    out
+}
+
 fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).boxed()
 }
@@ -173,6 +185,50 @@ async fn answer(
                 Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"-end")))
             });
             BodyExt::boxed(StreamBody::new(first.chain(rest)))
+        }
+        "text" => {
+            // ARG bytes of HTML-like text; the query sets `type` (default text/html), `enc`
+            // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control) and `stream=1` (sent
+            // chunked, in 10,000-byte pieces).
+            let n: usize = arg.parse().unwrap_or(0);
+            let text = text_body(n);
+            let query: std::collections::HashMap<String, String> = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%22", "\"")))
+                .collect();
+            let body = if query.get("stream").is_some_and(|v| v == "1") {
+                let parts: Vec<Bytes> = text.chunks(10_000).map(Bytes::copy_from_slice).collect();
+                let stream = futures::stream::iter(
+                    parts
+                        .into_iter()
+                        .map(|b| Ok::<_, Infallible>(Frame::data(b))),
+                );
+                BodyExt::boxed(StreamBody::new(stream))
+            } else {
+                full(text)
+            };
+            let mut r = Response::new(body);
+            let h = r.headers_mut();
+            h.insert("x-upstream", name.parse().unwrap());
+            let ct = query
+                .get("type")
+                .map_or("text/html; charset=utf-8", String::as_str);
+            h.insert("content-type", ct.parse().unwrap());
+            for (q, header) in [
+                ("enc", "content-encoding"),
+                ("etag", "etag"),
+                ("vary", "vary"),
+                ("cc", "cache-control"),
+            ] {
+                if let Some(v) = query.get(q) {
+                    h.insert(header, v.parse().unwrap());
+                }
+            }
+            return r;
         }
         "upload" => {
             let mut body = req.into_body().into_data_stream();
