@@ -404,8 +404,14 @@ async fn one_request(
                 redirect.0 = if snap.redirects.is_empty() {
                     0
                 } else {
+                    let req = crate::redirect::RequestVars {
+                        host: v.header("host"),
+                        tls,
+                    };
+                    // A rule naming `$host` with no usable `Host`: refused (403), not sent on.
                     snap.redirects
-                        .find(v.path(), v.query(), &mut redirect.1)
+                        .find(v.path(), v.query(), req, &mut redirect.1)
+                        .ok()?
                         .unwrap_or(0)
                 };
                 if redirect.0 == 0

@@ -1,8 +1,9 @@
 //! Redirects answered by the balancer itself (nginx `rewrite <regex> <target> redirect |
 //! permanent` and `return 301 <url>`): the first rule whose regex matches the request's path
 //! (without its query) answers with its status and a `Location` built from the target, in which
-//! `$1`, `${name}` name the regex's groups and `$$` is a `$`. As with nginx's `rewrite`, the
-//! request's query is appended (after `&` if the target has one); a target ending in `?` drops it.
+//! `$1`, `${name}` name the regex's groups, `$host` and `$scheme` the request's, and `$$` is a
+//! `$`. As with nginx's `rewrite`, the request's query is appended (after `&` if the target has
+//! one); a target ending in `?` drops it.
 
 use regex::Regex;
 
@@ -12,8 +13,23 @@ pub(crate) struct Rule {
     re: Regex,
     target: String,
     drop_query: bool,
+    /// The target names `$host` or `$scheme` (not groups of the regex).
+    vars: bool,
     pub status: http::StatusCode,
 }
+
+/// What a redirect target may name of the request besides the regex's groups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RequestVars<'a> {
+    /// The `Host` header, if any.
+    pub host: Option<&'a [u8]>,
+    /// The client came over TLS.
+    pub tls: bool,
+}
+
+/// A rule matched, but its target names `$host` and the request has no usable `Host`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NoHost;
 
 /// The `redirect` entries, in order.
 #[derive(Debug, Clone, Default)]
@@ -34,20 +50,79 @@ impl Redirects {
     }
 
     /// The first rule matching `path`: its status, with the `Location` value in `out`.
-    pub fn find(&self, path: &str, query: Option<&str>, out: &mut Vec<u8>) -> Option<u16> {
-        self.0.iter().find_map(|r| {
-            let caps = r.re.captures(path)?;
+    pub fn find(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        req: RequestVars<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<u16>, NoHost> {
+        for r in &self.0 {
+            let Some(caps) = r.re.captures(path) else {
+                continue;
+            };
             let mut location = String::new();
-            caps.expand(&r.target, &mut location);
+            if r.vars {
+                let host = req.host.and_then(host_name).ok_or(NoHost)?;
+                // Valid host names hold no `$`: nothing in them reads as a group.
+                let host = std::str::from_utf8(host).map_err(|_| NoHost)?;
+                let scheme = if req.tls { "https" } else { "http" };
+                let target = with_request_vars(&r.target, host, scheme);
+                caps.expand(&target, &mut location);
+            } else {
+                caps.expand(&r.target, &mut location);
+            }
             if let Some(q) = query.filter(|q| !q.is_empty() && !r.drop_query) {
                 location.push(if location.contains('?') { '&' } else { '?' });
                 location.push_str(q);
             }
             out.clear();
             out.extend_from_slice(location.as_bytes());
-            Some(r.status.as_u16())
-        })
+            return Ok(Some(r.status.as_u16()));
+        }
+        Ok(None)
     }
+}
+
+/// The names of request variables a target may use.
+const REQUEST_VARS: [&str; 2] = ["host", "scheme"];
+
+/// The variable (`$host`, `${scheme}`) that starts `rest` (just after a `$`), and its length.
+fn request_var(rest: &str) -> Option<(&'static str, usize)> {
+    REQUEST_VARS.iter().find_map(|&name| {
+        if let Some(after) = rest.strip_prefix(name) {
+            // `$hostname` is a group named `hostname`, not `$host` + "name".
+            let next = after.bytes().next();
+            if !next.is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Some((name, name.len()));
+            }
+        }
+        let braced = rest.strip_prefix('{')?.strip_prefix(name)?;
+        braced.starts_with('}').then_some((name, name.len() + 2))
+    })
+}
+
+/// `target` with `$host` / `$scheme` replaced by their values (`$$` and group references
+/// left for `expand`).
+fn with_request_vars(target: &str, host: &str, scheme: &str) -> String {
+    let mut out = String::with_capacity(target.len() + host.len());
+    let mut rest = target;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push_str("$$");
+            rest = tail;
+        } else if let Some((name, len)) = request_var(after) {
+            out.push_str(if name == "host" { host } else { scheme });
+            rest = &after[len..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// `ssl_redirect`: writes to `out` the `https://` URL of a request that came over plain HTTP,
@@ -139,10 +214,20 @@ impl Rule {
         if target.is_empty() || !target.bytes().all(|b| b.is_ascii_graphic()) {
             return Err("the target must be a non-empty URL of visible ASCII characters".into());
         }
+        // `$host` / `$scheme` are the request's, unless the regex has groups by those names.
+        let groups: Vec<&str> = re.capture_names().flatten().collect();
+        if let Some(name) = REQUEST_VARS.iter().find(|n| groups.contains(n)) {
+            return Err(format!(
+                "a group named {name:?} would hide the request's ${name}: rename the group"
+            ));
+        }
+        // Replacing the variables changes the target only if it names one.
+        let vars = with_request_vars(target, "\u{0}", "\u{0}") != target;
         Ok(Rule {
             re,
             target: target.to_owned(),
             drop_query,
+            vars,
             status,
         })
     }
@@ -158,9 +243,93 @@ mod tests {
     }
 
     fn find(r: &Redirects, path: &str, query: Option<&str>) -> Option<(u16, String)> {
+        let req = RequestVars {
+            host: Some(b"shop.example:8080"),
+            tls: false,
+        };
+        find_for(r, path, query, req).expect("a host")
+    }
+
+    fn find_for(
+        r: &Redirects,
+        path: &str,
+        query: Option<&str>,
+        req: RequestVars<'_>,
+    ) -> Result<Option<(u16, String)>, NoHost> {
         let mut out = Vec::new();
-        let status = r.find(path, query, &mut out)?;
-        Some((status, String::from_utf8(out).expect("utf8")))
+        let Some(status) = r.find(path, query, req, &mut out)? else {
+            return Ok(None);
+        };
+        Ok(Some((status, String::from_utf8(out).expect("utf8"))))
+    }
+
+    #[test]
+    fn targets_may_name_the_requests_host_and_scheme() {
+        let r = rules(&[
+            "^/secure(/.*)$ https://$host$1 301",
+            "^/same(/.*)?$ ${scheme}://${host}/other$1",
+            "^/lit$ /cost$$host",
+            "^/(?P<hostname>[a-z]+)/x$ /$hostname",
+        ]);
+        let plain = RequestVars {
+            host: Some(b"shop.example:8080"),
+            tls: false,
+        };
+        let tls = RequestVars {
+            host: Some(b"[::1]:8443"),
+            tls: true,
+        };
+        assert_eq!(
+            find_for(&r, "/secure/a", Some("q=1"), plain),
+            Ok(Some((301, "https://shop.example/a?q=1".into())))
+        );
+        assert_eq!(
+            find_for(&r, "/same/b", None, plain),
+            Ok(Some((302, "http://shop.example/other/b".into())))
+        );
+        assert_eq!(
+            find_for(&r, "/same", None, tls),
+            Ok(Some((302, "https://[::1]/other".into())))
+        );
+        // `$$host` is literal text; `$hostname` is the regex's group.
+        assert_eq!(
+            find_for(
+                &r,
+                "/lit",
+                None,
+                RequestVars {
+                    host: None,
+                    tls: false
+                }
+            ),
+            Ok(Some((302, "/cost$host".into())))
+        );
+        assert_eq!(
+            find_for(
+                &r,
+                "/abc/x",
+                None,
+                RequestVars {
+                    host: None,
+                    tls: false
+                }
+            ),
+            Ok(Some((302, "/abc".into())))
+        );
+        // A rule naming $host, and no usable Host: no redirect to a made-up place.
+        for host in [None, Some(&b"evil.example/x"[..]), Some(b"a b")] {
+            assert_eq!(
+                find_for(&r, "/secure/a", None, RequestVars { host, tls: false }),
+                Err(NoHost),
+                "{host:?}"
+            );
+        }
+        // A group named like a request variable is refused (it would be ambiguous).
+        let e = vec!["^/(?P<host>.*)$ /$host".to_owned()];
+        assert!(Redirects::parse(&e)
+            .expect_err("host group")
+            .1
+            .contains("rename"));
     }
 
     #[test]

@@ -75,3 +75,33 @@ async fn a_bad_redirect_entry_is_a_config_error_naming_it() {
         assert!(e.to_string().contains("balancer.redirect[1]"), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_name_the_requests_host_and_scheme() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.redirect = vec!["^/login(/.*)?$ https://$host/account$1 301".into()];
+    let (h, base) = start(cfg).await;
+    let http = no_follow();
+    let r = http
+        .get(format!("{base}/login/x?next=%2F"))
+        .header("host", "shop.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"],
+        "https://shop.example/account/x?next=%2F"
+    );
+    // No host to name: refused, neither redirected nor passed on.
+    let r = http
+        .get(format!("{base}/login"))
+        .header("host", "evil.example/phish")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(a.hits(), 0);
+    h.stop(true).await;
+}
