@@ -54,6 +54,8 @@ type SessionState = HashMap<String, String>;
 pub struct BackendSessionStore {
     backend: Arc<dyn SessionBackend>,
     serializer: SerializerKind,
+    /// `session_attribute_filter`: only attributes whose whole name matches are stored.
+    filter: Option<regex::Regex>,
     /// Stored sessions that could not be decoded and were treated as a miss.
     garbled: AtomicU64,
 }
@@ -73,6 +75,7 @@ impl BackendSessionStore {
         BackendSessionStore {
             backend,
             serializer: SerializerKind::default(),
+            filter: None,
             garbled: AtomicU64::new(0),
         }
     }
@@ -90,6 +93,20 @@ impl BackendSessionStore {
         self
     }
 
+    /// Stores only the attributes whose whole name matches `pattern` (msm's
+    /// `sessionAttributeFilter`, as `session_attribute_filter` in ferrocat's own session
+    /// manager: `user|cart` keeps `user` and `cart`, not `username`). The others live for the
+    /// request only: actix-session hands over the whole state on every save, and the next load
+    /// returns the stored ones. An empty pattern stores everything.
+    pub fn with_attribute_filter(mut self, pattern: &str) -> Result<Self, regex::Error> {
+        self.filter = if pattern.is_empty() {
+            None
+        } else {
+            Some(regex::Regex::new(&format!("^(?:{pattern})$"))?)
+        };
+        Ok(self)
+    }
+
     /// The backend sessions are stored in.
     pub fn backend(&self) -> &Arc<dyn SessionBackend> {
         &self.backend
@@ -104,6 +121,7 @@ impl BackendSessionStore {
         let kind = self.serializer;
         let attrs = state
             .iter()
+            .filter(|(k, _)| self.filter.as_ref().is_none_or(|f| f.is_match(k)))
             .map(|(k, v)| Ok((k.clone(), kind.encode_value(v.as_str())?)))
             .collect::<Result<Attributes, SerializerError>>()?;
         kind.encode_attributes(&attrs)
@@ -281,6 +299,44 @@ mod tests {
             assert_eq!(id.node(), Some("local"));
             assert_eq!(store.load(&k).await.unwrap(), Some(st), "{kind}");
         }
+    }
+
+    #[actix_rt::test]
+    async fn the_attribute_filter_stores_only_whole_name_matches() {
+        let store = BackendSessionStore::in_memory()
+            .with_attribute_filter("user|cart")
+            .unwrap();
+        let st = state(&[
+            ("user", "\"alice\""),
+            ("username", "\"x\""),
+            ("cart", "[]"),
+            ("csrf", "\"t\""),
+        ]);
+        let k = store.save(st, &TTL).await.unwrap();
+        let want = state(&[("user", "\"alice\""), ("cart", "[]")]);
+        assert_eq!(store.load(&k).await.unwrap(), Some(want));
+        // An update is filtered the same way.
+        let k = store
+            .update(
+                key(k.as_ref()),
+                state(&[("user", "\"bob\""), ("tmp", "1")]),
+                &TTL,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.load(&k).await.unwrap(),
+            Some(state(&[("user", "\"bob\"")]))
+        );
+        assert!(BackendSessionStore::in_memory()
+            .with_attribute_filter("(")
+            .is_err());
+        // Empty: everything is stored.
+        let all = BackendSessionStore::in_memory()
+            .with_attribute_filter("")
+            .unwrap();
+        let k = all.save(state(&[("a", "1")]), &TTL).await.unwrap();
+        assert_eq!(all.load(&k).await.unwrap(), Some(state(&[("a", "1")])));
     }
 
     #[actix_rt::test]
