@@ -22,6 +22,9 @@
 # ACCESS_LOG=1: both proxies write an access log (to files in the run's temporary directory):
 # nginx `access_log ... combined buffer=32k flush=1s`, ferrocat `access_log` (buffered the same
 # way, 32 KiB or 1 s). The upstream never logs.
+# TLS=1: wrk talks HTTPS to both proxies (a self-signed P-256 certificate made with openssl for the
+# run; nginx `listen ... ssl`, ferrocat `ssl_listen`); proxy to upstream stays plain HTTP. wrk's
+# connections are kept alive, so this measures the record layer, not handshakes.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -30,6 +33,7 @@ KEEPALIVE=${KEEPALIVE:-64}
 PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 PROXY_CPU=${PROXY_CPU:-}
 ACCESS_LOG=${ACCESS_LOG:-0}
+TLS=${TLS:-0}
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
   echo "PROXY_CPU must be a percentage of one CPU (1..), got '$PROXY_CPU'" >&2; exit 1
 fi
@@ -80,6 +84,14 @@ if [ "$ACCESS_LOG" = 1 ]; then
 else
   PX_LOG="access_log off;"; FC_LOG=""
 fi
+if [ "$TLS" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
+    -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null
+  NG_LISTEN="127.0.0.1:$NG_PORT ssl; ssl_certificate $TMP/tls.crt; ssl_certificate_key $TMP/tls.key"
+  SCHEME=https
+else
+  NG_LISTEN="127.0.0.1:$NG_PORT"; SCHEME=http
+fi
 { common px; cat <<CONF
 http {
   $PX_LOG
@@ -87,7 +99,7 @@ http {
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
   server {
-    listen 127.0.0.1:$NG_PORT;
+    listen $NG_LISTEN;
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -113,9 +125,15 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
         print(m["executable"])')
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
-env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
+FC_TLS=()
+[ "$TLS" = 1 ] && FC_TLS=(TLS_CERT="$TMP/tls.crt" TLS_KEY="$TMP/tls.key")
+env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
-FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
+if [ "$TLS" = 1 ]; then
+  FC_ADDR=$(awk '/tls on/ {print $3}' "$TMP/fc.out")
+else
+  FC_ADDR=$(awk '/listening on/ {print $3}' "$TMP/fc.out")
+fi
 sleep 0.5
 NG_WORKER=$(pgrep -P "$NG_MASTER" | head -1)
 if [ -n "$PROXY_CPU" ]; then
@@ -135,8 +153,8 @@ if [ -n "$PROXY_CPU" ]; then
   fi
   echo "$NG_WORKER" > "$CGROUP/cgroup.procs"; echo "$FC_PID" > "$CGROUP/cgroup.procs"
 fi
-for url in "http://127.0.0.1:$NG_PORT/" "http://$FC_ADDR/"; do
-  curl -sf "$url" >/dev/null || { echo "proxy at $url does not answer" >&2; exit 1; }
+for url in "$SCHEME://127.0.0.1:$NG_PORT/" "$SCHEME://$FC_ADDR/"; do
+  curl -sfk "$url" >/dev/null || { echo "proxy at $url does not answer" >&2; exit 1; }
 done
 
 # Convert wrk's latency ("1.23ms", "850.00us", "1.02s") to microseconds.
@@ -161,12 +179,12 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")"
-echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "http://$FC_ADDR/" >/dev/null
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")"
+echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://$FC_ADDR/" >/dev/null
 for r in $(seq "$ROUNDS"); do
   echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
-  if (( r % 2 )); then run nginx "http://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "http://$FC_ADDR/" "$FC_PID";
-  else run ferrocat "http://$FC_ADDR/" "$FC_PID"; run nginx "http://127.0.0.1:$NG_PORT/" "$NG_WORKER"; fi
+  if (( r % 2 )); then run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID";
+  else run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID"; run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; fi
 done
 
 median() { sort -n | awk '{a[NR]=$1} END { if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }

@@ -5,8 +5,10 @@
 //! cargo run --release -p ferrocat-balancer --example balance -- 127.0.0.1:0 1 127.0.0.1:8081 127.0.0.1:8082
 //! ```
 //! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64);
-//! `ACCESS_LOG=PATH` writes an access log there.
-//! Prints `listening on ADDR`, serves until Ctrl-C or SIGTERM, then stops gracefully.
+//! `ACCESS_LOG=PATH` writes an access log there; `TLS_CERT=PEM TLS_KEY=PEM` adds a TLS listener
+//! on a free loopback port (`ssl_listen`).
+//! Prints `listening on ADDR` (and `tls on ADDR`), serves until Ctrl-C or SIGTERM, then stops
+//! gracefully.
 
 /// The same allocator as the `ferrocat` binary, so the benchmark measures what ships.
 #[global_allocator]
@@ -37,9 +39,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         // As the benchmark's nginx (`keepalive_requests 1000000` on both sides).
         client_keepalive_requests: 1_000_000,
         keepalive_requests: 1_000_000,
+        ssl_certificate: std::env::var_os("TLS_CERT").map(Into::into),
+        ssl_certificate_key: std::env::var_os("TLS_KEY").map(Into::into),
+        ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;
+    if let Some(tls) = handle.tls_addr() {
+        println!("tls on {tls}");
+    }
     println!("listening on {}", handle.local_addr());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
