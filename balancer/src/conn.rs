@@ -596,7 +596,11 @@ async fn one_request(
             }
         }
     }
-    match body::intake(c, &req, snap.cfg.client_max_body_size).await {
+    let pool = &snap.pools[target.0];
+    if let Some(prefix) = &pool.strip_prefix {
+        crate::h1::request::strip_path_prefix(&mut c.head, prefix);
+    }
+    match body::intake(c, &req, pool.max_body).await {
         Intake::Body(mut b) => {
             let keep = worker.proxy(c, &snap, &req, target, &mut b).await;
             if keep {

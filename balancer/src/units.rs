@@ -57,6 +57,16 @@ pub mod size {
     }
 }
 
+/// serde helper for an optional size (a missing key is `None`; use with `#[serde(default)]`).
+pub mod opt_size {
+    use super::*;
+
+    /// Deserializes a size in bytes, present.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        super::size::deserialize(d).map(Some)
+    }
+}
+
 /// serde helper for durations written as humantime strings (`"10s"`, `"1m 30s"`, `"100ms"`).
 pub mod duration {
     use super::*;

@@ -138,6 +138,10 @@ pub(crate) struct Pool {
     pub hash_key: Option<HashKey>,
     /// How many upstreams it has (primaries and backups).
     pub len: usize,
+    /// `strip_prefix`, if set.
+    pub strip_prefix: Option<String>,
+    /// The pool's `client_max_body_size` (the balancer's unless it sets one).
+    pub max_body: u64,
 }
 
 /// Everything a request needs, derived from one config; swapped whole on reload.
@@ -275,7 +279,12 @@ impl Snapshot {
                     }
                 };
                 let (primary, backup) = (group(false), group(true));
+                let named = name.and_then(|n| cfg.pool.iter().find(|c| c.name == n));
                 Pool {
+                    strip_prefix: named.and_then(|c| c.strip_prefix.clone()),
+                    max_body: named
+                        .and_then(|c| c.client_max_body_size)
+                        .unwrap_or(cfg.client_max_body_size),
                     len: primary.members.len() + backup.members.len(),
                     primary,
                     backup,

@@ -279,3 +279,58 @@ async fn a_bad_pool_entry_is_a_config_error_naming_it() {
         assert!(e.to_string().starts_with(&format!("{key}:")), "{key}: {e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_strips_its_prefix_and_has_its_own_body_limit() {
+    let (app, api) = (Upstream::start("app1").await, Upstream::start("api1").await);
+    let mut cfg = pooled(&[&app, &api]);
+    assert_eq!(cfg.pool[0].name, "api");
+    cfg.pool[0].paths = vec!["^/api(/|$)".into()];
+    cfg.pool[0].strip_prefix = Some("/api".into());
+    cfg.pool[0].client_max_body_size = Some(64);
+    let (h, base) = start(cfg).await;
+    let http = client();
+    // `/api/status/201` reaches the upstream as `/status/201`, which answers 201.
+    assert_eq!(
+        get(&http, &format!("{base}/api/status/201")).await,
+        (201, "api1".into())
+    );
+    // `/api` alone becomes `/`; the default pool's paths keep their prefix-like names.
+    assert_eq!(
+        get(&http, &format!("{base}/api")).await,
+        (200, "api1".into())
+    );
+    assert_eq!(
+        get(&http, &format!("{base}/status/202")).await,
+        (202, "app1".into())
+    );
+    // The pool's body limit, not the balancer's (1m): 413 before any upstream is contacted.
+    let hits = api.hits();
+    let post = |path: &str, n: usize| {
+        http.post(format!("{base}{path}"))
+            .body(vec![b'x'; n])
+            .send()
+    };
+    assert_eq!(post("/api/upload", 100).await.unwrap().status(), 413);
+    assert_eq!(api.hits(), hits);
+    let r = post("/api/upload", 64).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "64");
+    let r = post("/upload", 100).await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the default pool keeps the balancer's limit"
+    );
+    assert_eq!(r.text().await.unwrap(), "100");
+    h.stop(true).await;
+
+    // A prefix that is not a path is a config error naming it.
+    let mut bad = pooled(&[&app, &api]);
+    bad.pool[0].strip_prefix = Some("/api/".into());
+    let e = ferrocat_balancer::Balancer::start(bad).await.unwrap_err();
+    assert!(
+        e.to_string().starts_with("balancer.pool[0].strip_prefix:"),
+        "{e}"
+    );
+}

@@ -270,6 +270,15 @@ pub struct PoolConfig {
     /// Key for `method = "hash"` inside this pool; default: `balancer.hash_key`.
     #[serde(default)]
     pub hash_key: Option<String>,
+    /// A path prefix removed before the request goes upstream (nginx `location /api/ {
+    /// proxy_pass http://api/; }`): with `"/api"`, `/api/items?x` goes up as `/items?x` and
+    /// `/api` as `/`; a path that merely starts with the same letters (`/apiary`) is left.
+    #[serde(default)]
+    pub strip_prefix: Option<String>,
+    /// Largest request body for this pool's requests; default: `balancer.client_max_body_size`
+    /// (nginx sets it per `location`).
+    #[serde(default, with = "units::opt_size")]
+    pub client_max_body_size: Option<u64>,
 }
 
 impl PoolConfig {
@@ -280,6 +289,8 @@ impl PoolConfig {
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             method: None,
             hash_key: None,
+            strip_prefix: None,
+            client_max_body_size: None,
         }
     }
 }

@@ -227,6 +227,20 @@ fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if let Some(prefix) = &pool.strip_prefix {
+            if !prefix.starts_with('/')
+                || prefix.len() < 2
+                || prefix.ends_with('/')
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+            {
+                return Err(ConfigError::new(
+                    key("strip_prefix"),
+                    "must be a path such as \"/api\" (a leading '/', no trailing '/', no '?' or '#')",
+                ));
+            }
+        }
         let (method, hash_key) = cfg.pool_method(Some(&pool.name));
         if method == Method::Hash && hash_key.trim().is_empty() {
             return Err(ConfigError::new(

@@ -172,6 +172,30 @@ pub(crate) fn new_request_id(out: &mut Vec<u8>) {
     }
 }
 
+/// Removes `prefix` (`/api`, validated: leading `/`, no trailing `/`) from the path of the
+/// request line at the start of `head` (`GET /api/x?y HTTP/1.1`) when the path is the prefix or
+/// continues with `/` or `?` after it; a path left without its leading `/` gets one.
+pub(crate) fn strip_path_prefix(head: &mut Vec<u8>, prefix: &str) {
+    let Some(sp) = head.iter().position(|&b| b == b' ') else {
+        return;
+    };
+    let start = sp + 1;
+    let rest = &head[start..];
+    if !rest.starts_with(prefix.as_bytes()) {
+        return;
+    }
+    let end = start + prefix.len();
+    match head.get(end) {
+        Some(b'/') => {
+            head.drain(start..end);
+        }
+        Some(b'?' | b' ') => {
+            head.splice(start..end, [b'/']);
+        }
+        _ => {}
+    }
+}
+
 /// The scheme a trusted proxy's first `X-Forwarded-Proto` names (`http` or `https`, any case);
 /// `own` (the scheme of the connection) when it names none or something else.
 fn forwarded_proto(

@@ -301,3 +301,28 @@ fn parsers_never_panic_on_garbage() {
         let _ = d.feed(&input, |_| {});
     }
 }
+
+#[test]
+fn a_pools_prefix_is_stripped_from_the_request_line_only_at_a_segment_end() {
+    for (line, want) in [
+        (
+            "GET /api/items?x=1 HTTP/1.1\r\n",
+            "GET /items?x=1 HTTP/1.1\r\n",
+        ),
+        ("GET /api HTTP/1.1\r\n", "GET / HTTP/1.1\r\n"),
+        ("GET /api?x HTTP/1.1\r\n", "GET /?x HTTP/1.1\r\n"),
+        ("POST /api/ HTTP/1.1\r\n", "POST / HTTP/1.1\r\n"),
+        ("GET /apiary HTTP/1.1\r\n", "GET /apiary HTTP/1.1\r\n"),
+        ("GET /v1/api/x HTTP/1.1\r\n", "GET /v1/api/x HTTP/1.1\r\n"),
+        ("GET /ap HTTP/1.1\r\n", "GET /ap HTTP/1.1\r\n"),
+    ] {
+        let mut head = line.as_bytes().to_vec();
+        head.extend_from_slice(b"X-A: 1\r\n");
+        super::request::strip_path_prefix(&mut head, "/api");
+        assert_eq!(
+            String::from_utf8(head).expect("utf8"),
+            format!("{want}X-A: 1\r\n"),
+            "{line:?}"
+        );
+    }
+}
