@@ -534,8 +534,9 @@ pub(crate) async fn forward(
         if done {
             return Forwarded::Complete;
         }
-        match io::read(&mut up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
-            Ok(Ok(0)) if framing == Body::Close => {
+        match read_body(c, up, framing, read_timeout).await {
+            Ok(false) => {}
+            Ok(true) => {
                 if mode == ToClient::Rechunk {
                     c.wbuf.extend_from_slice(b"0\r\n\r\n");
                     if !c.flush().await {
@@ -544,19 +545,34 @@ pub(crate) async fn forward(
                 }
                 return Forwarded::Complete;
             }
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) => {
-                log::warn!("upstream closed the connection in the middle of a response body");
-                return Forwarded::Cut;
-            }
-            Ok(Err(e)) => {
-                log::warn!("reading a response body failed: {e}");
-                return Forwarded::Cut;
-            }
-            Err(_) => {
-                log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
-                return Forwarded::Cut;
-            }
+            Err(cut) => return cut,
+        }
+    }
+}
+
+/// Reads more of a response body from `up` into its buffer: `Ok(true)` when a body delimited by
+/// closing has ended, `Ok(false)` when bytes arrived, `Err(Forwarded::Cut)` when the upstream
+/// failed, closed too early or went silent for `read_timeout`.
+async fn read_body(
+    c: &mut Conn,
+    up: &mut UpConn,
+    framing: Body,
+    read_timeout: std::time::Duration,
+) -> Result<bool, Forwarded> {
+    match io::read(&mut up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
+        Ok(Ok(0)) if framing == Body::Close => Ok(true),
+        Ok(Ok(n)) if n > 0 => Ok(false),
+        Ok(Ok(_)) => {
+            log::warn!("upstream closed the connection in the middle of a response body");
+            Err(Forwarded::Cut)
+        }
+        Ok(Err(e)) => {
+            log::warn!("reading a response body failed: {e}");
+            Err(Forwarded::Cut)
+        }
+        Err(_) => {
+            log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
+            Err(Forwarded::Cut)
         }
     }
 }
@@ -625,21 +641,9 @@ pub(crate) async fn forward_gzip(
         if ended {
             return Forwarded::Complete;
         }
-        match io::read(&mut up.stream, &mut up.rbuf, &mut c.utimer, read_timeout).await {
-            Ok(Ok(0)) if framing == Body::Close => done = true,
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) => {
-                log::warn!("upstream closed the connection in the middle of a response body");
-                return Forwarded::Cut;
-            }
-            Ok(Err(e)) => {
-                log::warn!("reading a response body failed: {e}");
-                return Forwarded::Cut;
-            }
-            Err(_) => {
-                log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
-                return Forwarded::Cut;
-            }
+        match read_body(c, up, framing, read_timeout).await {
+            Ok(ended) => done = ended,
+            Err(cut) => return cut,
         }
     }
 }

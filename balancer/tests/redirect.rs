@@ -6,15 +6,7 @@
 
 mod common;
 
-use common::{config, start, Upstream};
-
-/// A client that does not follow redirects.
-fn no_follow() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
+use common::{config, get_with_host, no_follow, start, Upstream};
 
 async fn get(http: &reqwest::Client, url: String) -> (u16, Option<String>, String) {
     let r = http.get(url).send().await.unwrap();
@@ -83,25 +75,20 @@ async fn targets_name_the_requests_host_and_scheme() {
     cfg.redirect = vec!["^/login(/.*)?$ https://$host/account$1 301".into()];
     let (h, base) = start(cfg).await;
     let http = no_follow();
-    let r = http
-        .get(format!("{base}/login/x?next=%2F"))
-        .header("host", "shop.example:8080")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 301);
     assert_eq!(
-        r.headers()["location"],
-        "https://shop.example/account/x?next=%2F"
+        get_with_host(
+            &http,
+            &format!("{base}/login/x?next=%2F"),
+            "shop.example:8080"
+        )
+        .await,
+        (301, Some("https://shop.example/account/x?next=%2F".into()))
     );
     // No host to name: refused, neither redirected nor passed on.
-    let r = http
-        .get(format!("{base}/login"))
-        .header("host", "evil.example/phish")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(
+        get_with_host(&http, &format!("{base}/login"), "evil.example/phish").await,
+        (403, None)
+    );
     assert_eq!(a.hits(), 0);
     h.stop(true).await;
 }

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use common::{client, config, get_json, start, Upstream};
+use common::{client, config, get_json, get_with_host, start, Upstream};
 
 /// A self-signed certificate for `localhost` written as PEM files into `dir` (`name.crt`,
 /// `name.key`); returns the paths and the certificate (for the client to trust).
@@ -246,26 +246,18 @@ async fn ssl_redirect_sends_plain_requests_to_https_and_serves_them_there() {
     cfg.ssl_redirect = true;
     let (h, base) = start(cfg).await;
     let port = h.tls_addr().unwrap().port();
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let location = |r: &reqwest::Response| {
-        r.headers()
-            .get("location")
-            .map(|v| v.to_str().unwrap().to_owned())
-    };
-    let r = http
-        .get(format!("{base}/shop/cart?item=3"))
-        .header("host", "shop.example:8080")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 301);
+    let http = common::no_follow();
     assert_eq!(
-        location(&r),
-        Some(format!("https://shop.example:{port}/shop/cart?item=3"))
+        get_with_host(
+            &http,
+            &format!("{base}/shop/cart?item=3"),
+            "shop.example:8080"
+        )
+        .await,
+        (
+            301,
+            Some(format!("https://shop.example:{port}/shop/cart?item=3"))
+        )
     );
     // A POST keeps its method and body through the redirect: 308.
     let r = http
@@ -276,18 +268,14 @@ async fn ssl_redirect_sends_plain_requests_to_https_and_serves_them_there() {
         .unwrap();
     assert_eq!(r.status(), 308);
     assert_eq!(
-        location(&r),
-        Some(format!("https://127.0.0.1:{port}/api/order"))
+        r.headers()["location"],
+        format!("https://127.0.0.1:{port}/api/order").as_str()
     );
     // A Host that is no host name gets no redirect, and no plain answer either.
-    let r = http
-        .get(format!("{base}/x"))
-        .header("host", "evil.example/phish")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
-    assert_eq!(location(&r), None);
+    assert_eq!(
+        get_with_host(&http, &format!("{base}/x"), "evil.example/phish").await,
+        (403, None)
+    );
     // The status page stays reachable over plain HTTP.
     assert_eq!(
         http.get(format!("{base}/_status"))

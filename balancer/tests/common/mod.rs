@@ -271,6 +271,25 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A client that does not follow redirects.
+pub fn no_follow() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// GETs `url` with `Host: host` and no redirect followed: (status, `Location`).
+pub async fn get_with_host(http: &reqwest::Client, url: &str, host: &str) -> (u16, Option<String>) {
+    let r = http.get(url).header("host", host).send().await.unwrap();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (r.status().as_u16(), location)
+}
+
 /// GETs `url` and returns (status, x-upstream header).
 pub async fn get(c: &reqwest::Client, url: &str) -> (u16, String) {
     let r = c.get(url).send().await.unwrap();
