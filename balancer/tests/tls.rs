@@ -294,6 +294,68 @@ async fn ssl_redirect_sends_plain_requests_to_https_and_serves_them_there() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_over_tls_becomes_a_tunnel_both_ways() {
+    // An upstream that answers any request with 101 and then echoes what it gets.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+                    .await;
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "site");
+    let a = Upstream::start("a").await;
+    let mut cfg = tls_config(&a, &cert, &key);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
+    let (h, _) = start(cfg).await;
+    let mut s = connect(h.tls_addr().unwrap(), &der).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the 101");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 101 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Messages of any size come back whole through TLS on one side and TCP on the other.
+    for msg in [b"ping".to_vec(), vec![0xa5; 300_000]] {
+        s.write_all(&msg).await.unwrap();
+        let mut back = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+            .await
+            .expect("echoed in time")
+            .unwrap();
+        assert_eq!(back, msg);
+    }
+    drop(s);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tls_settings_are_config_errors_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key, _) = certificate(dir.path(), "site");
