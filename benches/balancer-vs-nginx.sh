@@ -25,6 +25,8 @@
 # TLS=1: wrk talks HTTPS to both proxies (a self-signed P-256 certificate made with openssl for the
 # run; nginx `listen ... ssl`, ferrocat `ssl_listen`); proxy to upstream stays plain HTTP. wrk's
 # connections are kept alive, so this measures the record layer, not handshakes.
+# GZIP=1: the upstream answers a 10 KB text/html page, wrk sends `Accept-Encoding: gzip`, and both
+# proxies compress at level 1 (nginx `gzip on; gzip_comp_level 1`, ferrocat `gzip = true`).
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -34,6 +36,7 @@ PIN=${PIN:-$([ "$(nproc)" -ge 2 ] && echo 1 || echo 0)}
 PROXY_CPU=${PROXY_CPU:-}
 ACCESS_LOG=${ACCESS_LOG:-0}
 TLS=${TLS:-0}
+GZIP=${GZIP:-0}
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
   echo "PROXY_CPU must be a percentage of one CPU (1..), got '$PROXY_CPU'" >&2; exit 1
 fi
@@ -69,12 +72,24 @@ pid $TMP/$1.pid;
 events { worker_connections 4096; }
 CONF
 }
+if [ "$GZIP" = 1 ]; then
+  # A page like an app's: 10 KB of list rows, served by the upstream from a file.
+  mkdir -p "$TMP/www"
+  python3 -c 'print("".join("<li class=row>item %d of the catalogue</li>" % i for i in range(300))[:10000], end="")' > "$TMP/www/index.html"
+  UP_ANSWER="root $TMP/www; index index.html; types { text/html html; }"
+  PX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 20; gzip_types text/html;"
+  WRK_HDR=(-H "Accept-Encoding: gzip")
+else
+  UP_ANSWER='return 200 "hello from upstream\n";'
+  PX_GZIP=""
+  WRK_HDR=()
+fi
 { common up; cat <<CONF
 http {
   access_log off;
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { return 200 "hello from upstream\n"; } }
+  server { listen 127.0.0.1:$UP_PORT; location / { $UP_ANSWER } }
 }
 CONF
 } > "$TMP/up.conf"
@@ -95,6 +110,7 @@ fi
 { common px; cat <<CONF
 http {
   $PX_LOG
+  $PX_GZIP
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
@@ -127,6 +143,7 @@ for line in sys.stdin:
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
 FC_TLS=()
 [ "$TLS" = 1 ] && FC_TLS=(TLS_CERT="$TMP/tls.crt" TLS_KEY="$TMP/tls.key")
+[ "$GZIP" = 1 ] && FC_TLS+=(GZIP=1)
 env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 if [ "$TLS" = 1 ]; then
@@ -165,7 +182,7 @@ HZ=$(getconf CLK_TCK)
 run() { # name url pid
   local out rps p50 p90 p99 t0 t1 u0 u1 reqs cpu ucpu
   read -r t0 u0 < <(ticks "$3")
-  out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "$2")
+  out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "${WRK_HDR[@]}" "$2")
   read -r t1 u1 < <(ticks "$3")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -179,7 +196,7 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")"
 echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://$FC_ADDR/" >/dev/null
 for r in $(seq "$ROUNDS"); do
   echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"

@@ -6,7 +6,7 @@
 //! ```
 //! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64);
 //! `ACCESS_LOG=PATH` writes an access log there; `TLS_CERT=PEM TLS_KEY=PEM` adds a TLS listener
-//! on a free loopback port (`ssl_listen`).
+//! on a free loopback port (`ssl_listen`); `GZIP=1` turns `gzip` on.
 //! Prints `listening on ADDR` (and `tls on ADDR`), serves until Ctrl-C or SIGTERM, then stops
 //! gracefully.
 
@@ -42,6 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ssl_certificate: std::env::var_os("TLS_CERT").map(Into::into),
         ssl_certificate_key: std::env::var_os("TLS_KEY").map(Into::into),
         ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
+        gzip: std::env::var_os("GZIP").is_some(),
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;
