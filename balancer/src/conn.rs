@@ -124,16 +124,16 @@ impl Conn {
     /// Writes `wbuf` to the client and clears it; false if the client is gone.
     pub async fn flush(&mut self) -> bool {
         self.log.sent += self.wbuf.len() as u64;
-        let ok = matches!(
-            io::write_all(
-                &mut self.stream,
-                &self.wbuf,
-                &mut self.ctimer,
-                self.timeouts.send
-            )
-            .await,
+        let (timer, limit) = (&mut self.ctimer, self.timeouts.send);
+        let mut ok = matches!(
+            io::write_all(&mut self.stream, &self.wbuf, timer, limit).await,
             Ok(Ok(()))
         );
+        if ok && self.stream.is_tls() {
+            // A TLS write can return with records still held back (the socket was full): they
+            // must go now, not with the next write that may never come.
+            ok = matches!(io::flush(&mut self.stream, timer, limit).await, Ok(Ok(())));
+        }
         self.wbuf.clear();
         ok
     }

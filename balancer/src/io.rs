@@ -110,8 +110,7 @@ pub(crate) async fn read<S: AsyncRead + Unpin>(
     within(timer, limit, poll_fn(|cx| poll_read(stream, buf, cx))).await
 }
 
-/// Writes all of `data`, waiting at most `limit` for the peer to take each part. Flushes too:
-/// TLS may hold the last records back otherwise (a no-op on a TCP socket).
+/// Writes all of `data`, waiting at most `limit` for the peer to take each part.
 pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
     stream: &mut S,
     data: &[u8],
@@ -119,11 +118,18 @@ pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
     limit: Duration,
 ) -> Result<io::Result<()>, Elapsed> {
     use tokio::io::AsyncWriteExt as _;
-    within(timer, limit, async {
-        stream.write_all(data).await?;
-        stream.flush().await
-    })
-    .await
+    within(timer, limit, stream.write_all(data)).await
+}
+
+/// Flushes what `stream` holds back (TLS records a write left buffered when the socket was
+/// full), waiting at most `limit`.
+pub(crate) async fn flush<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    timer: &mut LazyTimer,
+    limit: Duration,
+) -> Result<io::Result<()>, Elapsed> {
+    use tokio::io::AsyncWriteExt as _;
+    within(timer, limit, stream.flush()).await
 }
 
 /// Runs `upstream` (a wait for the upstream's answer) while watching the client connection:
