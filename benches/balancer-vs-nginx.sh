@@ -27,6 +27,10 @@
 # connections are kept alive, so this measures the record layer, not handshakes.
 # GZIP=1: the upstream answers a 10 KB text/html page, wrk sends `Accept-Encoding: gzip`, and both
 # proxies compress at level 1 (nginx `gzip on; gzip_comp_level 1`, ferrocat `gzip = true`).
+# H2=1 (implies TLS=1): clients speak HTTP/2 over TLS (nginx `listen ... ssl http2`, ferrocat
+# `http2 = true`); the load is h2load (Debian package nghttp2-client) with CONNECTIONS
+# connections of STREAMS (default 10) concurrent streams each. h2load reports no percentiles,
+# so the latency column is h2load's mean time per request.
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -37,6 +41,9 @@ PROXY_CPU=${PROXY_CPU:-}
 ACCESS_LOG=${ACCESS_LOG:-0}
 TLS=${TLS:-0}
 GZIP=${GZIP:-0}
+H2=${H2:-0}
+STREAMS=${STREAMS:-10}
+[ "$H2" = 1 ] && TLS=1
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
   echo "PROXY_CPU must be a percentage of one CPU (1..), got '$PROXY_CPU'" >&2; exit 1
 fi
@@ -45,6 +52,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 NGINX=${NGINX:-/usr/sbin/nginx}
 WRK=${WRK:-wrk}
 command -v "$WRK" >/dev/null || { echo "wrk is missing: apt-get install -y wrk" >&2; exit 1; }
+if [ "$H2" = 1 ]; then command -v h2load >/dev/null || { echo "h2load is missing: apt-get install -y nghttp2-client" >&2; exit 1; }; fi
 [ -x "$NGINX" ] || { echo "nginx is missing: apt-get install -y nginx-light (or nginx)" >&2; exit 1; }
 
 TMP=$(mktemp -d)
@@ -102,7 +110,7 @@ fi
 if [ "$TLS" = 1 ]; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=localhost \
     -keyout "$TMP/tls.key" -out "$TMP/tls.crt" 2>/dev/null
-  NG_LISTEN="127.0.0.1:$NG_PORT ssl; ssl_certificate $TMP/tls.crt; ssl_certificate_key $TMP/tls.key"
+  NG_LISTEN="127.0.0.1:$NG_PORT ssl$([ "$H2" = 1 ] && echo " http2"); ssl_certificate $TMP/tls.crt; ssl_certificate_key $TMP/tls.key"
   SCHEME=https
 else
   NG_LISTEN="127.0.0.1:$NG_PORT"; SCHEME=http
@@ -144,6 +152,7 @@ for line in sys.stdin:
 FC_TLS=()
 [ "$TLS" = 1 ] && FC_TLS=(TLS_CERT="$TMP/tls.crt" TLS_KEY="$TMP/tls.key")
 [ "$GZIP" = 1 ] && FC_TLS+=(GZIP=1)
+[ "$H2" = 1 ] && FC_TLS+=(H2=1)
 env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 if [ "$TLS" = 1 ]; then
@@ -182,13 +191,23 @@ HZ=$(getconf CLK_TCK)
 run() { # name url pid
   local out rps p50 p90 p99 t0 t1 u0 u1 reqs cpu ucpu
   read -r t0 u0 < <(ticks "$3")
-  out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "${WRK_HDR[@]}" "$2")
-  read -r t1 u1 < <(ticks "$3")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p90=$(awk '$1=="90%" {print $2}' <<<"$out")
+  if [ "$H2" = 1 ]; then
+    out=$($ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D"$SECS" "${WRK_HDR[@]}" "$2")
+    read -r t1 u1 < <(ticks "$3")
+    rps=$(awk '/^finished in/ {print $4}' <<<"$out")
+    reqs=$(awk '/^requests:/ {print $8}' <<<"$out")
+    p99=$(awk '/^time for request:/ {print $6}' <<<"$out") # the mean, in this mode
+    p50=-; p90=-
+    if ! grep -q " 0 failed, 0 errored, 0 timeout" <<<"$out"; then echo "  ($1 had errors: $(grep '^requests:' <<<"$out"))"; fi
+  else
+    out=$($ON_LOAD "$WRK" -t1 -c"$CONNS" -d"${SECS}s" --latency "${WRK_HDR[@]}" "$2")
+    read -r t1 u1 < <(ticks "$3")
+    rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p90=$(awk '$1=="90%" {print $2}' <<<"$out")
+  fi
   cpu=$(awk -v d=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
   ucpu=$(awk -v d=$((u1 - u0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.2f", d / hz * 1e6 / n }')
   if grep -q "Non-2xx\|Socket errors" <<<"$out"; then echo "  ($1 had errors: $(grep -E 'Non-2xx|Socket errors' <<<"$out"))"; fi
@@ -196,10 +215,14 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")"
-echo "warm-up"; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://127.0.0.1:$NG_PORT/" >/dev/null; $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$SCHEME://$FC_ADDR/" >/dev/null
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
+echo "warm-up"
+for url in "$SCHEME://127.0.0.1:$NG_PORT/" "$SCHEME://$FC_ADDR/"; do
+  if [ "$H2" = 1 ]; then $ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D2 "$url" >/dev/null
+  else $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$url" >/dev/null; fi
+done
 for r in $(seq "$ROUNDS"); do
-  echo "round $r (wrk -t1 -c$CONNS -d${SECS}s)"
+  echo "round $r ($([ "$H2" = 1 ] && echo "h2load -t1 -c$CONNS -m$STREAMS -D$SECS" || echo "wrk -t1 -c$CONNS -d${SECS}s"))"
   if (( r % 2 )); then run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID";
   else run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID"; run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; fi
 done

@@ -205,11 +205,12 @@ pub(crate) async fn serve(
     worker: Rc<Worker>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut state: watch::Receiver<RunState>,
+    state: watch::Receiver<RunState>,
     tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let _open = OpenConn::new(&worker.traffic);
+    let counted = worker.clone();
+    let _open = OpenConn::new(&counted.traffic);
     let ip = peer.ip().to_canonical();
     let stream = if tls {
         // The certificate of the config current now; the handshake gets the head's time limit.
@@ -220,6 +221,9 @@ pub(crate) async fn serve(
         let limit = snap.cfg.client_header_timeout;
         drop(snap);
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+            Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                return crate::http2::serve(worker, s, ip, state).await;
+            }
             Ok(Ok(s)) => crate::tls::ClientStream::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 log::debug!("TLS handshake with {ip} failed: {e}");
@@ -241,6 +245,17 @@ pub(crate) async fn serve(
     } else {
         crate::tls::ClientStream::Plain(stream)
     };
+    serve_stream(worker, stream, ip, state).await;
+}
+
+/// Serves requests from `stream` (a client connection, or one bridged HTTP/2 stream) from the
+/// address `ip` until it closes or the balancer stops.
+pub(crate) async fn serve_stream(
+    worker: Rc<Worker>,
+    stream: crate::tls::ClientStream,
+    ip: IpAddr,
+    mut state: watch::Receiver<RunState>,
+) {
     let mut c = Conn {
         stream,
         rbuf: BytesMut::with_capacity(READ_BUFFER),
@@ -317,12 +332,14 @@ impl Drop for OpenConn<'_> {
 }
 
 /// Copies what the access log shows of a request: its line, `Referer` and `User-Agent`.
-fn note_request(log: &mut crate::access_log::Entry, v: &request::View<'_>) {
+fn note_request(log: &mut crate::access_log::Entry, v: &request::View<'_>, h2: bool) {
     use crate::access_log::escape_into;
     escape_into(&mut log.line, v.method.as_bytes());
     log.line.push(b' ');
     escape_into(&mut log.line, v.path_and_query.as_bytes());
-    log.line.extend_from_slice(if v.minor == 0 {
+    log.line.extend_from_slice(if h2 {
+        b" HTTP/2.0"
+    } else if v.minor == 0 {
         b" HTTP/1.0"
     } else {
         b" HTTP/1.1"
@@ -397,9 +414,10 @@ async fn one_request(
                 &mut c.gzip_ok,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
+            let h2 = c.stream.is_h2();
             let inspect = |v: &request::View<'_>| {
                 if log.on {
-                    note_request(log, v);
+                    note_request(log, v, h2);
                 }
                 redirect.0 = if snap.redirects.is_empty() {
                     0

@@ -49,6 +49,7 @@ mod h1;
 mod hashkey;
 mod headers;
 mod health;
+mod http2;
 mod io;
 mod netmask;
 mod pages;

@@ -3,7 +3,7 @@
 //! The certificate chain and key are read when a config is applied (start and every reload, so
 //! a renewed certificate is picked up by `SIGHUP`, as nginx does); each snapshot holds its
 //! acceptor, and a connection takes the one current when it is accepted. rustls with the `ring`
-//! provider: TLS 1.2 and 1.3, safe cipher suites only, ALPN `http/1.1`.
+//! provider: TLS 1.2 and 1.3, safe cipher suites only, ALPN `http/1.1` (and `h2` with `http2`).
 //!
 //! [`ClientStream`] is a client connection, plain or TLS, for the request path: one enum, so the
 //! plain path costs a branch, not a boxed stream.
@@ -26,8 +26,9 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ConfigError;
 
 /// Builds the acceptor for a PEM certificate chain (leaf first) and its PEM private key
-/// (PKCS#8, PKCS#1 or SEC1). Errors name the key of the file that is wrong.
-pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigError> {
+/// (PKCS#8, PKCS#1 or SEC1), offering `h2` through ALPN when `http2`. Errors name the key of
+/// the file that is wrong.
+pub(crate) fn acceptor(cert: &Path, key: &Path, http2: bool) -> Result<TlsAcceptor, ConfigError> {
     const CERT: &str = "balancer.ssl_certificate";
     const KEY: &str = "balancer.ssl_certificate_key";
     let read = |path: &Path, name: &str| {
@@ -62,20 +63,31 @@ pub(crate) fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, ConfigErr
         .with_single_cert(chain, private)
         // A key of another certificate, or an algorithm rustls does not sign with.
         .map_err(|e| ConfigError::new(KEY, format!("{}: {e}", key.display())))?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A client connection: plain TCP or TLS over TCP.
+/// A client connection: plain TCP, TLS over TCP, or one HTTP/2 stream (of a TLS connection)
+/// that `crate::http2` bridges to the HTTP/1.1 request path through an in-memory pipe.
 pub(crate) enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    H2(tokio::io::DuplexStream),
 }
 
 impl ClientStream {
-    /// Whether the client came over TLS (`X-Forwarded-Proto: https`).
+    /// Whether the client came over TLS (`X-Forwarded-Proto: https`); HTTP/2 comes only so.
     pub fn is_tls(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        !matches!(self, ClientStream::Plain(_))
+    }
+
+    /// Whether this is an HTTP/2 stream (the access log says `HTTP/2.0`).
+    pub fn is_h2(&self) -> bool {
+        matches!(self, ClientStream::H2(_))
     }
 
     /// Reads what the client has sent, if anything, into `buf` without waiting: `Ready(Ok(0))`
@@ -94,6 +106,7 @@ impl ClientStream {
                 }
             },
             ClientStream::Tls(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, buf),
+            ClientStream::H2(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, buf),
         }
     }
 }
@@ -107,6 +120,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::H2(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -120,6 +134,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, data),
             ClientStream::Tls(s) => Pin::new(s).poll_write(cx, data),
+            ClientStream::H2(s) => Pin::new(s).poll_write(cx, data),
         }
     }
 
@@ -131,6 +146,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::H2(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -138,6 +154,7 @@ impl AsyncWrite for ClientStream {
         match self {
             ClientStream::Plain(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
+            ClientStream::H2(s) => s.is_write_vectored(),
         }
     }
 
@@ -145,6 +162,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::H2(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -152,6 +170,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::H2(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -9,8 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,23 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use common::{client, config, get_json, get_with_host, start, Upstream};
-
-/// A self-signed certificate for `localhost` written as PEM files into `dir` (`name.crt`,
-/// `name.key`); returns the paths and the certificate (for the client to trust).
-fn certificate(
-    dir: &Path,
-    name: &str,
-) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
-    (cert, key, made.cert.der().clone())
-}
+use common::{certificate, client, config, get_json, get_with_host, start, tls_connect, Upstream};
 
 fn tls_config(up: &Upstream, cert: &Path, key: &Path) -> BalancerConfig {
     let mut cfg = config(&[up]);
@@ -47,33 +30,12 @@ fn tls_config(up: &Upstream, cert: &Path, key: &Path) -> BalancerConfig {
     cfg
 }
 
-/// A TLS connection to `addr` that trusts only `trusted`, for the name `localhost`.
-async fn connect(
-    addr: SocketAddr,
-    trusted: &rustls::pki_types::CertificateDer<'static>,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(trusted.clone()).unwrap();
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await
-}
-
 /// An HTTP/1.1 client over one TLS connection.
 async fn https(
     addr: SocketAddr,
     trusted: &rustls::pki_types::CertificateDer<'static>,
 ) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
-    let tls = connect(addr, trusted).await.unwrap();
+    let tls = tls_connect(addr, trusted, &[]).await.unwrap();
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
         .await
         .unwrap();
@@ -165,7 +127,7 @@ async fn a_reload_picks_up_a_renewed_certificate_for_new_connections() {
     let mut open = https(addr, &der1).await;
     assert_eq!(fetch(&mut open, "/").await.0, 200);
     assert!(
-        connect(addr, &der2).await.is_err(),
+        tls_connect(addr, &der2, &[]).await.is_err(),
         "the new certificate is not served yet"
     );
 
@@ -177,7 +139,7 @@ async fn a_reload_picks_up_a_renewed_certificate_for_new_connections() {
     let mut fresh = https(addr, &der2).await;
     assert_eq!(fetch(&mut fresh, "/").await.0, 200);
     assert!(
-        connect(addr, &der1).await.is_err(),
+        tls_connect(addr, &der1, &[]).await.is_err(),
         "the old certificate is gone"
     );
     // The connection opened before the reload goes on.
@@ -323,7 +285,7 @@ async fn an_upgrade_over_tls_becomes_a_tunnel_both_ways() {
     let mut cfg = tls_config(&a, &cert, &key);
     cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(up.to_string())];
     let (h, _) = start(cfg).await;
-    let mut s = connect(h.tls_addr().unwrap(), &der).await.unwrap();
+    let mut s = tls_connect(h.tls_addr().unwrap(), &der, &[]).await.unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
     )

@@ -312,6 +312,10 @@ pub struct BalancerConfig {
     /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
     /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
     pub ssl_redirect: bool,
+    /// Offer HTTP/2 on `ssl_listen` (nginx `http2 on`): ALPN `h2` beside `http/1.1`. Each
+    /// HTTP/2 stream goes through the same request path as an HTTP/1.1 request (limits, rules,
+    /// retries, logs) and reaches the upstream as HTTP/1.1.
+    pub http2: bool,
     /// Compress responses for clients that accept gzip (nginx `gzip on`; see `crate::gzip`).
     pub gzip: bool,
     /// Media types compressed (nginx `gzip_types`); `*` for any.
@@ -478,6 +482,7 @@ impl Default for BalancerConfig {
             ssl_certificate: None,
             ssl_certificate_key: None,
             ssl_redirect: false,
+            http2: false,
             gzip: false,
             gzip_types: DEFAULT_GZIP_TYPES.iter().map(|t| (*t).to_owned()).collect(),
             gzip_min_length: DEFAULT_GZIP_MIN_LENGTH,
@@ -602,7 +607,7 @@ impl BalancerConfig {
     /// The TLS acceptor of `ssl_certificate` and `ssl_certificate_key`, if set.
     pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
         match (&self.ssl_certificate, &self.ssl_certificate_key) {
-            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key).map(Some),
+            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key, self.http2).map(Some),
             _ => Ok(None),
         }
     }

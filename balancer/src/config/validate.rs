@@ -43,6 +43,12 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             "needs ssl_listen (where to redirect to)",
         ));
     }
+    if cfg.http2 && cfg.ssl_listen.is_none() {
+        return Err(ConfigError::new(
+            "balancer.http2",
+            "needs ssl_listen (HTTP/2 is offered through TLS's ALPN)",
+        ));
+    }
     if cfg.ssl_listen == Some(cfg.listen) && cfg.listen.port() != 0 {
         return Err(ConfigError::new(
             "balancer.ssl_listen",
