@@ -240,7 +240,8 @@ echo
 printf 'median   nginx %.0f req/s p99 %.0fus %.2fus CPU/req (user %.2f) | ferrocat %.0f req/s p99 %.0fus %.2fus CPU/req (user %.2f)\n' \
   "$NG_RPS" "$NG_P99" "$NG_CPU" "$NG_UCPU" "$FC_RPS" "$FC_P99" "$FC_CPU" "$FC_UCPU"
 awk -v f="$FC_RPS" -v n="$NG_RPS" -v fp="$FC_P99" -v np="$NG_P99" -v fc="$FC_CPU" -v nc="$NG_CPU" -v fu="$FC_UCPU" -v nu="$NG_UCPU" \
-  'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, p99 %.2fx, CPU per request %.2fx, user CPU per request %.2fx (lower is better for p99 and CPU)\n", f/n, fp/np, fc/nc, (nu > 0 ? fu/nu : 0) }'
+  -v lat="$([ "$H2" = 1 ] && echo "mean latency" || echo p99)" \
+  'BEGIN { printf "ratio ferrocat/nginx: throughput %.2fx, " lat " %.2fx, CPU per request %.2fx, user CPU per request %.2fx (lower is better for latency and CPU)\n", f/n, fp/np, fc/nc, (nu > 0 ? fu/nu : 0) }'
 if [ "$ACCESS_LOG" = 1 ]; then
   sleep 1.5 # both flush within a second
   echo "access log lines: nginx $(wc -l < "$TMP/nginx-access.log"), ferrocat $(wc -l < "$FC_LOG")"

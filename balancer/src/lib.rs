@@ -77,7 +77,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{
     BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, PoolConfig,
-    UpstreamConfig,
+    SniCertificate, UpstreamConfig,
 };
 pub use units::parse_size;
 

@@ -2,7 +2,8 @@
 //!
 //! The certificate chain and key are read when a config is applied (start and every reload, so
 //! a renewed certificate is picked up by `SIGHUP`, as nginx does); each snapshot holds its
-//! acceptor, and a connection takes the one current when it is accepted. rustls with the `ring`
+//! acceptor, and a connection takes the one current when it is accepted. `ssl_sni` adds
+//! certificates chosen by the host name in the client's hello. rustls with the `ring`
 //! provider: TLS 1.2 and 1.3, safe cipher suites only, ALPN `http/1.1` (and `h2` with `http2`).
 //!
 //! [`ClientStream`] is a client connection, plain or TLS, for the request path: one enum, so the
@@ -20,55 +21,158 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, SniCertificate};
 
 /// Builds the acceptor for a PEM certificate chain (leaf first) and its PEM private key
-/// (PKCS#8, PKCS#1 or SEC1), offering `h2` through ALPN when `http2`. Errors name the key of
-/// the file that is wrong.
-pub(crate) fn acceptor(cert: &Path, key: &Path, http2: bool) -> Result<TlsAcceptor, ConfigError> {
-    const CERT: &str = "balancer.ssl_certificate";
-    const KEY: &str = "balancer.ssl_certificate_key";
-    let read = |path: &Path, name: &str| {
-        std::fs::read(path)
-            .map_err(|e| ConfigError::new(name, format!("cannot read {}: {e}", path.display())))
-    };
-    let pem = read(cert, CERT)?;
-    let chain = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ConfigError::new(CERT, format!("{}: {e}", cert.display())))?;
-    if chain.is_empty() {
-        return Err(ConfigError::new(
-            CERT,
-            format!("{}: no PEM certificate in it", cert.display()),
-        ));
-    }
-    let pem = read(key, KEY)?;
-    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        ConfigError::new(
-            KEY,
-            format!("{}: no usable private key ({e})", key.display()),
-        )
-    })?;
+/// (PKCS#8, PKCS#1 or SEC1), with the `ssl_sni` certificates chosen by the name a client asks
+/// for, offering `h2` through ALPN when `http2`. Errors name the key of the file that is wrong.
+pub(crate) fn acceptor(
+    cert: &Path,
+    key: &Path,
+    sni: &[SniCertificate],
+    http2: bool,
+) -> Result<TlsAcceptor, ConfigError> {
     // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs has it
     // but brings a large C build. X25519, P-256 and P-384 it is, as nginx with OpenSSL 3.0.
     #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let default = certified(
+        &provider,
+        cert,
+        key,
+        "balancer.ssl_certificate",
+        "balancer.ssl_certificate_key",
+    )?;
+    let mut by_name = BySni {
+        exact: Vec::new(),
+        wildcard: Vec::new(),
+        default,
+    };
+    for (i, entry) in sni.iter().enumerate() {
+        let chosen = certified(
+            &provider,
+            &entry.certificate,
+            &entry.certificate_key,
+            &format!("balancer.ssl_sni[{i}].certificate"),
+            &format!("balancer.ssl_sni[{i}].certificate_key"),
+        )?;
+        for name in &entry.server_name {
+            let name = name.to_ascii_lowercase();
+            match name.strip_prefix("*.") {
+                Some(parent) => by_name.wildcard.push((parent.to_owned(), chosen.clone())),
+                None => by_name.exact.push((name, chosen.clone())),
+            }
+        }
+    }
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new(CERT, e.to_string()))?
+        .map_err(|e| ConfigError::new("balancer.ssl_certificate", e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(chain, private)
-        // A key of another certificate, or an algorithm rustls does not sign with.
-        .map_err(|e| ConfigError::new(KEY, format!("{}: {e}", key.display())))?;
+        .with_cert_resolver(Arc::new(by_name));
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Reads a PEM chain and its key into a certified key; errors name `cert_key` or `key_key`.
+fn certified(
+    provider: &rustls::crypto::CryptoProvider,
+    cert: &Path,
+    key: &Path,
+    cert_key: &str,
+    key_key: &str,
+) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let read = |path: &Path, name: &str| {
+        std::fs::read(path)
+            .map_err(|e| ConfigError::new(name, format!("cannot read {}: {e}", path.display())))
+    };
+    let pem = read(cert, cert_key)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(cert_key, format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(ConfigError::new(
+            cert_key,
+            format!("{}: no PEM certificate in it", cert.display()),
+        ));
+    }
+    let pem = read(key, key_key)?;
+    let private = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+        ConfigError::new(
+            key_key,
+            format!("{}: no usable private key ({e})", key.display()),
+        )
+    })?;
+    // A key of another certificate, or an algorithm rustls does not sign with.
+    CertifiedKey::from_der(chain, private, provider)
+        .map(Arc::new)
+        .map_err(|e| ConfigError::new(key_key, format!("{}: {e}", key.display())))
+}
+
+/// Picks the certificate for the name in a client's hello (SNI): an exact `server_name`, else
+/// a wildcard of one label, else the default certificate (also for clients that name none).
+#[derive(Debug)]
+struct BySni {
+    exact: Vec<(String, Arc<CertifiedKey>)>,
+    /// `*.example.com` as `example.com`.
+    wildcard: Vec<(String, Arc<CertifiedKey>)>,
+    default: Arc<CertifiedKey>,
+}
+
+impl BySni {
+    fn pick(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = name else {
+            return &self.default;
+        };
+        if let Some((_, k)) = self
+            .exact
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            return k;
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some((_, k)) = self
+                .wildcard
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(parent))
+            {
+                return k;
+            }
+        }
+        &self.default
+    }
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// Whether `name` is a DNS host name (letters, digits, `-`, dots between labels of at most 63
+/// characters), or `*.` followed by one.
+pub(crate) fn valid_server_name(name: &str) -> bool {
+    let host = name.strip_prefix("*.").unwrap_or(name);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// A client connection: plain TCP, TLS over TCP, or one HTTP/2 stream (of a TLS connection)
@@ -171,6 +275,33 @@ impl AsyncWrite for ClientStream {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::H2(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_server_name;
+
+    #[test]
+    fn server_names_are_host_names_or_one_label_wildcards() {
+        for ok in ["shop.example", "a", "*.shop.example", "x-1.b2.example"] {
+            assert!(valid_server_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "*",
+            "*.",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "*.*.b",
+            "a b",
+            "shop.example:443",
+            "caf\u{e9}.fr",
+            "a.*.b",
+        ] {
+            assert!(!valid_server_name(bad), "{bad}");
         }
     }
 }

@@ -19,7 +19,10 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls;
 
-use common::{certificate, client, config, get_json, get_with_host, start, tls_connect, Upstream};
+use common::{
+    certificate, certificate_for, client, config, get_json, get_with_host, start, tls_connect,
+    tls_connect_to, Upstream,
+};
 
 fn tls_config(up: &Upstream, cert: &Path, key: &Path) -> BalancerConfig {
     let mut cfg = config(&[up]);
@@ -386,4 +389,107 @@ async fn bad_tls_settings_are_config_errors_naming_the_key() {
     }
     let h = Balancer::start(good).await.unwrap();
     h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_sni_picks_the_certificate_by_the_name_the_client_asks_for() {
+    use ferrocat_balancer::SniCertificate;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, default_der) = certificate(dir.path(), "default");
+    let (shop_cert, shop_key, shop_der) = certificate_for(dir.path(), "shop", "shop.test");
+    let (wild_cert, wild_key, wild_der) = certificate_for(dir.path(), "wild", "*.apps.test");
+    let a = Upstream::start("a").await;
+    let mut cfg = tls_config(&a, &cert, &key);
+    cfg.ssl_sni = vec![
+        SniCertificate {
+            server_name: vec!["shop.test".into(), "www.shop.test".into()],
+            certificate: shop_cert.clone(),
+            certificate_key: shop_key.clone(),
+        },
+        SniCertificate {
+            server_name: vec!["*.apps.test".into()],
+            certificate: wild_cert.clone(),
+            certificate_key: wild_key.clone(),
+        },
+    ];
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+    // Each client trusts only the certificate it expects: the handshake succeeds only if the
+    // balancer presented that one.
+    for (host, der) in [
+        ("shop.test", &shop_der),
+        ("SHOP.test", &shop_der),
+        ("one.apps.test", &wild_der),
+        ("localhost", &default_der),
+    ] {
+        let mut tls = tls_connect_to(addr, der, &[], host)
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        tls.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        tls.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200"), "{host}");
+    }
+    // Names no entry lists, and a wildcard's own parent, get the default certificate.
+    for host in ["other.test", "apps.test", "a.b.apps.test"] {
+        assert!(
+            tls_connect_to(addr, &wild_der, &[], host).await.is_err(),
+            "{host} got the wildcard certificate"
+        );
+        assert!(
+            tls_connect_to(addr, &shop_der, &[], host).await.is_err(),
+            "{host} got the shop certificate"
+        );
+    }
+    h.stop(true).await;
+
+    // Bad entries are config errors naming the key.
+    let (_, other_key, _) = certificate(dir.path(), "other");
+    let entry = |names: &[&str], key: &Path| SniCertificate {
+        server_name: names.iter().map(|n| n.to_string()).collect(),
+        certificate: shop_cert.clone(),
+        certificate_key: key.to_owned(),
+    };
+    let cases = [
+        (
+            vec![entry(&[], &shop_key)],
+            "balancer.ssl_sni[0].server_name",
+        ),
+        (
+            vec![entry(&["shop.test", "bad name"], &shop_key)],
+            "balancer.ssl_sni[0].server_name[1]",
+        ),
+        (
+            vec![
+                entry(&["shop.test"], &shop_key),
+                entry(&["Shop.test"], &shop_key),
+            ],
+            "balancer.ssl_sni[1].server_name[0]",
+        ),
+        (
+            vec![
+                entry(&["shop.test"], &shop_key),
+                entry(&["b.test"], &other_key),
+            ],
+            "balancer.ssl_sni[1].certificate_key",
+        ),
+    ];
+    for (sni, key) in cases {
+        let Err(e) = Balancer::start(BalancerConfig {
+            ssl_sni: sni,
+            ..cfg.clone()
+        })
+        .await
+        else {
+            panic!("{key}: accepted")
+        };
+        assert!(e.to_string().starts_with(&format!("{key}:")), "{key}: {e}");
+    }
+    let plain = BalancerConfig {
+        ssl_sni: vec![entry(&["shop.test"], &shop_key)],
+        ..config(&[&a])
+    };
+    assert_eq!(plain.validate().unwrap_err().key, "balancer.ssl_sni");
 }

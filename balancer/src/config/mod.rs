@@ -252,6 +252,22 @@ impl UpstreamConfig {
     }
 }
 
+/// One `[[balancer.ssl_sni]]`: a certificate for the TLS clients that ask for one of its
+/// `server_name`s (nginx: a `server` block with its own `server_name` and `ssl_certificate` on
+/// the same `listen ... ssl`). Clients that name no host, or one no entry lists, get
+/// `ssl_certificate`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Host names (`shop.example`) or wildcards of one label (`*.shop.example`); an exact name
+    /// wins over a wildcard.
+    pub server_name: Vec<String>,
+    /// PEM file with its certificate chain, the server's certificate first.
+    pub certificate: PathBuf,
+    /// PEM file with its private key.
+    pub certificate_key: PathBuf,
+}
+
 /// One `[[balancer.pool]]`: a named group of upstreams that the requests whose path matches
 /// one of its `paths` go to (nginx: an `upstream` block and the `location ~ regex` blocks that
 /// `proxy_pass` to it). Upstreams join it with `pool = "<name>"`; the upstreams without `pool`
@@ -308,6 +324,8 @@ pub struct BalancerConfig {
     pub ssl_certificate: Option<PathBuf>,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     pub ssl_certificate_key: Option<PathBuf>,
+    /// More certificates on `ssl_listen`, chosen by the name the client asks for (SNI).
+    pub ssl_sni: Vec<SniCertificate>,
     /// Requests on `listen` (plain HTTP) are answered with a redirect to the same URL over
     /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
     /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
@@ -482,6 +500,7 @@ impl Default for BalancerConfig {
             ssl_certificate: None,
             ssl_certificate_key: None,
             ssl_redirect: false,
+            ssl_sni: Vec::new(),
             http2: false,
             gzip: false,
             gzip_types: DEFAULT_GZIP_TYPES.iter().map(|t| (*t).to_owned()).collect(),
@@ -607,7 +626,9 @@ impl BalancerConfig {
     /// The TLS acceptor of `ssl_certificate` and `ssl_certificate_key`, if set.
     pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
         match (&self.ssl_certificate, &self.ssl_certificate_key) {
-            (Some(cert), Some(key)) => crate::tls::acceptor(cert, key, self.http2).map(Some),
+            (Some(cert), Some(key)) => {
+                crate::tls::acceptor(cert, key, &self.ssl_sni, self.http2).map(Some)
+            }
             _ => Ok(None),
         }
     }

@@ -43,6 +43,35 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             "needs ssl_listen (where to redirect to)",
         ));
     }
+    if !cfg.ssl_sni.is_empty() && cfg.ssl_listen.is_none() {
+        return Err(ConfigError::new(
+            "balancer.ssl_sni",
+            "needs ssl_listen and its default ssl_certificate",
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, sni) in cfg.ssl_sni.iter().enumerate() {
+        if sni.server_name.is_empty() {
+            return Err(ConfigError::new(
+                format!("balancer.ssl_sni[{i}].server_name"),
+                "names no host",
+            ));
+        }
+        for (j, name) in sni.server_name.iter().enumerate() {
+            let key = format!("balancer.ssl_sni[{i}].server_name[{j}]");
+            if !crate::tls::valid_server_name(name) {
+                return Err(ConfigError::new(
+                    key,
+                    format!(
+                        "{name:?} is not a host name or a wildcard of one label (*.example.com)"
+                    ),
+                ));
+            }
+            if !names.insert(name.to_ascii_lowercase()) {
+                return Err(ConfigError::new(key, format!("{name:?} is listed twice")));
+            }
+        }
+    }
     if cfg.http2 && cfg.ssl_listen.is_none() {
         return Err(ConfigError::new(
             "balancer.http2",

@@ -341,7 +341,16 @@ pub fn certificate(
     dir: &Path,
     name: &str,
 ) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    certificate_for(dir, name, "localhost")
+}
+
+/// Like [`certificate`], for the host name `host`.
+pub fn certificate_for(
+    dir: &Path,
+    name: &str,
+    host: &str,
+) -> (PathBuf, PathBuf, rustls::pki_types::CertificateDer<'static>) {
+    let made = rcgen::generate_simple_self_signed(vec![host.into()]).unwrap();
     let (cert, key) = (
         dir.join(format!("{name}.crt")),
         dir.join(format!("{name}.key")),
@@ -358,6 +367,16 @@ pub async fn tls_connect(
     trusted: &rustls::pki_types::CertificateDer<'static>,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tls_connect_to(addr, trusted, alpn, "localhost").await
+}
+
+/// Like [`tls_connect`], asking for (SNI) and checking the host name `host`.
+pub async fn tls_connect_to(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[&[u8]],
+    host: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     #[allow(deprecated)]
@@ -369,7 +388,7 @@ pub async fn tls_connect(
         .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
