@@ -135,7 +135,14 @@ async fn stream(
     request_head(&parts, chunked, &mut head);
     let no_body = parts.method == http::Method::HEAD;
     let (ours, theirs) = tokio::io::duplex(PIPE);
-    let served = crate::conn::serve_stream(worker, ClientStream::H2(theirs), ip, state);
+    // Boxed: the request path's future is a few KiB, and the stream's own future (moved when it
+    // is spawned and joined) stays small.
+    let served = Box::pin(crate::conn::serve_stream(
+        worker,
+        ClientStream::H2(theirs),
+        ip,
+        state,
+    ));
     let bridged = async move {
         let (mut rd, mut wr) = tokio::io::split(ours);
         let outcome = {
@@ -392,21 +399,38 @@ fn parse_answer(
     buf: &[u8],
     no_body: bool,
 ) -> Result<Option<(usize, StatusCode, HeaderMap, Framing)>, ()> {
+    // Most answers have a few header lines: try with a small table first (cheap to set up),
+    // then with the largest.
+    let mut few = [httparse::EMPTY_HEADER; 16];
+    match parse_with(buf, no_body, &mut few) {
+        Err(Some(httparse::Error::TooManyHeaders)) => {}
+        r => return r.map_err(|_| ()),
+    }
     let mut lines = [httparse::EMPTY_HEADER; MAX_ANSWER_HEADERS];
-    let mut answer = httparse::Response::new(&mut lines);
+    parse_with(buf, no_body, &mut lines).map_err(|_| ())
+}
+
+/// [`parse_answer`] with a table of `lines`; `Err(Some(e))` when httparse refused the head.
+#[allow(clippy::type_complexity)]
+fn parse_with<'b>(
+    buf: &'b [u8],
+    no_body: bool,
+    lines: &mut [httparse::Header<'b>],
+) -> Result<Option<(usize, StatusCode, HeaderMap, Framing)>, Option<httparse::Error>> {
+    let mut answer = httparse::Response::new(lines);
     let used = match answer.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(()),
+        Err(e) => return Err(Some(e)),
     };
     let status = answer
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .ok_or(())?;
+        .ok_or(None)?;
     let mut headers = HeaderMap::with_capacity(answer.headers.len());
     let (mut length, mut chunked) = (None, false);
     for h in answer.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| ())?;
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| None)?;
         if name == http::header::TRANSFER_ENCODING {
             chunked = h
                 .value
@@ -429,7 +453,7 @@ fn parse_answer(
         {
             continue;
         }
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| ())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| None)?;
         headers.append(name, value);
     }
     let framing = if no_body
@@ -523,5 +547,18 @@ mod tests {
             Ok(None)
         ));
         assert!(parse_answer(b"SSH-2.0\r\n\r\n", false).is_err());
+
+        // More lines than the small first table holds.
+        let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..40 {
+            raw.extend_from_slice(format!("X-H{i}: {i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        let Ok(Some((_, _, h, framing))) = parse_answer(&raw, false) else {
+            panic!("not parsed");
+        };
+        assert_eq!(h.len(), 41);
+        assert_eq!(h["x-h39"], "39");
+        assert!(matches!(framing, Framing::Length(0)));
     }
 }
