@@ -30,6 +30,22 @@ fn h2_config(
     (cfg, der)
 }
 
+/// A balancer with `http2` in front of `a`, its TLS address and an HTTP/2 client of it.
+async fn h2_started(
+    a: &Upstream,
+    dir: &std::path::Path,
+) -> (
+    ferrocat_balancer::BalancerHandle,
+    SocketAddr,
+    h2::client::SendRequest<Bytes>,
+) {
+    let (cfg, der) = h2_config(&[a], dir);
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let send = h2_client(addr, &der).await;
+    (h, addr, send)
+}
+
 /// An HTTP/2 client over a TLS connection that offers `h2` and `http/1.1`.
 async fn h2_client(
     addr: SocketAddr,
@@ -82,10 +98,7 @@ fn get(addr: SocketAddr, path: &str) -> Request<()> {
 async fn streams_share_a_connection_and_reach_the_upstream_as_http1() {
     let dir = tempfile::tempdir().unwrap();
     let a = Upstream::start("a").await;
-    let (cfg, der) = h2_config(&[&a], dir.path());
-    let (h, _) = start(cfg).await;
-    let addr = h.tls_addr().unwrap();
-    let mut send = h2_client(addr, &der).await;
+    let (h, addr, mut send) = h2_started(&a, dir.path()).await;
 
     // `:authority` becomes `Host`, split cookie fields one `Cookie` line, and the upstream
     // learns the request came over https.
@@ -208,10 +221,7 @@ async fn the_request_paths_rules_apply_to_http2() {
 async fn a_graceful_stop_lets_open_streams_end() {
     let dir = tempfile::tempdir().unwrap();
     let a = Upstream::start("a").await;
-    let (cfg, der) = h2_config(&[&a], dir.path());
-    let (h, _) = start(cfg).await;
-    let addr = h.tls_addr().unwrap();
-    let mut send = h2_client(addr, &der).await;
+    let (h, addr, mut send) = h2_started(&a, dir.path()).await;
     let slow = {
         let mut send = send.clone();
         tokio::spawn(async move { exchange(&mut send, get(addr, "/slow/600"), vec![]).await })
