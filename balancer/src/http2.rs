@@ -12,7 +12,8 @@
 //! Flow control carries the back-pressure both ways: request body bytes are acknowledged to the
 //! client (window released) only once the pipe took them, and response bytes are read from the
 //! pipe only as the client's window lets them go out, so a slow client or upstream holds at
-//! most a stream window and the pipe's buffer per stream. The connection closes after
+//! most a stream window and the pipe's buffer per stream; a client whose window stays shut for
+//! `send_timeout` has the stream reset. The connection closes after
 //! `client_keepalive_timeout` without streams; a stop sends GOAWAY, lets the open streams end,
 //! then closes.
 
@@ -134,6 +135,8 @@ async fn stream(
     let mut head = Vec::with_capacity(1024);
     request_head(&parts, chunked, &mut head);
     let no_body = parts.method == http::Method::HEAD;
+    // nginx `send_timeout`: how long a client may keep its window shut.
+    let send_limit = worker.snapshot().cfg.send_timeout;
     let (ours, theirs) = tokio::io::duplex(PIPE);
     // Boxed: the request path's future is a few KiB, and the stream's own future (moved when it
     // is spawned and joined) stays small.
@@ -147,7 +150,7 @@ async fn stream(
         let (mut rd, mut wr) = tokio::io::split(ours);
         let outcome = {
             let mut up = pin!(send_request(&mut wr, head, body, chunked));
-            let mut down = pin!(send_answer(&mut rd, &mut respond, no_body));
+            let mut down = pin!(send_answer(&mut rd, &mut respond, no_body, send_limit));
             let mut sending = true;
             poll_fn(|cx| {
                 if sending {
@@ -296,6 +299,7 @@ async fn send_answer(
     rd: &mut tokio::io::ReadHalf<tokio::io::DuplexStream>,
     respond: &mut h2::server::SendResponse<Bytes>,
     no_body: bool,
+    send_limit: std::time::Duration,
 ) -> Result<(), Failure> {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let (status, headers, framing) = loop {
@@ -348,7 +352,7 @@ async fn send_answer(
             Framing::None => (Bytes::new(), true),
         };
         if !out.is_empty() {
-            send_data(&mut send, out).await?;
+            send_data(&mut send, out, send_limit).await?;
         }
         if done {
             return send
@@ -374,13 +378,23 @@ async fn send_answer(
     }
 }
 
-/// Sends `data` as the client's window lets it go.
-async fn send_data(send: &mut h2::SendStream<Bytes>, mut data: Bytes) -> Result<(), Failure> {
+/// Sends `data` as the client's window lets it go; a window that stays shut for `limit` resets
+/// the stream (a client that stops reading must not hold it forever).
+async fn send_data(
+    send: &mut h2::SendStream<Bytes>,
+    mut data: Bytes,
+    limit: std::time::Duration,
+) -> Result<(), Failure> {
     while !data.is_empty() {
         send.reserve_capacity(data.len());
-        let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
-            Some(Ok(n)) => n,
-            _ => return Err(Failure::ClientGone),
+        let granted = match tokio::time::timeout(limit, poll_fn(|cx| send.poll_capacity(cx))).await
+        {
+            Ok(Some(Ok(n))) => n,
+            Ok(_) => return Err(Failure::ClientGone),
+            Err(_) => {
+                send.send_reset(h2::Reason::CANCEL);
+                return Err(Failure::ClientGone);
+            }
         };
         if granted == 0 {
             continue;

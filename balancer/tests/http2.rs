@@ -259,3 +259,41 @@ async fn without_http2_tls_offers_only_http1() {
     assert_eq!(err.key, "balancer.http2");
     let _ = Method::GET;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stops_reading_is_reset_after_send_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Upstream::start("a").await;
+    let (mut cfg, der) = h2_config(&[&a], dir.path());
+    cfg.send_timeout = Duration::from_millis(300);
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let send = h2_client(addr, &der).await;
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send.send_request(get(addr, "/big/8000000"), true).unwrap();
+    let resp = resp.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    // Read without ever opening the window again: only the first window's bytes come, then
+    // the stream is reset.
+    let mut got = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = body.data().await {
+            match chunk {
+                Ok(c) => got += c.len(),
+                Err(e) => return Some(e),
+            }
+        }
+        None
+    })
+    .await
+    .expect("the stream ends long before the client reads it all");
+    let err = ended.expect("reset, not a complete body");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+    assert!(got < 8_000_000, "{got}");
+    // The connection goes on (once the client gives back the connection window it held).
+    drop(body);
+    let (status, _, body) = exchange(&mut send.clone(), get(addr, "/x"), vec![]).await;
+    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"a"[..]));
+    h.stop(false).await;
+}
