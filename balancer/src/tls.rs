@@ -6,8 +6,9 @@
 //! certificates chosen by the host name in the client's hello. rustls with the `ring`
 //! provider: TLS 1.2 and 1.3, safe cipher suites only, ALPN `http/1.1` (and `h2` with `http2`).
 //!
-//! [`ClientStream`] is a client connection, plain or TLS, for the request path: one enum, so the
-//! plain path costs a branch, not a boxed stream.
+//! [`ClientStream`] is a client connection (plain, TLS, or one HTTP/2 stream bridged by
+//! `crate::http2`) for the request path: one enum, so the plain path costs a branch, not a boxed
+//! stream.
 
 use std::io;
 use std::path::Path;
