@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::server::TlsStream;
 
 use crate::h1::chunked::ChunkedDecoder;
+use crate::headers::{self, Kind};
 use crate::proxy::Worker;
 use crate::server::{stop_requested, RunState};
 use crate::tls::ClientStream;
@@ -198,40 +199,31 @@ fn request_head(parts: &http::request::Parts, chunked: bool, out: &mut Vec<u8>) 
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let authority = parts.uri.authority();
     if let Some(a) = authority {
-        put(out, b"host", a.as_str().as_bytes());
+        headers::put(out, b"host", a.as_str().as_bytes());
     }
     let mut cookies: Option<Vec<u8>> = None;
     for (name, value) in &parts.headers {
-        if name == http::header::COOKIE {
-            let c = cookies.get_or_insert_with(Vec::new);
-            if !c.is_empty() {
-                c.extend_from_slice(b"; ");
+        match headers::kind(name.as_str()) {
+            Kind::Cookie => {
+                let c = cookies.get_or_insert_with(Vec::new);
+                if !c.is_empty() {
+                    c.extend_from_slice(b"; ");
+                }
+                c.extend_from_slice(value.as_bytes());
             }
-            c.extend_from_slice(value.as_bytes());
-            continue;
+            Kind::Host if authority.is_some() => {}
+            // The body streams anyway; `te: trailers` is all HTTP/2 allows, and hop-by-hop.
+            Kind::Expect | Kind::HopByHop => {}
+            _ => headers::put(out, name.as_str().as_bytes(), value.as_bytes()),
         }
-        if (name == http::header::HOST && authority.is_some())
-            || name == http::header::EXPECT
-            || name == http::header::TE
-        {
-            continue;
-        }
-        put(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(c) = cookies {
-        put(out, b"cookie", &c);
+        headers::put(out, b"cookie", &c);
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"connection: close\r\n\r\n");
-}
-
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Which side ended a request body early.
@@ -314,7 +306,8 @@ async fn send_answer(
             Ok(None) if buf.len() < MAX_ANSWER_HEAD => {}
             Ok(None) | Err(()) => return Err(Failure::NoAnswer),
         }
-        match rd.read_buf(&mut buf).await {
+        let read = rd.read_buf(&mut buf).await;
+        match read {
             Ok(n) if n > 0 => {}
             _ => return Err(Failure::NoAnswer),
         }
@@ -362,7 +355,8 @@ async fn send_answer(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        match rd.read_buf(&mut buf).await {
+        let read = rd.read_buf(&mut buf).await;
+        match read {
             Ok(n) if n > 0 => {}
             _ if matches!(framing, Framing::UntilClose) => {
                 return send
@@ -444,29 +438,17 @@ fn parse_with<'b>(
     let mut headers = HeaderMap::with_capacity(answer.headers.len());
     let (mut length, mut chunked) = (None, false);
     for h in answer.headers.iter() {
+        match headers::kind(h.name) {
+            Kind::TransferEncoding => {
+                chunked = headers::last_coding(h.value).eq_ignore_ascii_case(b"chunked");
+                continue;
+            }
+            Kind::ContentLength => length = headers::content_length(h.value),
+            // Connection-specific fields have no place in HTTP/2.
+            Kind::Connection | Kind::Upgrade | Kind::HopByHop => continue,
+            _ => {}
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| None)?;
-        if name == http::header::TRANSFER_ENCODING {
-            chunked = h
-                .value
-                .split(|&b| b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            continue;
-        }
-        if name == http::header::CONTENT_LENGTH {
-            length = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-        }
-        // Connection-specific fields have no place in HTTP/2.
-        if name == http::header::CONNECTION
-            || name == http::header::UPGRADE
-            || name == http::header::TE
-            || name.as_str() == "keep-alive"
-            || name.as_str() == "proxy-connection"
-        {
-            continue;
-        }
         let value = HeaderValue::from_bytes(h.value).map_err(|_| None)?;
         headers.append(name, value);
     }
