@@ -306,7 +306,12 @@ async fn send_answer(
             Ok(None) if buf.len() < MAX_ANSWER_HEAD => {}
             Ok(None) | Err(()) => return Err(Failure::NoAnswer),
         }
-        let read = rd.read_buf(&mut buf).await;
+        // A client that resets the stream while the answer is awaited ends the request: the
+        // pipe closes and the request path gives the upstream up, as for a client that leaves.
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = poll_fn(|cx| respond.poll_reset(cx)) => return Err(Failure::ClientGone),
+        };
         match read {
             Ok(n) if n > 0 => {}
             _ => return Err(Failure::NoAnswer),
@@ -355,7 +360,10 @@ async fn send_answer(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(16 * 1024);
         }
-        let read = rd.read_buf(&mut buf).await;
+        let read = tokio::select! {
+            r = rd.read_buf(&mut buf) => r,
+            _ = poll_fn(|cx| send.poll_reset(cx)) => return Err(Failure::ClientGone),
+        };
         match read {
             Ok(n) if n > 0 => {}
             _ if matches!(framing, Framing::UntilClose) => {

@@ -297,3 +297,41 @@ async fn a_stream_whose_client_stops_reading_is_reset_after_send_timeout() {
     assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"a"[..]));
     h.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_the_client_resets_ends_its_request() {
+    // With one request in flight allowed per client, the next request is admitted only once
+    // the reset one has really ended in the balancer.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Upstream::start("a").await;
+    let (mut cfg, der) = h2_config(&[&a], dir.path());
+    cfg.limit_conn = 1;
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let mut send = h2_client(addr, &der).await;
+    let hits = a.hits();
+    let mut ready = send.clone().ready().await.unwrap();
+    let (resp, body) = ready.send_request(get(addr, "/slow/5000"), true).unwrap();
+    // The slow request reaches the upstream and holds the client's one slot...
+    for _ in 0..100 {
+        if a.hits() > hits {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(a.hits(), hits + 1);
+    let (status, _, _) = exchange(&mut send, get(addr, "/x"), vec![]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // ...until the client resets its stream (dropping it sends RST_STREAM).
+    drop((resp, body));
+    let mut admitted = false;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if exchange(&mut send, get(addr, "/x"), vec![]).await.0 == StatusCode::OK {
+            admitted = true;
+            break;
+        }
+    }
+    assert!(admitted, "the reset stream kept its request going");
+    h.stop(false).await;
+}
