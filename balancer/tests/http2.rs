@@ -335,3 +335,26 @@ async fn a_stream_the_client_resets_ends_its_request() {
     assert!(admitted, "the reset stream kept its request going");
     h.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Upstream::start("a").await;
+    let (mut cfg, der) = h2_config(&[&a], dir.path());
+    cfg.client_keepalive_timeout = Duration::from_millis(300);
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let tls = tls_connect(addr, &der, &[b"h2"]).await.unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    // A request keeps it open while it runs (the slow answer outlasts the idle limit).
+    let (status, _, _) = exchange(&mut send.clone(), get(addr, "/slow/500"), vec![]).await;
+    assert_eq!(status, 200);
+    // Then, with no stream open, the balancer says GOAWAY and closes (the client's connection
+    // task ends; how it ends depends on what the client still wanted to write).
+    let _ = tokio::time::timeout(Duration::from_secs(3), conn)
+        .await
+        .expect("the idle connection was closed")
+        .unwrap();
+    h.stop(false).await;
+}
