@@ -394,6 +394,8 @@ async fn one_request(
     let mut snap = None;
     // When the first bytes of this head arrived: the whole head gets `client_header_timeout`.
     let mut head_started = None;
+    // Set when the path cannot be normalized (`..` above the root, a bad escape): 400.
+    let mut bad_uri: Option<crate::uri::Invalid> = None;
     let parsed = loop {
         if !c.rbuf.is_empty() {
             let snap = snap.get_or_insert_with(|| {
@@ -415,10 +417,19 @@ async fn one_request(
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
+            let bad_uri = &mut bad_uri;
             let inspect = |v: &request::View<'_>| {
                 if log.on {
                     note_request(log, v, h2);
                 }
+                // `deny` and the pools see the path as the upstream will resolve it.
+                let path = match crate::uri::normalize(v.path()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        *bad_uri = Some(why);
+                        return None;
+                    }
+                };
                 redirect.0 = if snap.redirects.is_empty() {
                     0
                 } else {
@@ -446,10 +457,10 @@ async fn one_request(
                         &mut redirect.1,
                     )?;
                 }
-                if !snap.deny.is_empty() && snap.deny.is_match(v.path()) {
+                if !snap.deny.is_empty() && snap.deny.is_match(&path) {
                     return None;
                 }
-                let pool = snap.pool_for(v.path());
+                let pool = snap.pool_for(&path);
                 match &snap.pools[pool].hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
@@ -560,6 +571,10 @@ async fn one_request(
     if most > 0 && c.requests >= most {
         // nginx's `keepalive_requests`: this answer says `Connection: close` and is the last.
         req.keep_alive = false;
+    }
+    if let Some(why) = bad_uri {
+        log::debug!("bad request from {}: {why}", c.ip);
+        return c.page(StatusCode::BAD_REQUEST, true).await;
     }
     if c.redirect.0 != 0 {
         // nginx's rewrite phase comes before its access checks and limits.

@@ -67,6 +67,7 @@ mod tls;
 mod tunnel;
 mod units;
 mod upstream;
+mod uri;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

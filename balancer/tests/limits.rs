@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{client, config, get, start, Upstream};
+use common::{client, config, get, raw_exchange, start, Upstream};
 
 /// Sends `count` chunks of `size` bytes of `byte` as a chunked body (no Content-Length).
 async fn send_chunked(
@@ -56,6 +56,45 @@ async fn denied_paths_get_403() {
     assert_eq!(get(&http, &format!("{base}/WEB-INF/web.xml")).await.0, 403);
     assert_eq!(get(&http, &format!("{base}/static/WEB-INF/x")).await.0, 200);
     assert_eq!(a.hits(), 1);
+    // The rule sees the path as the app server resolves it: escapes decoded, slashes merged,
+    // dot segments resolved (sent raw: an HTTP client library would resolve some itself).
+    for path in [
+        "/%57EB-INF/web.xml",
+        "//WEB-INF/web.xml",
+        "/img/../WEB-INF/web.xml",
+        "/./WEB-INF/web.xml",
+        "/img/%2e%2e/WEB-INF/web.xml",
+        "/img%2f..%2fWEB-INF/web.xml",
+    ] {
+        let got = raw_exchange(
+            &base,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 403 "), "{path}: {got}");
+    }
+    // A path that climbs above the root, or a broken escape: 400, as nginx.
+    for path in [
+        "/../WEB-INF/web.xml",
+        "/img/%2e%2e/%2e%2e/x",
+        "/a%zz",
+        "/a%00",
+    ] {
+        let got = raw_exchange(
+            &base,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 400 "), "{path}: {got}");
+    }
+    // Harmless forms still pass, as the client sent them.
+    let got = raw_exchange(
+        &base,
+        b"GET /static//a/./b/../c%20d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    assert_eq!(a.hits(), 2);
     h.stop(true).await;
 }
 
