@@ -9,6 +9,8 @@
 
 use std::borrow::Cow;
 
+use crate::h1::chunked::hex;
+
 /// Why a path cannot be normalized (the request gets 400, as nginx answers).
 pub(crate) type Invalid = &'static str;
 
@@ -80,15 +82,6 @@ fn decode(b: &[u8]) -> Result<Vec<u8>, Invalid> {
         }
     }
     Ok(out)
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
