@@ -104,6 +104,8 @@ pub(crate) struct Conn {
     /// With `add_header_always`: the config whose `add_header` lines the balancer's own pages
     /// get too (written with the page, when its status is known).
     pub page_add: Option<std::sync::Arc<crate::upstream::Snapshot>>,
+    /// What the current request asks of a `[[balancer.static]]` location, if one takes it.
+    pub file: crate::files::FileReq,
 }
 
 /// What happens to the connection after a request.
@@ -280,6 +282,7 @@ pub(crate) async fn serve_stream(
         request_id: Vec::new(),
         page_headers: Vec::new(),
         page_add: None,
+        file: crate::files::FileReq::default(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -387,6 +390,7 @@ async fn one_request(
     c.page_headers.clear();
     c.page_add = None;
     c.redirect.0 = 0;
+    c.file.loc = None;
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
@@ -407,13 +411,14 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect, gzip_ok) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok, file) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
                 &mut c.log,
                 &mut c.redirect,
                 &mut c.gzip_ok,
+                &mut c.file,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
@@ -459,6 +464,11 @@ async fn one_request(
                 }
                 if !snap.deny.is_empty() && snap.deny.is_match(&path) {
                     return None;
+                }
+                if !snap.files.is_empty() {
+                    if let Some(i) = snap.files.find(&path) {
+                        file.note(i, &path, v);
+                    }
                 }
                 let pool = snap.pool_for(&path);
                 match &snap.pools[pool].hash_key {
@@ -627,6 +637,13 @@ async fn one_request(
             crate::ratelimit::Verdict::Reject => {
                 return c.refuse(&snap, &req, limit.status).await;
             }
+        }
+    }
+    if c.file.loc.is_some() {
+        // A `[[balancer.static]]` location: answered from disk (a missing file with
+        // `try_upstream` goes on to the upstreams).
+        if let Some(next) = crate::files::serve(c, &snap, &req).await {
+            return next;
         }
     }
     let pool = &snap.pools[target.0];

@@ -15,6 +15,8 @@
 //!   `body`, HTTP Upgrade `tunnel`s; waits are bounded by `io`'s lazy timers.
 //! - `access_log`: nginx's `combined` line plus the upstreams tried, buffered per worker and
 //!   written by a thread of its own.
+//! - `files`: `[[balancer.static]]` locations answered from disk (conditional requests,
+//!   ranges), streamed in bounded chunks.
 //! - `status`: the JSON page at `status_path` (upstream state and counters).
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
@@ -44,6 +46,7 @@ mod conn;
 mod connlimit;
 mod custom_headers;
 mod error;
+mod files;
 mod gzip;
 mod h1;
 mod hashkey;
@@ -78,7 +81,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{
     BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, PoolConfig,
-    SniCertificate, UpstreamConfig,
+    SniCertificate, StaticConfig, UpstreamConfig,
 };
 pub use units::parse_size;
 

@@ -79,6 +79,16 @@ pub mod duration {
     }
 }
 
+/// serde helper for an optional duration (a missing key is `None`; use with `#[serde(default)]`).
+pub mod opt_duration {
+    use super::*;
+
+    /// Deserializes a duration, present.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        super::duration::deserialize(d).map(Some)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

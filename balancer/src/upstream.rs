@@ -190,6 +190,8 @@ pub(crate) struct Snapshot {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// `gzip*`, if `gzip` is on.
     pub gzip: Option<crate::gzip::Policy>,
+    /// `[[balancer.static]]` locations.
+    pub files: crate::files::Locations,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -331,6 +333,7 @@ impl Snapshot {
         })?;
         let tls = cfg.tls_acceptor()?;
         let gzip = crate::gzip::Policy::of(&cfg)?;
+        let files = crate::files::Locations::of(&cfg.statics);
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -366,6 +369,7 @@ impl Snapshot {
             access_log,
             tls,
             gzip,
+            files,
         })
     }
 }

@@ -311,6 +311,53 @@ impl PoolConfig {
     }
 }
 
+/// One `[[balancer.static]]`: requests whose path falls under `location` are answered from
+/// files on disk (nginx `location /prefix/ { root ..; }` or `alias ..;`), matched on the
+/// normalized path (escapes decoded, dot segments resolved), so no request reaches a file
+/// outside the directory.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticConfig {
+    /// Path prefix, matched at a segment boundary (`/static` takes `/static` and
+    /// `/static/a.css`, not `/staticx`); the longest matching location wins.
+    pub location: String,
+    /// The file is `root` + the whole path (nginx `root`).
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+    /// The file is `alias` + the path after `location` (nginx `alias`).
+    #[serde(default)]
+    pub alias: Option<PathBuf>,
+    /// Files tried, in order, for a path ending in `/` (none found: 403, as nginx without
+    /// `autoindex`).
+    #[serde(default = "default_index")]
+    pub index: Vec<String>,
+    /// nginx `expires`: `Cache-Control: max-age=<secs>` and `Expires` on 200, 206 and 304.
+    #[serde(default, with = "units::opt_duration")]
+    pub expires: Option<Duration>,
+    /// nginx `try_files $uri $uri/ @upstream`: a missing file goes to the upstreams instead
+    /// of a 404.
+    #[serde(default)]
+    pub try_upstream: bool,
+}
+
+fn default_index() -> Vec<String> {
+    vec!["index.html".into()]
+}
+
+impl StaticConfig {
+    /// Files under `location` served from `root` + path.
+    pub fn root(location: impl Into<String>, root: impl Into<PathBuf>) -> Self {
+        Self {
+            location: location.into(),
+            root: Some(root.into()),
+            alias: None,
+            index: default_index(),
+            expires: None,
+            try_upstream: false,
+        }
+    }
+}
+
 /// The `[balancer]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -490,6 +537,9 @@ pub struct BalancerConfig {
     /// Named upstream pools chosen by path (see [`PoolConfig`]); none: every request goes to
     /// the upstreams.
     pub pool: Vec<PoolConfig>,
+    /// Locations answered from files on disk (see [`StaticConfig`]), before any pool.
+    #[serde(rename = "static")]
+    pub statics: Vec<StaticConfig>,
 }
 
 impl Default for BalancerConfig {
@@ -552,6 +602,7 @@ impl Default for BalancerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             upstream: Vec::new(),
             pool: Vec::new(),
+            statics: Vec::new(),
         }
     }
 }

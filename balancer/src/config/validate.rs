@@ -199,7 +199,8 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         validate_health(hc)?;
     }
     validate_upstreams(cfg)?;
-    validate_pools(cfg)
+    validate_pools(cfg)?;
+    validate_statics(cfg)
 }
 
 pub(crate) fn is_token_byte(b: u8) -> bool {
@@ -292,6 +293,66 @@ fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 key("name"),
                 format!("no upstream has pool = {:?}", pool.name),
             ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_statics(cfg: &BalancerConfig) -> Result<(), ConfigError> {
+    let mut seen = HashSet::new();
+    for (i, st) in cfg.statics.iter().enumerate() {
+        let key = |k: &str| format!("balancer.static[{i}].{k}");
+        let loc = st.location.as_str();
+        if !loc.starts_with('/')
+            || !loc
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'%')
+            || loc.split('/').any(|seg| seg == "." || seg == "..")
+            || loc.contains("//")
+        {
+            return Err(ConfigError::new(
+                key("location"),
+                "must be a plain path such as \"/static/\" (a leading '/', no '?', '#', '%', '//' or dot segments)",
+            ));
+        }
+        if !seen.insert(loc.trim_end_matches('/')) {
+            return Err(ConfigError::new(
+                key("location"),
+                format!("{loc:?} is used twice"),
+            ));
+        }
+        let (dir, name) = match (&st.root, &st.alias) {
+            (Some(d), None) => (d, "root"),
+            (None, Some(d)) => (d, "alias"),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    key("alias"),
+                    "set root or alias, not both",
+                ))
+            }
+            (None, None) => return Err(ConfigError::new(key("root"), "root or alias is required")),
+        };
+        if !dir.is_dir() {
+            return Err(ConfigError::new(
+                key(name),
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        if let Some(bad) = st
+            .index
+            .iter()
+            .find(|f| f.is_empty() || f.contains('/') || *f == "." || *f == "..")
+        {
+            return Err(ConfigError::new(
+                key("index"),
+                format!("{bad:?} is not a file name"),
+            ));
+        }
+        if st
+            .expires
+            .is_some_and(|e| e.as_secs() > 10 * 365 * 24 * 3600)
+        {
+            return Err(ConfigError::new(key("expires"), "at most 10 years"));
         }
     }
     Ok(())

@@ -1,0 +1,699 @@
+//! Static files: `[[balancer.static]]` locations answered from disk, as nginx's static module
+//! does with `root` or `alias`, `index`, `expires` and `try_files $uri $uri/ @upstream`.
+//!
+//! While the request path reads a head it notes which location takes the normalized path (the
+//! longest prefix, matched at a segment boundary) and copies the conditional and range fields
+//! ([`FileReq`]). After the access checks and limits, [`serve`] looks the file up in one call
+//! on the blocking pool (a slow disk never stalls the worker), answers the conditionals (304,
+//! 412), one byte range (206, 416) or the whole file, and streams the body in bounded chunks
+//! under the client's send time-out. A missing file is a 404, or goes to the upstreams with
+//! `try_upstream`.
+
+use std::io::Read as _;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+
+use crate::conn::{Conn, Next};
+use crate::h1::request::{Framing, Request, View};
+use crate::upstream::Snapshot;
+
+/// Most file bytes held for a client at a time.
+const CHUNK: usize = 64 * 1024;
+/// Files up to this size are read whole by the look-up (one trip to the blocking pool).
+const SMALL: u64 = 64 * 1024;
+
+/// One configured location.
+struct Location {
+    /// `location` without its trailing `/` (`""` for `/`).
+    prefix: String,
+    /// `root` or `alias`.
+    dir: PathBuf,
+    /// `alias`: the path after the prefix is looked up in `dir`.
+    alias: bool,
+    index: Arc<[String]>,
+    expires: Option<Duration>,
+    try_upstream: bool,
+}
+
+impl Location {
+    /// The file for normalized `path`; `None` if a part of it is not a plain name.
+    fn file(&self, path: &str) -> Option<PathBuf> {
+        let rel = if self.alias {
+            &path[self.prefix.len()..]
+        } else {
+            path
+        };
+        let rel = Path::new(rel.trim_start_matches('/'));
+        // The normalized path has no dot segments; a second look costs nothing.
+        if !rel.components().all(|c| matches!(c, Component::Normal(_))) {
+            return None;
+        }
+        Some(self.dir.join(rel))
+    }
+}
+
+/// The `[[balancer.static]]` locations of one config, longest prefix first.
+#[derive(Default)]
+pub(crate) struct Locations(Vec<Location>);
+
+impl Locations {
+    pub(crate) fn of(cfg: &[crate::config::StaticConfig]) -> Self {
+        let mut list: Vec<Location> = cfg
+            .iter()
+            .filter_map(|s| {
+                let (dir, alias) = match (&s.root, &s.alias) {
+                    (Some(d), None) => (d.clone(), false),
+                    (None, Some(d)) => (d.clone(), true),
+                    _ => return None, // refused by validation
+                };
+                Some(Location {
+                    prefix: s.location.trim_end_matches('/').to_owned(),
+                    dir,
+                    alias,
+                    index: s.index.clone().into(),
+                    expires: s.expires,
+                    try_upstream: s.try_upstream,
+                })
+            })
+            .collect();
+        list.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
+        Self(list)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The location that takes normalized `path`, if any.
+    pub(crate) fn find(&self, path: &str) -> Option<usize> {
+        self.0.iter().position(|l| {
+            path.starts_with(&l.prefix)
+                && (path.len() == l.prefix.len() || path.as_bytes()[l.prefix.len()] == b'/')
+        })
+    }
+}
+
+/// What the request path noted of a request that a static location takes.
+#[derive(Default)]
+pub(crate) struct FileReq {
+    /// The location (index into [`Locations`]); `None`: not a static request.
+    pub loc: Option<usize>,
+    /// The normalized path.
+    path: String,
+    /// The path and query as sent (a directory's redirect adds the `/` to it).
+    raw_path: String,
+    raw_query: Option<String>,
+    get_or_head: bool,
+    if_match: Vec<u8>,
+    if_none_match: Vec<u8>,
+    if_modified_since: Vec<u8>,
+    if_unmodified_since: Vec<u8>,
+    range: Vec<u8>,
+    if_range: Vec<u8>,
+}
+
+impl FileReq {
+    /// Notes a request for location `loc` (its normalized path `path`).
+    pub(crate) fn note(&mut self, loc: usize, path: &str, v: &View<'_>) {
+        self.loc = Some(loc);
+        self.path.clear();
+        self.path.push_str(path);
+        self.raw_path.clear();
+        self.raw_path.push_str(v.path());
+        self.raw_query = v.query().map(str::to_owned);
+        self.get_or_head = v.method == "GET" || v.method == "HEAD";
+        let copy = |name: &str, out: &mut Vec<u8>| {
+            out.clear();
+            if let Some(h) = v.header(name) {
+                out.extend_from_slice(h);
+            }
+        };
+        copy("if-match", &mut self.if_match);
+        copy("if-none-match", &mut self.if_none_match);
+        copy("if-modified-since", &mut self.if_modified_since);
+        copy("if-unmodified-since", &mut self.if_unmodified_since);
+        copy("range", &mut self.range);
+        copy("if-range", &mut self.if_range);
+    }
+}
+
+/// What the look-up found.
+enum Found {
+    File {
+        file: std::fs::File,
+        len: u64,
+        modified: SystemTime,
+        /// The whole content, for a small file asked for with GET.
+        content: Option<Vec<u8>>,
+        /// The file opened (the index file for a directory), for its type.
+        path: PathBuf,
+    },
+    /// A directory asked for without the trailing `/`.
+    Directory,
+    /// Not readable: permissions, not a regular file, a directory without an index file.
+    Forbidden,
+    Missing,
+    Failed(std::io::Error),
+}
+
+fn open_regular(path: PathBuf, read_small: bool) -> Found {
+    use std::io::ErrorKind;
+    let classify = |e: std::io::Error| match e.kind() {
+        ErrorKind::NotFound | ErrorKind::NotADirectory => Found::Missing,
+        ErrorKind::PermissionDenied => Found::Forbidden,
+        _ => Found::Failed(e),
+    };
+    // Look before opening: opening a FIFO would wait for a writer.
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => return Found::Directory,
+        Ok(m) if !m.is_file() => return Found::Forbidden,
+        Ok(_) => {}
+        Err(e) => return classify(e),
+    }
+    let mut file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return classify(e),
+    };
+    let meta = match file.metadata() {
+        Ok(m) if m.is_file() => m,
+        Ok(_) => return Found::Forbidden,
+        Err(e) => return Found::Failed(e),
+    };
+    let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+    let mut len = meta.len();
+    let content = if read_small && len <= SMALL {
+        let mut buf = Vec::with_capacity(len as usize);
+        if let Err(e) = (&mut file).take(SMALL).read_to_end(&mut buf) {
+            return Found::Failed(e);
+        }
+        // A file that changed size since the stat is served as read.
+        len = buf.len() as u64;
+        Some(buf)
+    } else {
+        None
+    };
+    Found::File {
+        file,
+        len,
+        modified,
+        content,
+        path,
+    }
+}
+
+/// Finds the file for a request (blocking: runs on the blocking pool).
+fn lookup(path: PathBuf, dir_request: bool, index: &[String], read_small: bool) -> Found {
+    if !dir_request {
+        return open_regular(path, read_small);
+    }
+    for name in index {
+        match open_regular(path.join(name), read_small) {
+            Found::Missing | Found::Directory => continue,
+            found => return found,
+        }
+    }
+    if path.is_dir() {
+        Found::Forbidden
+    } else {
+        Found::Missing
+    }
+}
+
+/// nginx's `mime.types`, the common part; anything else is `application/octet-stream`.
+fn content_type(path: &Path) -> &'static str {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match ext.as_str() {
+        "html" | "htm" | "shtml" => "text/html",
+        "css" => "text/css",
+        "js" | "mjs" => "application/javascript",
+        "json" | "map" => "application/json",
+        "xml" => "text/xml",
+        "txt" => "text/plain",
+        "csv" => "text/csv",
+        "md" => "text/markdown",
+        "svg" | "svgz" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "avif" => "image/avif",
+        "ico" => "image/x-icon",
+        "bmp" => "image/x-ms-bmp",
+        "tif" | "tiff" => "image/tiff",
+        "woff" => "font/woff",
+        "woff2" => "font/woff2",
+        "ttf" => "font/ttf",
+        "otf" => "font/otf",
+        "eot" => "application/vnd.ms-fontobject",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        "gz" => "application/gzip",
+        "tar" => "application/x-tar",
+        "jar" | "war" | "ear" => "application/java-archive",
+        "wasm" => "application/wasm",
+        "webmanifest" => "application/manifest+json",
+        "atom" => "application/atom+xml",
+        "rss" => "application/rss+xml",
+        "mp4" => "video/mp4",
+        "webm" => "video/webm",
+        "mp3" => "audio/mpeg",
+        "ogg" => "audio/ogg",
+        "wav" => "audio/wav",
+        _ => "application/octet-stream",
+    }
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    v.trim_ascii()
+}
+
+/// Whether entity tag list `list` (`If-Match` / `If-None-Match`) names `etag`; `weak`: the
+/// weak comparison (a `W/` prefix on either side is ignored).
+fn etag_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
+    list.split(|&b| b == b',').map(trim).any(|t| {
+        if t == b"*" {
+            return true;
+        }
+        match t.strip_prefix(b"W/") {
+            Some(w) => weak && w == etag,
+            None => t == etag,
+        }
+    })
+}
+
+fn http_date(v: &[u8]) -> Option<SystemTime> {
+    httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok()
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// What a `Range` field asks of a `len`-byte file.
+#[derive(Debug, PartialEq, Eq)]
+enum Span {
+    /// No usable range (absent, malformed, several ranges): the whole file.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// Nothing of the file satisfies it: 416.
+    Unsatisfiable,
+}
+
+fn parse_range(v: &[u8], len: u64) -> Span {
+    let v = trim(v);
+    let Some(spec) = v
+        .get(..6)
+        .filter(|u| u.eq_ignore_ascii_case(b"bytes="))
+        .map(|_| trim(&v[6..]))
+    else {
+        return Span::Whole;
+    };
+    if spec.contains(&b',') {
+        // Several ranges would need a multipart answer; the whole file is a valid answer.
+        return Span::Whole;
+    }
+    let num = |s: &[u8]| -> Option<u64> {
+        let s = trim(s);
+        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(s).ok()?.parse().ok()
+    };
+    let Some(dash) = spec.iter().position(|&b| b == b'-') else {
+        return Span::Whole;
+    };
+    let (first, last) = (&spec[..dash], &spec[dash + 1..]);
+    if trim(first).is_empty() {
+        // `-n`: the last n bytes.
+        return match num(last) {
+            None => Span::Whole,
+            Some(0) => Span::Unsatisfiable,
+            Some(_) if len == 0 => Span::Unsatisfiable,
+            Some(n) => Span::Part(len.saturating_sub(n), len - 1),
+        };
+    }
+    let Some(start) = num(first) else {
+        return Span::Whole;
+    };
+    let end = if trim(last).is_empty() {
+        None
+    } else {
+        match num(last) {
+            Some(e) if e >= start => Some(e),
+            _ => return Span::Whole,
+        }
+    };
+    if start >= len {
+        return Span::Unsatisfiable;
+    }
+    Span::Part(start, end.map_or(len - 1, |e| e.min(len - 1)))
+}
+
+/// Answers a request that a static location took; `None`: the file is missing and the
+/// location sends such requests to the upstreams.
+pub(crate) async fn serve(c: &mut Conn, snap: &Snapshot, req: &Request) -> Option<Next> {
+    let loc = &snap.files.0[c.file.loc?];
+    // A body that was not read makes the connection unusable.
+    let close = !req.keep_alive || req.framing != Framing::None;
+    if !c.file.get_or_head && !loc.try_upstream {
+        return Some(not_allowed(c, close).await);
+    }
+    let Some(path) = loc.file(&c.file.path) else {
+        return Some(c.page(StatusCode::NOT_FOUND, close).await);
+    };
+    let dir_request = c.file.path.ends_with('/');
+    let index = loc.index.clone();
+    let read_small = c.file.get_or_head && !req.head_method;
+    let found =
+        match tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, read_small))
+            .await
+        {
+            Ok(f) => f,
+            Err(e) => Found::Failed(std::io::Error::other(e)),
+        };
+    let (file, len, modified, content, path) = match found {
+        Found::File {
+            file,
+            len,
+            modified,
+            content,
+            path,
+        } => (file, len, modified, content, path),
+        Found::Missing if loc.try_upstream => return None,
+        Found::Missing => return Some(c.page(StatusCode::NOT_FOUND, close).await),
+        Found::Forbidden => return Some(c.page(StatusCode::FORBIDDEN, close).await),
+        Found::Directory => {
+            let mut to = std::mem::take(&mut c.file.raw_path);
+            to.push('/');
+            if let Some(q) = &c.file.raw_query {
+                to.push('?');
+                to.push_str(q);
+            }
+            crate::headers::put(&mut c.page_headers, b"Location", to.as_bytes());
+            return Some(c.page(StatusCode::MOVED_PERMANENTLY, close).await);
+        }
+        Found::Failed(e) => {
+            log::error!("static file for {:?}: {e}", c.file.path);
+            return Some(c.page(StatusCode::INTERNAL_SERVER_ERROR, close).await);
+        }
+    };
+    if !c.file.get_or_head {
+        return Some(not_allowed(c, close).await);
+    }
+    let mut etag = Vec::with_capacity(24);
+    etag.push(b'"');
+    crate::headers::put_digits(&mut etag, secs(modified), 16);
+    etag.push(b'-');
+    crate::headers::put_digits(&mut etag, len, 16);
+    etag.push(b'"');
+    let mtime = secs(modified);
+    let f = &c.file;
+    // RFC 9110 section 13.2.2: the preconditions in their order.
+    let failed = if !f.if_match.is_empty() {
+        !etag_matches(&f.if_match, &etag, false)
+    } else {
+        http_date(&f.if_unmodified_since).is_some_and(|d| mtime > secs(d))
+    };
+    if failed {
+        return Some(c.page(StatusCode::PRECONDITION_FAILED, close).await);
+    }
+    let not_modified = if !f.if_none_match.is_empty() {
+        etag_matches(&f.if_none_match, &etag, true)
+    } else {
+        http_date(&f.if_modified_since).is_some_and(|d| mtime <= secs(d))
+    };
+    // A range is for GET only, and with `If-Range` only while the file is the client's.
+    let ranged = !not_modified
+        && !req.head_method
+        && !f.range.is_empty()
+        && (f.if_range.is_empty() || if_range_holds(&f.if_range, &etag, mtime));
+    let span = if ranged {
+        parse_range(&f.range, len)
+    } else {
+        Span::Whole
+    };
+    let status = match span {
+        _ if not_modified => StatusCode::NOT_MODIFIED,
+        Span::Whole => StatusCode::OK,
+        Span::Part(..) => StatusCode::PARTIAL_CONTENT,
+        Span::Unsatisfiable => {
+            let mut v = b"bytes */".to_vec();
+            crate::headers::put_digits(&mut v, len, 10);
+            crate::headers::put(&mut c.page_headers, b"Content-Range", &v);
+            return Some(c.page(StatusCode::RANGE_NOT_SATISFIABLE, close).await);
+        }
+    };
+    let (start, end) = match span {
+        Span::Part(s, e) => (s, e + 1),
+        _ => (0, len),
+    };
+    write_head(
+        c,
+        snap,
+        loc,
+        status,
+        &path,
+        &etag,
+        modified,
+        (start, end, len),
+        close,
+    );
+    if status == StatusCode::NOT_MODIFIED || req.head_method || start == end {
+        c.answered(status, 0);
+        return Some(finish(c.flush().await, close));
+    }
+    if let Some(content) = content {
+        let body = content
+            .get(start as usize..end as usize)
+            .unwrap_or_default();
+        c.wbuf.extend_from_slice(body);
+        c.answered(status, body.len());
+        return Some(finish(c.flush().await, close));
+    }
+    c.answered(status, 0);
+    Some(stream_body(c, file, start, end - start, close).await)
+}
+
+fn finish(flushed: bool, close: bool) -> Next {
+    if flushed && !close {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// `If-Range`: an entity tag must match strongly, a date must be the file's exact time.
+fn if_range_holds(v: &[u8], etag: &[u8], mtime: u64) -> bool {
+    let v = trim(v);
+    if v.starts_with(b"\"") || v.starts_with(b"W/") {
+        return v == etag;
+    }
+    http_date(v).is_some_and(|d| secs(d) == mtime)
+}
+
+async fn not_allowed(c: &mut Conn, close: bool) -> Next {
+    crate::headers::put(&mut c.page_headers, b"Allow", b"GET, HEAD");
+    c.page(StatusCode::METHOD_NOT_ALLOWED, close).await
+}
+
+/// Writes the answer's head into `wbuf`; `span` is (start, end, file length).
+#[allow(clippy::too_many_arguments)]
+fn write_head(
+    c: &mut Conn,
+    snap: &Snapshot,
+    loc: &Location,
+    status: StatusCode,
+    path: &Path,
+    etag: &[u8],
+    modified: SystemTime,
+    span: (u64, u64, u64),
+    close: bool,
+) {
+    use crate::headers::{put, put_content_length, put_digits};
+    let out = &mut c.wbuf;
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let now = SystemTime::now();
+    put(out, b"Date", httpdate::fmt_http_date(now).as_bytes());
+    let (start, end, len) = span;
+    if status != StatusCode::NOT_MODIFIED {
+        put(out, b"Content-Type", content_type(path).as_bytes());
+        put_content_length(out, end - start);
+    }
+    put(
+        out,
+        b"Last-Modified",
+        httpdate::fmt_http_date(modified).as_bytes(),
+    );
+    put(out, b"ETag", etag);
+    if status == StatusCode::PARTIAL_CONTENT {
+        let mut v = b"bytes ".to_vec();
+        put_digits(&mut v, start, 10);
+        v.push(b'-');
+        put_digits(&mut v, end.saturating_sub(1), 10);
+        v.push(b'/');
+        put_digits(&mut v, len, 10);
+        put(out, b"Content-Range", &v);
+    } else if status == StatusCode::OK {
+        put(out, b"Accept-Ranges", b"bytes");
+    }
+    if let Some(max_age) = loc.expires {
+        let mut v = b"max-age=".to_vec();
+        put_digits(&mut v, max_age.as_secs(), 10);
+        put(out, b"Cache-Control", &v);
+        put(
+            out,
+            b"Expires",
+            httpdate::fmt_http_date(now + max_age).as_bytes(),
+        );
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(&c.page_headers);
+    if !snap.add_headers.is_empty() {
+        // nginx `add_header`: 200, 206 and 304 are among the statuses it applies to.
+        let vars = crate::custom_headers::ResponseVars {
+            upstream: None,
+            status: status.as_u16(),
+            client: c.client,
+            request_id: &c.request_id,
+        };
+        let _ = snap.add_headers.write(out, None, Some(&vars));
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends `count` bytes of `file` from `start`, at most [`CHUNK`] held at a time.
+async fn stream_body(
+    c: &mut Conn,
+    file: std::fs::File,
+    start: u64,
+    mut count: u64,
+    close: bool,
+) -> Next {
+    let mut file = tokio::fs::File::from_std(file);
+    if start > 0 {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            log::error!("static file for {:?}: {e}", c.file.path);
+            return Next::Close;
+        }
+    }
+    while count > 0 {
+        let at = c.wbuf.len();
+        let want = (CHUNK.saturating_sub(at)).max(4096).min(count as usize);
+        c.wbuf.resize(at + want, 0);
+        let n = match file.read(&mut c.wbuf[at..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                log::error!("static file for {:?}: {e}", c.file.path);
+                0
+            }
+        };
+        c.wbuf.truncate(at + n);
+        if n == 0 {
+            // Shorter than its length said (cut while being sent): the client sees the body
+            // end early, as from nginx.
+            log::warn!("static file for {:?} ended early", c.file.path);
+            let _ = c.flush().await;
+            return Next::Close;
+        }
+        count -= n as u64;
+        if (c.wbuf.len() >= CHUNK || count == 0) && !c.flush().await {
+            return Next::Close;
+        }
+    }
+    finish(true, close)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_as_rfc_9110_reads_them() {
+        assert_eq!(parse_range(b"bytes=0-9", 100), Span::Part(0, 9));
+        assert_eq!(parse_range(b"bytes=90-", 100), Span::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=90-500", 100), Span::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-10", 100), Span::Part(90, 99));
+        assert_eq!(parse_range(b"bytes=-500", 100), Span::Part(0, 99));
+        assert_eq!(parse_range(b"Bytes = 5-5", 100), Span::Whole);
+        assert_eq!(parse_range(b"BYTES=5-5", 100), Span::Part(5, 5));
+        assert_eq!(parse_range(b"bytes=100-", 100), Span::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=-0", 100), Span::Unsatisfiable);
+        assert_eq!(parse_range(b"bytes=0-0", 0), Span::Unsatisfiable);
+        // Malformed or several: the whole file.
+        for v in [
+            &b"bytes=9-1"[..],
+            b"bytes=a-b",
+            b"bytes=1-2,4-5",
+            b"items=0-1",
+            b"bytes=",
+            b"bytes=+1-2",
+            b"bytes=99999999999999999999999-",
+        ] {
+            assert_eq!(
+                parse_range(v, 100),
+                Span::Whole,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
+
+    #[test]
+    fn entity_tags_compare_strong_or_weak() {
+        let tag = b"\"5f-10\"";
+        assert!(etag_matches(b"\"5f-10\"", tag, false));
+        assert!(etag_matches(b"\"x\", \"5f-10\"", tag, false));
+        assert!(etag_matches(b"*", tag, false));
+        assert!(!etag_matches(b"W/\"5f-10\"", tag, false));
+        assert!(etag_matches(b"W/\"5f-10\"", tag, true));
+        assert!(!etag_matches(b"\"5f-11\"", tag, true));
+    }
+
+    #[test]
+    fn locations_match_at_segment_boundaries_longest_first() {
+        let cfg = |loc: &str| crate::config::StaticConfig::root(loc, "/srv");
+        let l = Locations::of(&[cfg("/static/"), cfg("/static/img"), cfg("/files")]);
+        let at = |p| l.find(p).map(|i| l.0[i].prefix.as_str());
+        assert_eq!(at("/static/a.css"), Some("/static"));
+        assert_eq!(at("/static"), Some("/static"));
+        assert_eq!(at("/static/img/a.png"), Some("/static/img"));
+        assert_eq!(at("/static/imgx"), Some("/static"));
+        assert_eq!(at("/staticx"), None);
+        assert_eq!(at("/files../etc/passwd"), None);
+        assert_eq!(at("/"), None);
+    }
+
+    #[test]
+    fn alias_and_root_map_paths_inside_their_directory() {
+        let mut c = crate::config::StaticConfig::root("/assets/", "/srv/www");
+        let root = &Locations::of(&[c.clone()]).0[0];
+        assert_eq!(
+            root.file("/assets/a/b.css"),
+            Some(PathBuf::from("/srv/www/assets/a/b.css"))
+        );
+        c.root = None;
+        c.alias = Some("/srv/files".into());
+        let alias = &Locations::of(&[c]).0[0];
+        assert_eq!(
+            alias.file("/assets/a/b.css"),
+            Some(PathBuf::from("/srv/files/a/b.css"))
+        );
+        assert_eq!(alias.file("/assets"), Some(PathBuf::from("/srv/files")));
+    }
+}

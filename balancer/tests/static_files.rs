@@ -1,0 +1,374 @@
+//! `[[balancer.static]]`: files answered from disk with validators, conditional requests and
+//! ranges, directories, methods, traversal attempts, and `try_upstream`.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{client, config, no_follow, raw_exchange, start, Upstream};
+use ferrocat_balancer::{BalancerConfig, StaticConfig};
+
+/// A file of `n` bytes that differ from their neighbours (a wrong offset shows).
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+/// `dir/www/static/{app.css,index.html,big.bin,sub/}` and `dir/secret.txt` outside the root.
+fn site(dir: &Path) -> Vec<u8> {
+    let www = dir.join("www");
+    std::fs::create_dir_all(www.join("static/sub")).unwrap();
+    std::fs::create_dir_all(www.join("files")).unwrap();
+    std::fs::write(www.join("static/app.css"), "body { color: teal }\n").unwrap();
+    std::fs::write(www.join("static/index.html"), "<h1>index</h1>\n").unwrap();
+    let big = pattern(3 * 1024 * 1024 + 17);
+    std::fs::write(www.join("static/big.bin"), &big).unwrap();
+    std::fs::write(www.join("files/report.txt"), "report\n").unwrap();
+    std::fs::write(dir.join("secret.txt"), "TOP SECRET\n").unwrap();
+    big
+}
+
+fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_come_from_disk_with_validators_conditionals_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = site(dir.path());
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let mut st = StaticConfig::root("/static/", dir.path().join("www"));
+    st.expires = Some(Duration::from_secs(3600));
+    cfg.statics = vec![st];
+    cfg.add_header = vec!["X-Frame-Options: DENY".into()];
+    let (h, base) = start(cfg).await;
+    let http = no_follow();
+
+    // A small file: type, length, validators, caching, add_header.
+    let r = http
+        .get(format!("{base}/static/app.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "text/css");
+    assert_eq!(header(&r, "content-length"), "21");
+    assert_eq!(header(&r, "accept-ranges"), "bytes");
+    assert_eq!(header(&r, "cache-control"), "max-age=3600");
+    assert!(!header(&r, "expires").is_empty());
+    assert_eq!(header(&r, "x-frame-options"), "DENY");
+    let etag = header(&r, "etag");
+    let modified = header(&r, "last-modified");
+    assert!(etag.starts_with('"') && etag.ends_with("-15\""), "{etag}");
+    assert!(modified.ends_with(" GMT"), "{modified}");
+    assert_eq!(r.text().await.unwrap(), "body { color: teal }\n");
+
+    // Conditionals: the validators the answer gave bring 304 (no body), others the file.
+    let get = |h: &[(&str, &str)]| {
+        let mut b = http.get(format!("{base}/static/app.css"));
+        for (k, v) in h {
+            b = b.header(*k, *v);
+        }
+        b.send()
+    };
+    let r = get(&[("if-none-match", &etag)]).await.unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(header(&r, "etag"), etag);
+    assert_eq!(r.bytes().await.unwrap().len(), 0);
+    let weak = format!("\"x\", W/{etag}");
+    assert_eq!(
+        get(&[("if-none-match", &weak)]).await.unwrap().status(),
+        304
+    );
+    assert_eq!(
+        get(&[("if-none-match", "\"other\"")])
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&[("if-modified-since", &modified)])
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    let old = "Mon, 01 Jan 2001 00:00:00 GMT";
+    assert_eq!(
+        get(&[("if-modified-since", old)]).await.unwrap().status(),
+        200
+    );
+    // If-None-Match wins over If-Modified-Since.
+    assert_eq!(
+        get(&[
+            ("if-none-match", "\"other\""),
+            ("if-modified-since", &modified)
+        ])
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    assert_eq!(
+        get(&[("if-match", "\"other\"")]).await.unwrap().status(),
+        412
+    );
+    assert_eq!(get(&[("if-match", &etag)]).await.unwrap().status(), 200);
+    assert_eq!(
+        get(&[("if-unmodified-since", old)]).await.unwrap().status(),
+        412
+    );
+    let r = get(&[("range", "bytes=0-3")]).await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(header(&r, "content-range"), "bytes 0-3/21");
+    assert_eq!(r.text().await.unwrap(), "body");
+
+    // HEAD: the head alone.
+    let r = http
+        .head(format!("{base}/static/app.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), "21");
+
+    // A large file: streamed whole, and in ranges.
+    let url = format!("{base}/static/big.bin");
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "application/octet-stream");
+    let big_tag = header(&r, "etag");
+    assert!(
+        r.bytes().await.unwrap() == big,
+        "the whole file, byte for byte"
+    );
+    let range = |v: &'static str| http.get(&url).header("range", v).send();
+    let r = range("bytes=1000000-1999999").await.unwrap();
+    assert_eq!(r.status(), 206);
+    let len = big.len();
+    assert_eq!(
+        header(&r, "content-range"),
+        format!("bytes 1000000-1999999/{len}")
+    );
+    assert!(r.bytes().await.unwrap() == big[1_000_000..2_000_000]);
+    let r = range("bytes=-10").await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == big[len - 10..]);
+    let r = range("bytes=99999999-").await.unwrap();
+    assert_eq!(r.status(), 416);
+    assert_eq!(header(&r, "content-range"), format!("bytes */{len}"));
+    // Several ranges: the whole file (a valid answer) rather than a multipart one.
+    let r = range("bytes=0-1,5-6").await.unwrap();
+    assert_eq!(r.status(), 200);
+    // If-Range: the range only while the file is the one the client has.
+    let r = http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", &big_tag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    let r = http
+        .get(&url)
+        .header("range", "bytes=0-9")
+        .header("if-range", "\"changed\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), len);
+
+    // Directories: the index file, a redirect to the slash, 403 without an index.
+    let r = http.get(format!("{base}/static/")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-type"), "text/html");
+    assert_eq!(r.text().await.unwrap(), "<h1>index</h1>\n");
+    let r = http
+        .get(format!("{base}/static/sub?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(header(&r, "location"), "/static/sub/?x=1");
+    let r = http
+        .get(format!("{base}/static/sub/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // Missing: 404 from the balancer; other methods: 405 with Allow.
+    let r = http
+        .get(format!("{base}/static/none.css"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .post(format!("{base}/static/app.css"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(header(&r, "allow"), "GET, HEAD");
+    assert_eq!(up.hits(), 0, "no static request reached the upstream");
+
+    // Outside the location: proxied as before.
+    let r = http.get(format!("{base}/api/x")).send().await.unwrap();
+    assert_eq!(header(&r, "x-upstream"), "app");
+    assert_eq!(up.hits(), 1);
+
+    // Keep-alive: two answers on one connection (a 304 and a 200).
+    let raw = raw_exchange(
+        &base,
+        format!(
+            "GET /static/app.css HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n\
+             GET /static/app.css HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{raw}");
+    assert!(
+        raw.contains("HTTP/1.1 200 OK\r\n") && raw.ends_with("body { color: teal }\n"),
+        "{raw}"
+    );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_request_reads_a_file_outside_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    site(dir.path());
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let www = dir.path().join("www");
+    let mut alias = StaticConfig::root("/files", www.join("files"));
+    (alias.root, alias.alias) = (None, alias.root.take());
+    cfg.statics = vec![StaticConfig::root("/static/", &www), alias];
+    let (h, base) = start(cfg).await;
+    let r = client()
+        .get(format!("{base}/files/report.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text().await.unwrap(),
+        "report\n",
+        "alias maps the rest of the path"
+    );
+    for path in [
+        "/static/../../secret.txt",
+        "/static/..%2f..%2fsecret.txt",
+        "/static/%2e%2e/%2e%2e/secret.txt",
+        "/files/../../secret.txt",
+        // nginx's alias "off by slash": a location without its slash must not take this.
+        "/files../secret.txt",
+        "/files..%2fsecret.txt",
+        "/static/../../../../../../etc/passwd",
+    ] {
+        let raw = raw_exchange(
+            &base,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(raw.starts_with("HTTP/1.1 "), "{path}: {raw}");
+        assert!(
+            !raw.contains("TOP SECRET"),
+            "{path} read a file outside the root"
+        );
+        assert!(!raw.contains("root:"), "{path} read /etc/passwd");
+        let status = &raw[9..12];
+        // `..` above the root: 400; a path that resolves outside the locations: the upstream.
+        assert!(
+            status == "400" || raw.contains("x-upstream: app"),
+            "{path}: {raw}"
+        );
+    }
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn try_upstream_sends_what_is_not_on_disk_to_the_upstreams() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("robots.txt"), "User-agent: *\n").unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let mut st = StaticConfig::root("/", dir.path());
+    st.try_upstream = true;
+    cfg.statics = vec![st];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let r = http.get(format!("{base}/robots.txt")).send().await.unwrap();
+    assert_eq!(header(&r, "content-type"), "text/plain");
+    assert_eq!(r.text().await.unwrap(), "User-agent: *\n");
+    assert_eq!(up.hits(), 0);
+    let r = http.get(format!("{base}/api/me")).send().await.unwrap();
+    assert_eq!(header(&r, "x-upstream"), "app");
+    let r = http
+        .post(format!("{base}/login"))
+        .body("user=a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-upstream"), "app");
+    assert_eq!(up.hits(), 2);
+    assert_eq!(up.posts.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A POST to a file that exists is still not sent on.
+    let r = http
+        .post(format!("{base}/robots.txt"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(up.hits(), 2);
+    h.stop(true).await;
+}
+
+#[test]
+fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let parse = |extra: &str| -> BalancerConfig {
+        toml::from_str(&format!(
+            "[[upstream]]\naddress = \"127.0.0.1:1\"\n[[static]]\n{extra}\n"
+        ))
+        .unwrap()
+    };
+    let ok = parse(&format!(
+        "location = \"/assets/\"\nalias = \"{d}\"\nindex = [\"index.htm\"]\nexpires = \"7d\"\ntry_upstream = true"
+    ));
+    assert!(ok.validate().is_ok());
+    let st = &ok.statics[0];
+    assert_eq!(st.expires, Some(Duration::from_secs(7 * 86400)));
+    assert!(st.try_upstream && st.root.is_none());
+    for (extra, key) in [
+        (format!("location = \"assets\"\nroot = \"{d}\""), "location"),
+        (
+            format!("location = \"/a/../b\"\nroot = \"{d}\""),
+            "location",
+        ),
+        ("location = \"/a\"".to_owned(), "root"),
+        (
+            format!("location = \"/a\"\nroot = \"{d}\"\nalias = \"{d}\""),
+            "alias",
+        ),
+        (format!("location = \"/a\"\nroot = \"{d}/missing\""), "root"),
+        (
+            format!("location = \"/a\"\nroot = \"{d}\"\nindex = [\"../x\"]"),
+            "index",
+        ),
+    ] {
+        let err = parse(&extra).validate().unwrap_err();
+        assert_eq!(err.key, format!("balancer.static[0].{key}"), "{extra}");
+    }
+}
