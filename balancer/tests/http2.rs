@@ -358,3 +358,38 @@ async fn an_idle_connection_is_closed_after_the_keepalive_timeout() {
         .unwrap();
     h.stop(false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_are_served_over_http2_with_conditionals_and_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.join("big.bin"), &big).unwrap();
+    let a = Upstream::start("a").await;
+    let (mut cfg, der) = h2_config(&[&a], dir.path());
+    cfg.statics = vec![ferrocat_balancer::StaticConfig::root("/files/", &www)];
+    cfg.statics[0].alias = cfg.statics[0].root.take();
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let mut send = h2_client(addr, &der).await;
+
+    let (status, headers, body) = exchange(&mut send, get(addr, "/files/big.bin"), vec![]).await;
+    assert_eq!(status, 200);
+    assert!(body == big, "the whole file over HTTP/2");
+    assert_eq!(headers["content-length"], "200000");
+    let etag = headers["etag"].clone();
+    let mut req = get(addr, "/files/big.bin");
+    req.headers_mut().insert("if-none-match", etag);
+    let (status, _, body) = exchange(&mut send, req, vec![]).await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    let mut req = get(addr, "/files/big.bin");
+    req.headers_mut()
+        .insert("range", "bytes=100000-100009".parse().unwrap());
+    let (status, headers, body) = exchange(&mut send, req, vec![]).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(headers["content-range"], "bytes 100000-100009/200000");
+    assert!(body == big[100_000..100_010]);
+    assert_eq!(a.hits(), 0);
+    h.stop(true).await;
+}
