@@ -31,6 +31,11 @@
 # `http2 = true`); the load is h2load (Debian package nghttp2-client) with CONNECTIONS
 # connections of STREAMS (default 10) concurrent streams each. h2load reports no percentiles,
 # so the latency column is h2load's mean time per request.
+# STATIC=1: wrk asks both for a 4 KB stylesheet that they answer from disk themselves, no upstream
+# involved (nginx `location /static/ { alias DIR/; }`, ferrocat `[[balancer.static]]` with
+# `alias`); nginx keeps its defaults (`sendfile off`, no `open_file_cache`) unless
+# NGINX_FILE_CACHE=1 gives it `open_file_cache max=1000; open_file_cache_valid 1s` (as ferrocat's
+# default `cache_valid = "1s"`; nginx caches the open descriptor and still reads per request).
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -42,6 +47,7 @@ ACCESS_LOG=${ACCESS_LOG:-0}
 TLS=${TLS:-0}
 GZIP=${GZIP:-0}
 H2=${H2:-0}
+STATIC=${STATIC:-0}
 STREAMS=${STREAMS:-10}
 [ "$H2" = 1 ] && TLS=1
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
@@ -92,6 +98,15 @@ else
   PX_GZIP=""
   WRK_HDR=()
 fi
+URL_PATH=/
+NG_STATIC=""
+if [ "$STATIC" = 1 ]; then
+  mkdir -p "$TMP/files"
+  python3 -c 'print("".join(".rule-%d { color: #%06x; margin: %dpx }\n" % (i, i * 2654435 % 16777215, i % 40) for i in range(200))[:4096], end="")' > "$TMP/files/style.css"
+  NG_STATIC="location /static/ { alias $TMP/files/; types { text/css css; } }"
+  [ "${NGINX_FILE_CACHE:-0}" = 1 ] && NG_STATIC="$NG_STATIC open_file_cache max=1000 inactive=20s; open_file_cache_valid 1s;"
+  URL_PATH=/static/style.css
+fi
 { common up; cat <<CONF
 http {
   access_log off;
@@ -124,6 +139,7 @@ http {
   upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
   server {
     listen $NG_LISTEN;
+    $NG_STATIC
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -153,6 +169,7 @@ FC_TLS=()
 [ "$TLS" = 1 ] && FC_TLS=(TLS_CERT="$TMP/tls.crt" TLS_KEY="$TMP/tls.key")
 [ "$GZIP" = 1 ] && FC_TLS+=(GZIP=1)
 [ "$H2" = 1 ] && FC_TLS+=(H2=1)
+[ "$STATIC" = 1 ] && FC_TLS+=(STATIC_DIR="$TMP/files")
 env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 if [ "$TLS" = 1 ]; then
@@ -179,7 +196,7 @@ if [ -n "$PROXY_CPU" ]; then
   fi
   echo "$NG_WORKER" > "$CGROUP/cgroup.procs"; echo "$FC_PID" > "$CGROUP/cgroup.procs"
 fi
-for url in "$SCHEME://127.0.0.1:$NG_PORT/" "$SCHEME://$FC_ADDR/"; do
+for url in "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$SCHEME://$FC_ADDR$URL_PATH"; do
   curl -sfk "$url" >/dev/null || { echo "proxy at $url does not answer" >&2; exit 1; }
 done
 
@@ -215,16 +232,16 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$STATIC" = 1 ] && echo ", a 4 KB file from disk$([ "${NGINX_FILE_CACHE:-0}" = 1 ] && echo " (nginx with open_file_cache)")")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
 echo "warm-up"
-for url in "$SCHEME://127.0.0.1:$NG_PORT/" "$SCHEME://$FC_ADDR/"; do
+for url in "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$SCHEME://$FC_ADDR$URL_PATH"; do
   if [ "$H2" = 1 ]; then $ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D2 "$url" >/dev/null
   else $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$url" >/dev/null; fi
 done
 for r in $(seq "$ROUNDS"); do
   echo "round $r ($([ "$H2" = 1 ] && echo "h2load -t1 -c$CONNS -m$STREAMS -D$SECS" || echo "wrk -t1 -c$CONNS -d${SECS}s"))"
-  if (( r % 2 )); then run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID";
-  else run ferrocat "$SCHEME://$FC_ADDR/" "$FC_PID"; run nginx "$SCHEME://127.0.0.1:$NG_PORT/" "$NG_WORKER"; fi
+  if (( r % 2 )); then run nginx "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$NG_WORKER"; run ferrocat "$SCHEME://$FC_ADDR$URL_PATH" "$FC_PID";
+  else run ferrocat "$SCHEME://$FC_ADDR$URL_PATH" "$FC_PID"; run nginx "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$NG_WORKER"; fi
 done
 
 median() { sort -n | awk '{a[NR]=$1} END { if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }

@@ -7,7 +7,8 @@
 //! `KEEPALIVE=N` sets the idle upstream connections kept per worker (default 64);
 //! `ACCESS_LOG=PATH` writes an access log there; `TLS_CERT=PEM TLS_KEY=PEM` adds a TLS listener
 //! on a free loopback port (`ssl_listen`); `GZIP=1` turns `gzip` on; `H2=1` offers HTTP/2 on the
-//! TLS listener (`http2`).
+//! TLS listener (`http2`); `STATIC_DIR=DIR` answers `/static/` from DIR (`[[balancer.static]]`
+//! with `alias`).
 //! Prints `listening on ADDR` (and `tls on ADDR`), serves until Ctrl-C or SIGTERM, then stops
 //! gracefully.
 
@@ -45,6 +46,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
         gzip: std::env::var_os("GZIP").is_some(),
         http2: std::env::var_os("H2").is_some(),
+        statics: std::env::var_os("STATIC_DIR")
+            .map(|dir| {
+                let mut st = ferrocat_balancer::StaticConfig::root("/static/", dir);
+                st.alias = st.root.take();
+                vec![st]
+            })
+            .unwrap_or_default(),
         ..BalancerConfig::default()
     };
     let handle = Balancer::start(cfg).await?;

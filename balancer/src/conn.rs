@@ -642,7 +642,7 @@ async fn one_request(
     if c.file.loc.is_some() {
         // A `[[balancer.static]]` location: answered from disk (a missing file with
         // `try_upstream` goes on to the upstreams).
-        if let Some(next) = crate::files::serve(c, &snap, &req).await {
+        if let Some(next) = crate::files::serve(c, &snap, &worker.files, &req).await {
             return next;
         }
     }

@@ -9,11 +9,14 @@
 //! under the client's send time-out. A missing file is a 404, or goes to the upstreams with
 //! `try_upstream`.
 
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
@@ -23,8 +26,13 @@ use crate::upstream::Snapshot;
 
 /// Most file bytes held for a client at a time.
 const CHUNK: usize = 64 * 1024;
-/// Files up to this size are read whole by the look-up (one trip to the blocking pool).
+/// Files up to this size are read whole by the look-up (one trip to the blocking pool) and
+/// kept by the worker's cache.
 const SMALL: u64 = 64 * 1024;
+/// Most look-ups a worker's cache holds.
+const CACHE_ENTRIES: usize = 4096;
+/// Most bytes of file content a worker's cache holds.
+const CACHE_BYTES: usize = 16 << 20;
 
 /// One configured location.
 struct Location {
@@ -37,6 +45,7 @@ struct Location {
     index: Arc<[String]>,
     expires: Option<Duration>,
     try_upstream: bool,
+    cache_valid: Duration,
 }
 
 impl Location {
@@ -77,6 +86,7 @@ impl Locations {
                     index: s.index.clone().into(),
                     expires: s.expires,
                     try_upstream: s.try_upstream,
+                    cache_valid: s.cache_valid,
                 })
             })
             .collect();
@@ -142,15 +152,17 @@ impl FileReq {
 }
 
 /// What the look-up found.
+#[derive(Debug)]
 enum Found {
     File {
-        file: std::fs::File,
+        /// The open file, to stream from (`None` when `content` holds it all).
+        file: Option<std::fs::File>,
         len: u64,
         modified: SystemTime,
-        /// The whole content, for a small file asked for with GET.
-        content: Option<Vec<u8>>,
-        /// The file opened (the index file for a directory), for its type.
-        path: PathBuf,
+        /// The whole content, for a small file.
+        content: Option<Bytes>,
+        /// `Content-Type`, by the name of the file found (the index file for a directory).
+        ctype: &'static str,
     },
     /// A directory asked for without the trailing `/`.
     Directory,
@@ -158,6 +170,116 @@ enum Found {
     Forbidden,
     Missing,
     Failed(std::io::Error),
+}
+
+impl Found {
+    /// A copy for the cache: small files, directories, refusals and misses (not large files,
+    /// whose content is not held, nor failures, which may pass).
+    fn cacheable(&self) -> Option<Found> {
+        Some(match self {
+            Found::File {
+                len,
+                modified,
+                content: Some(content),
+                ctype,
+                ..
+            } => Found::File {
+                file: None,
+                len: *len,
+                modified: *modified,
+                content: Some(content.clone()),
+                ctype,
+            },
+            Found::Directory => Found::Directory,
+            Found::Forbidden => Found::Forbidden,
+            Found::Missing => Found::Missing,
+            Found::File { .. } | Found::Failed(_) => return None,
+        })
+    }
+}
+
+/// One worker's cache of look-ups (nginx `open_file_cache`, holding the content of small
+/// files too): a hit answers without a system call for the file. Each entry lives its
+/// location's `cache_valid`; then one request looks again while the others still get the
+/// entry (so many requests for a popular file do not all go to the disk at once), for at
+/// most [`REFRESH_WAIT`]. A reload empties the cache.
+#[derive(Default)]
+pub(crate) struct FileCache {
+    map: RefCell<HashMap<(PathBuf, bool), Entry>>,
+    bytes: Cell<usize>,
+}
+
+struct Entry {
+    until: Instant,
+    /// When a request began to look again, if one does.
+    refresh: Option<Instant>,
+    found: Found,
+}
+
+/// How long an expired entry is still served while one request looks again.
+const REFRESH_WAIT: Duration = Duration::from_secs(1);
+
+impl FileCache {
+    pub(crate) fn clear(&self) {
+        self.map.borrow_mut().clear();
+        self.bytes.set(0);
+    }
+
+    /// The entry for `key` if it is fresh, or expired while another request looks again;
+    /// `None`: the caller looks (and puts what it found, or forgets the key).
+    fn get(&self, key: &(PathBuf, bool), now: Instant) -> Option<Found> {
+        let mut map = self.map.borrow_mut();
+        let e = map.get_mut(key)?;
+        if e.until <= now {
+            match e.refresh {
+                Some(since) if now.duration_since(since) < REFRESH_WAIT => {}
+                _ => {
+                    e.refresh = Some(now);
+                    return None;
+                }
+            }
+        }
+        e.found.cacheable()
+    }
+
+    /// Drops `key` (its look-up failed).
+    fn forget(&self, key: &(PathBuf, bool)) {
+        if let Some(e) = self.map.borrow_mut().remove(key) {
+            self.bytes.set(self.bytes.get() - Self::size(&e.found));
+        }
+    }
+
+    fn size(f: &Found) -> usize {
+        match f {
+            Found::File {
+                content: Some(c), ..
+            } => c.len(),
+            _ => 0,
+        }
+    }
+
+    fn put(&self, key: (PathBuf, bool), found: Found, until: Instant, now: Instant) {
+        let size = Self::size;
+        let mut map = self.map.borrow_mut();
+        let mut bytes = self.bytes.get() + size(&found);
+        if let Some(old) = map.get(&key) {
+            bytes -= size(&old.found);
+        } else if map.len() >= CACHE_ENTRIES || bytes > CACHE_BYTES {
+            map.retain(|_, e| e.until > now);
+            bytes = map.values().map(|e| size(&e.found)).sum::<usize>() + size(&found);
+            if map.len() >= CACHE_ENTRIES || bytes > CACHE_BYTES {
+                map.clear();
+                bytes = size(&found);
+            }
+        }
+        let entry = Entry {
+            until,
+            refresh: None,
+            found,
+        };
+        map.insert(key, entry);
+        self.bytes.set(bytes);
+    }
 }
 
 fn open_regular(path: PathBuf, read_small: bool) -> Found {
@@ -185,23 +307,28 @@ fn open_regular(path: PathBuf, read_small: bool) -> Found {
     };
     let modified = meta.modified().unwrap_or(UNIX_EPOCH);
     let mut len = meta.len();
-    let content = if read_small && len <= SMALL {
+    let ctype = content_type(&path);
+    if read_small && len <= SMALL {
         let mut buf = Vec::with_capacity(len as usize);
         if let Err(e) = (&mut file).take(SMALL).read_to_end(&mut buf) {
             return Found::Failed(e);
         }
         // A file that changed size since the stat is served as read.
         len = buf.len() as u64;
-        Some(buf)
-    } else {
-        None
-    };
+        return Found::File {
+            file: None,
+            len,
+            modified,
+            content: Some(buf.into()),
+            ctype,
+        };
+    }
     Found::File {
-        file,
+        file: Some(file),
         len,
         modified,
-        content,
-        path,
+        content: None,
+        ctype,
     }
 }
 
@@ -360,7 +487,12 @@ fn parse_range(v: &[u8], len: u64) -> Span {
 
 /// Answers a request that a static location took; `None`: the file is missing and the
 /// location sends such requests to the upstreams.
-pub(crate) async fn serve(c: &mut Conn, snap: &Snapshot, req: &Request) -> Option<Next> {
+pub(crate) async fn serve(
+    c: &mut Conn,
+    snap: &Snapshot,
+    cache: &FileCache,
+    req: &Request,
+) -> Option<Next> {
     let loc = &snap.files.0[c.file.loc?];
     // A body that was not read makes the connection unusable.
     let close = !req.keep_alive || req.framing != Framing::None;
@@ -370,24 +502,38 @@ pub(crate) async fn serve(c: &mut Conn, snap: &Snapshot, req: &Request) -> Optio
     let Some(path) = loc.file(&c.file.path) else {
         return Some(c.page(StatusCode::NOT_FOUND, close).await);
     };
-    let dir_request = c.file.path.ends_with('/');
-    let index = loc.index.clone();
-    let read_small = c.file.get_or_head && !req.head_method;
-    let found =
-        match tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, read_small))
-            .await
-        {
-            Ok(f) => f,
-            Err(e) => Found::Failed(std::io::Error::other(e)),
-        };
-    let (file, len, modified, content, path) = match found {
+    let key = (path, c.file.path.ends_with('/'));
+    let now = Instant::now();
+    let cached = if loc.cache_valid.is_zero() {
+        None
+    } else {
+        cache.get(&key, now)
+    };
+    let found = match cached {
+        Some(hit) => hit,
+        None => {
+            let (path, dir_request, index) = (key.0.clone(), key.1, loc.index.clone());
+            let found =
+                tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, true))
+                    .await
+                    .unwrap_or_else(|e| Found::Failed(std::io::Error::other(e)));
+            if !loc.cache_valid.is_zero() {
+                match found.cacheable() {
+                    Some(copy) => cache.put(key, copy, now + loc.cache_valid, now),
+                    None => cache.forget(&key),
+                }
+            }
+            found
+        }
+    };
+    let (file, len, modified, content, ctype) = match found {
         Found::File {
             file,
             len,
             modified,
             content,
-            path,
-        } => (file, len, modified, content, path),
+            ctype,
+        } => (file, len, modified, content, ctype),
         Found::Missing if loc.try_upstream => return None,
         Found::Missing => return Some(c.page(StatusCode::NOT_FOUND, close).await),
         Found::Forbidden => return Some(c.page(StatusCode::FORBIDDEN, close).await),
@@ -461,7 +607,7 @@ pub(crate) async fn serve(c: &mut Conn, snap: &Snapshot, req: &Request) -> Optio
         snap,
         loc,
         status,
-        &path,
+        ctype,
         &etag,
         modified,
         (start, end, len),
@@ -471,16 +617,21 @@ pub(crate) async fn serve(c: &mut Conn, snap: &Snapshot, req: &Request) -> Optio
         c.answered(status, 0);
         return Some(finish(c.flush().await, close));
     }
-    if let Some(content) = content {
-        let body = content
-            .get(start as usize..end as usize)
-            .unwrap_or_default();
-        c.wbuf.extend_from_slice(body);
-        c.answered(status, body.len());
-        return Some(finish(c.flush().await, close));
+    match (content, file) {
+        (Some(content), _) => {
+            let body = content
+                .get(start as usize..end as usize)
+                .unwrap_or_default();
+            c.wbuf.extend_from_slice(body);
+            c.answered(status, body.len());
+            Some(finish(c.flush().await, close))
+        }
+        (None, Some(file)) => {
+            c.answered(status, 0);
+            Some(stream_body(c, file, start, end - start, close).await)
+        }
+        (None, None) => Some(Next::Close), // not reached: a look-up gives one or the other
     }
-    c.answered(status, 0);
-    Some(stream_body(c, file, start, end - start, close).await)
 }
 
 fn finish(flushed: bool, close: bool) -> Next {
@@ -512,7 +663,7 @@ fn write_head(
     snap: &Snapshot,
     loc: &Location,
     status: StatusCode,
-    path: &Path,
+    ctype: &str,
     etag: &[u8],
     modified: SystemTime,
     span: (u64, u64, u64),
@@ -530,7 +681,7 @@ fn write_head(
     put(out, b"Date", httpdate::fmt_http_date(now).as_bytes());
     let (start, end, len) = span;
     if status != StatusCode::NOT_MODIFIED {
-        put(out, b"Content-Type", content_type(path).as_bytes());
+        put(out, b"Content-Type", ctype.as_bytes());
         put_content_length(out, end - start);
     }
     put(
@@ -622,6 +773,83 @@ async fn stream_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small(text: &'static str) -> Found {
+        Found::File {
+            file: None,
+            len: text.len() as u64,
+            modified: UNIX_EPOCH,
+            content: Some(Bytes::from_static(text.as_bytes())),
+            ctype: "text/plain",
+        }
+    }
+
+    fn text(f: Option<Found>) -> Option<Bytes> {
+        match f? {
+            Found::File { content, .. } => content,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn an_expired_entry_is_looked_at_by_one_request_while_the_others_get_it() {
+        let cache = FileCache::default();
+        let key = (PathBuf::from("/srv/a.css"), false);
+        let t0 = Instant::now();
+        assert!(cache.get(&key, t0).is_none(), "a miss");
+        cache.put(key.clone(), small("one"), t0 + Duration::from_secs(1), t0);
+        assert_eq!(text(cache.get(&key, t0)).as_deref(), Some(&b"one"[..]));
+        let later = t0 + Duration::from_secs(2);
+        assert!(
+            cache.get(&key, later).is_none(),
+            "the first after expiry looks"
+        );
+        assert_eq!(
+            text(cache.get(&key, later)).as_deref(),
+            Some(&b"one"[..]),
+            "the others get the entry meanwhile"
+        );
+        let stuck = later + REFRESH_WAIT;
+        assert!(
+            cache.get(&key, stuck).is_none(),
+            "a look that never ended is redone"
+        );
+        cache.put(
+            key.clone(),
+            small("two!"),
+            stuck + Duration::from_secs(1),
+            stuck,
+        );
+        assert_eq!(text(cache.get(&key, stuck)).as_deref(), Some(&b"two!"[..]));
+        assert_eq!(cache.bytes.get(), 4);
+        cache.forget(&key);
+        assert!(cache.get(&key, stuck).is_none());
+        assert_eq!(cache.bytes.get(), 0);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bounds() {
+        let cache = FileCache::default();
+        let t0 = Instant::now();
+        let until = t0 + Duration::from_secs(60);
+        let big: &'static [u8] = Box::leak(vec![b'x'; SMALL as usize].into_boxed_slice());
+        for i in 0..(CACHE_BYTES / big.len() + 10) {
+            let f = Found::File {
+                file: None,
+                len: big.len() as u64,
+                modified: UNIX_EPOCH,
+                content: Some(Bytes::from_static(big)),
+                ctype: "text/plain",
+            };
+            cache.put((PathBuf::from(format!("/f{i}")), false), f, until, t0);
+            assert!(cache.bytes.get() <= CACHE_BYTES + big.len());
+        }
+        for i in 0..(CACHE_ENTRIES * 2) {
+            let key = (PathBuf::from(format!("/missing{i}")), false);
+            cache.put(key, Found::Missing, until, t0);
+            assert!(cache.map.borrow().len() <= CACHE_ENTRIES);
+        }
+    }
 
     #[test]
     fn ranges_as_rfc_9110_reads_them() {

@@ -42,6 +42,8 @@ pub(crate) struct Worker {
     pub stopping: Cell<bool>,
     /// This worker's access log buffer.
     pub log: crate::access_log::WorkerLog,
+    /// This worker's cache of `[[balancer.static]]` look-ups.
+    pub files: crate::files::FileCache,
 }
 
 /// How an exchange failed, from the proxy's point of view.
@@ -71,6 +73,7 @@ impl Worker {
                 snap.cfg.keepalive_requests,
             );
             self.log.set_sink(snap.access_log.clone());
+            self.files.clear();
         }
         snap
     }

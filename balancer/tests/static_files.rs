@@ -345,12 +345,12 @@ fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
         .unwrap()
     };
     let ok = parse(&format!(
-        "location = \"/assets/\"\nalias = \"{d}\"\nindex = [\"index.htm\"]\nexpires = \"7d\"\ntry_upstream = true"
+        "location = \"/assets/\"\nalias = \"{d}\"\nindex = [\"index.htm\"]\nexpires = \"7d\"\ntry_upstream = true\ncache_valid = \"0s\""
     ));
     assert!(ok.validate().is_ok());
     let st = &ok.statics[0];
     assert_eq!(st.expires, Some(Duration::from_secs(7 * 86400)));
-    assert!(st.try_upstream && st.root.is_none());
+    assert!(st.try_upstream && st.root.is_none() && st.cache_valid.is_zero());
     for (extra, key) in [
         (format!("location = \"assets\"\nroot = \"{d}\""), "location"),
         (
@@ -371,4 +371,44 @@ fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
         let err = parse(&extra).validate().unwrap_err();
         assert_eq!(err.key, format!("balancer.static[0].{key}"), "{extra}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_disk_shows_once_cache_valid_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cached, direct) = (dir.path().join("cached"), dir.path().join("direct"));
+    std::fs::create_dir_all(&cached).unwrap();
+    std::fs::create_dir_all(&direct).unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let mut a = StaticConfig::root("/cached/", dir.path());
+    a.cache_valid = Duration::from_millis(300);
+    let mut b = StaticConfig::root("/direct/", dir.path());
+    b.cache_valid = Duration::ZERO;
+    cfg.statics = vec![a, b];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let body = |path: &'static str| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    // Without the cache every request sees the disk as it is.
+    assert_eq!(body("/direct/a.txt").await.0, 404);
+    std::fs::write(direct.join("a.txt"), "one").unwrap();
+    assert_eq!(body("/direct/a.txt").await, (200, "one".into()));
+    std::fs::write(direct.join("a.txt"), "two!").unwrap();
+    assert_eq!(body("/direct/a.txt").await, (200, "two!".into()));
+    // With it, a miss and a file are looked at again once their time has passed.
+    assert_eq!(body("/cached/a.txt").await.0, 404);
+    std::fs::write(cached.join("a.txt"), "one").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(body("/cached/a.txt").await, (200, "one".into()));
+    std::fs::write(cached.join("a.txt"), "two!").unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (status, text) = body("/cached/a.txt").await;
+    assert_eq!((status, text.as_str()), (200, "two!"));
+    h.stop(true).await;
 }

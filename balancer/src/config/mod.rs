@@ -338,6 +338,15 @@ pub struct StaticConfig {
     /// of a 404.
     #[serde(default)]
     pub try_upstream: bool,
+    /// How long a worker reuses a look-up (nginx `open_file_cache_valid`): the content of
+    /// files up to 64 KiB, and that a path is missing, a directory or refused. A change on
+    /// disk shows within this time; `"0s"`: every request looks at the disk.
+    #[serde(default = "default_cache_valid", with = "units::duration")]
+    pub cache_valid: Duration,
+}
+
+fn default_cache_valid() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_index() -> Vec<String> {
@@ -354,6 +363,7 @@ impl StaticConfig {
             index: default_index(),
             expires: None,
             try_upstream: false,
+            cache_valid: default_cache_valid(),
         }
     }
 }

@@ -354,6 +354,9 @@ fn validate_statics(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::new(key("expires"), "at most 10 years"));
         }
+        if st.cache_valid > std::time::Duration::from_secs(24 * 3600) {
+            return Err(ConfigError::new(key("cache_valid"), "at most 1 day"));
+        }
     }
     Ok(())
 }
