@@ -168,6 +168,8 @@ enum Found {
     Directory,
     /// Not readable: permissions, not a regular file, a directory without an index file.
     Forbidden,
+    /// A directory asked for with the trailing `/` that has none of the `index` files.
+    NoIndex,
     Missing,
     Failed(std::io::Error),
 }
@@ -192,6 +194,7 @@ impl Found {
             },
             Found::Directory => Found::Directory,
             Found::Forbidden => Found::Forbidden,
+            Found::NoIndex => Found::NoIndex,
             Found::Missing => Found::Missing,
             Found::File { .. } | Found::Failed(_) => return None,
         })
@@ -344,7 +347,7 @@ fn lookup(path: PathBuf, dir_request: bool, index: &[String], read_small: bool) 
         }
     }
     if path.is_dir() {
-        Found::Forbidden
+        Found::NoIndex
     } else {
         Found::Missing
     }
@@ -534,9 +537,13 @@ pub(crate) async fn serve(
             content,
             ctype,
         } => (file, len, modified, content, ctype),
-        Found::Missing if loc.try_upstream => return None,
+        // With `try_upstream` a directory without an index file is the app's (`/` most of
+        // all), as behind nginx's `try_files $uri @app`.
+        Found::Missing | Found::NoIndex if loc.try_upstream => return None,
         Found::Missing => return Some(c.page(StatusCode::NOT_FOUND, close).await),
-        Found::Forbidden => return Some(c.page(StatusCode::FORBIDDEN, close).await),
+        Found::Forbidden | Found::NoIndex => {
+            return Some(c.page(StatusCode::FORBIDDEN, close).await)
+        }
         Found::Directory => {
             let mut to = std::mem::take(&mut c.file.raw_path);
             to.push('/');

@@ -313,6 +313,9 @@ async fn try_upstream_sends_what_is_not_on_disk_to_the_upstreams() {
     assert_eq!(up.hits(), 0);
     let r = http.get(format!("{base}/api/me")).send().await.unwrap();
     assert_eq!(header(&r, "x-upstream"), "app");
+    // `/`: a directory without an index file is the app's home page, not a 403.
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(header(&r, "x-upstream"), "app");
     let r = http
         .post(format!("{base}/login"))
         .body("user=a")
@@ -320,7 +323,7 @@ async fn try_upstream_sends_what_is_not_on_disk_to_the_upstreams() {
         .await
         .unwrap();
     assert_eq!(header(&r, "x-upstream"), "app");
-    assert_eq!(up.hits(), 2);
+    assert_eq!(up.hits(), 3);
     assert_eq!(up.posts.load(std::sync::atomic::Ordering::SeqCst), 1);
     // A POST to a file that exists is still not sent on.
     let r = http
@@ -330,7 +333,7 @@ async fn try_upstream_sends_what_is_not_on_disk_to_the_upstreams() {
         .await
         .unwrap();
     assert_eq!(r.status(), 405);
-    assert_eq!(up.hits(), 2);
+    assert_eq!(up.hits(), 3);
     h.stop(true).await;
 }
 
