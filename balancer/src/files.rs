@@ -46,6 +46,7 @@ struct Location {
     expires: Option<Duration>,
     try_upstream: bool,
     cache_valid: Duration,
+    gzip_static: bool,
 }
 
 impl Location {
@@ -87,6 +88,7 @@ impl Locations {
                     expires: s.expires,
                     try_upstream: s.try_upstream,
                     cache_valid: s.cache_valid,
+                    gzip_static: s.gzip_static,
                 })
             })
             .collect();
@@ -118,6 +120,8 @@ pub(crate) struct FileReq {
     raw_path: String,
     raw_query: Option<String>,
     get_or_head: bool,
+    /// The client takes gzip (`Accept-Encoding`).
+    gzip: bool,
     if_match: Vec<u8>,
     if_none_match: Vec<u8>,
     if_modified_since: Vec<u8>,
@@ -136,6 +140,9 @@ impl FileReq {
         self.raw_path.push_str(v.path());
         self.raw_query = v.query().map(str::to_owned);
         self.get_or_head = v.method == "GET" || v.method == "HEAD";
+        self.gzip = v
+            .header("accept-encoding")
+            .is_some_and(crate::gzip::accepts);
         let copy = |name: &str, out: &mut Vec<u8>| {
             out.clear();
             if let Some(h) = v.header(name) {
@@ -505,29 +512,21 @@ pub(crate) async fn serve(
     let Some(path) = loc.file(&c.file.path) else {
         return Some(c.page(StatusCode::NOT_FOUND, close).await);
     };
-    let key = (path, c.file.path.ends_with('/'));
-    let now = Instant::now();
-    let cached = if loc.cache_valid.is_zero() {
-        None
-    } else {
-        cache.get(&key, now)
-    };
-    let found = match cached {
-        Some(hit) => hit,
-        None => {
-            let (path, dir_request, index) = (key.0.clone(), key.1, loc.index.clone());
-            let found =
-                tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, true))
-                    .await
-                    .unwrap_or_else(|e| Found::Failed(std::io::Error::other(e)));
-            if !loc.cache_valid.is_zero() {
-                match found.cacheable() {
-                    Some(copy) => cache.put(key, copy, now + loc.cache_valid, now),
-                    None => cache.forget(&key),
-                }
-            }
-            found
+    let dir_request = c.file.path.ends_with('/');
+    // nginx `gzip_static`: `<file>.gz` for a client that takes gzip, if there is one.
+    let mut gzipped = None;
+    if loc.gzip_static && !dir_request && c.file.gzip {
+        let mut gz = path.clone().into_os_string();
+        gz.push(".gz");
+        if let found @ Found::File { .. } = find(cache, loc, (gz.into(), false)).await {
+            gzipped = Some(found);
         }
+    }
+    let encoded = gzipped.is_some();
+    let original_type = content_type(&path);
+    let found = match gzipped {
+        Some(f) => f,
+        None => find(cache, loc, (path, dir_request)).await,
     };
     let (file, len, modified, content, ctype) = match found {
         Found::File {
@@ -536,7 +535,13 @@ pub(crate) async fn serve(
             modified,
             content,
             ctype,
-        } => (file, len, modified, content, ctype),
+        } => (
+            file,
+            len,
+            modified,
+            content,
+            if encoded { original_type } else { ctype },
+        ),
         // With `try_upstream` a directory without an index file is the app's (`/` most of
         // all), as behind nginx's `try_files $uri @app`.
         Found::Missing | Found::NoIndex if loc.try_upstream => return None,
@@ -609,12 +614,13 @@ pub(crate) async fn serve(
         Span::Part(s, e) => (s, e + 1),
         _ => (0, len),
     };
+    let coding = loc.gzip_static.then_some(encoded);
     write_head(
         c,
         snap,
         loc,
         status,
-        ctype,
+        (ctype, coding),
         &etag,
         modified,
         (start, end, len),
@@ -639,6 +645,27 @@ pub(crate) async fn serve(
         }
         (None, None) => Some(Next::Close), // not reached: a look-up gives one or the other
     }
+}
+
+/// The look-up for `key`: from the worker's cache, else from the disk (on the blocking pool).
+async fn find(cache: &FileCache, loc: &Location, key: (PathBuf, bool)) -> Found {
+    let now = Instant::now();
+    if !loc.cache_valid.is_zero() {
+        if let Some(hit) = cache.get(&key, now) {
+            return hit;
+        }
+    }
+    let (path, dir_request, index) = (key.0.clone(), key.1, loc.index.clone());
+    let found = tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, true))
+        .await
+        .unwrap_or_else(|e| Found::Failed(std::io::Error::other(e)));
+    if !loc.cache_valid.is_zero() {
+        match found.cacheable() {
+            Some(copy) => cache.put(key, copy, now + loc.cache_valid, now),
+            None => cache.forget(&key),
+        }
+    }
+    found
 }
 
 fn finish(flushed: bool, close: bool) -> Next {
@@ -670,7 +697,7 @@ fn write_head(
     snap: &Snapshot,
     loc: &Location,
     status: StatusCode,
-    ctype: &str,
+    (ctype, gzipped): (&str, Option<bool>),
     etag: &[u8],
     modified: SystemTime,
     span: (u64, u64, u64),
@@ -707,6 +734,15 @@ fn write_head(
         put(out, b"Content-Range", &v);
     } else if status == StatusCode::OK {
         put(out, b"Accept-Ranges", b"bytes");
+    }
+    // With `gzip_static` the answer depends on `Accept-Encoding`: caches must know.
+    match gzipped {
+        Some(true) => {
+            put(out, b"Content-Encoding", b"gzip");
+            put(out, b"Vary", b"Accept-Encoding");
+        }
+        Some(false) => put(out, b"Vary", b"Accept-Encoding"),
+        None => {}
     }
     if let Some(max_age) = loc.expires {
         let mut v = b"max-age=".to_vec();

@@ -348,12 +348,12 @@ fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
         .unwrap()
     };
     let ok = parse(&format!(
-        "location = \"/assets/\"\nalias = \"{d}\"\nindex = [\"index.htm\"]\nexpires = \"7d\"\ntry_upstream = true\ncache_valid = \"0s\""
+        "location = \"/assets/\"\nalias = \"{d}\"\nindex = [\"index.htm\"]\nexpires = \"7d\"\ntry_upstream = true\ncache_valid = \"0s\"\ngzip_static = true"
     ));
     assert!(ok.validate().is_ok());
     let st = &ok.statics[0];
     assert_eq!(st.expires, Some(Duration::from_secs(7 * 86400)));
-    assert!(st.try_upstream && st.root.is_none() && st.cache_valid.is_zero());
+    assert!(st.try_upstream && st.gzip_static && st.root.is_none() && st.cache_valid.is_zero());
     for (extra, key) in [
         (format!("location = \"assets\"\nroot = \"{d}\""), "location"),
         (
@@ -413,5 +413,59 @@ async fn a_change_on_disk_shows_once_cache_valid_has_passed() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (status, text) = body("/cached/a.txt").await;
     assert_eq!((status, text.as_str()), (200, "two!"));
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_static_sends_the_precompressed_file_to_clients_that_take_gzip() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let css = "body { color: teal }\n".repeat(50);
+    std::fs::write(dir.path().join("app.css"), &css).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(css.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    std::fs::write(dir.path().join("app.css.gz"), &gz).unwrap();
+    std::fs::write(dir.path().join("plain.txt"), "no gz beside me\n").unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let mut st = StaticConfig::root("/s/", dir.path());
+    st.alias = st.root.take();
+    st.gzip_static = true;
+    cfg.statics = vec![st];
+    let (h, base) = start(cfg).await;
+    let ask = |path: &str, accept: &str| {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: {accept}\r\nConnection: close\r\n\r\n"
+        );
+        let base = base.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+                .await
+                .unwrap();
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await.unwrap();
+            let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+            let head = String::from_utf8(out[..at].to_vec())
+                .unwrap()
+                .to_ascii_lowercase();
+            (head, out[at + 4..].to_vec())
+        }
+    };
+    let (head, body) = ask("/s/app.css", "gzip, deflate, br").await;
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("content-type: text/css"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    assert!(body == gz, "the .gz file as it is on disk");
+    let (head, body) = ask("/s/app.css", "gzip;q=0, identity").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    assert_eq!(body, css.as_bytes());
+    let (head, body) = ask("/s/plain.txt", "gzip").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(body, b"no gz beside me\n");
+    assert_eq!(up.hits(), 0);
     h.stop(true).await;
 }

@@ -343,6 +343,11 @@ pub struct StaticConfig {
     /// disk shows within this time; `"0s"`: every request looks at the disk.
     #[serde(default = "default_cache_valid", with = "units::duration")]
     pub cache_valid: Duration,
+    /// nginx `gzip_static on` (with `gzip_vary`): a client that takes gzip gets `<file>.gz`
+    /// when it exists, with `Content-Encoding: gzip` and the original's `Content-Type`; the
+    /// answers carry `Vary: Accept-Encoding`.
+    #[serde(default)]
+    pub gzip_static: bool,
 }
 
 fn default_cache_valid() -> Duration {
@@ -364,6 +369,7 @@ impl StaticConfig {
             expires: None,
             try_upstream: false,
             cache_valid: default_cache_valid(),
+            gzip_static: false,
         }
     }
 }
