@@ -47,6 +47,7 @@ struct Location {
     try_upstream: bool,
     cache_valid: Duration,
     gzip_static: bool,
+    charset: Option<String>,
 }
 
 impl Location {
@@ -89,6 +90,7 @@ impl Locations {
                     try_upstream: s.try_upstream,
                     cache_valid: s.cache_valid,
                     gzip_static: s.gzip_static,
+                    charset: s.charset.clone(),
                 })
             })
             .collect();
@@ -408,6 +410,20 @@ fn content_type(path: &Path) -> &'static str {
     }
 }
 
+/// The types `charset` applies to (nginx's `charset_types`, and the other text types).
+fn textual(ctype: &str) -> bool {
+    ctype.starts_with("text/")
+        || matches!(
+            ctype,
+            "application/javascript"
+                | "application/json"
+                | "application/rss+xml"
+                | "application/atom+xml"
+                | "application/manifest+json"
+                | "image/svg+xml"
+        )
+}
+
 fn trim(v: &[u8]) -> &[u8] {
     v.trim_ascii()
 }
@@ -715,7 +731,16 @@ fn write_head(
     put(out, b"Date", httpdate::fmt_http_date(now).as_bytes());
     let (start, end, len) = span;
     if status != StatusCode::NOT_MODIFIED {
-        put(out, b"Content-Type", ctype.as_bytes());
+        match &loc.charset {
+            Some(cs) if textual(ctype) => {
+                out.extend_from_slice(b"Content-Type: ");
+                out.extend_from_slice(ctype.as_bytes());
+                out.extend_from_slice(b"; charset=");
+                out.extend_from_slice(cs.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => put(out, b"Content-Type", ctype.as_bytes()),
+        }
         put_content_length(out, end - start);
     }
     put(

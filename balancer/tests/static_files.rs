@@ -44,6 +44,7 @@ async fn files_come_from_disk_with_validators_conditionals_and_ranges() {
     let mut cfg = config(&[&up]);
     let mut st = StaticConfig::root("/static/", dir.path().join("www"));
     st.expires = Some(Duration::from_secs(3600));
+    st.charset = Some("utf-8".into());
     cfg.statics = vec![st];
     cfg.add_header = vec!["X-Frame-Options: DENY".into()];
     let (h, base) = start(cfg).await;
@@ -56,7 +57,7 @@ async fn files_come_from_disk_with_validators_conditionals_and_ranges() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "content-type"), "text/css");
+    assert_eq!(header(&r, "content-type"), "text/css; charset=utf-8");
     assert_eq!(header(&r, "content-length"), "21");
     assert_eq!(header(&r, "accept-ranges"), "bytes");
     assert_eq!(header(&r, "cache-control"), "max-age=3600");
@@ -188,7 +189,7 @@ async fn files_come_from_disk_with_validators_conditionals_and_ranges() {
     // Directories: the index file, a redirect to the slash, 403 without an index.
     let r = http.get(format!("{base}/static/")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(header(&r, "content-type"), "text/html");
+    assert_eq!(header(&r, "content-type"), "text/html; charset=utf-8");
     assert_eq!(r.text().await.unwrap(), "<h1>index</h1>\n");
     let r = http
         .get(format!("{base}/static/sub?x=1"))
@@ -369,6 +370,10 @@ fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
         (
             format!("location = \"/a\"\nroot = \"{d}\"\nindex = [\"../x\"]"),
             "index",
+        ),
+        (
+            format!("location = \"/a\"\nroot = \"{d}\"\ncharset = \"utf-8\\r\\nX: y\""),
+            "charset",
         ),
     ] {
         let err = parse(&extra).validate().unwrap_err();

@@ -348,6 +348,10 @@ pub struct StaticConfig {
     /// answers carry `Vary: Accept-Encoding`.
     #[serde(default)]
     pub gzip_static: bool,
+    /// nginx `charset`: text types (`text/*`, JavaScript, JSON, XML feeds, SVG) get
+    /// `; charset=<this>` in their `Content-Type`; none: the bare type, as nginx's default.
+    #[serde(default)]
+    pub charset: Option<String>,
 }
 
 fn default_cache_valid() -> Duration {
@@ -370,6 +374,7 @@ impl StaticConfig {
             try_upstream: false,
             cache_valid: default_cache_valid(),
             gzip_static: false,
+            charset: None,
         }
     }
 }

@@ -354,6 +354,17 @@ fn validate_statics(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         {
             return Err(ConfigError::new(key("expires"), "at most 10 years"));
         }
+        if st.charset.as_deref().is_some_and(|cs| {
+            cs.is_empty()
+                || !cs
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        }) {
+            return Err(ConfigError::new(
+                key("charset"),
+                "must be a charset name such as \"utf-8\"",
+            ));
+        }
         if st.cache_valid > std::time::Duration::from_secs(24 * 3600) {
             return Err(ConfigError::new(key("cache_valid"), "at most 1 day"));
         }
