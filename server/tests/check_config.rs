@@ -99,3 +99,38 @@ fn help_works_on_every_subcommand() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("--config"));
     }
 }
+
+#[test]
+fn the_shipped_example_configs_are_valid() {
+    // Run from the workspace root, as `examples/cluster/run.sh` does (the configs name
+    // `examples/html/50x.html` and `examples/static` relative to it).
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = root.join("examples/cluster");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let out = Command::new(binary())
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path)
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 3,
+        "only {checked} configs under {}",
+        dir.display()
+    );
+}
