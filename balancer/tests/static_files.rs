@@ -474,3 +474,40 @@ async fn gzip_static_sends_the_precompressed_file_to_clients_that_take_gzip() {
     assert_eq!(up.hits(), 0);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_answers_are_in_the_access_log_with_their_status_and_body_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = site(dir.path());
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let log = dir.path().join("access.log");
+    cfg.access_log = Some(log.clone());
+    cfg.statics = vec![StaticConfig::root("/static/", dir.path().join("www"))];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    for path in ["/static/app.css", "/static/big.bin", "/static/none"] {
+        http.get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    let lines = common::log_lines_at_least(&log, 3).await;
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(
+        lines[0].contains("\"GET /static/app.css HTTP/1.1\" 200 21 "),
+        "{}",
+        lines[0]
+    );
+    let big_line = format!("\"GET /static/big.bin HTTP/1.1\" 200 {} ", big.len());
+    assert!(lines[1].contains(&big_line), "{}", lines[1]);
+    assert!(
+        lines[2].contains("\"GET /static/none HTTP/1.1\" 404 "),
+        "{}",
+        lines[2]
+    );
+    h.stop(true).await;
+}
