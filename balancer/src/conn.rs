@@ -125,10 +125,19 @@ impl Conn {
 
     /// Writes `wbuf` to the client and clears it; false if the client is gone.
     pub async fn flush(&mut self) -> bool {
-        self.log.sent += self.wbuf.len() as u64;
+        let buf = std::mem::take(&mut self.wbuf);
+        let ok = self.send(&buf).await;
+        self.wbuf = buf;
+        self.wbuf.clear();
+        ok
+    }
+
+    /// Writes `buf` to the client (bounded by `send_timeout`); false if the client is gone.
+    pub async fn send(&mut self, buf: &[u8]) -> bool {
+        self.log.sent += buf.len() as u64;
         let (timer, limit) = (&mut self.ctimer, self.timeouts.send);
         let mut ok = matches!(
-            io::write_all(&mut self.stream, &self.wbuf, timer, limit).await,
+            io::write_all(&mut self.stream, buf, timer, limit).await,
             Ok(Ok(()))
         );
         if ok && self.stream.is_tls() {
@@ -136,7 +145,6 @@ impl Conn {
             // must go now, not with the next write that may never come.
             ok = matches!(io::flush(&mut self.stream, timer, limit).await, Ok(Ok(())));
         }
-        self.wbuf.clear();
         ok
     }
 

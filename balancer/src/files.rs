@@ -18,14 +18,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
 use crate::conn::{Conn, Next};
 use crate::h1::request::{Framing, Request, View};
 use crate::upstream::Snapshot;
 
-/// Most file bytes held for a client at a time.
-const CHUNK: usize = 64 * 1024;
+/// A streamed file is read in chunks of this size, two at a time per response.
+const CHUNK: usize = 128 * 1024;
 /// Files up to this size are read whole by the look-up (one trip to the blocking pool) and
 /// kept by the worker's cache.
 const SMALL: u64 = 64 * 1024;
@@ -796,46 +795,80 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Sends `count` bytes of `file` from `start`, at most [`CHUNK`] held at a time.
+/// Sends `count` bytes of `file` from `start` after the head in `wbuf`: two buffers of
+/// [`CHUNK`] bytes, the next one read on the blocking pool while the current one is written,
+/// so the disk and the client's socket work at the same time and memory stays at two chunks.
 async fn stream_body(
     c: &mut Conn,
     file: std::fs::File,
     start: u64,
-    mut count: u64,
+    count: u64,
     close: bool,
 ) -> Next {
-    let mut file = tokio::fs::File::from_std(file);
-    if start > 0 {
-        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
-            log::error!("static file for {:?}: {e}", c.file.path);
-            return Next::Close;
-        }
+    if !c.flush().await {
+        return Next::Close;
     }
-    while count > 0 {
-        let at = c.wbuf.len();
-        let want = (CHUNK.saturating_sub(at)).max(4096).min(count as usize);
-        c.wbuf.resize(at + want, 0);
-        let n = match file.read(&mut c.wbuf[at..]).await {
-            Ok(n) => n,
+    let file = Arc::new(file);
+    let read = |buf: Vec<u8>, at: u64, end: u64| {
+        let file = file.clone();
+        let want = (end - at).min(CHUNK as u64) as usize;
+        tokio::task::spawn_blocking(move || read_chunk(&file, buf, at, want))
+    };
+    let (mut at, end) = (start, start + count);
+    let mut pending = Some(read(Vec::new(), at, end));
+    let mut spare = Vec::new();
+    while let Some(task) = pending.take() {
+        let (buf, n) = match task.await {
+            Ok((buf, Ok(n))) => (buf, n),
+            Ok((_, Err(e))) => {
+                log::error!("static file for {:?}: {e}", c.file.path);
+                return Next::Close;
+            }
             Err(e) => {
                 log::error!("static file for {:?}: {e}", c.file.path);
-                0
+                return Next::Close;
             }
         };
-        c.wbuf.truncate(at + n);
         if n == 0 {
             // Shorter than its length said (cut while being sent): the client sees the body
             // end early, as from nginx.
             log::warn!("static file for {:?} ended early", c.file.path);
-            let _ = c.flush().await;
             return Next::Close;
         }
-        count -= n as u64;
-        if (c.wbuf.len() >= CHUNK || count == 0) && !c.flush().await {
+        at += n as u64;
+        if at < end {
+            pending = Some(read(std::mem::take(&mut spare), at, end));
+        }
+        if !c.send(&buf[..n]).await {
             return Next::Close;
         }
+        spare = buf;
     }
     finish(true, close)
+}
+
+/// Reads up to `want` bytes of `file` at offset `at` into `buf` (blocking); fewer only at the
+/// file's end. The buffer keeps its length between uses, so it is zeroed once, not per chunk.
+fn read_chunk(
+    file: &std::fs::File,
+    mut buf: Vec<u8>,
+    at: u64,
+    want: usize,
+) -> (Vec<u8>, std::io::Result<usize>) {
+    use std::os::unix::fs::FileExt as _;
+    if buf.len() < want {
+        buf.resize(want, 0);
+    }
+    let mut got = 0;
+    while got < want {
+        match file.read_at(&mut buf[got..want], at + got as u64) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return (buf, Err(e)),
+        }
+    }
+    (buf, Ok(got))
 }
 
 #[cfg(test)]

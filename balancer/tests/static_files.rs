@@ -511,3 +511,51 @@ async fn static_answers_are_in_the_access_log_with_their_status_and_body_bytes()
     );
     h.stop(true).await;
 }
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_streams_with_bounded_memory() {
+    use futures::StreamExt as _;
+    const SIZE: u64 = 300 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: 300 MiB of zeros that cost no disk.
+    std::fs::File::create(dir.path().join("disk.img"))
+        .unwrap()
+        .set_len(SIZE)
+        .unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    cfg.statics = vec![StaticConfig::root("/", dir.path())];
+    let (h, base) = start(cfg).await;
+    let before = rss_kib();
+    let r = client()
+        .get(format!("{base}/disk.img"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), SIZE.to_string());
+    let mut got = 0u64;
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        assert!(chunk.iter().all(|&b| b == 0));
+        got += chunk.len() as u64;
+    }
+    assert_eq!(got, SIZE);
+    let growth_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 40,
+        "RSS grew by {growth_mib} MiB while a {} MiB file went out",
+        SIZE >> 20
+    );
+    h.stop(true).await;
+}
