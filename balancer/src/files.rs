@@ -47,6 +47,8 @@ struct Location {
     cache_valid: Duration,
     gzip_static: bool,
     charset: Option<String>,
+    /// `fallback`'s file, answered for a missing one.
+    fallback: Option<PathBuf>,
 }
 
 impl Location {
@@ -80,7 +82,7 @@ impl Locations {
                     (None, Some(d)) => (d.clone(), true),
                     _ => return None, // refused by validation
                 };
-                Some(Location {
+                let mut loc = Location {
                     prefix: s.location.trim_end_matches('/').to_owned(),
                     dir,
                     alias,
@@ -90,7 +92,13 @@ impl Locations {
                     cache_valid: s.cache_valid,
                     gzip_static: s.gzip_static,
                     charset: s.charset.clone(),
-                })
+                    fallback: None,
+                };
+                loc.fallback = s
+                    .fallback
+                    .as_ref()
+                    .and_then(|f| loc.file(&format!("{}/{f}", loc.prefix)));
+                Some(loc)
             })
             .collect();
         list.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
@@ -539,10 +547,14 @@ pub(crate) async fn serve(
     }
     let encoded = gzipped.is_some();
     let original_type = content_type(&path);
-    let found = match gzipped {
+    let mut found = match gzipped {
         Some(f) => f,
         None => find(cache, loc, (path, dir_request)).await,
     };
+    if let (Found::Missing | Found::NoIndex, Some(fallback)) = (&found, &loc.fallback) {
+        // nginx `try_files $uri $uri/ /index.html`: a single-page app's routes get its page.
+        found = find(cache, loc, (fallback.clone(), false)).await;
+    }
     let (file, len, modified, content, ctype) = match found {
         Found::File {
             file,

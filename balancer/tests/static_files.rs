@@ -375,6 +375,16 @@ fn static_locations_are_read_from_toml_and_bad_ones_name_their_key() {
             format!("location = \"/a\"\nroot = \"{d}\"\ncharset = \"utf-8\\r\\nX: y\""),
             "charset",
         ),
+        (
+            format!("location = \"/a\"\nroot = \"{d}\"\nfallback = \"../index.html\""),
+            "fallback",
+        ),
+        (
+            format!(
+                "location = \"/a\"\nroot = \"{d}\"\nfallback = \"index.html\"\ntry_upstream = true"
+            ),
+            "fallback",
+        ),
     ] {
         let err = parse(&extra).validate().unwrap_err();
         assert_eq!(err.key, format!("balancer.static[0].{key}"), "{extra}");
@@ -557,5 +567,41 @@ async fn a_large_file_streams_with_bounded_memory() {
         "RSS grew by {growth_mib} MiB while a {} MiB file went out",
         SIZE >> 20
     );
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_page_app_gets_its_page_for_every_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app");
+    std::fs::create_dir_all(app.join("assets")).unwrap();
+    std::fs::write(app.join("index.html"), "<div id=app></div>\n").unwrap();
+    std::fs::write(app.join("assets/app.js"), "start()\n").unwrap();
+    let up = Upstream::start("api").await;
+    let mut cfg = config(&[&up]);
+    let mut st = StaticConfig::root("/app/", dir.path());
+    st.fallback = Some("index.html".into());
+    cfg.statics = vec![st];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    for (path, status, ctype, body) in [
+        ("/app/", 200, "text/html", "<div id=app></div>\n"),
+        ("/app/orders/42", 200, "text/html", "<div id=app></div>\n"),
+        (
+            "/app/assets/app.js",
+            200,
+            "application/javascript",
+            "start()\n",
+        ),
+    ] {
+        let r = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(header(&r, "content-type"), ctype, "{path}");
+        assert_eq!(r.text().await.unwrap(), body, "{path}");
+    }
+    // Outside the location: the upstreams, as before.
+    let r = http.get(format!("{base}/api/orders")).send().await.unwrap();
+    assert_eq!(header(&r, "x-upstream"), "api");
+    assert_eq!(up.hits(), 1);
     h.stop(true).await;
 }

@@ -352,6 +352,11 @@ pub struct StaticConfig {
     /// `; charset=<this>` in their `Content-Type`; none: the bare type, as nginx's default.
     #[serde(default)]
     pub charset: Option<String>,
+    /// A file under `location` answered (200) for a path that has no file (nginx `try_files
+    /// $uri $uri/ /index.html`, for a single-page app): `"index.html"` is the file that
+    /// `<location>/index.html` names. Not with `try_upstream`.
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 fn default_cache_valid() -> Duration {
@@ -375,6 +380,7 @@ impl StaticConfig {
             cache_valid: default_cache_valid(),
             gzip_static: false,
             charset: None,
+            fallback: None,
         }
     }
 }

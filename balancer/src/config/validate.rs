@@ -365,6 +365,25 @@ fn validate_statics(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 "must be a charset name such as \"utf-8\"",
             ));
         }
+        if let Some(f) = &st.fallback {
+            if f.is_empty()
+                || f.starts_with('/')
+                || f.ends_with('/')
+                || f.split('/')
+                    .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+            {
+                return Err(ConfigError::new(
+                    key("fallback"),
+                    "must name a file under the location, such as \"index.html\"",
+                ));
+            }
+            if st.try_upstream {
+                return Err(ConfigError::new(
+                    key("fallback"),
+                    "set fallback or try_upstream, not both",
+                ));
+            }
+        }
         if st.cache_valid > std::time::Duration::from_secs(24 * 3600) {
             return Err(ConfigError::new(key("cache_valid"), "at most 1 day"));
         }
