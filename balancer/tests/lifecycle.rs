@@ -81,15 +81,6 @@ async fn graceful_stop_finishes_in_flight_requests() {
     assert!(client().get(format!("{base}/")).send().await.is_err());
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_with_bounded_memory() {
     const SIZE: u64 = 200 << 20;
@@ -98,7 +89,7 @@ async fn large_bodies_stream_with_bounded_memory() {
     cfg.client_max_body_size = 1 << 30;
     let (h, base) = start(cfg).await;
     let http = client();
-    let before = rss_kib();
+    let before = common::rss_kib();
     // Download.
     let r = http.get(format!("{base}/big/{SIZE}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -119,7 +110,7 @@ async fn large_bodies_stream_with_bounded_memory() {
         .await
         .unwrap();
     assert_eq!(r.text().await.unwrap(), SIZE.to_string());
-    let growth_mib = rss_kib().saturating_sub(before) / 1024;
+    let growth_mib = common::rss_kib().saturating_sub(before) / 1024;
     assert!(
         growth_mib < 40,
         "RSS grew by {growth_mib} MiB while 400 MiB went through"

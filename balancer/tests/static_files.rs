@@ -522,15 +522,6 @@ async fn static_answers_are_in_the_access_log_with_their_status_and_body_bytes()
     h.stop(true).await;
 }
 
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_file_streams_with_bounded_memory() {
     use futures::StreamExt as _;
@@ -545,7 +536,7 @@ async fn a_large_file_streams_with_bounded_memory() {
     let mut cfg = config(&[&up]);
     cfg.statics = vec![StaticConfig::root("/", dir.path())];
     let (h, base) = start(cfg).await;
-    let before = rss_kib();
+    let before = common::rss_kib();
     let r = client()
         .get(format!("{base}/disk.img"))
         .send()
@@ -561,7 +552,7 @@ async fn a_large_file_streams_with_bounded_memory() {
         got += chunk.len() as u64;
     }
     assert_eq!(got, SIZE);
-    let growth_mib = rss_kib().saturating_sub(before) / 1024;
+    let growth_mib = common::rss_kib().saturating_sub(before) / 1024;
     assert!(
         growth_mib < 40,
         "RSS grew by {growth_mib} MiB while a {} MiB file went out",
