@@ -106,6 +106,8 @@ pub(crate) struct Conn {
     pub page_add: Option<std::sync::Arc<crate::upstream::Snapshot>>,
     /// What the current request asks of a `[[balancer.static]]` location, if one takes it.
     pub file: crate::files::FileReq,
+    /// The current request is a HEAD: the balancer's own pages go without their body.
+    pub head_req: bool,
 }
 
 /// What happens to the connection after a request.
@@ -199,8 +201,14 @@ impl Conn {
 
     /// Sends the page of the balancer's own that `wbuf` holds (its last `body` bytes the
     /// body) with `page_headers`.
-    pub async fn send_page(&mut self, status: StatusCode, body: usize, close: bool) -> Next {
+    pub async fn send_page(&mut self, status: StatusCode, mut body: usize, close: bool) -> Next {
         self.page_headers(status);
+        if self.head_req {
+            // The head alone, its `Content-Length` the GET's (a body would be read as the
+            // start of the next answer on a kept-alive connection).
+            self.wbuf.truncate(self.wbuf.len().saturating_sub(body));
+            body = 0;
+        }
         self.answered(status, body);
         if self.flush().await && !close {
             Next::KeepAlive
@@ -291,6 +299,7 @@ pub(crate) async fn serve_stream(
         page_headers: Vec::new(),
         page_add: None,
         file: crate::files::FileReq::default(),
+        head_req: false,
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -399,6 +408,7 @@ async fn one_request(
     c.page_add = None;
     c.redirect.0 = 0;
     c.file.loc = None;
+    c.head_req = false;
     c.client = c.ip;
     // The config is taken when the request's first bytes are at hand, not before the idle wait,
     // so a reload applies to the next request on a kept-alive connection too. Until then the
@@ -573,6 +583,7 @@ async fn one_request(
         return Next::Close; // not reached: a head was parsed, so the config was taken
     };
     let (mut req, verdict) = parsed;
+    c.head_req = req.head_method;
     worker
         .traffic
         .requests

@@ -390,6 +390,12 @@ async fn static_files_are_served_over_http2_with_conditionals_and_ranges() {
     assert_eq!(status, StatusCode::PARTIAL_CONTENT);
     assert_eq!(headers["content-range"], "bytes 100000-100009/200000");
     assert!(body == big[100_000..100_010]);
+    // HEAD of a missing file: the balancer's 404, head only.
+    let req = Request::head(format!("https://localhost:{}/files/none", addr.port()))
+        .body(())
+        .unwrap();
+    let (status, _, body) = exchange(&mut send, req, vec![]).await;
+    assert_eq!((status, body.len()), (StatusCode::NOT_FOUND, 0));
     assert_eq!(a.hits(), 0);
     h.stop(true).await;
 }

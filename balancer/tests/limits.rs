@@ -327,3 +327,69 @@ async fn proxy_intercept_errors_replaces_upstream_error_pages() {
         h.stop(true).await;
     }
 }
+
+/// The head of each answer in `raw` (a stream of answers) and what follows it up to the next
+/// answer's status line.
+fn answers(raw: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while let Some(at) = rest.find("\r\n\r\n") {
+        let head = rest[..at].to_owned();
+        let after = &rest[at + 4..];
+        let next = after.find("HTTP/1.1 ").unwrap_or(after.len());
+        out.push((head, after[..next].to_owned()));
+        rest = &after[next..];
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_request_answered_by_the_balancer_gets_no_body() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.deny = vec!["^/(WEB-INF)/".into()];
+    let (h, base) = start(cfg).await;
+    // Pipelined on one kept-alive connection: a body after the HEAD's 403 would be read as
+    // the start of the next answer.
+    let raw = raw_exchange(
+        &base,
+        b"HEAD /WEB-INF/web.xml HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /WEB-INF/web.xml HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = answers(&raw);
+    assert_eq!(got.len(), 3, "{raw}");
+    assert!(got[0].0.starts_with("HTTP/1.1 403 "), "{raw}");
+    assert_eq!(got[0].1, "", "the HEAD's 403 has no body: {raw}");
+    assert!(
+        got[0].0.contains("Content-Length: "),
+        "it says the GET's length: {raw}"
+    );
+    assert!(
+        got[1].0.starts_with("HTTP/1.1 403 ") && got[1].1.contains("403"),
+        "{raw}"
+    );
+    assert!(
+        got[2].0.to_ascii_lowercase().contains("x-upstream: a"),
+        "{raw}"
+    );
+    assert_eq!(got[2].1, "", "{raw}");
+    h.stop(true).await;
+    // All upstreams down: the 502 page, head only for HEAD.
+    let cfg = config(&[&a]);
+    a.kill();
+    let (h, base) = start(cfg).await;
+    let raw = raw_exchange(
+        &base,
+        b"HEAD / HTTP/1.1\r\nHost: t\r\n\r\nHEAD / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let got = answers(&raw);
+    assert_eq!(got.len(), 2, "{raw}");
+    for (head, body) in &got {
+        assert!(head.starts_with("HTTP/1.1 502 "), "{raw}");
+        assert_eq!(body, "", "{raw}");
+    }
+    h.stop(true).await;
+}
