@@ -1,13 +1,14 @@
 //! Static files: `[[balancer.static]]` locations answered from disk, as nginx's static module
-//! does with `root` or `alias`, `index`, `expires` and `try_files $uri $uri/ @upstream`.
+//! does with `root` or `alias`, `index`, `expires`, `charset`, `gzip_static`, `open_file_cache`
+//! and `try_files` (`$uri $uri/ @upstream`, or a single-page app's `/index.html`).
 //!
 //! While the request path reads a head it notes which location takes the normalized path (the
 //! longest prefix, matched at a segment boundary) and copies the conditional and range fields
 //! ([`FileReq`]). After the access checks and limits, [`serve`] looks the file up in one call
 //! on the blocking pool (a slow disk never stalls the worker), answers the conditionals (304,
 //! 412), one byte range (206, 416) or the whole file, and streams the body in bounded chunks
-//! under the client's send time-out. A missing file is a 404, or goes to the upstreams with
-//! `try_upstream`.
+//! under the client's send time-out. A missing file is a 404, the `fallback` file, or goes to
+//! the upstreams with `try_upstream`. Each worker keeps a [`FileCache`] of look-ups.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
