@@ -596,3 +596,35 @@ async fn a_single_page_app_gets_its_page_for_every_route() {
     assert_eq!(up.hits(), 1);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_locations_and_empties_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one").unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    let mut st = StaticConfig::root("/s/", dir.path());
+    st.alias = st.root.take();
+    st.cache_valid = Duration::from_secs(3600);
+    cfg.statics = vec![st];
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    let text = |r: reqwest::Response| async move { r.text().await.unwrap() };
+    let url = format!("{base}/s/a.txt");
+    assert_eq!(text(http.get(&url).send().await.unwrap()).await, "one");
+    std::fs::write(dir.path().join("a.txt"), "two!").unwrap();
+    // Within `cache_valid` (an hour here) the worker answers from its cache...
+    assert_eq!(text(http.get(&url).send().await.unwrap()).await, "one");
+    // ...until a reload, which empties it.
+    cfg.statics[0].expires = Some(Duration::from_secs(60));
+    h.reload(cfg.clone()).unwrap();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(header(&r, "cache-control"), "max-age=60");
+    assert_eq!(text(r).await, "two!");
+    // A reload without the location sends its paths to the upstreams.
+    cfg.statics.clear();
+    h.reload(cfg).unwrap();
+    let r = http.get(&url).send().await.unwrap();
+    assert_eq!(header(&r, "x-upstream"), "app");
+    h.stop(true).await;
+}
