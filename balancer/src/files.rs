@@ -25,7 +25,7 @@ use crate::h1::request::{Framing, Request, View};
 use crate::upstream::Snapshot;
 
 /// A streamed file is read in chunks of this size, two at a time per response.
-const CHUNK: usize = 128 * 1024;
+const CHUNK: usize = 64 * 1024;
 /// Files up to this size are read whole by the look-up (one trip to the blocking pool) and
 /// kept by the worker's cache.
 const SMALL: u64 = 64 * 1024;
