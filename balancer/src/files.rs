@@ -183,7 +183,7 @@ enum Found {
     },
     /// A directory asked for without the trailing `/`.
     Directory,
-    /// Not readable: permissions, not a regular file, a directory without an index file.
+    /// Not readable: permissions, or not a regular file.
     Forbidden,
     /// A directory asked for with the trailing `/` that has none of the `index` files.
     NoIndex,
@@ -265,7 +265,8 @@ impl FileCache {
     /// Drops `key` (its look-up failed).
     fn forget(&self, key: &(PathBuf, bool)) {
         if let Some(e) = self.map.borrow_mut().remove(key) {
-            self.bytes.set(self.bytes.get() - Self::size(&e.found));
+            self.bytes
+                .set(self.bytes.get().saturating_sub(Self::size(&e.found)));
         }
     }
 
