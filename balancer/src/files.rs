@@ -433,14 +433,10 @@ fn textual(ctype: &str) -> bool {
         )
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    v.trim_ascii()
-}
-
 /// Whether entity tag list `list` (`If-Match` / `If-None-Match`) names `etag`; `weak`: the
 /// weak comparison (a `W/` prefix on either side is ignored).
 fn etag_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
-    list.split(|&b| b == b',').map(trim).any(|t| {
+    list.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
         if t == b"*" {
             return true;
         }
@@ -471,11 +467,11 @@ enum Span {
 }
 
 fn parse_range(v: &[u8], len: u64) -> Span {
-    let v = trim(v);
+    let v = v.trim_ascii();
     let Some(spec) = v
         .get(..6)
         .filter(|u| u.eq_ignore_ascii_case(b"bytes="))
-        .map(|_| trim(&v[6..]))
+        .map(|_| v[6..].trim_ascii())
     else {
         return Span::Whole;
     };
@@ -484,7 +480,7 @@ fn parse_range(v: &[u8], len: u64) -> Span {
         return Span::Whole;
     }
     let num = |s: &[u8]| -> Option<u64> {
-        let s = trim(s);
+        let s = s.trim_ascii();
         if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
             return None;
         }
@@ -494,7 +490,7 @@ fn parse_range(v: &[u8], len: u64) -> Span {
         return Span::Whole;
     };
     let (first, last) = (&spec[..dash], &spec[dash + 1..]);
-    if trim(first).is_empty() {
+    if first.trim_ascii().is_empty() {
         // `-n`: the last n bytes.
         return match num(last) {
             None => Span::Whole,
@@ -506,7 +502,7 @@ fn parse_range(v: &[u8], len: u64) -> Span {
     let Some(start) = num(first) else {
         return Span::Whole;
     };
-    let end = if trim(last).is_empty() {
+    let end = if last.trim_ascii().is_empty() {
         None
     } else {
         match num(last) {
@@ -543,12 +539,14 @@ pub(crate) async fn serve(
     if loc.gzip_static && !dir_request && c.file.gzip {
         let mut gz = path.clone().into_os_string();
         gz.push(".gz");
-        if let found @ Found::File { .. } = find(cache, loc, (gz.into(), false)).await {
+        if let mut found @ Found::File { .. } = find(cache, loc, (gz.into(), false)).await {
+            if let Found::File { ctype, .. } = &mut found {
+                *ctype = content_type(&path); // the original's type, not gzip's
+            }
             gzipped = Some(found);
         }
     }
     let encoded = gzipped.is_some();
-    let original_type = content_type(&path);
     let mut found = match gzipped {
         Some(f) => f,
         None => find(cache, loc, (path, dir_request)).await,
@@ -564,13 +562,7 @@ pub(crate) async fn serve(
             modified,
             content,
             ctype,
-        } => (
-            file,
-            len,
-            modified,
-            content,
-            if encoded { original_type } else { ctype },
-        ),
+        } => (file, len, modified, content, ctype),
         // With `try_upstream` a directory without an index file is the app's (`/` most of
         // all), as behind nginx's `try_files $uri @app`.
         Found::Missing | Found::NoIndex if loc.try_upstream => return None,
@@ -707,7 +699,7 @@ fn finish(flushed: bool, close: bool) -> Next {
 
 /// `If-Range`: an entity tag must match strongly, a date must be the file's exact time.
 fn if_range_holds(v: &[u8], etag: &[u8], mtime: u64) -> bool {
-    let v = trim(v);
+    let v = v.trim_ascii();
     if v.starts_with(b"\"") || v.starts_with(b"W/") {
         return v == etag;
     }
@@ -735,13 +727,8 @@ fn write_head(
     use crate::headers::{put, put_content_length, put_digits};
     let out = &mut c.wbuf;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
     let now = SystemTime::now();
-    put(out, b"Date", httpdate::fmt_http_date(now).as_bytes());
+    crate::pages::status_line(out, status, now);
     let (start, end, len) = span;
     if status != StatusCode::NOT_MODIFIED {
         match &loc.charset {

@@ -27,14 +27,20 @@ pub(crate) fn error(
     }
 }
 
-fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) -> usize {
+/// Appends an answer's status line and its `Date` header (`now`).
+pub(crate) fn status_line(out: &mut Vec<u8>, status: StatusCode, now: std::time::SystemTime) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("Error").as_bytes());
     out.extend_from_slice(b"\r\nDate: ");
-    out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
-    out.extend_from_slice(b"\r\nContent-Type: text/html; charset=utf-8\r\n");
+    out.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn page(out: &mut Vec<u8>, status: StatusCode, body: &[u8], close: bool) -> usize {
+    status_line(out, status, std::time::SystemTime::now());
+    out.extend_from_slice(b"Content-Type: text/html; charset=utf-8\r\n");
     crate::headers::put_content_length(out, body.len() as u64);
     if close {
         out.extend_from_slice(b"Connection: close\r\n");
