@@ -628,3 +628,33 @@ async fn a_reload_applies_new_locations_and_empties_the_cache() {
     assert_eq!(header(&r, "x-upstream"), "app");
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_is_not_a_regular_file_is_refused_without_waiting_on_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO: opening it for reading would wait until some writer came.
+    let fifo = dir.path().join("pipe.txt");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(dir.path().join("ok.txt"), "ok").unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    cfg.statics = vec![StaticConfig::root("/", dir.path())];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        http.get(format!("{base}/pipe.txt")).send(),
+    )
+    .await
+    .expect("answered, not stuck opening the FIFO")
+    .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http.get(format!("{base}/ok.txt")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert_eq!(up.hits(), 0);
+    h.stop(true).await;
+}
