@@ -10,9 +10,14 @@
 //! upstream's read buffer to the client by its framing (length, chunked passed through or
 //! decoded, until close), with `proxy_read_timeout` between reads.
 
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::Buf as _;
+use tokio::io::AsyncWrite as _;
+
+use crate::buffering::Backlog;
 
 use crate::conn::Conn;
 use crate::h1::chunked::{write_chunk_header, ChunkedDecoder};
@@ -483,6 +488,7 @@ pub(crate) async fn forward(
     framing: Body,
     mode: ToClient,
     read_timeout: std::time::Duration,
+    backlog: &mut Option<Backlog>,
 ) -> Forwarded {
     let mut left = match framing {
         Body::Length(n) => n,
@@ -528,19 +534,21 @@ pub(crate) async fn forward(
                 }
             }
         }
-        if !c.wbuf.is_empty() && !c.flush().await {
-            return Forwarded::ClientGone;
+        if !c.wbuf.is_empty() {
+            if let Err(end) = emit(c, backlog).await {
+                return end;
+            }
         }
         if done {
             return Forwarded::Complete;
         }
-        match read_body(c, up, framing, read_timeout).await {
-            Ok(false) => {}
-            Ok(true) => {
+        match next_body_bytes(c, up, framing, read_timeout, backlog).await {
+            Ok(None | Some(false)) => {}
+            Ok(Some(true)) => {
                 if mode == ToClient::Rechunk {
                     c.wbuf.extend_from_slice(b"0\r\n\r\n");
-                    if !c.flush().await {
-                        return Forwarded::ClientGone;
+                    if let Err(end) = emit(c, backlog).await {
+                        return end;
                     }
                 }
                 return Forwarded::Complete;
@@ -548,6 +556,182 @@ pub(crate) async fn forward(
             Err(cut) => return cut,
         }
     }
+}
+
+/// Hands `c.wbuf` (emptied) to the client. Without a backlog: written, waiting as long as the
+/// client needs (bounded by `send_timeout`). With one (`proxy_buffering`): written at once as
+/// far as the client takes it, the rest queued behind what waits already; the wait for the
+/// client comes only when the backlog is full.
+async fn emit(c: &mut Conn, backlog: &mut Option<Backlog>) -> Result<(), Forwarded> {
+    let Some(q) = backlog else {
+        return if c.flush().await {
+            Ok(())
+        } else {
+            Err(Forwarded::ClientGone)
+        };
+    };
+    if q.is_empty() {
+        // The fast path: a client that keeps up gets the bytes now, as without buffering.
+        let written = poll_fn(|cx| {
+            let mut n = 0;
+            while n < c.wbuf.len() {
+                match Pin::new(&mut c.stream).poll_write(cx, &c.wbuf[n..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(())),
+                    Poll::Ready(Ok(k)) => n += k,
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                    Poll::Pending => break,
+                }
+            }
+            Poll::Ready(Ok(n))
+        })
+        .await
+        .map_err(|()| Forwarded::ClientGone)?;
+        c.log.sent += written as u64;
+        if c.stream.is_tls() && written > 0 {
+            q.set_unflushed();
+        }
+        if written == c.wbuf.len() {
+            c.wbuf.clear();
+            return Ok(());
+        }
+        c.wbuf.drain(..written);
+        q.client_deadline = Some(tokio::time::Instant::now() + c.timeouts.send);
+    }
+    if let Err(e) = q.push(&mut c.wbuf).await {
+        log::error!("response buffering: writing the temp file failed: {e}");
+        return Err(Forwarded::Cut);
+    }
+    while !q.has_room() {
+        // Memory and file are full: the client must take some first (back-pressure).
+        send_backlog(c, q, None, NO_READ).await?;
+    }
+    Ok(())
+}
+
+/// The read time-out of a [`send_backlog`] that does not read the upstream (unused).
+const NO_READ: std::time::Duration = std::time::Duration::ZERO;
+
+/// What [`send_backlog`] saw.
+enum Waited {
+    /// The client took the memory part of the backlog.
+    Sent,
+    /// The upstream sent bytes (`Ok(n)`, 0 at its end) or failed.
+    Read(std::io::Result<usize>),
+}
+
+/// Writes the backlog to the client and, with `up`, reads the upstream at the same time, until
+/// the memory part is sent or a read completes. `Err(ClientGone)` when the client took nothing
+/// for `send_timeout` (counted from when it last took something, across calls) or failed;
+/// `Err(Cut)` when the temp file failed or the upstream was silent for `read_timeout`.
+async fn send_backlog(
+    c: &mut Conn,
+    q: &mut Backlog,
+    mut up: Option<&mut UpConn>,
+    read_timeout: std::time::Duration,
+) -> Result<Waited, Forwarded> {
+    if q.needs_refill() {
+        if let Err(e) = q.refill().await {
+            log::error!("response buffering: reading the temp file failed: {e}");
+            return Err(Forwarded::Cut);
+        }
+    }
+    let send_timeout = c.timeouts.send;
+    let Conn {
+        stream,
+        ctimer,
+        utimer,
+        log,
+        ..
+    } = c;
+    let mut read_armed = false;
+    let reading = up.is_some() && q.has_room();
+    let waited = poll_fn(|cx| {
+        let mut sent = 0;
+        let polled = q.poll_send(stream, cx, &mut sent);
+        log.sent += sent;
+        match polled {
+            Poll::Ready(Ok(())) => {
+                q.client_deadline = None;
+                return Poll::Ready(Ok(Waited::Sent));
+            }
+            Poll::Ready(Err(_)) => return Poll::Ready(Err(Forwarded::ClientGone)),
+            Poll::Pending => {
+                let now = tokio::time::Instant::now();
+                let deadline = match q.client_deadline {
+                    // Checked here too: while the upstream keeps sending, this wait ends with
+                    // a read every time, before the timer could fire.
+                    Some(d) if sent == 0 && now >= d => {
+                        return Poll::Ready(Err(Forwarded::ClientGone));
+                    }
+                    Some(d) if sent == 0 => d,
+                    _ => {
+                        let d = now + send_timeout;
+                        q.client_deadline = Some(d);
+                        d
+                    }
+                };
+                ctimer.arm_until(deadline);
+            }
+        }
+        if let Some(up) = up.as_deref_mut().filter(|_| reading) {
+            match crate::io::poll_read(&mut up.stream, &mut up.rbuf, cx) {
+                Poll::Ready(r) => return Poll::Ready(Ok(Waited::Read(r))),
+                Poll::Pending if !read_armed => {
+                    utimer.arm(read_timeout);
+                    read_armed = true;
+                }
+                Poll::Pending => {}
+            }
+        }
+        if ctimer.poll_expired(cx).is_ready() {
+            return Poll::Ready(Err(Forwarded::ClientGone));
+        }
+        if read_armed && utimer.poll_expired(cx).is_ready() {
+            log::warn!("upstream silent for {read_timeout:?} in the middle of a response body");
+            return Poll::Ready(Err(Forwarded::Cut));
+        }
+        Poll::Pending
+    })
+    .await?;
+    Ok(waited)
+}
+
+/// Waits for more of the response body: `Ok(Some(ended))` after a read (see [`read_body`]),
+/// `Ok(None)` when only the client took bytes of the backlog meanwhile.
+async fn next_body_bytes(
+    c: &mut Conn,
+    up: &mut UpConn,
+    framing: Body,
+    read_timeout: std::time::Duration,
+    backlog: &mut Option<Backlog>,
+) -> Result<Option<bool>, Forwarded> {
+    let Some(q) = backlog.as_mut().filter(|q| !q.is_empty()) else {
+        return read_body(c, up, framing, read_timeout).await.map(Some);
+    };
+    match send_backlog(c, q, Some(up), read_timeout).await? {
+        Waited::Sent => Ok(None),
+        Waited::Read(Ok(0)) if framing == Body::Close => Ok(Some(true)),
+        Waited::Read(Ok(n)) if n > 0 => Ok(Some(false)),
+        Waited::Read(Ok(_)) => {
+            log::warn!("upstream closed the connection in the middle of a response body");
+            Err(Forwarded::Cut)
+        }
+        Waited::Read(Err(e)) => {
+            log::warn!("reading a response body failed: {e}");
+            Err(Forwarded::Cut)
+        }
+    }
+}
+
+/// Writes what the backlog still holds to the client (after the upstream's answer was read to
+/// its end); false if the client is gone.
+pub(crate) async fn drain_backlog(c: &mut Conn, q: &mut Backlog) -> bool {
+    while !q.is_empty() {
+        if send_backlog(c, q, None, NO_READ).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads more of a response body from `up` into its buffer: `Ok(true)` when a body delimited by
@@ -588,6 +772,7 @@ pub(crate) async fn forward_gzip(
     encoder: crate::gzip::Encoder,
     chunked: bool,
     read_timeout: std::time::Duration,
+    backlog: &mut Option<Backlog>,
 ) -> Forwarded {
     let mut left = match framing {
         Body::Length(n) => n,
@@ -635,14 +820,17 @@ pub(crate) async fn forward_gzip(
                 return Forwarded::Cut;
             }
         }
-        if !c.wbuf.is_empty() && !c.flush().await {
-            return Forwarded::ClientGone;
+        if !c.wbuf.is_empty() {
+            if let Err(end) = emit(c, backlog).await {
+                return end;
+            }
         }
         if ended {
             return Forwarded::Complete;
         }
-        match read_body(c, up, framing, read_timeout).await {
-            Ok(ended) => done = ended,
+        match next_body_bytes(c, up, framing, read_timeout, backlog).await {
+            Ok(None) => {}
+            Ok(Some(ended)) => done = ended,
             Err(cut) => return cut,
         }
     }

@@ -50,6 +50,14 @@ impl LazyTimer {
         }
     }
 
+    /// Sets the deadline to `deadline`.
+    pub fn arm_until(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if self.sleep.deadline() > self.deadline {
+            self.sleep.as_mut().reset(self.deadline);
+        }
+    }
+
     /// Ready once the current deadline has passed.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {

@@ -39,6 +39,7 @@
 
 mod access_log;
 mod body;
+mod buffering;
 mod checks;
 mod choose;
 pub mod config;

@@ -461,6 +461,10 @@ impl Worker {
         c.wbuf.extend_from_slice(b"\r\n");
         c.log.status = resp.status;
         c.log.head += c.wbuf.len() as u64;
+        let mut backlog = snap
+            .buffering
+            .applies(resp.buffering)
+            .then(|| crate::buffering::Backlog::new(&snap.buffering));
         let outcome = match (mode, &snap.gzip) {
             (ToClient::Gzip(chunked), Some(policy)) => {
                 let encoder = policy.encoder();
@@ -471,10 +475,21 @@ impl Worker {
                     encoder,
                     chunked,
                     snap.cfg.proxy_read_timeout,
+                    &mut backlog,
                 )
                 .await
             }
-            _ => body::forward(c, &mut conn, resp.body, mode, snap.cfg.proxy_read_timeout).await,
+            _ => {
+                body::forward(
+                    c,
+                    &mut conn,
+                    resp.body,
+                    mode,
+                    snap.cfg.proxy_read_timeout,
+                    &mut backlog,
+                )
+                .await
+            }
         };
         if !body.complete() {
             // Answered before the whole body was sent: let the client finish
@@ -485,9 +500,16 @@ impl Worker {
         if outcome == Forwarded::Complete && resp.reusable && body.complete() && self.pool.enabled()
         {
             self.pool.put(conn);
+        } else {
+            drop(conn);
         }
         drop(guard);
-        outcome == Forwarded::Complete && !close
+        // The upstream is free (pooled or closed); what its client has not taken yet follows.
+        let delivered = match backlog.as_mut() {
+            Some(q) if outcome == Forwarded::Complete => body::drain_backlog(c, q).await,
+            _ => true,
+        };
+        outcome == Forwarded::Complete && delivered && !close
     }
 }
 

@@ -192,6 +192,8 @@ pub(crate) struct Snapshot {
     pub gzip: Option<crate::gzip::Policy>,
     /// `[[balancer.static]]` locations.
     pub files: crate::files::Locations,
+    /// `proxy_buffering` and its sizes.
+    pub buffering: crate::buffering::Policy,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -334,6 +336,7 @@ impl Snapshot {
         let tls = cfg.tls_acceptor()?;
         let gzip = crate::gzip::Policy::of(&cfg)?;
         let files = crate::files::Locations::of(&cfg.statics);
+        let buffering = crate::buffering::Policy::of(&cfg)?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -370,6 +373,7 @@ impl Snapshot {
             tls,
             gzip,
             files,
+            buffering,
         })
     }
 }

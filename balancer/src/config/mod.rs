@@ -548,6 +548,20 @@ pub struct BalancerConfig {
     /// `Connection: close` and the connection closes after it (nginx's `keepalive_requests` in
     /// `http`; 0 = no limit). Spreads long-lived clients over balancers and frees their buffers.
     pub client_keepalive_requests: u32,
+    /// Buffer responses for clients slower than their upstream (nginx `proxy_buffering`, on
+    /// by default): what the client does not take at once waits in memory (`proxy_buffers`)
+    /// and then in a temp file (`proxy_max_temp_file_size`), so the upstream connection is
+    /// free once the answer is read. An upstream's `X-Accel-Buffering: no|yes` decides for
+    /// its response. Off: the body is passed on as fast as the client takes it.
+    pub proxy_buffering: bool,
+    /// Memory per buffered response, nginx-style `"<number> <size>"` (default `"8 8k"`).
+    pub proxy_buffers: String,
+    /// Largest temp file per buffered response; `0`: memory only.
+    #[serde(with = "units::size")]
+    pub proxy_max_temp_file_size: u64,
+    /// Directory for the temp files (nginx `proxy_temp_path`); default: the system's temp
+    /// directory. The files are unlinked as soon as they are made.
+    pub proxy_temp_path: Option<PathBuf>,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
     pub keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -623,6 +637,10 @@ impl Default for BalancerConfig {
             send_timeout: DEFAULT_CLIENT_TIMEOUT,
             client_keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
             client_keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
+            proxy_buffering: true,
+            proxy_buffers: "8 8k".into(),
+            proxy_max_temp_file_size: 1 << 30,
+            proxy_temp_path: None,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,

@@ -165,6 +165,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         }
     }
     crate::gzip::Policy::of(cfg)?;
+    crate::buffering::Policy::of(cfg)?;
     cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;
     cfg.conn_limit(|| std::sync::Arc::new(crate::connlimit::Table::new()))?;
     if !cfg.sticky_cookie.bytes().all(is_token_byte) {

@@ -35,6 +35,8 @@ pub(crate) struct Response {
     pub reusable: bool,
     /// The body goes to the client gzip-compressed (the head says so already).
     pub gzip: bool,
+    /// The upstream's `X-Accel-Buffering` (`yes`/`no`), which is not passed on.
+    pub buffering: Option<bool>,
 }
 
 /// What `gzip` needs to know of a response's headers.
@@ -161,7 +163,18 @@ pub(crate) fn parse(
         .vary
         .is_some_and(|v| headers::has_token(v, "accept-encoding") || v.trim_ascii() == b"*");
     let keep_length = !compress && (matches!(body, Body::Length(_)) || (body == Body::None && !te));
+    let mut buffering = None;
     for (h, &k) in fields.iter().zip(&kinds) {
+        if k == Kind::Other && h.name.eq_ignore_ascii_case("x-accel-buffering") {
+            // nginx's: for the balancer, not the client.
+            let v = h.value.trim_ascii();
+            if v.eq_ignore_ascii_case(b"no") {
+                buffering = Some(false);
+            } else if v.eq_ignore_ascii_case(b"yes") {
+                buffering = Some(true);
+            }
+            continue;
+        }
         let pass = match k {
             Kind::Other | Kind::Cookie | Kind::Host | Kind::Expect => {
                 !headers::listed_in_connection(connection, h.name)
@@ -209,6 +222,7 @@ pub(crate) fn parse(
         body,
         reusable,
         gzip: compress,
+        buffering,
     })
 }
 
@@ -247,6 +261,20 @@ mod tests {
             false,
         );
         assert!(!r.reusable);
+    }
+
+    #[test]
+    fn x_accel_buffering_is_read_and_not_passed_on() {
+        for (value, expected) in [("no", Some(false)), ("Yes", Some(true)), ("maybe", None)] {
+            let (r, out) = parsed(
+                &format!("HTTP/1.1 200 OK\r\nX-Accel-Buffering: {value}\r\nX-A: 1\r\n\r\n"),
+                false,
+            );
+            assert_eq!(r.buffering, expected, "{value}");
+            assert_eq!(out, "HTTP/1.1 200 OK\r\nX-A: 1\r\n");
+        }
+        let (r, _) = parsed("HTTP/1.1 200 OK\r\n\r\n", false);
+        assert_eq!(r.buffering, None);
     }
 
     #[test]

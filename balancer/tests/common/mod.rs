@@ -190,7 +190,8 @@ async fn answer(
         }
         "text" => {
             // ARG bytes of HTML-like text; the query sets `type` (default text/html), `enc`
-            // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control) and `stream=1` (sent
+            // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control), `xab`
+            // (X-Accel-Buffering) and `stream=1` (sent
             // chunked, in 10,000-byte pieces).
             let n: usize = arg.parse().unwrap_or(0);
             let text = text_body(n);
@@ -225,6 +226,7 @@ async fn answer(
                 ("etag", "etag"),
                 ("vary", "vary"),
                 ("cc", "cache-control"),
+                ("xab", "x-accel-buffering"),
             ] {
                 if let Some(v) = query.get(q) {
                     h.insert(header, v.parse().unwrap());

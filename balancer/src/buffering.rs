@@ -1,0 +1,442 @@
+//! Response buffering (nginx `proxy_buffering on`, its default): a client that reads slower
+//! than the upstream answers does not hold the upstream.
+//!
+//! Without it the body is passed on with back-pressure: the balancer reads from the upstream
+//! only as fast as the client takes, so a slow download keeps the app server's connection (a
+//! Tomcat thread, a `max_conns` slot) busy for as long as the client needs. With it, whatever
+//! the client does not take at once waits in a [`Backlog`]: up to `proxy_buffers` bytes in
+//! memory, the rest in an unlinked temp file of at most `proxy_max_temp_file_size` bytes in
+//! `proxy_temp_path`. The upstream is read on while the client is written to; once its answer
+//! has been read to the end, the upstream connection goes back to the pool and the backlog is
+//! written out to the client under `send_timeout`. When both buffers are full the balancer
+//! waits for the client again (back-pressure, as without buffering), so memory per response
+//! stays bounded and the disk use too.
+//!
+//! A client that keeps up costs nothing more: each write is tried at once, and the backlog is
+//! used only for the bytes a write left behind. An upstream can switch buffering off (or on)
+//! for one response with `X-Accel-Buffering: no` (`yes`), as with nginx (server-sent events,
+//! endless streams); that header does not reach the client.
+//!
+//! File I/O runs on tokio's blocking pool, never on the worker's event loop.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::AsyncWrite;
+
+use crate::config::{BalancerConfig, ConfigError};
+
+/// Bytes read back from the temp file per refill of the memory buffer.
+const REFILL: u64 = 64 * 1024;
+
+/// `proxy_buffering`, `proxy_buffers`, `proxy_max_temp_file_size` and `proxy_temp_path`.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Responses are buffered unless the upstream says `X-Accel-Buffering: no`.
+    pub on: bool,
+    /// Bytes a response may keep in memory for its client.
+    pub memory: usize,
+    /// Largest temp file per response (0: memory only).
+    pub max_file: u64,
+    /// Where temp files are made.
+    pub dir: Arc<Path>,
+}
+
+impl Policy {
+    /// Checks and takes the keys; errors name the key.
+    pub fn of(cfg: &BalancerConfig) -> Result<Self, ConfigError> {
+        let memory = parse_buffers(&cfg.proxy_buffers)
+            .map_err(|m| ConfigError::new("balancer.proxy_buffers", m))?;
+        let dir = match &cfg.proxy_temp_path {
+            Some(p) => {
+                if !p.is_dir() {
+                    return Err(ConfigError::new(
+                        "balancer.proxy_temp_path",
+                        format!("{} is not a directory", p.display()),
+                    ));
+                }
+                p.clone()
+            }
+            None => std::env::temp_dir(),
+        };
+        Ok(Self {
+            on: cfg.proxy_buffering,
+            memory,
+            max_file: cfg.proxy_max_temp_file_size,
+            dir: Arc::from(dir.as_path()),
+        })
+    }
+
+    /// Whether a response is buffered, given its `X-Accel-Buffering` (if any).
+    pub fn applies(&self, upstream_says: Option<bool>) -> bool {
+        upstream_says.unwrap_or(self.on)
+    }
+}
+
+/// nginx's `proxy_buffers <number> <size>` (`"8 8k"`): the memory one response may use, in
+/// bytes (at least one KiB, at most 64 MiB).
+pub(crate) fn parse_buffers(text: &str) -> Result<usize, String> {
+    let mut parts = text.split_ascii_whitespace();
+    let (Some(n), Some(size), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "{text:?}: expected \"<number> <size>\", e.g. \"8 8k\""
+        ));
+    };
+    let n: u64 = n
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{text:?}: {n:?} is not a positive number of buffers"))?;
+    let size = crate::units::parse_size(size).map_err(|e| format!("{text:?}: {e}"))?;
+    let total = n.saturating_mul(size);
+    if !(1024..=64 << 20).contains(&total) {
+        return Err(format!(
+            "{text:?}: {total} bytes in all, expected 1k to 64m"
+        ));
+    }
+    Ok(total as usize)
+}
+
+/// The part of a response its client has not taken yet: the oldest bytes in memory, the
+/// newer ones (when memory is full) in a temp file, in order.
+pub(crate) struct Backlog {
+    /// Bytes to send, from `pos`.
+    mem: Vec<u8>,
+    pos: usize,
+    file: Option<TempFile>,
+    /// No temp file for this response (none allowed, or making or writing one failed).
+    no_file: bool,
+    memory: usize,
+    max_file: u64,
+    dir: Arc<Path>,
+    /// A TLS client's last write may have left records in the stream: flush before done.
+    unflushed: bool,
+    /// Since when the client has taken nothing (`send_timeout` runs from there).
+    pub(crate) client_deadline: Option<tokio::time::Instant>,
+}
+
+/// The temp file: bytes `rpos..wpos` are still to be sent.
+struct TempFile {
+    file: Arc<File>,
+    wpos: u64,
+    rpos: u64,
+}
+
+impl Backlog {
+    pub fn new(policy: &Policy) -> Self {
+        Self {
+            mem: Vec::new(),
+            pos: 0,
+            file: None,
+            no_file: policy.max_file == 0,
+            memory: policy.memory,
+            max_file: policy.max_file,
+            dir: policy.dir.clone(),
+            unflushed: false,
+            client_deadline: None,
+        }
+    }
+
+    fn mem_pending(&self) -> usize {
+        self.mem.len() - self.pos
+    }
+
+    fn file_pending(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.wpos - f.rpos)
+    }
+
+    /// Bytes waiting for the client (memory and file).
+    pub fn pending(&self) -> u64 {
+        self.mem_pending() as u64 + self.file_pending()
+    }
+
+    /// Nothing waits for the client.
+    pub fn is_empty(&self) -> bool {
+        self.pending() == 0 && !self.unflushed
+    }
+
+    /// More of the upstream's answer may be read: memory or the temp file can take it.
+    pub fn has_room(&self) -> bool {
+        if self.file_pending() == 0 && self.mem_pending() < self.memory {
+            return true;
+        }
+        !self.no_file && self.file.as_ref().map_or(0, |f| f.wpos) < self.max_file
+    }
+
+    /// The memory part is sent and the file holds more: [`Backlog::refill`] first.
+    pub fn needs_refill(&self) -> bool {
+        self.mem_pending() == 0 && self.file_pending() > 0
+    }
+
+    /// A write to a TLS client may have left records in the stream.
+    pub fn set_unflushed(&mut self) {
+        self.unflushed = true;
+    }
+
+    /// Queues all of `data` (which is left empty) behind what waits already. Err: the temp file
+    /// that holds earlier bytes could not be written (the answer cannot be completed).
+    pub async fn push(&mut self, data: &mut Vec<u8>) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let to_file = self.file_pending() > 0 || self.mem_pending() + data.len() > self.memory;
+        if to_file && !self.no_file {
+            match self.write_file(data).await {
+                Ok(()) => return Ok(()),
+                Err(e) if self.file_pending() > 0 => return Err(e),
+                Err(e) => {
+                    // Nothing in the file yet: memory keeps the order; back-pressure bounds it.
+                    log::warn!(
+                        "response buffering: no temp file in {}: {e}",
+                        self.dir.display()
+                    );
+                    self.no_file = true;
+                }
+            }
+        }
+        if self.pos == self.mem.len() {
+            self.mem.clear();
+            self.pos = 0;
+        } else if self.pos >= self.mem.len() / 2 {
+            self.mem.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.mem.append(data);
+        Ok(())
+    }
+
+    async fn write_file(&mut self, data: &mut Vec<u8>) -> io::Result<()> {
+        let file = match &self.file {
+            Some(f) => f.file.clone(),
+            None => {
+                let dir = self.dir.clone();
+                let file = Arc::new(run_blocking(move || create(&dir)).await?);
+                self.file = Some(TempFile {
+                    file: file.clone(),
+                    wpos: 0,
+                    rpos: 0,
+                });
+                file
+            }
+        };
+        let Some(at) = self.file.as_ref().map(|f| f.wpos) else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let owned = std::mem::take(data);
+        let (result, mut owned) = run_blocking(move || {
+            let r = file.write_all_at(&owned, at);
+            Ok((r, owned))
+        })
+        .await?;
+        result?;
+        if let Some(f) = &mut self.file {
+            f.wpos += owned.len() as u64;
+        }
+        owned.clear();
+        *data = owned;
+        Ok(())
+    }
+
+    /// Moves the next part of the temp file into memory (call when [`Backlog::needs_refill`]).
+    /// A file read to its end is emptied, so a long download does not grow it.
+    pub async fn refill(&mut self) -> io::Result<()> {
+        let Some(f) = &self.file else { return Ok(()) };
+        let (file, at, n) = (f.file.clone(), f.rpos, (f.wpos - f.rpos).min(REFILL));
+        let emptied = at + n == f.wpos;
+        let mut buf = std::mem::take(&mut self.mem);
+        let (result, buf) = run_blocking(move || {
+            buf.clear();
+            buf.resize(n as usize, 0);
+            let mut r = file.read_exact_at(&mut buf, at);
+            if r.is_ok() && emptied {
+                r = file.set_len(0);
+            }
+            Ok((r, buf))
+        })
+        .await?;
+        self.mem = buf;
+        self.pos = 0;
+        result?;
+        if let Some(f) = &mut self.file {
+            if emptied {
+                f.wpos = 0;
+                f.rpos = 0;
+            } else {
+                f.rpos += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the memory part to `stream` until it is sent (and a TLS stream flushed):
+    /// `Ready(Ok)` then, `Pending` when the client takes no more for now. `sent` counts the
+    /// bytes written.
+    pub fn poll_send<S: AsyncWrite + Unpin>(
+        &mut self,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+        sent: &mut u64,
+    ) -> Poll<io::Result<()>> {
+        while self.pos < self.mem.len() {
+            match Pin::new(&mut *stream).poll_write(cx, &self.mem[self.pos..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.pos += n;
+                    *sent += n as u64;
+                    self.unflushed = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.unflushed {
+            std::task::ready!(Pin::new(&mut *stream).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Runs `f` on the blocking pool.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+}
+
+/// A new temp file in `dir`, unlinked at once (nothing is left behind, whatever happens).
+fn create(dir: &Path) -> io::Result<File> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..8 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("ferrocat-response-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(file);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::ErrorKind::AlreadyExists.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_buffers_is_a_number_and_a_size() {
+        assert_eq!(parse_buffers("8 8k"), Ok(64 * 1024));
+        assert_eq!(parse_buffers(" 4  16k "), Ok(64 * 1024));
+        assert_eq!(parse_buffers("1 1m"), Ok(1 << 20));
+        for bad in [
+            "", "8", "8k", "0 8k", "x 8k", "8 8x", "8 8k 1", "1 512", "1024 1m",
+        ] {
+            assert!(parse_buffers(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn policy(memory: usize, max_file: u64) -> Policy {
+        Policy {
+            on: true,
+            memory,
+            max_file,
+            dir: Arc::from(std::env::temp_dir().as_path()),
+        }
+    }
+
+    /// Drains `b` completely into a Vec, refilling from the file as needed.
+    async fn take_all(b: &mut Backlog) -> Vec<u8> {
+        let mut out = Vec::new();
+        while b.pending() > 0 {
+            if b.needs_refill() {
+                b.refill().await.unwrap();
+            }
+            out.extend_from_slice(&b.mem[b.pos..]);
+            b.pos = b.mem.len();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn bytes_keep_their_order_through_memory_and_the_file() {
+        let mut b = Backlog::new(&policy(1024, 1 << 20));
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        for i in 0..400u32 {
+            let mut part: Vec<u8> = (0..(i % 97 + 1) * 7).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&part);
+            b.push(&mut part).await.unwrap();
+            assert!(part.is_empty());
+            assert!(b.mem_pending() <= 1024 + 97 * 7, "memory stays bounded");
+            if i % 50 == 49 {
+                // The client takes some now and then: memory, then the file, then memory again.
+                if b.needs_refill() {
+                    b.refill().await.unwrap();
+                }
+                got.extend_from_slice(&b.mem[b.pos..]);
+                b.pos = b.mem.len();
+            }
+        }
+        assert!(b.file.is_some(), "the test should have used the file");
+        got.extend(take_all(&mut b).await);
+        assert_eq!(got, expected);
+        assert!(b.is_empty());
+        assert_eq!(
+            b.file.as_ref().map(|f| f.wpos),
+            Some(0),
+            "a drained file is emptied"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_file_only_memory_takes_bytes() {
+        let mut b = Backlog::new(&policy(1024, 0));
+        assert!(b.has_room());
+        b.push(&mut vec![1; 1000]).await.unwrap();
+        assert!(b.has_room());
+        b.push(&mut vec![2; 100]).await.unwrap();
+        assert!(!b.has_room(), "memory is full and there is no file");
+        assert!(b.file.is_none());
+        assert_eq!(b.pending(), 1100);
+    }
+
+    #[tokio::test]
+    async fn the_file_is_bounded_by_max_temp_file_size() {
+        let mut b = Backlog::new(&policy(1024, 4096));
+        b.push(&mut vec![1; 1024]).await.unwrap();
+        while b.has_room() {
+            b.push(&mut vec![2; 1000]).await.unwrap();
+        }
+        // Room is checked before a read: the file ends at most one write past the bound.
+        assert_eq!(b.file.as_ref().map(|f| f.wpos), Some(5000));
+        assert_eq!(take_all(&mut b).await.len(), 6024);
+        assert!(b.has_room());
+    }
+
+    #[tokio::test]
+    async fn an_unusable_temp_directory_falls_back_to_memory() {
+        let mut p = policy(16, 1 << 20);
+        p.dir = Arc::from(Path::new("/nonexistent/ferrocat"));
+        let mut b = Backlog::new(&p);
+        b.push(&mut vec![1; 10]).await.unwrap();
+        b.push(&mut vec![2; 10]).await.unwrap();
+        assert!(!b.has_room());
+        assert_eq!(take_all(&mut b).await, [[1u8; 10], [2u8; 10]].concat());
+    }
+}
