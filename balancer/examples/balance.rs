@@ -46,6 +46,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
         gzip: std::env::var_os("GZIP").is_some(),
         http2: std::env::var_os("H2").is_some(),
+        proxy_buffering: std::env::var_os("PROXY_BUFFERING").is_none_or(|v| v != "0"),
+        proxy_temp_path: std::env::var_os("PROXY_TEMP_PATH").map(Into::into),
         statics: std::env::var_os("STATIC_DIR")
             .map(|dir| {
                 let mut st = ferrocat_balancer::StaticConfig::root("/static/", dir);

@@ -34,6 +34,8 @@ use crate::config::{BalancerConfig, ConfigError};
 
 /// Bytes read back from the temp file per refill of the memory buffer.
 const REFILL: u64 = 64 * 1024;
+/// Bytes bound for the temp file are gathered up to this size and written in one go.
+const STAGE: usize = 64 * 1024;
 
 /// `proxy_buffering`, `proxy_buffers`, `proxy_max_temp_file_size` and `proxy_temp_path`.
 #[derive(Debug, Clone)]
@@ -103,13 +105,16 @@ pub(crate) fn parse_buffers(text: &str) -> Result<usize, String> {
     Ok(total as usize)
 }
 
-/// The part of a response its client has not taken yet: the oldest bytes in memory, the
-/// newer ones (when memory is full) in a temp file, in order.
+/// The part of a response its client has not taken yet, in order: the oldest bytes in memory,
+/// the newer ones (when memory is full) in a temp file, the newest gathered for the next write
+/// to the file.
 pub(crate) struct Backlog {
     /// Bytes to send, from `pos`.
     mem: Vec<u8>,
     pos: usize,
     file: Option<TempFile>,
+    /// Bytes behind the file's, not written yet (at most [`STAGE`]; with `no_file`, they stay).
+    staged: Vec<u8>,
     /// No temp file for this response (none allowed, or making or writing one failed).
     no_file: bool,
     memory: usize,
@@ -134,6 +139,7 @@ impl Backlog {
             mem: Vec::new(),
             pos: 0,
             file: None,
+            staged: Vec::new(),
             no_file: policy.max_file == 0,
             memory: policy.memory,
             max_file: policy.max_file,
@@ -151,9 +157,14 @@ impl Backlog {
         self.file.as_ref().map_or(0, |f| f.wpos - f.rpos)
     }
 
-    /// Bytes waiting for the client (memory and file).
+    /// Bytes behind the memory part: in the file and staged for it.
+    fn behind(&self) -> u64 {
+        self.file_pending() + self.staged.len() as u64
+    }
+
+    /// Bytes waiting for the client.
     pub fn pending(&self) -> u64 {
-        self.mem_pending() as u64 + self.file_pending()
+        self.mem_pending() as u64 + self.behind()
     }
 
     /// Nothing waits for the client.
@@ -163,15 +174,16 @@ impl Backlog {
 
     /// More of the upstream's answer may be read: memory or the temp file can take it.
     pub fn has_room(&self) -> bool {
-        if self.file_pending() == 0 && self.mem_pending() < self.memory {
+        if self.behind() == 0 && self.mem_pending() < self.memory {
             return true;
         }
-        !self.no_file && self.file.as_ref().map_or(0, |f| f.wpos) < self.max_file
+        let file_size = self.file.as_ref().map_or(0, |f| f.wpos) + self.staged.len() as u64;
+        !self.no_file && file_size < self.max_file
     }
 
-    /// The memory part is sent and the file holds more: [`Backlog::refill`] first.
+    /// The memory part is sent and more waits behind it: [`Backlog::refill`] first.
     pub fn needs_refill(&self) -> bool {
-        self.mem_pending() == 0 && self.file_pending() > 0
+        self.mem_pending() == 0 && self.behind() > 0
     }
 
     /// A write to a TLS client may have left records in the stream.
@@ -185,33 +197,69 @@ impl Backlog {
         if data.is_empty() {
             return Ok(());
         }
-        let to_file = self.file_pending() > 0 || self.mem_pending() + data.len() > self.memory;
-        if to_file && !self.no_file {
-            match self.write_file(data).await {
-                Ok(()) => return Ok(()),
-                Err(e) if self.file_pending() > 0 => return Err(e),
-                Err(e) => {
-                    // Nothing in the file yet: memory keeps the order; back-pressure bounds it.
-                    log::warn!(
-                        "response buffering: no temp file in {}: {e}",
-                        self.dir.display()
-                    );
-                    self.no_file = true;
-                }
+        let behind = self.behind() > 0;
+        if behind || self.mem_pending() + data.len() > self.memory {
+            if self.no_file && !behind {
+                // Memory only: over its bound by one read at most, as `has_room` stops reads.
+                self.append_mem(data);
+                return Ok(());
             }
+            if !self.staged.is_empty() && self.staged.len() + data.len() > STAGE {
+                self.flush_stage().await?;
+            }
+            if self.staged.capacity() == 0 {
+                self.staged.reserve_exact(STAGE.max(data.len()));
+            }
+            self.staged.append(data);
+            if self.staged.len() >= STAGE {
+                self.flush_stage().await?;
+            }
+            return Ok(());
         }
-        if self.pos == self.mem.len() {
-            self.mem.clear();
-            self.pos = 0;
-        } else if self.pos >= self.mem.len() / 2 {
-            self.mem.drain(..self.pos);
-            self.pos = 0;
-        }
-        self.mem.append(data);
+        self.append_mem(data);
         Ok(())
     }
 
-    async fn write_file(&mut self, data: &mut Vec<u8>) -> io::Result<()> {
+    /// Writes the staged bytes to the file, if a file may be used. Err only when the file
+    /// already holds earlier bytes; before that, a failure leaves the staged bytes in memory,
+    /// in order, and back-pressure bounds them from then on.
+    async fn flush_stage(&mut self) -> io::Result<()> {
+        if self.no_file {
+            return Ok(());
+        }
+        match self.write_staged().await {
+            Ok(()) => Ok(()),
+            Err(e) if self.file_pending() > 0 => Err(e),
+            Err(e) => {
+                log::warn!(
+                    "response buffering: no temp file in {}: {e}",
+                    self.dir.display()
+                );
+                self.no_file = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn append_mem(&mut self, data: &mut Vec<u8>) {
+        if self.pos == self.mem.len() {
+            self.mem.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.mem.len() + data.len() > self.mem.capacity() {
+            // Room from the sent part rather than a larger allocation.
+            self.mem.drain(..self.pos);
+            self.pos = 0;
+        }
+        if self.mem.capacity() == 0 {
+            self.mem
+                .reserve_exact(self.memory.min(STAGE).max(data.len()));
+        }
+        self.mem.append(data);
+    }
+
+    /// Writes the staged bytes at the end of the file (made on first use); on error they stay
+    /// staged.
+    async fn write_staged(&mut self) -> io::Result<()> {
         let file = match &self.file {
             Some(f) => f.file.clone(),
             None => {
@@ -228,31 +276,40 @@ impl Backlog {
         let Some(at) = self.file.as_ref().map(|f| f.wpos) else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let owned = std::mem::take(data);
+        let owned = std::mem::take(&mut self.staged);
+        let len = owned.len() as u64;
         let (result, mut owned) = run_blocking(move || {
             let r = file.write_all_at(&owned, at);
             Ok((r, owned))
         })
         .await?;
-        result?;
-        if let Some(f) = &mut self.file {
-            f.wpos += owned.len() as u64;
+        if result.is_ok() {
+            if let Some(f) = &mut self.file {
+                f.wpos += len;
+            }
+            owned.clear();
         }
-        owned.clear();
-        *data = owned;
-        Ok(())
+        self.staged = owned;
+        result
     }
 
     /// Moves the next part of the temp file into memory (call when [`Backlog::needs_refill`]).
     /// A file read to its end is emptied, so a long download does not grow it.
     pub async fn refill(&mut self) -> io::Result<()> {
-        let Some(f) = &self.file else { return Ok(()) };
+        let Some(f) = self.file.as_ref().filter(|f| f.wpos > f.rpos) else {
+            // All that waits is staged: it becomes the memory part as it is.
+            std::mem::swap(&mut self.mem, &mut self.staged);
+            self.staged.clear();
+            self.pos = 0;
+            return Ok(());
+        };
         let (file, at, n) = (f.file.clone(), f.rpos, (f.wpos - f.rpos).min(REFILL));
         let emptied = at + n == f.wpos;
         let mut buf = std::mem::take(&mut self.mem);
+        buf.clear();
+        // Allocated here, not on the blocking thread (whose allocator heap would keep it).
+        buf.resize(n as usize, 0);
         let (result, buf) = run_blocking(move || {
-            buf.clear();
-            buf.resize(n as usize, 0);
             let mut r = file.read_exact_at(&mut buf, at);
             if r.is_ok() && emptied {
                 r = file.set_len(0);
@@ -374,16 +431,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bytes_keep_their_order_through_memory_and_the_file() {
-        let mut b = Backlog::new(&policy(1024, 1 << 20));
+    async fn bytes_keep_their_order_through_memory_the_file_and_the_stage() {
+        let mut b = Backlog::new(&policy(1024, 64 << 20));
         let mut expected = Vec::new();
         let mut got = Vec::new();
+        let mut used_file = false;
         for i in 0..400u32 {
-            let mut part: Vec<u8> = (0..(i % 97 + 1) * 7).map(|j| (i + j) as u8).collect();
+            let mut part: Vec<u8> = (0..(i % 97 + 1) * 70).map(|j| (i + j) as u8).collect();
             expected.extend_from_slice(&part);
             b.push(&mut part).await.unwrap();
             assert!(part.is_empty());
-            assert!(b.mem_pending() <= 1024 + 97 * 7, "memory stays bounded");
+            assert!(b.mem_pending() <= 1024 + 97 * 70, "memory stays bounded");
+            assert!(b.staged.len() < STAGE + 97 * 70, "so does the stage");
+            used_file |= b.file_pending() > 0;
             if i % 50 == 49 {
                 // The client takes some now and then: memory, then the file, then memory again.
                 if b.needs_refill() {
@@ -393,9 +453,9 @@ mod tests {
                 b.pos = b.mem.len();
             }
         }
-        assert!(b.file.is_some(), "the test should have used the file");
+        assert!(used_file, "the test should have used the file");
         got.extend(take_all(&mut b).await);
-        assert_eq!(got, expected);
+        assert!(got == expected, "the order changed");
         assert!(b.is_empty());
         assert_eq!(
             b.file.as_ref().map(|f| f.wpos),
@@ -418,14 +478,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_file_is_bounded_by_max_temp_file_size() {
-        let mut b = Backlog::new(&policy(1024, 4096));
+        let mut b = Backlog::new(&policy(1024, 256 * 1024));
         b.push(&mut vec![1; 1024]).await.unwrap();
+        let mut pushed = 1024;
         while b.has_room() {
-            b.push(&mut vec![2; 1000]).await.unwrap();
+            b.push(&mut vec![2; 10_000]).await.unwrap();
+            pushed += 10_000;
         }
-        // Room is checked before a read: the file ends at most one write past the bound.
-        assert_eq!(b.file.as_ref().map(|f| f.wpos), Some(5000));
-        assert_eq!(take_all(&mut b).await.len(), 6024);
+        // Room is checked before a read: the file ends at most one read past the bound.
+        let size = b.file.as_ref().map_or(0, |f| f.wpos) + b.staged.len() as u64;
+        assert!((256 * 1024..256 * 1024 + 10_000).contains(&size), "{size}");
+        assert!(b.file_pending() > 0, "written to the file");
+        assert_eq!(take_all(&mut b).await.len(), pushed);
         assert!(b.has_room());
     }
 
@@ -435,8 +499,16 @@ mod tests {
         p.dir = Arc::from(Path::new("/nonexistent/ferrocat"));
         let mut b = Backlog::new(&p);
         b.push(&mut vec![1; 10]).await.unwrap();
-        b.push(&mut vec![2; 10]).await.unwrap();
+        b.push(&mut vec![2; STAGE]).await.unwrap();
+        assert!(b.no_file, "the write should have failed");
         assert!(!b.has_room());
-        assert_eq!(take_all(&mut b).await, [[1u8; 10], [2u8; 10]].concat());
+        b.push(&mut vec![3; 10]).await.unwrap();
+        let mut expected = vec![1u8; 10];
+        expected.extend(vec![2u8; STAGE]);
+        expected.extend([3u8; 10]);
+        assert!(
+            take_all(&mut b).await == expected,
+            "bytes lost or reordered"
+        );
     }
 }

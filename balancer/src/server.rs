@@ -120,6 +120,9 @@ pub(crate) async fn bind(
     Ok(out)
 }
 
+/// Threads of a worker's blocking pool (file I/O).
+const BLOCKING_THREADS: usize = 32;
+
 /// Runs one worker on the current thread until stopped.
 pub(crate) fn run_worker(
     listener: std::net::TcpListener,
@@ -129,6 +132,10 @@ pub(crate) fn run_worker(
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // File I/O (static files, temp files) runs here; as nginx's default `thread_pool`
+        // (32 threads), not tokio's 512: many slow clients queue their file writes instead
+        // of each holding a thread with its stack and allocator heap.
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
