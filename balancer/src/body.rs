@@ -226,8 +226,9 @@ async fn continue_if_expected(c: &mut Conn, req: &Request) -> bool {
     true
 }
 
-/// Reads the start of the request body (all of it when it may be buffered).
-pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
+/// Reads the start of the request body (all of it when it may be buffered; with
+/// `buffer_all`, nginx's `proxy_request_buffering on`, every body whose size is bounded).
+pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64, buffer_all: bool) -> Intake {
     c.body.clear();
     match req.framing {
         Framing::None => Intake::Body(ReqBody::Buffered),
@@ -242,6 +243,9 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
                 return Intake::Gone;
             }
             if n > REPLAY_LIMIT {
+                if buffer_all {
+                    return read_length_in_full(c, n).await;
+                }
                 return Intake::Body(ReqBody::Length { left: n });
             }
             let n = n as usize;
@@ -288,6 +292,57 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64) -> Intake {
                     return end;
                 }
             }
+        }
+    }
+}
+
+/// Reads a whole `Content-Length` body of `n` bytes before any upstream is contacted
+/// (`proxy_request_buffering`): up to [`MEMORY_LIMIT`] into `c.body`, the rest into a temp
+/// file. A slow upload then costs the upstream nothing until it is complete, and the body can be
+/// sent again on a retry. Without a temp file the body streams, as with buffering off.
+async fn read_length_in_full(c: &mut Conn, n: u64) -> Intake {
+    let mut spool = None;
+    if n > MEMORY_LIMIT {
+        match Spool::create().await {
+            Ok(s) => spool = Some(s),
+            Err(e) => {
+                log::warn!("cannot create a temp file for a request body, streaming it: {e}");
+                return Intake::Body(ReqBody::Length { left: n });
+            }
+        }
+    }
+    let in_memory = n.min(MEMORY_LIMIT) as usize;
+    let mut left = n - in_memory as u64;
+    loop {
+        let take = c.rbuf.len().min(in_memory - c.body.len());
+        c.body.extend_from_slice(&c.rbuf[..take]);
+        c.rbuf.advance(take);
+        if let Some(spool) = spool.as_mut().filter(|_| c.body.len() == in_memory) {
+            let take = (c.rbuf.len() as u64).min(left) as usize;
+            if take > 0 {
+                if let Err(e) = spool.write(&c.rbuf[..take]).await {
+                    log::warn!("writing a request body to its temp file failed: {e}");
+                    return Intake::Gone;
+                }
+                c.rbuf.advance(take);
+                left -= take as u64;
+            }
+        }
+        if c.body.len() == in_memory && left == 0 {
+            break;
+        }
+        if let Err(end) = read_body_part(c).await {
+            return end;
+        }
+    }
+    match spool {
+        None => Intake::Body(ReqBody::Buffered),
+        Some(mut spool) => {
+            if let Err(e) = spool.finish().await {
+                log::warn!("writing a request body to its temp file failed: {e}");
+                return Intake::Gone;
+            }
+            Intake::Body(ReqBody::Spooled(spool))
         }
     }
 }

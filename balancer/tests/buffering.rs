@@ -278,12 +278,13 @@ fn buffering_keys_are_read_from_toml_and_bad_ones_name_their_key() {
     };
     let cfg = parse("");
     assert!(cfg.proxy_buffering, "on by default, as nginx");
+    assert!(cfg.proxy_request_buffering, "on by default, as nginx");
     assert_eq!(cfg.proxy_max_temp_file_size, 1 << 30);
     let cfg = parse(&format!(
-        "proxy_buffering = false\nproxy_buffers = \"4 16k\"\nproxy_max_temp_file_size = \"0\"\nproxy_temp_path = \"{d}\""
+        "proxy_buffering = false\nproxy_request_buffering = false\nproxy_buffers = \"4 16k\"\nproxy_max_temp_file_size = \"0\"\nproxy_temp_path = \"{d}\""
     ));
     assert!(cfg.validate().is_ok());
-    assert!(!cfg.proxy_buffering);
+    assert!(!cfg.proxy_buffering && !cfg.proxy_request_buffering);
     assert_eq!(cfg.proxy_max_temp_file_size, 0);
     for (extra, key) in [
         ("proxy_buffers = \"8\"", "proxy_buffers"),
@@ -303,4 +304,63 @@ fn buffering_keys_are_read_from_toml_and_bad_ones_name_their_key() {
         err.to_string().contains("proxy_max_temp_file_size"),
         "{err}"
     );
+}
+
+/// Sends the head of a `Content-Length` upload of `size` bytes and its first `first` bytes;
+/// the rest is sent by the caller.
+async fn start_upload(base: &str, size: usize, first: usize) -> TcpStream {
+    let mut s = TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(&vec![7u8; first]).await.unwrap();
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_reaches_the_upstream_only_once_complete() {
+    let _serial = SERIAL.lock().await;
+    const SIZE: usize = 3 << 20;
+    for buffered in [true, false] {
+        let a = Upstream::start("a").await;
+        let mut cfg = config(&[&a]);
+        cfg.client_max_body_size = 64 << 20;
+        cfg.proxy_request_buffering = buffered;
+        let (h, base) = start(cfg).await;
+        // Two thirds of the body, then a pause, as a slow mobile upload.
+        let mut s = start_upload(&base, SIZE, 2 << 20).await;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if buffered {
+            assert_eq!(
+                a.hits(),
+                0,
+                "the upstream was contacted before the body was complete"
+            );
+        } else {
+            assert_eq!(a.hits(), 1, "without request buffering the body streams");
+        }
+        s.write_all(&vec![7u8; SIZE - (2 << 20)]).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&answer).ends_with(&SIZE.to_string()) {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+                answer.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("no answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert_eq!(
+            (a.hits(), a.posts.load(std::sync::atomic::Ordering::SeqCst)),
+            (1, 1)
+        );
+        h.stop(true).await;
+    }
 }

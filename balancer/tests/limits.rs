@@ -228,8 +228,10 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     let mut cfg = ferrocat_balancer::BalancerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 1,
-        // No limit: both bodies are streamed to the upstream as they arrive.
+        // No limit and no request buffering: both bodies are streamed to the upstream as
+        // they arrive.
         client_max_body_size: 0,
+        proxy_request_buffering: false,
         upstream: vec![ferrocat_balancer::UpstreamConfig::new(up_addr.to_string())],
         ..ferrocat_balancer::BalancerConfig::default()
     };
@@ -270,7 +272,8 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     h.stop(false).await;
 
     // Under a large limit a chunked body is taken in first (the part past 1 MiB in a temp file)
-    // and then sent: the early answer comes through as well.
+    // and then sent, and so is a `Content-Length` one (`proxy_request_buffering`, the
+    // default): the early answer comes through as well.
     let mut cfg = ferrocat_balancer::BalancerConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         workers: 1,
@@ -290,6 +293,15 @@ async fn an_upstream_answering_before_the_whole_body_is_passed_on() {
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
     assert!(answer.ends_with("too large"), "{answer:?}");
     assert_eq!(uploads.load(Ordering::SeqCst), 3);
+    let answer = upload(
+        &addr,
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 8388608\r\n\r\n",
+        big,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert!(answer.ends_with("too large"), "{answer:?}");
+    assert_eq!(uploads.load(Ordering::SeqCst), 4);
     h.stop(false).await;
 }
 

@@ -554,6 +554,13 @@ pub struct BalancerConfig {
     /// free once the answer is read. An upstream's `X-Accel-Buffering: no|yes` decides for
     /// its response. Off: the body is passed on as fast as the client takes it.
     pub proxy_buffering: bool,
+    /// Read a request body in full before the upstream is contacted (nginx
+    /// `proxy_request_buffering`, on by default): up to 1 MiB in memory, the rest in an unlinked
+    /// temp file in the system's temp directory. A slow upload then holds no upstream
+    /// connection, and the body can be sent again on a retry. Off: bodies over 64 KiB with a
+    /// `Content-Length` stream to the upstream as they arrive (chunked ones are read in full
+    /// whenever `client_max_body_size` bounds them, so that an oversized one gets 413 first).
+    pub proxy_request_buffering: bool,
     /// Memory per buffered response, nginx-style `"<number> <size>"` (default `"8 8k"`).
     pub proxy_buffers: String,
     /// Largest temp file per buffered response; `0`: memory only.
@@ -638,6 +645,7 @@ impl Default for BalancerConfig {
             client_keepalive_timeout: DEFAULT_CLIENT_KEEPALIVE_TIMEOUT,
             client_keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             proxy_buffering: true,
+            proxy_request_buffering: true,
             proxy_buffers: "8 8k".into(),
             proxy_max_temp_file_size: 1 << 30,
             proxy_temp_path: None,
