@@ -488,7 +488,8 @@ async fn one_request(
                         file.note(i, &path, v);
                     }
                 }
-                let pool = snap.pool_for(&path);
+                let pool =
+                    snap.pool_for(v.header("host").and_then(crate::redirect::host_name), &path);
                 match &snap.pools[pool].hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),

@@ -155,7 +155,7 @@ pub(crate) fn to_https(
 
 /// The name part of a `Host` value (`shop.example`, `10.0.0.1`, `[::1]`), without its port;
 /// `None` if it holds anything else.
-fn host_name(value: &[u8]) -> Option<&[u8]> {
+pub(crate) fn host_name(value: &[u8]) -> Option<&[u8]> {
     let value = value.trim_ascii();
     let (name, port) = if value.first() == Some(&b'[') {
         let end = value.iter().position(|&b| b == b']')?;

@@ -142,6 +142,78 @@ pub(crate) struct Pool {
     pub strip_prefix: Option<String>,
     /// The pool's `client_max_body_size` (the balancer's unless it sets one).
     pub max_body: u64,
+    /// Its `paths`: these patterns of [`Snapshot::pool_paths`] (none: any path).
+    pub paths: std::ops::Range<usize>,
+    /// Its `hosts` (none: any host).
+    pub hosts: Option<Hosts>,
+}
+
+/// A pool's `hosts` (nginx `server_name`): exact names and wildcards (`*.shop.example`: any
+/// name under it, `www.shop.example` and `a.b.shop.example`, as nginx), compared without case.
+#[derive(Debug, Default)]
+pub(crate) struct Hosts {
+    exact: Vec<String>,
+    /// `*.shop.example` as `shop.example`.
+    wildcard: Vec<String>,
+}
+
+#[cfg(test)]
+mod host_tests {
+    #[test]
+    fn hosts_match_exact_names_and_wildcards_without_case() {
+        let hosts = super::Hosts::of(&["shop.example".into(), "*.Shop.Example".into()]).unwrap();
+        for yes in [
+            "shop.example",
+            "SHOP.example",
+            "www.shop.example",
+            "a.b.shop.example",
+        ] {
+            assert!(hosts.matches(yes.as_bytes()), "{yes}");
+        }
+        for no in [
+            "example",
+            "xshop.example",
+            ".shop.example",
+            "shop.example.com",
+            "shop",
+        ] {
+            assert!(!hosts.matches(no.as_bytes()), "{no}");
+        }
+        assert!(super::Hosts::of(&[]).is_none());
+    }
+}
+
+impl Hosts {
+    fn of(names: &[String]) -> Option<Self> {
+        if names.is_empty() {
+            return None;
+        }
+        let mut hosts = Self::default();
+        for n in names {
+            match n.strip_prefix("*.") {
+                Some(parent) => hosts.wildcard.push(parent.to_ascii_lowercase()),
+                None => hosts.exact.push(n.to_ascii_lowercase()),
+            }
+        }
+        Some(hosts)
+    }
+
+    /// Whether the host name `name` (no port) is one of these.
+    pub fn matches(&self, name: &[u8]) -> bool {
+        if self
+            .exact
+            .iter()
+            .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        {
+            return true;
+        }
+        self.wildcard.iter().any(|parent| {
+            let p = parent.as_bytes();
+            name.len() > p.len() + 1
+                && name[name.len() - p.len() - 1] == b'.'
+                && name[name.len() - p.len()..].eq_ignore_ascii_case(p)
+        })
+    }
 }
 
 /// Everything a request needs, derived from one config; swapped whole on reload.
@@ -158,8 +230,6 @@ pub(crate) struct Snapshot {
     pub pools: Vec<Pool>,
     /// Every pool's `paths`, in config order (empty without pools).
     pub pool_paths: RegexSet,
-    /// For each pattern of `pool_paths`, its pool's index in `pools`.
-    pub pool_of_path: Vec<usize>,
     /// `deny` patterns.
     pub deny: RegexSet,
     /// Who may read the status page.
@@ -233,17 +303,24 @@ impl RetryPolicy {
 }
 
 impl Snapshot {
-    /// The pool a request for `path` goes to: the first `[[balancer.pool]]` with a matching
-    /// path regex, else the default pool (0).
-    pub fn pool_for(&self, path: &str) -> usize {
-        if self.pool_of_path.is_empty() {
+    /// The pool a request for `path` on `host` (the `Host` name without its port, if it is
+    /// one) goes to: the first `[[balancer.pool]]` whose `hosts` (if any) name the host and
+    /// whose `paths` (if any) match the path, else the default pool (0).
+    pub fn pool_for(&self, host: Option<&[u8]>, path: &str) -> usize {
+        if self.pools.len() < 2 {
             return 0;
         }
-        self.pool_paths
-            .matches(path)
-            .iter()
-            .next()
-            .map_or(0, |i| self.pool_of_path[i])
+        let matched = (!self.pool_paths.is_empty()).then(|| self.pool_paths.matches(path));
+        let found = self.pools.iter().enumerate().skip(1).find(|(_, p)| {
+            p.hosts
+                .as_ref()
+                .is_none_or(|h| host.is_some_and(|name| h.matches(name)))
+                && (p.paths.is_empty()
+                    || matched
+                        .as_ref()
+                        .is_some_and(|m| p.paths.clone().any(|j| m.matched(j))))
+        });
+        found.map_or(0, |(i, _)| i)
     }
 
     /// Validates `cfg` and builds a snapshot, reusing upstreams of `prev` whose config is unchanged
@@ -267,6 +344,7 @@ impl Snapshot {
             .filter_map(|(i, u)| u.cfg.route.clone().map(|r| (r, i)))
             .collect();
         let names = std::iter::once(None).chain(cfg.pool.iter().map(|p| Some(p.name.as_str())));
+        let mut first_path = 0;
         let pools = names
             .enumerate()
             .map(|(p, name)| {
@@ -284,7 +362,11 @@ impl Snapshot {
                 };
                 let (primary, backup) = (group(false), group(true));
                 let named = name.and_then(|n| cfg.pool.iter().find(|c| c.name == n));
+                let paths = named.map_or(0, |c| c.paths.len());
+                first_path += paths;
                 Pool {
+                    paths: first_path - paths..first_path,
+                    hosts: named.and_then(|c| Hosts::of(&c.hosts)),
                     strip_prefix: named.and_then(|c| c.strip_prefix.clone()),
                     max_body: named
                         .and_then(|c| c.client_max_body_size)
@@ -295,12 +377,6 @@ impl Snapshot {
                     hash_key: (method == Method::Hash).then(|| HashKey::parse(hash_key)),
                 }
             })
-            .collect();
-        let pool_of_path = cfg
-            .pool
-            .iter()
-            .enumerate()
-            .flat_map(|(i, p)| p.paths.iter().map(move |_| i + 1))
             .collect();
         let pool_paths = RegexSet::new(cfg.pool.iter().flat_map(|p| p.paths.iter()))
             .map_err(|e| ConfigError::new("balancer.pool", e.to_string()))?;
@@ -356,7 +432,6 @@ impl Snapshot {
             routes,
             pools,
             pool_paths,
-            pool_of_path,
             deny,
             status_allow,
             access,

@@ -2,7 +2,8 @@
 //! blocks): a request goes to the first pool whose path regexes match, with that pool's method,
 //! else to the upstreams without `pool`; sticky routes bind only inside the request's pool; a
 //! pool that is all down answers 502 rather than spilling into another; a reload moves paths;
-//! a bad pool entry is a config error naming it.
+//! a bad pool entry is a config error naming it; `hosts` choose pools by the `Host` (nginx's
+//! `server_name`).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -247,6 +248,14 @@ async fn a_bad_pool_entry_is_a_config_error_naming_it() {
             "balancer.pool[0].paths",
         ),
         (
+            Box::new(|c| c.pool[0].hosts = vec!["shop.example".into(), "shop example".into()]),
+            "balancer.pool[0].hosts[1]",
+        ),
+        (
+            Box::new(|c| c.pool[0].hosts = vec!["shop.*".into()]),
+            "balancer.pool[0].hosts[0]",
+        ),
+        (
             Box::new(|c| c.pool.push(PoolConfig::new("static", &["^/x"]))),
             "balancer.pool[1].name",
         ),
@@ -333,4 +342,73 @@ async fn a_pool_strips_its_prefix_and_has_its_own_body_limit() {
         e.to_string().starts_with("balancer.pool[0].strip_prefix:"),
         "{e}"
     );
+}
+
+/// GETs `path` with `Host: host` (raw, so the header is exactly that): which upstream answered.
+async fn upstream_for(base: &str, host: Option<&str>, path: &str) -> String {
+    let host = host.map_or(String::new(), |h| format!("Host: {h}\r\n"));
+    let version = if host.is_empty() { "1.0" } else { "1.1" };
+    let raw = common::raw_exchange(
+        base,
+        format!("GET {path} HTTP/{version}\r\n{host}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    raw.lines()
+        .find_map(|l| l.strip_prefix("x-upstream: "))
+        .unwrap_or_else(|| panic!("no x-upstream in {raw}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_choose_the_pool_as_nginx_server_name_does() {
+    let app = Upstream::start("app1").await;
+    let shop = Upstream::start("shop1").await;
+    let shop_api = Upstream::start("shopapi1").await;
+    let mut cfg = config(&[&app, &shop, &shop_api]);
+    cfg.upstream[1].pool = Some("shop".into());
+    cfg.upstream[2].pool = Some("shop-api".into());
+    cfg.pool = vec![
+        // First in config order: the shop's API, by host and path.
+        PoolConfig {
+            hosts: vec!["shop.example".into()],
+            ..PoolConfig::new("shop-api", &["^/api/"])
+        },
+        // Every other path of the shop and its subdomains: by host alone.
+        PoolConfig {
+            hosts: vec!["shop.example".into(), "*.shop.example".into()],
+            ..PoolConfig::new("shop", &[])
+        },
+    ];
+    let (h, base) = start(cfg).await;
+    for (host, path, expected) in [
+        (Some("shop.example"), "/api/cart", "shopapi1"),
+        (Some("shop.example:8080"), "/cart", "shop1"),
+        (Some("SHOP.Example"), "/", "shop1"),
+        (Some("www.shop.example"), "/api/cart", "shop1"),
+        (Some("a.b.shop.example"), "/x", "shop1"),
+        (Some("blog.example"), "/api/cart", "app1"),
+        (Some("xshop.example"), "/", "app1"),
+        (Some("[::1]:8080"), "/", "app1"),
+        (None, "/api/cart", "app1"),
+    ] {
+        assert_eq!(
+            upstream_for(&base, host, path).await,
+            expected,
+            "Host {host:?}, {path}"
+        );
+    }
+    h.stop(true).await;
+}
+
+#[test]
+fn a_pool_may_name_hosts_without_paths_in_toml() {
+    let cfg: BalancerConfig = toml::from_str(
+        "[[upstream]]\naddress = \"127.0.0.1:1\"\npool = \"shop\"\n[[upstream]]\naddress = \"127.0.0.1:2\"\n\
+         [[pool]]\nname = \"shop\"\nhosts = [\"shop.example\", \"*.shop.example\"]\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.validate(), Ok(()));
+    assert!(cfg.pool[0].paths.is_empty());
+    assert_eq!(cfg.pool[0].hosts, ["shop.example", "*.shop.example"]);
 }

@@ -278,8 +278,16 @@ pub struct PoolConfig {
     /// What upstreams name in their `pool` key.
     pub name: String,
     /// Path regexes (the path without the query, as `deny`); the first pool in config order
-    /// with a matching one takes the request.
+    /// with a matching one (and a matching host, with `hosts`) takes the request. Empty: any
+    /// path on its `hosts`.
+    #[serde(default)]
     pub paths: Vec<String>,
+    /// Host names (nginx `server_name`: exact, or a wildcard `*.shop.example` for any name
+    /// under it),
+    /// compared with the request's `Host` without its port and without case; the pool takes
+    /// only requests for these hosts. Empty: any host.
+    #[serde(default)]
+    pub hosts: Vec<String>,
     /// Selection method inside this pool; default: `balancer.method`.
     #[serde(default)]
     pub method: Option<Method>,
@@ -303,6 +311,7 @@ impl PoolConfig {
         Self {
             name: name.into(),
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            hosts: Vec::new(),
             method: None,
             hash_key: None,
             strip_prefix: None,

@@ -250,11 +250,19 @@ fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 format!("{:?} is used twice", pool.name),
             ));
         }
-        if pool.paths.is_empty() {
+        if pool.paths.is_empty() && pool.hosts.is_empty() {
             return Err(ConfigError::new(
                 key("paths"),
-                "needs at least one path regex (no request would reach the pool)",
+                "needs at least one path regex or host (no request would reach the pool)",
             ));
+        }
+        for (j, host) in pool.hosts.iter().enumerate() {
+            if !crate::tls::valid_server_name(host) {
+                return Err(ConfigError::new(
+                    format!("balancer.pool[{i}].hosts[{j}]"),
+                    format!("{host:?} is not a host name or a wildcard such as \"*.shop.example\""),
+                ));
+            }
         }
         for (j, pattern) in pool.paths.iter().enumerate() {
             if let Err(e) = regex::Regex::new(pattern) {
