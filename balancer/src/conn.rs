@@ -488,8 +488,12 @@ async fn one_request(
                         file.note(i, &path, v);
                     }
                 }
-                let pool =
-                    snap.pool_for(v.header("host").and_then(crate::redirect::host_name), &path);
+                // The `Host` is looked at only when there are pools to choose from.
+                let pool = if snap.pools.len() > 1 {
+                    snap.pool_for(v.header("host").and_then(crate::redirect::host_name), &path)
+                } else {
+                    0
+                };
                 match &snap.pools[pool].hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
