@@ -371,6 +371,7 @@ impl Worker {
                     Some(add),
                     rid,
                     gzip,
+                    &snap.cfg.proxy_hide_header,
                 ) {
                     Ok(r) if r.status == 101 && !req.upgrade => {
                         return Err(protocol(up, "101 to a request without Upgrade"));

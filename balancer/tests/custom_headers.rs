@@ -195,3 +195,36 @@ async fn add_header_values_name_the_upstream_the_status_and_the_client() {
     );
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_hide_header_keeps_upstream_headers_from_the_client() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    // The test upstream marks every answer with `x-upstream`, as Tomcat adds `X-Powered-By`.
+    cfg.proxy_hide_header = vec!["X-Upstream".into()];
+    let (h, base) = start(cfg).await;
+    for (path, status) in [("/", 200), ("/status/404", 404), ("/text/100", 200)] {
+        let r = client().get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert!(
+            r.headers().get("x-upstream").is_none(),
+            "{path}: {:?}",
+            r.headers()
+        );
+    }
+    // The other headers still pass.
+    let r = client()
+        .get(format!("{base}/text/100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    h.stop(true).await;
+
+    for (names, i) in [(vec!["X-A", "Bad Name"], 1), (vec!["Content-Length"], 0)] {
+        let mut cfg = config(&[&a]);
+        cfg.proxy_hide_header = names.into_iter().map(String::from).collect();
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.key, format!("balancer.proxy_hide_header[{i}]"));
+    }
+}

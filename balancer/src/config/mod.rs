@@ -482,6 +482,9 @@ pub struct BalancerConfig {
     /// replaces the upstream's header of that name, in responses with status 200, 201, 204,
     /// 206, 301, 302, 303, 304, 307 or 308.
     pub add_header: Vec<String>,
+    /// Upstream response headers the client does not get (nginx `proxy_hide_header`), e.g.
+    /// `["X-Powered-By", "Server"]`; names compared without case.
+    pub proxy_hide_header: Vec<String>,
     /// `add_header` in every proxied response, whatever its status (nginx `always`).
     pub add_header_always: bool,
     /// Upstream answers with status 500, 502, 503 or 504 are replaced by the `error_page`
@@ -630,6 +633,7 @@ impl Default for BalancerConfig {
             proxy_set_header: Vec::new(),
             add_header: Vec::new(),
             add_header_always: false,
+            proxy_hide_header: Vec::new(),
             proxy_intercept_errors: false,
             request_id_header: String::new(),
             limit_req_rate: String::new(),

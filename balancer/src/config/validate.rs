@@ -164,6 +164,21 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (i, name) in cfg.proxy_hide_header.iter().enumerate() {
+        let key = format!("balancer.proxy_hide_header[{i}]");
+        if name.is_empty() || !name.bytes().all(is_token_byte) {
+            return Err(ConfigError::new(
+                key,
+                format!("{name:?} is not a header name"),
+            ));
+        }
+        if crate::headers::kind(name) != crate::headers::Kind::Other {
+            return Err(ConfigError::new(
+                key,
+                format!("{name} is managed by the balancer"),
+            ));
+        }
+    }
     crate::gzip::Policy::of(cfg)?;
     crate::buffering::Policy::of(cfg)?;
     cfg.rate_limit(|| std::sync::Arc::new(crate::ratelimit::Table::new()))?;

@@ -67,6 +67,7 @@ pub(crate) fn parse(
     add: Option<(&CustomHeaders, bool, &ResponseVars<'_>)>,
     request_id: Option<(&str, &[u8])>,
     gzip: Option<(&crate::gzip::Policy, bool)>,
+    hide: &[String],
 ) -> Result<Response, HeadError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -185,7 +186,10 @@ pub(crate) fn parse(
             Kind::HopByHop | Kind::TransferEncoding => false,
         };
         let replaced = add.as_ref().is_some_and(|(a, _)| a.names(h.name))
-            || request_id.is_some_and(|(n, _)| n.eq_ignore_ascii_case(h.name));
+            || request_id.is_some_and(|(n, _)| n.eq_ignore_ascii_case(h.name))
+            || (!hide.is_empty()
+                && k == Kind::Other
+                && hide.iter().any(|n| n.eq_ignore_ascii_case(h.name)));
         if pass && !replaced {
             if typed && !vary_listed && h.name.eq_ignore_ascii_case("vary") {
                 let mut value = h.value.to_vec();
@@ -232,8 +236,16 @@ mod tests {
 
     fn parsed(head: &str, head_request: bool) -> (Response, String) {
         let mut out = Vec::new();
-        let r =
-            parse(head.as_bytes(), head_request, &mut out, None, None, None).expect("valid head");
+        let r = parse(
+            head.as_bytes(),
+            head_request,
+            &mut out,
+            None,
+            None,
+            None,
+            &[],
+        )
+        .expect("valid head");
         (r, String::from_utf8(out).expect("utf8"))
     }
 
@@ -261,6 +273,26 @@ mod tests {
             false,
         );
         assert!(!r.reusable);
+    }
+
+    #[test]
+    fn proxy_hide_header_drops_the_named_headers_whatever_their_case() {
+        let mut out = Vec::new();
+        let hide = ["x-powered-by".to_owned(), "Server".to_owned()];
+        parse(
+            b"HTTP/1.1 200 OK\r\nServer: Apache-Coyote/1.1\r\nX-Powered-By: Servlet/3.1\r\nX-A: 1\r\nContent-Length: 0\r\n\r\n",
+            false,
+            &mut out,
+            None,
+            None,
+            None,
+            &hide,
+        )
+        .expect("valid head");
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 0\r\n"
+        );
     }
 
     #[test]
@@ -315,7 +347,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(bad.as_bytes(), false, &mut out, None, None, None),
+                    parse(bad.as_bytes(), false, &mut out, None, None, None, &[]),
                     Err(HeadError::Bad(_))
                 ),
                 "{bad}"
@@ -328,7 +360,8 @@ mod tests {
                 &mut out,
                 None,
                 None,
-                None
+                None,
+                &[]
             )
             .err(),
             Some(HeadError::Partial)
