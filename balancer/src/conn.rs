@@ -108,6 +108,8 @@ pub(crate) struct Conn {
     pub file: crate::files::FileReq,
     /// The current request is a HEAD: the balancer's own pages go without their body.
     pub head_req: bool,
+    /// The current request's host name (kept only when `proxy_redirect` names `$host`).
+    pub host: Vec<u8>,
 }
 
 /// What happens to the connection after a request.
@@ -300,6 +302,7 @@ pub(crate) async fn serve_stream(
         page_add: None,
         file: crate::files::FileReq::default(),
         head_req: false,
+        host: Vec::new(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -429,7 +432,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect, gzip_ok, file) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
@@ -437,6 +440,7 @@ async fn one_request(
                 &mut c.redirect,
                 &mut c.gzip_ok,
                 &mut c.file,
+                &mut c.host,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
@@ -486,6 +490,12 @@ async fn one_request(
                 if !snap.files.is_empty() {
                     if let Some(i) = snap.files.find(&path) {
                         file.note(i, &path, v);
+                    }
+                }
+                if snap.relocate.uses_host {
+                    host.clear();
+                    if let Some(name) = v.header("host").and_then(crate::redirect::host_name) {
+                        host.extend_from_slice(name);
                     }
                 }
                 // The `Host` is looked at only when there are pools to choose from.

@@ -62,6 +62,7 @@ mod proxy;
 mod ratelimit;
 mod realip;
 mod redirect;
+mod relocate;
 mod selection;
 mod server;
 mod spool;

@@ -364,6 +364,18 @@ impl Worker {
                     .as_deref()
                     .map(|name| (name, c.request_id.as_slice()));
                 let gzip = snap.gzip.as_ref().map(|p| (p, c.gzip_ok));
+                let rewrites = response::Rewrites {
+                    hide: &snap.cfg.proxy_hide_header,
+                    relocate: (!snap.relocate.is_empty()).then(|| {
+                        let vars = crate::relocate::Vars {
+                            host: &c.host,
+                            https: c.stream.is_tls(),
+                            upstream: &up.cfg.address,
+                            prefix: snap.pools[up.pool].strip_prefix.as_deref().unwrap_or(""),
+                        };
+                        (&snap.relocate, vars)
+                    }),
+                };
                 match response::parse(
                     &conn.rbuf,
                     req.head_method,
@@ -371,7 +383,7 @@ impl Worker {
                     Some(add),
                     rid,
                     gzip,
-                    &snap.cfg.proxy_hide_header,
+                    &rewrites,
                 ) {
                     Ok(r) if r.status == 101 && !req.upgrade => {
                         return Err(protocol(up, "101 to a request without Upgrade"));

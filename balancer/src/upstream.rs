@@ -264,6 +264,8 @@ pub(crate) struct Snapshot {
     pub files: crate::files::Locations,
     /// `proxy_buffering` and its sizes.
     pub buffering: crate::buffering::Policy,
+    /// `proxy_redirect`.
+    pub relocate: crate::relocate::ProxyRedirect,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -413,6 +415,8 @@ impl Snapshot {
         let gzip = crate::gzip::Policy::of(&cfg)?;
         let files = crate::files::Locations::of(&cfg.statics);
         let buffering = crate::buffering::Policy::of(&cfg)?;
+        let relocate = crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
+            .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -449,6 +453,7 @@ impl Snapshot {
             gzip,
             files,
             buffering,
+            relocate,
         })
     }
 }

@@ -228,3 +228,80 @@ async fn proxy_hide_header_keeps_upstream_headers_from_the_client() {
         assert_eq!(err.key, format!("balancer.proxy_hide_header[{i}]"));
     }
 }
+
+/// `Location` of `GET path` with `Host: host` through the balancer at `base`.
+async fn location(base: &str, host: &str, path: &str) -> String {
+    let raw = common::raw_exchange(
+        base,
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    raw.lines()
+        .find_map(|l| l.strip_prefix("location: "))
+        .unwrap_or_else(|| panic!("no location in {raw}"))
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_redirect_rewrites_the_upstreams_locations() {
+    let app = Upstream::start("app").await;
+    let api = Upstream::start("api").await;
+    let mut cfg = config(&[&app, &api]);
+    cfg.upstream[1].pool = Some("api".into());
+    cfg.pool = vec![ferrocat_balancer::PoolConfig {
+        strip_prefix: Some("/api".into()),
+        ..ferrocat_balancer::PoolConfig::new("api", &["^/api/"])
+    }];
+    cfg.proxy_redirect = vec!["default".into(), "http://$host/ https://$host/".into()];
+    let (h, base) = start(cfg).await;
+    let (app_addr, api_addr) = (app.addr, api.addr);
+    // The app server redirects to its own address: the client gets a path on the balancer.
+    assert_eq!(
+        location(
+            &base,
+            "shop.example",
+            &format!("/text/1?loc=http://{app_addr}/login")
+        )
+        .await,
+        "/login"
+    );
+    // ... under the pool's prefix when the pool strips one.
+    assert_eq!(
+        location(
+            &base,
+            "shop.example",
+            &format!("/api/text/1?loc=http://{api_addr}/items/7")
+        )
+        .await,
+        "/api/items/7"
+    );
+    // Behind TLS termination the app says http: the client is sent to https, on its own host.
+    assert_eq!(
+        location(
+            &base,
+            "shop.example:8443",
+            "/text/1?loc=http://shop.example/cart"
+        )
+        .await,
+        "https://shop.example/cart"
+    );
+    // Anything else passes unchanged.
+    for loc in [
+        "/relative",
+        "https://elsewhere.example/x",
+        "http://other.example/x",
+    ] {
+        assert_eq!(
+            location(&base, "shop.example", &format!("/text/1?loc={loc}")).await,
+            loc
+        );
+    }
+    h.stop(true).await;
+
+    let mut cfg = config(&[&app]);
+    cfg.proxy_redirect = vec!["default".into(), "http://$uri/ /".into()];
+    assert_eq!(
+        cfg.validate().unwrap_err().key,
+        "balancer.proxy_redirect[1]"
+    );
+}

@@ -482,6 +482,12 @@ pub struct BalancerConfig {
     /// replaces the upstream's header of that name, in responses with status 200, 201, 204,
     /// 206, 301, 302, 303, 304, 307 or 308.
     pub add_header: Vec<String>,
+    /// Rewrites of the `Location` and `Refresh` headers of upstream answers (nginx
+    /// `proxy_redirect`): `"default"` (`http://<upstream address>/` becomes `/`, or the pool's
+    /// `strip_prefix` + `/`) or `"<from> <to>"` (a prefix replaced, compared without case;
+    /// `$host` and `$scheme` may be named, e.g. `"http://$host/ https://$host/"`). The first
+    /// that matches applies.
+    pub proxy_redirect: Vec<String>,
     /// Upstream response headers the client does not get (nginx `proxy_hide_header`), e.g.
     /// `["X-Powered-By", "Server"]`; names compared without case.
     pub proxy_hide_header: Vec<String>,
@@ -634,6 +640,7 @@ impl Default for BalancerConfig {
             add_header: Vec::new(),
             add_header_always: false,
             proxy_hide_header: Vec::new(),
+            proxy_redirect: Vec::new(),
             proxy_intercept_errors: false,
             request_id_header: String::new(),
             limit_req_rate: String::new(),

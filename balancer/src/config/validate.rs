@@ -164,6 +164,8 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
+        .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
     for (i, name) in cfg.proxy_hide_header.iter().enumerate() {
         let key = format!("balancer.proxy_hide_header[{i}]");
         if name.is_empty() || !name.bytes().all(is_token_byte) {

@@ -39,6 +39,16 @@ pub(crate) struct Response {
     pub buffering: Option<bool>,
 }
 
+/// Header rewrites of the config: `proxy_hide_header` and `proxy_redirect`.
+#[derive(Default)]
+pub(crate) struct Rewrites<'a> {
+    pub hide: &'a [String],
+    pub relocate: Option<(
+        &'a crate::relocate::ProxyRedirect,
+        crate::relocate::Vars<'a>,
+    )>,
+}
+
 /// What `gzip` needs to know of a response's headers.
 #[derive(Default)]
 struct Encodable<'a> {
@@ -67,8 +77,9 @@ pub(crate) fn parse(
     add: Option<(&CustomHeaders, bool, &ResponseVars<'_>)>,
     request_id: Option<(&str, &[u8])>,
     gzip: Option<(&crate::gzip::Policy, bool)>,
-    hide: &[String],
+    rw: &Rewrites<'_>,
 ) -> Result<Response, HeadError> {
+    let hide = rw.hide;
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let head_len = match resp.parse(buf) {
@@ -203,6 +214,16 @@ pub(crate) fn parse(
                 let mut value = b"W/".to_vec();
                 value.extend_from_slice(h.value);
                 headers::put(out, h.name.as_bytes(), &value);
+            } else if let Some(v) = rw.relocate.as_ref().and_then(|(r, vars)| {
+                if h.name.eq_ignore_ascii_case("location") {
+                    r.location(h.value, vars)
+                } else if h.name.eq_ignore_ascii_case("refresh") {
+                    r.refresh(h.value, vars)
+                } else {
+                    None
+                }
+            }) {
+                headers::put(out, h.name.as_bytes(), &v);
             } else {
                 headers::put(out, h.name.as_bytes(), h.value);
             }
@@ -243,7 +264,7 @@ mod tests {
             None,
             None,
             None,
-            &[],
+            &Rewrites::default(),
         )
         .expect("valid head");
         (r, String::from_utf8(out).expect("utf8"))
@@ -286,7 +307,10 @@ mod tests {
             None,
             None,
             None,
-            &hide,
+            &Rewrites {
+                hide: &hide,
+                relocate: None,
+            },
         )
         .expect("valid head");
         assert_eq!(
@@ -347,7 +371,15 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse(bad.as_bytes(), false, &mut out, None, None, None, &[]),
+                    parse(
+                        bad.as_bytes(),
+                        false,
+                        &mut out,
+                        None,
+                        None,
+                        None,
+                        &Rewrites::default()
+                    ),
                     Err(HeadError::Bad(_))
                 ),
                 "{bad}"
@@ -361,7 +393,7 @@ mod tests {
                 None,
                 None,
                 None,
-                &[]
+                &Rewrites::default()
             )
             .err(),
             Some(HeadError::Partial)

@@ -296,7 +296,15 @@ fn parsers_never_panic_on_garbage() {
         });
         out.clear();
         let gzip = Some((&gzip, rng.gen())).filter(|_| rng.gen());
-        let _ = super::response::parse(&input, rng.gen(), &mut out, None, None, gzip, &[]);
+        let _ = super::response::parse(
+            &input,
+            rng.gen(),
+            &mut out,
+            None,
+            None,
+            gzip,
+            &Default::default(),
+        );
         let mut d = super::chunked::ChunkedDecoder::default();
         let _ = d.feed(&input, |_| {});
     }

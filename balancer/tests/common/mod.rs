@@ -191,7 +191,7 @@ async fn answer(
         "text" => {
             // ARG bytes of HTML-like text; the query sets `type` (default text/html), `enc`
             // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control), `xab`
-            // (X-Accel-Buffering) and `stream=1` (sent
+            // (X-Accel-Buffering), `loc` (Location) and `stream=1` (sent
             // chunked, in 10,000-byte pieces).
             let n: usize = arg.parse().unwrap_or(0);
             let text = text_body(n);
@@ -227,6 +227,7 @@ async fn answer(
                 ("vary", "vary"),
                 ("cc", "cache-control"),
                 ("xab", "x-accel-buffering"),
+                ("loc", "location"),
             ] {
                 if let Some(v) = query.get(q) {
                     h.insert(header, v.parse().unwrap());
