@@ -178,6 +178,9 @@ enum Found {
         modified: SystemTime,
         /// The whole content, for a small file.
         content: Option<Bytes>,
+        /// With `gzip`: that content compressed, for a small file of a listed type that
+        /// compresses (made once per look-up, not per request).
+        gz: Option<Bytes>,
         /// `Content-Type`, by the name of the file found (the index file for a directory).
         ctype: &'static str,
     },
@@ -200,6 +203,7 @@ impl Found {
                 len,
                 modified,
                 content: Some(content),
+                gz,
                 ctype,
                 ..
             } => Found::File {
@@ -207,6 +211,7 @@ impl Found {
                 len: *len,
                 modified: *modified,
                 content: Some(content.clone()),
+                gz: gz.clone(),
                 ctype,
             },
             Found::Directory => Found::Directory,
@@ -273,8 +278,10 @@ impl FileCache {
     fn size(f: &Found) -> usize {
         match f {
             Found::File {
-                content: Some(c), ..
-            } => c.len(),
+                content: Some(c),
+                gz,
+                ..
+            } => c.len() + gz.as_ref().map_or(0, Bytes::len),
             _ => 0,
         }
     }
@@ -303,7 +310,7 @@ impl FileCache {
     }
 }
 
-fn open_regular(path: PathBuf, read_small: bool) -> Found {
+fn open_regular(path: PathBuf, read_small: bool, gzip: Option<&crate::gzip::Policy>) -> Found {
     use std::io::ErrorKind;
     let classify = |e: std::io::Error| match e.kind() {
         ErrorKind::NotFound | ErrorKind::NotADirectory => Found::Missing,
@@ -336,11 +343,17 @@ fn open_regular(path: PathBuf, read_small: bool) -> Found {
         }
         // A file that changed size since the stat is served as read.
         len = buf.len() as u64;
+        let gz = gzip
+            .filter(|p| len >= p.min_length.max(1) && p.compresses_type(ctype.as_bytes()))
+            .and_then(|p| p.compress(&buf))
+            .filter(|z| z.len() < buf.len())
+            .map(Bytes::from);
         return Found::File {
             file: None,
             len,
             modified,
             content: Some(buf.into()),
+            gz,
             ctype,
         };
     }
@@ -349,17 +362,24 @@ fn open_regular(path: PathBuf, read_small: bool) -> Found {
         len,
         modified,
         content: None,
+        gz: None,
         ctype,
     }
 }
 
 /// Finds the file for a request (blocking: runs on the blocking pool).
-fn lookup(path: PathBuf, dir_request: bool, index: &[String], read_small: bool) -> Found {
+fn lookup(
+    path: PathBuf,
+    dir_request: bool,
+    index: &[String],
+    read_small: bool,
+    gzip: Option<&crate::gzip::Policy>,
+) -> Found {
     if !dir_request {
-        return open_regular(path, read_small);
+        return open_regular(path, read_small, gzip);
     }
     for name in index {
-        match open_regular(path.join(name), read_small) {
+        match open_regular(path.join(name), read_small, gzip) {
             Found::Missing | Found::Directory => continue,
             found => return found,
         }
@@ -539,7 +559,7 @@ pub(crate) async fn serve(
     if loc.gzip_static && !dir_request && c.file.gzip {
         let mut gz = path.clone().into_os_string();
         gz.push(".gz");
-        if let mut found @ Found::File { .. } = find(cache, loc, (gz.into(), false)).await {
+        if let mut found @ Found::File { .. } = find(cache, loc, (gz.into(), false), None).await {
             if let Found::File { ctype, .. } = &mut found {
                 *ctype = content_type(&path); // the original's type, not gzip's
             }
@@ -549,20 +569,21 @@ pub(crate) async fn serve(
     let encoded = gzipped.is_some();
     let mut found = match gzipped {
         Some(f) => f,
-        None => find(cache, loc, (path, dir_request)).await,
+        None => find(cache, loc, (path, dir_request), snap.gzip.as_ref()).await,
     };
     if let (Found::Missing | Found::NoIndex, Some(fallback)) = (&found, &loc.fallback) {
         // nginx `try_files $uri $uri/ /index.html`: a single-page app's routes get its page.
-        found = find(cache, loc, (fallback.clone(), false)).await;
+        found = find(cache, loc, (fallback.clone(), false), snap.gzip.as_ref()).await;
     }
-    let (file, len, modified, content, ctype) = match found {
+    let (file, mut len, modified, mut content, gz, ctype) = match found {
         Found::File {
             file,
             len,
             modified,
             content,
+            gz,
             ctype,
-        } => (file, len, modified, content, ctype),
+        } => (file, len, modified, content, gz, ctype),
         // With `try_upstream` a directory without an index file is the app's (`/` most of
         // all), as behind nginx's `try_files $uri @app`.
         Found::Missing | Found::NoIndex if loc.try_upstream => return None,
@@ -588,17 +609,34 @@ pub(crate) async fn serve(
     if !c.file.get_or_head {
         return Some(not_allowed(c, close).await);
     }
-    let mut etag = Vec::with_capacity(24);
+    // `gzip` on the fly, for a small file of a listed type (compressed when it was looked up):
+    // a client that takes gzip gets that, unless it asks for a range (of the file as it is).
+    let typed = !encoded
+        && snap
+            .gzip
+            .as_ref()
+            .is_some_and(|p| p.compresses_type(ctype.as_bytes()));
+    let compressed = match gz {
+        Some(z) if typed && c.file.gzip && c.file.range.is_empty() => Some(z),
+        _ => None,
+    };
+    let mut etag = Vec::with_capacity(26);
     etag.push(b'"');
     crate::headers::put_digits(&mut etag, secs(modified), 16);
     etag.push(b'-');
     crate::headers::put_digits(&mut etag, len, 16);
     etag.push(b'"');
+    if let Some(z) = compressed.clone() {
+        len = z.len() as u64;
+        content = Some(z);
+    }
     let mtime = secs(modified);
     let f = &c.file;
     // RFC 9110 section 13.2.2: the preconditions in their order.
     let failed = if !f.if_match.is_empty() {
-        !etag_matches(&f.if_match, &etag, false)
+        // Strong comparison: a compressed answer's weak validator matches only `*`.
+        !(etag_matches(&f.if_match, &etag, false)
+            && (compressed.is_none() || f.if_match.trim_ascii() == b"*"))
     } else {
         http_date(&f.if_unmodified_since).is_some_and(|d| mtime > secs(d))
     };
@@ -635,14 +673,22 @@ pub(crate) async fn serve(
         Span::Part(s, e) => (s, e + 1),
         _ => (0, len),
     };
-    let coding = loc.gzip_static.then_some(encoded);
+    let coding = (loc.gzip_static || typed).then_some(encoded || compressed.is_some());
+    // Not the file's bytes: the validator a compressed answer carries is weak.
+    let weak;
+    let shown: &[u8] = if compressed.is_some() {
+        weak = [&b"W/"[..], &etag].concat();
+        &weak
+    } else {
+        &etag
+    };
     write_head(
         c,
         snap,
         loc,
         status,
         (ctype, coding),
-        &etag,
+        shown,
         modified,
         (start, end, len),
         close,
@@ -669,7 +715,13 @@ pub(crate) async fn serve(
 }
 
 /// The look-up for `key`: from the worker's cache, else from the disk (on the blocking pool).
-async fn find(cache: &FileCache, loc: &Location, key: (PathBuf, bool)) -> Found {
+/// With `gzip`, a small file of a listed type is compressed in the same look-up.
+async fn find(
+    cache: &FileCache,
+    loc: &Location,
+    key: (PathBuf, bool),
+    gzip: Option<&crate::gzip::Policy>,
+) -> Found {
     let now = Instant::now();
     if !loc.cache_valid.is_zero() {
         if let Some(hit) = cache.get(&key, now) {
@@ -677,9 +729,11 @@ async fn find(cache: &FileCache, loc: &Location, key: (PathBuf, bool)) -> Found 
         }
     }
     let (path, dir_request, index) = (key.0.clone(), key.1, loc.index.clone());
-    let found = tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, true))
-        .await
-        .unwrap_or_else(|e| Found::Failed(std::io::Error::other(e)));
+    let gzip = gzip.cloned();
+    let found =
+        tokio::task::spawn_blocking(move || lookup(path, dir_request, &index, true, gzip.as_ref()))
+            .await
+            .unwrap_or_else(|e| Found::Failed(std::io::Error::other(e)));
     if !loc.cache_valid.is_zero() {
         match found.cacheable() {
             Some(copy) => cache.put(key, copy, now + loc.cache_valid, now),
@@ -882,6 +936,7 @@ mod tests {
             len: text.len() as u64,
             modified: UNIX_EPOCH,
             content: Some(Bytes::from_static(text.as_bytes())),
+            gz: None,
             ctype: "text/plain",
         }
     }
@@ -941,6 +996,7 @@ mod tests {
                 len: big.len() as u64,
                 modified: UNIX_EPOCH,
                 content: Some(Bytes::from_static(big)),
+                gz: None,
                 ctype: "text/plain",
             };
             cache.put((PathBuf::from(format!("/f{i}")), false), f, until, t0);

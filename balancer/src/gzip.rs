@@ -75,6 +75,16 @@ impl Policy {
             .any(|t| t == "*" || t.as_bytes().eq_ignore_ascii_case(media))
     }
 
+    /// `data` compressed whole at the configured level (a static file's content).
+    pub fn compress(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let mut e = GzEncoder::new(
+            Vec::with_capacity(data.len() / 3),
+            Compression::new(self.level),
+        );
+        e.write_all(data).ok()?;
+        e.finish().ok()
+    }
+
     /// A compressor at the configured level.
     pub fn encoder(&self) -> Encoder {
         Encoder(GzEncoder::new(Vec::new(), Compression::new(self.level)))

@@ -658,3 +658,86 @@ async fn a_file_that_is_not_a_regular_file_is_refused_without_waiting_on_it() {
     assert_eq!(up.hits(), 0);
     h.stop(true).await;
 }
+
+/// GETs `path` raw with extra header lines: the lowercased head and the body.
+async fn raw_get(base: &str, path: &str, extra: &str) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8(out[..at].to_vec())
+        .unwrap()
+        .to_ascii_lowercase();
+    (head, out[at + 4..].to_vec())
+}
+
+fn head_value(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_gzip_on_small_files_of_listed_types_are_compressed() {
+    use std::io::Read as _;
+    let dir = tempfile::tempdir().unwrap();
+    let css = ".rule { margin: 0 auto; color: #123456 }\n".repeat(100);
+    std::fs::write(dir.path().join("site.css"), &css).unwrap();
+    std::fs::write(dir.path().join("logo.png"), vec![7u8; 4000]).unwrap();
+    std::fs::write(dir.path().join("big.css"), ".r{}\n".repeat(20_000)).unwrap();
+    let up = Upstream::start("app").await;
+    let mut cfg = config(&[&up]);
+    cfg.gzip = true;
+    cfg.gzip_types.push("text/css".into());
+    cfg.statics = vec![StaticConfig::root("/", dir.path())];
+    let (h, base) = start(cfg).await;
+    let gz = "Accept-Encoding: gzip\r\n";
+
+    let (head, body) = raw_get(&base, "/site.css", gz).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert_eq!(head_value(&head, "content-encoding"), "gzip", "{head}");
+    assert_eq!(head_value(&head, "vary"), "accept-encoding");
+    assert_eq!(head_value(&head, "content-length"), body.len().to_string());
+    let etag = head_value(&head, "etag");
+    assert!(etag.starts_with("w/\""), "a weak validator: {etag}");
+    let mut plain = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut plain)
+        .unwrap();
+    assert_eq!(plain, css);
+    assert!(body.len() < css.len() / 5, "{} bytes", body.len());
+
+    // The same validator answers 304 (weak comparison, as If-None-Match uses).
+    let (head, _) = raw_get(
+        &base,
+        "/site.css",
+        &format!("{gz}If-None-Match: W/{}\r\n", &etag[2..]),
+    )
+    .await;
+    assert!(head.starts_with("http/1.1 304"), "{head}");
+    // A client without gzip, or asking for a range, gets the file's own bytes.
+    let (head, body) = raw_get(&base, "/site.css", "").await;
+    assert!(head_value(&head, "content-encoding").is_empty(), "{head}");
+    assert_eq!(head_value(&head, "vary"), "accept-encoding");
+    assert!(!head_value(&head, "etag").starts_with("w/"));
+    assert_eq!(body, css.as_bytes());
+    let (head, body) = raw_get(&base, "/site.css", &format!("{gz}Range: bytes=0-9\r\n")).await;
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    assert_eq!(body, &css.as_bytes()[..10]);
+    // Types not listed, and files over 64 KiB (streamed from disk), go as they are.
+    let (head, body) = raw_get(&base, "/logo.png", gz).await;
+    assert!(head_value(&head, "content-encoding").is_empty(), "{head}");
+    assert!(head_value(&head, "vary").is_empty(), "{head}");
+    assert_eq!(body.len(), 4000);
+    let (head, body) = raw_get(&base, "/big.css", gz).await;
+    assert!(head_value(&head, "content-encoding").is_empty(), "{head}");
+    assert_eq!(body.len(), 100_000);
+    assert_eq!(up.hits(), 0);
+    h.stop(true).await;
+}
