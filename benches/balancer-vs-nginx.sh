@@ -91,7 +91,7 @@ if [ "$GZIP" = 1 ]; then
   mkdir -p "$TMP/www"
   python3 -c 'print("".join("<li class=row>item %d of the catalogue</li>" % i for i in range(300))[:10000], end="")' > "$TMP/www/index.html"
   UP_ANSWER="root $TMP/www; index index.html; types { text/html html; }"
-  PX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 20; gzip_types text/html;"
+  PX_GZIP="gzip on; gzip_comp_level 1; gzip_min_length 20; gzip_types text/html text/css;"
   WRK_HDR=(-H "Accept-Encoding: gzip")
 else
   UP_ANSWER='return 200 "hello from upstream\n";'
