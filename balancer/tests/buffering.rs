@@ -55,6 +55,18 @@ async fn active(base: &str) -> u64 {
     page["upstreams"][0]["active"].as_u64().unwrap()
 }
 
+/// Sends another request through the balancer (answered 200) and returns how many
+/// connections the upstream has accepted by then.
+async fn conns_after_another_request(base: &str, up: &Upstream) -> usize {
+    let r = common::client()
+        .get(format!("{base}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    up.conns()
+}
+
 fn with_status(mut cfg: BalancerConfig) -> BalancerConfig {
     cfg.status_path = Some("/_status".into());
     cfg
@@ -145,14 +157,8 @@ async fn a_slow_client_does_not_hold_the_upstream() {
             assert!(growth_mib < 24, "RSS grew by {growth_mib} MiB");
         }
         // Its connection is back in the pool: the next request reuses it.
-        let r = common::client()
-            .get(format!("{base}/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
         assert_eq!(
-            a.conns(),
+            conns_after_another_request(&base, &a).await,
             1,
             "{path}: a second upstream connection was opened"
         );
@@ -199,14 +205,8 @@ async fn without_buffering_a_slow_client_holds_the_upstream() {
             1,
             "{case}: the upstream should still be busy"
         );
-        let r = common::client()
-            .get(format!("{base}/"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
         assert_eq!(
-            a.conns(),
+            conns_after_another_request(&base, &a).await,
             2,
             "{case}: the held connection cannot serve another request"
         );

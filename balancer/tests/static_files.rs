@@ -449,25 +449,9 @@ async fn gzip_static_sends_the_precompressed_file_to_clients_that_take_gzip() {
     st.gzip_static = true;
     cfg.statics = vec![st];
     let (h, base) = start(cfg).await;
-    let ask = |path: &str, accept: &str| {
-        let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: t\r\nAccept-Encoding: {accept}\r\nConnection: close\r\n\r\n"
-        );
+    let ask = |path: &'static str, accept: &'static str| {
         let base = base.clone();
-        async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
-                .await
-                .unwrap();
-            s.write_all(head.as_bytes()).await.unwrap();
-            let mut out = Vec::new();
-            s.read_to_end(&mut out).await.unwrap();
-            let at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-            let head = String::from_utf8(out[..at].to_vec())
-                .unwrap()
-                .to_ascii_lowercase();
-            (head, out[at + 4..].to_vec())
-        }
+        async move { raw_get(&base, path, &format!("Accept-Encoding: {accept}\r\n")).await }
     };
     let (head, body) = ask("/s/app.css", "gzip, deflate, br").await;
     assert!(head.contains("content-encoding: gzip"), "{head}");
