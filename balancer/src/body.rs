@@ -228,7 +228,13 @@ async fn continue_if_expected(c: &mut Conn, req: &Request) -> bool {
 
 /// Reads the start of the request body (all of it when it may be buffered; with
 /// `buffer_all`, nginx's `proxy_request_buffering on`, every body whose size is bounded).
-pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64, buffer_all: bool) -> Intake {
+pub(crate) async fn intake(
+    c: &mut Conn,
+    req: &Request,
+    limit: u64,
+    buffer_all: bool,
+    temp: &std::path::Path,
+) -> Intake {
     c.body.clear();
     match req.framing {
         Framing::None => Intake::Body(ReqBody::Buffered),
@@ -244,7 +250,7 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64, buffer_all: 
             }
             if n > REPLAY_LIMIT {
                 if buffer_all {
-                    return read_length_in_full(c, n).await;
+                    return read_length_in_full(c, n, temp).await;
                 }
                 return Intake::Body(ReqBody::Length { left: n });
             }
@@ -283,7 +289,7 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64, buffer_all: 
                 }
                 if dec.total() >= in_memory_up_to {
                     return if limit > 0 {
-                        spool_rest(c, dec, limit).await
+                        spool_rest(c, dec, limit, temp).await
                     } else {
                         Intake::Body(ReqBody::Chunked(dec))
                     };
@@ -300,10 +306,10 @@ pub(crate) async fn intake(c: &mut Conn, req: &Request, limit: u64, buffer_all: 
 /// (`proxy_request_buffering`): up to [`MEMORY_LIMIT`] into `c.body`, the rest into a temp
 /// file. A slow upload then costs the upstream nothing until it is complete, and the body can be
 /// sent again on a retry. Without a temp file the body streams, as with buffering off.
-async fn read_length_in_full(c: &mut Conn, n: u64) -> Intake {
+async fn read_length_in_full(c: &mut Conn, n: u64, temp: &std::path::Path) -> Intake {
     let mut spool = None;
     if n > MEMORY_LIMIT {
-        match Spool::create().await {
+        match Spool::create(temp).await {
             Ok(s) => spool = Some(s),
             Err(e) => {
                 log::warn!("cannot create a temp file for a request body, streaming it: {e}");
@@ -348,8 +354,13 @@ async fn read_length_in_full(c: &mut Conn, n: u64) -> Intake {
 }
 
 /// Reads the rest of a chunked body into a temp file, up to `limit`.
-async fn spool_rest(c: &mut Conn, mut dec: ChunkedDecoder, limit: u64) -> Intake {
-    let mut spool = match Spool::create().await {
+async fn spool_rest(
+    c: &mut Conn,
+    mut dec: ChunkedDecoder,
+    limit: u64,
+    temp: &std::path::Path,
+) -> Intake {
+    let mut spool = match Spool::create(temp).await {
         Ok(s) => s,
         Err(e) => {
             log::warn!("cannot create a temp file for a request body, streaming it: {e}");

@@ -48,6 +48,8 @@ pub(crate) struct Policy {
     pub max_file: u64,
     /// Where temp files are made.
     pub dir: Arc<Path>,
+    /// Where request bodies are spooled (`client_body_temp_path`).
+    pub body_dir: Arc<Path>,
 }
 
 impl Policy {
@@ -55,23 +57,20 @@ impl Policy {
     pub fn of(cfg: &BalancerConfig) -> Result<Self, ConfigError> {
         let memory = parse_buffers(&cfg.proxy_buffers)
             .map_err(|m| ConfigError::new("balancer.proxy_buffers", m))?;
-        let dir = match &cfg.proxy_temp_path {
-            Some(p) => {
-                if !p.is_dir() {
-                    return Err(ConfigError::new(
-                        "balancer.proxy_temp_path",
-                        format!("{} is not a directory", p.display()),
-                    ));
-                }
-                p.clone()
-            }
-            None => std::env::temp_dir(),
+        let dir = |path: &Option<std::path::PathBuf>, key: &str| match path {
+            Some(p) if !p.is_dir() => Err(ConfigError::new(
+                key,
+                format!("{} is not a directory", p.display()),
+            )),
+            Some(p) => Ok(Arc::from(p.as_path())),
+            None => Ok(Arc::from(std::env::temp_dir().as_path())),
         };
         Ok(Self {
             on: cfg.proxy_buffering,
             memory,
             max_file: cfg.proxy_max_temp_file_size,
-            dir: Arc::from(dir.as_path()),
+            dir: dir(&cfg.proxy_temp_path, "balancer.proxy_temp_path")?,
+            body_dir: dir(&cfg.client_body_temp_path, "balancer.client_body_temp_path")?,
         })
     }
 
@@ -414,6 +413,7 @@ mod tests {
             memory,
             max_file,
             dir: Arc::from(std::env::temp_dir().as_path()),
+            body_dir: Arc::from(std::env::temp_dir().as_path()),
         }
     }
 

@@ -684,7 +684,8 @@ async fn one_request(
     if let Some(prefix) = &pool.strip_prefix {
         crate::h1::request::strip_path_prefix(&mut c.head, prefix);
     }
-    match body::intake(c, &req, pool.max_body, snap.cfg.proxy_request_buffering).await {
+    let (buffer_all, temp) = (snap.cfg.proxy_request_buffering, &snap.buffering.body_dir);
+    match body::intake(c, &req, pool.max_body, buffer_all, temp).await {
         Intake::Body(mut b) => {
             let keep = worker.proxy(c, &snap, &req, target, &mut b).await;
             if keep {

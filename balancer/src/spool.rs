@@ -2,8 +2,8 @@
 //!
 //! A chunked body has no announced length, so the only way to answer 413 before any upstream is
 //! contacted is to read it to its end first. Up to [`crate::body::MEMORY_LIMIT`] it stays in
-//! memory; past that, when `client_max_body_size` is larger, the rest goes to a file in the
-//! system temp directory, which is unlinked as soon as it is created (nothing is left behind,
+//! memory; past that, when `client_max_body_size` is larger, the rest goes to a file in
+//! `client_body_temp_path` (default: the system temp directory), which is unlinked as soon as it is created (nothing is left behind,
 //! whatever happens to the process) and read back for each attempt, so such a body can be
 //! retried too. File I/O runs on tokio's blocking pool, never on the worker's event loop.
 
@@ -39,10 +39,9 @@ pub(crate) enum SpoolSendError {
 }
 
 impl Spool {
-    /// Creates an empty spool file (already unlinked).
-    pub async fn create() -> std::io::Result<Self> {
+    /// Creates an empty spool file in `dir` (already unlinked).
+    pub async fn create(dir: &std::path::Path) -> std::io::Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir();
         let mut attempt = 0;
         loop {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);

@@ -295,6 +295,10 @@ fn buffering_keys_are_read_from_toml_and_bad_ones_name_their_key() {
             &format!("proxy_temp_path = \"{d}/missing\"") as &str,
             "proxy_temp_path",
         ),
+        (
+            &format!("client_body_temp_path = \"{d}/missing\""),
+            "client_body_temp_path",
+        ),
     ] {
         let err = parse(extra).validate().unwrap_err();
         assert_eq!(err.key, format!("balancer.{key}"), "{extra}");
@@ -325,11 +329,13 @@ async fn start_upload(base: &str, size: usize, first: usize) -> TcpStream {
 async fn a_slow_upload_reaches_the_upstream_only_once_complete() {
     let _serial = SERIAL.lock().await;
     const SIZE: usize = 3 << 20;
+    let temp = tempfile::tempdir().unwrap();
     for buffered in [true, false] {
         let a = Upstream::start("a").await;
         let mut cfg = config(&[&a]);
         cfg.client_max_body_size = 64 << 20;
         cfg.proxy_request_buffering = buffered;
+        cfg.client_body_temp_path = Some(temp.path().to_owned());
         let (h, base) = start(cfg).await;
         // Two thirds of the body, then a pause, as a slow mobile upload.
         let mut s = start_upload(&base, SIZE, 2 << 20).await;
@@ -363,4 +369,9 @@ async fn a_slow_upload_reaches_the_upstream_only_once_complete() {
         );
         h.stop(true).await;
     }
+    assert_eq!(
+        std::fs::read_dir(temp.path()).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
 }

@@ -574,11 +574,15 @@ pub struct BalancerConfig {
     pub proxy_buffering: bool,
     /// Read a request body in full before the upstream is contacted (nginx
     /// `proxy_request_buffering`, on by default): up to 1 MiB in memory, the rest in an unlinked
-    /// temp file in the system's temp directory. A slow upload then holds no upstream
+    /// temp file in `client_body_temp_path`. A slow upload then holds no upstream
     /// connection, and the body can be sent again on a retry. Off: bodies over 64 KiB with a
     /// `Content-Length` stream to the upstream as they arrive (chunked ones are read in full
     /// whenever `client_max_body_size` bounds them, so that an oversized one gets 413 first).
     pub proxy_request_buffering: bool,
+    /// Directory where request bodies past 1 MiB are spooled (nginx
+    /// `client_body_temp_path`); default: the system's temp directory. The files are unlinked
+    /// as soon as they are made.
+    pub client_body_temp_path: Option<PathBuf>,
     /// Memory per buffered response, nginx-style `"<number> <size>"` (default `"8 8k"`).
     pub proxy_buffers: String,
     /// Largest temp file per buffered response; `0`: memory only.
@@ -666,6 +670,7 @@ impl Default for BalancerConfig {
             client_keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             proxy_buffering: true,
             proxy_request_buffering: true,
+            client_body_temp_path: None,
             proxy_buffers: "8 8k".into(),
             proxy_max_temp_file_size: 1 << 30,
             proxy_temp_path: None,
