@@ -110,6 +110,8 @@ pub(crate) struct Conn {
     pub head_req: bool,
     /// The current request's host name (kept only when `proxy_redirect` names `$host`).
     pub host: Vec<u8>,
+    /// The current request's scheme is https (its own TLS, or a trusted proxy's word).
+    pub https: bool,
 }
 
 /// What happens to the connection after a request.
@@ -303,6 +305,7 @@ pub(crate) async fn serve_stream(
         file: crate::files::FileReq::default(),
         head_req: false,
         host: Vec::new(),
+        https: false,
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -432,7 +435,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host, https) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
@@ -441,6 +444,7 @@ async fn one_request(
                 &mut c.gzip_ok,
                 &mut c.file,
                 &mut c.host,
+                &mut c.https,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
@@ -492,6 +496,7 @@ async fn one_request(
                         file.note(i, &path, v);
                     }
                 }
+                *https = v.https;
                 if snap.relocate.uses_host {
                     host.clear();
                     if let Some(name) = v.header("host").and_then(crate::redirect::host_name) {

@@ -166,6 +166,7 @@ mod tests {
             headers: &headers,
             client: [10, 0, 0, 9].into(),
             request_id: b"",
+            https: false,
         };
         let ip: IpAddr = [10, 0, 0, 9].into();
         let eval = |t: &str| {

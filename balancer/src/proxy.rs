@@ -369,7 +369,7 @@ impl Worker {
                     relocate: (!snap.relocate.is_empty()).then(|| {
                         let vars = crate::relocate::Vars {
                             host: &c.host,
-                            https: c.stream.is_tls(),
+                            https: c.https,
                             upstream: &up.cfg.address,
                             prefix: snap.pools[up.pool].strip_prefix.as_deref().unwrap_or(""),
                         };

@@ -298,6 +298,31 @@ async fn proxy_redirect_rewrites_the_upstreams_locations() {
     }
     h.stop(true).await;
 
+    // `$scheme` is the client's: behind a trusted TLS terminator, what its
+    // `X-Forwarded-Proto` says.
+    let mut cfg = config(&[&app]);
+    cfg.proxy_redirect = vec!["http://$host/ $scheme://$host/".into()];
+    cfg.set_real_ip_from = vec!["127.0.0.1".into()];
+    let (h, base) = start(cfg).await;
+    for (proto, expected) in [
+        ("https", "https://shop.example/cart"),
+        ("http", "http://shop.example/cart"),
+    ] {
+        let raw = common::raw_exchange(
+            &base,
+            format!(
+                "GET /text/1?loc=http://shop.example/cart HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-Proto: {proto}\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(
+            raw.contains(&format!("location: {expected}\r\n")),
+            "{proto}: {raw}"
+        );
+    }
+    h.stop(true).await;
+
     let mut cfg = config(&[&app]);
     cfg.proxy_redirect = vec!["default".into(), "http://$uri/ /".into()];
     assert_eq!(

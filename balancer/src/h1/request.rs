@@ -98,6 +98,9 @@ pub(crate) struct View<'a> {
     pub client: IpAddr,
     /// The request id (`request_id_header`); empty when off.
     pub request_id: &'a [u8],
+    /// The client's scheme is https: it came over TLS, or a trusted proxy
+    /// (`set_real_ip_from`) says so in `X-Forwarded-Proto`.
+    pub https: bool,
 }
 
 impl<'a> View<'a> {
@@ -397,6 +400,7 @@ pub(crate) fn parse<T>(
         headers: fields,
         client,
         request_id: rid,
+        https: proto == "https",
     };
     if custom && !peer.set.write(out, Some(&view), None) && ours("host") {
         // A `Host` template that came out empty: the upstream's address, as for HTTP/1.0.
