@@ -74,18 +74,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$ROOT/benches/common.sh"
 UP_PORT=$(free_port); NG_PORT=$(free_port)
 
-common() {
-  cat <<CONF
-worker_processes 1;
-daemon off;
-error_log $TMP/$1-error.log warn;
-pid $TMP/$1.pid;
-events { worker_connections 4096; }
-CONF
-}
 if [ "$GZIP" = 1 ]; then
   # A page like an app's: 10 KB of list rows, served by the upstream from a file.
   mkdir -p "$TMP/www"
@@ -158,12 +149,7 @@ $ON_LOAD "$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
 $ON_PROXY "$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
 
 # Build, and ask cargo where the binary is (honours CARGO_TARGET_DIR and the default target/).
-FC_BIN=$(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
-        print(m["executable"])')
+FC_BIN=$(balance_binary)
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
 FC_TLS=()
 [ "$TLS" = 1 ] && FC_TLS=(TLS_CERT="$TMP/tls.crt" TLS_KEY="$TMP/tls.key")

@@ -30,20 +30,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$ROOT/benches/common.sh"
 UP_PORT=$(free_port); NG_PORT=$(free_port)
 mkdir -p "$TMP/www" "$TMP/ngx-temp" "$TMP/fc-temp"
 head -c $((SIZE_MIB << 20)) /dev/zero | tr '\0' 'x' > "$TMP/www/file"
 
-common() {
-  cat <<CONF
-worker_processes 1;
-daemon off;
-error_log $TMP/$1-error.log warn;
-pid $TMP/$1.pid;
-events { worker_connections 4096; }
-CONF
-}
 { common up; cat <<CONF
 http {
   log_format busy '\$request_time';
@@ -69,12 +60,7 @@ CONF
 "$NGINX" -c "$TMP/up.conf" -p "$TMP" 2>"$TMP/up.err" & PIDS+=($!)
 "$NGINX" -c "$TMP/px.conf" -p "$TMP" 2>"$TMP/px.err" & PIDS+=($!); NG_MASTER=$!
 
-FC_BIN=$(cd "$ROOT" && cargo build --release -q -p ferrocat-balancer --example balance --message-format=json \
-  | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "balance" and m.get("executable"):
-        print(m["executable"])')
+FC_BIN=$(balance_binary)
 [ -x "$FC_BIN" ] || { echo "could not find the balance example binary" >&2; exit 1; }
 
 start_ferrocat() { # $1: PROXY_BUFFERING value; sets FC_PID, FC_ADDR

@@ -236,10 +236,7 @@ async fn location(base: &str, host: &str, path: &str) -> String {
         format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     )
     .await;
-    raw.lines()
-        .find_map(|l| l.strip_prefix("location: "))
-        .unwrap_or_else(|| panic!("no location in {raw}"))
-        .to_owned()
+    common::raw_header(&raw, "location")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

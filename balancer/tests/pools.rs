@@ -354,10 +354,7 @@ async fn upstream_for(base: &str, host: Option<&str>, path: &str) -> String {
     )
     .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    raw.lines()
-        .find_map(|l| l.strip_prefix("x-upstream: "))
-        .unwrap_or_else(|| panic!("no x-upstream in {raw}"))
-        .to_owned()
+    common::raw_header(&raw, "x-upstream")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,6 +328,14 @@ pub async fn log_lines_at_least(path: &std::path::Path, n: usize) -> Vec<String>
 /// Sends the raw bytes `head` to the balancer at `base` on a new connection and returns all it
 /// answers until it closes the connection (or 5 s pass): for heads a client library would not
 /// send.
+/// The value of the header line `name: ...` (as hyper writes names: lowercase) in a raw answer.
+pub fn raw_header(raw: &str, name: &str) -> String {
+    raw.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .unwrap_or_else(|| panic!("no {name} in {raw}"))
+        .to_owned()
+}
+
 pub async fn raw_exchange(base: &str, head: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let addr = base.trim_start_matches("http://");
