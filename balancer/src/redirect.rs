@@ -88,7 +88,7 @@ impl Redirects {
 const REQUEST_VARS: [&str; 2] = ["host", "scheme"];
 
 /// The variable (`$host`, `${scheme}`) that starts `rest` (just after a `$`), and its length.
-fn request_var(rest: &str) -> Option<(&'static str, usize)> {
+pub(crate) fn request_var(rest: &str) -> Option<(&'static str, usize)> {
     REQUEST_VARS.iter().find_map(|&name| {
         if let Some(after) = rest.strip_prefix(name) {
             // `$hostname` is a group named `hostname`, not `$host` + "name".

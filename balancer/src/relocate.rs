@@ -5,7 +5,7 @@
 //! Each entry is `"default"` or `"<from> <to>"`: a `Location` (or the URL of a `Refresh`)
 //! that starts with `from` (compared without case) has that prefix replaced by `to`; the first
 //! entry that matches applies. Both may name `$host` (the request's `Host` without its port)
-//! and `$scheme` (`http` or `https`, as the client came, or as a trusted proxy in front says in
+//! and `$scheme` (also `${host}`, `${scheme}`; `http` or `https`, as the client came, or as a trusted proxy in front says in
 //! `X-Forwarded-Proto`); `$$` is a `$`. `"default"` is
 //! `http://<upstream address>/` replaced by `<the pool's strip_prefix>/`, as nginx's default
 //! replaces the `proxy_pass` URL with the location.
@@ -63,7 +63,9 @@ impl ProxyRedirect {
             rules.push(rule);
         }
         let uses_host = rules.iter().any(|r| match r {
-            Rule::Replace { from, to } => from.contains("$host") || to.contains("$host"),
+            Rule::Replace { from, to } => [from, to]
+                .iter()
+                .any(|t| t.contains("$host") || t.contains("${host}")),
             Rule::Default => false,
         });
         Ok(Self { rules, uses_host })
@@ -123,21 +125,18 @@ impl ProxyRedirect {
     }
 }
 
-/// Only `$host`, `$scheme` and `$$`.
+/// Only `$host`, `$scheme` (also as `${host}`, `${scheme}`, see
+/// [`crate::redirect::request_var`]) and `$$`.
 fn check_template(t: &str) -> Result<(), String> {
     let mut rest = t;
     while let Some(i) = rest.find('$') {
         let after = &rest[i + 1..];
-        let len = ["host", "scheme", "$"]
-            .into_iter()
-            .find(|v| {
-                after.starts_with(v)
-                    && (*v == "$"
-                        || !after[v.len()..]
-                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
-            })
-            .map(str::len)
-            .ok_or_else(|| format!("{t:?}: only $host, $scheme and $$ can be used"))?;
+        let len = match after.strip_prefix('$') {
+            Some(_) => 1,
+            None => crate::redirect::request_var(after)
+                .map(|(_, len)| len)
+                .ok_or_else(|| format!("{t:?}: only $host, $scheme and $$ can be used"))?,
+        };
         rest = &after[len..];
     }
     Ok(())
@@ -148,17 +147,17 @@ fn expand(t: &str, vars: &Vars<'_>, out: &mut Vec<u8>) {
     while let Some(i) = rest.find('$') {
         out.extend_from_slice(&rest.as_bytes()[..i]);
         let after = &rest[i + 1..];
-        if let Some(r) = after.strip_prefix("host") {
-            out.extend_from_slice(vars.host);
-            rest = r;
-        } else if let Some(r) = after.strip_prefix("scheme") {
-            out.extend_from_slice(if vars.https { b"https" } else { b"http" });
-            rest = r;
-        } else if let Some(r) = after.strip_prefix('$') {
+        if let Some(r) = after.strip_prefix('$') {
             out.push(b'$');
             rest = r;
+        } else if let Some((name, len)) = crate::redirect::request_var(after) {
+            match name {
+                "host" => out.extend_from_slice(vars.host),
+                _ => out.extend_from_slice(if vars.https { b"https" } else { b"http" }),
+            }
+            rest = &after[len..];
         } else {
-            // Checked when parsed; kept as written.
+            // Refused when parsed; kept as written.
             out.push(b'$');
             rest = after;
         }
@@ -249,5 +248,11 @@ mod tests {
             assert_eq!(err.0, bad.len() - 1, "case {i}: {err:?}");
         }
         assert!(ProxyRedirect::parse(&["$$a $host".to_owned()]).is_ok());
+        let braced = rules(&["http://${host}/ ${scheme}://${host}/"]);
+        assert!(braced.uses_host);
+        assert_eq!(
+            text(braced.location(b"http://a.example/x", &vars("a.example", true, ""))).as_deref(),
+            Some("https://a.example/x")
+        );
     }
 }
