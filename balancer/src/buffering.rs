@@ -24,7 +24,6 @@ use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -263,7 +262,9 @@ impl Backlog {
             Some(f) => f.file.clone(),
             None => {
                 let dir = self.dir.clone();
-                let file = Arc::new(run_blocking(move || create(&dir)).await?);
+                let file = Arc::new(
+                    run_blocking(move || crate::spool::create_unlinked(&dir, "response")).await?,
+                );
                 self.file = Some(TempFile {
                     file: file.clone(),
                     wpos: 0,
@@ -366,29 +367,6 @@ async fn run_blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e)))
-}
-
-/// A new temp file in `dir`, unlinked at once (nothing is left behind, whatever happens).
-fn create(dir: &Path) -> io::Result<File> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    for _ in 0..8 {
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!("ferrocat-response-{}-{n}", std::process::id()));
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(file) => {
-                let _ = std::fs::remove_file(&path);
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(io::ErrorKind::AlreadyExists.into())
 }
 
 #[cfg(test)]

@@ -5,8 +5,8 @@
 //! Each entry is `"default"` or `"<from> <to>"`: a `Location` (or the URL of a `Refresh`)
 //! that starts with `from` (compared without case) has that prefix replaced by `to`; the first
 //! entry that matches applies. Both may name `$host` (the request's `Host` without its port)
-//! and `$scheme` (also `${host}`, `${scheme}`; `http` or `https`, as the client came, or as a trusted proxy in front says in
-//! `X-Forwarded-Proto`); `$$` is a `$`. `"default"` is
+//! and `$scheme` (`http` or `https`, as the client came, or as a trusted proxy in front says in
+//! `X-Forwarded-Proto`), also written `${host}`, `${scheme}`; `$$` is a `$`. `"default"` is
 //! `http://<upstream address>/` replaced by `<the pool's strip_prefix>/`, as nginx's default
 //! replaces the `proxy_pass` URL with the location.
 

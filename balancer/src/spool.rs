@@ -38,31 +38,42 @@ pub(crate) enum SpoolSendError {
     Answered,
 }
 
+/// A new file in `dir` named after `what`, opened for reading and writing and unlinked at
+/// once, so nothing is left behind whatever happens to the process (blocking: call it on the
+/// blocking pool). Also the response buffers' temp files (`crate::buffering`).
+pub(crate) fn create_unlinked(dir: &std::path::Path, what: &str) -> std::io::Result<std::fs::File> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..8 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("ferrocat-{what}-{}-{n}", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(file) => {
+                let _ = std::fs::remove_file(&path);
+                return Ok(file);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::ErrorKind::AlreadyExists.into())
+}
+
 impl Spool {
     /// Creates an empty spool file in `dir` (already unlinked).
     pub async fn create(dir: &std::path::Path) -> std::io::Result<Self> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut attempt = 0;
-        loop {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!("ferrocat-body-{}-{n}", std::process::id()));
-            let opened = tokio::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .await;
-            match opened {
-                Ok(file) => {
-                    let _ = tokio::fs::remove_file(&path).await;
-                    return Ok(Self { file, len: 0 });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let dir = dir.to_owned();
+        let file = tokio::task::spawn_blocking(move || create_unlinked(&dir, "body"))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))?;
+        Ok(Self {
+            file: tokio::fs::File::from_std(file),
+            len: 0,
+        })
     }
 
     /// Appends `data`.
