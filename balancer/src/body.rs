@@ -554,7 +554,7 @@ pub(crate) async fn forward(
     framing: Body,
     mode: ToClient,
     read_timeout: std::time::Duration,
-    backlog: &mut Option<Backlog>,
+    backlog: &mut Option<Backlog<'_>>,
 ) -> Forwarded {
     let mut left = match framing {
         Body::Length(n) => n,
@@ -628,7 +628,7 @@ pub(crate) async fn forward(
 /// client needs (bounded by `send_timeout`). With one (`proxy_buffering`): written at once as
 /// far as the client takes it, the rest queued behind what waits already; the wait for the
 /// client comes only when the backlog is full.
-async fn emit(c: &mut Conn, backlog: &mut Option<Backlog>) -> Result<(), Forwarded> {
+async fn emit(c: &mut Conn, backlog: &mut Option<Backlog<'_>>) -> Result<(), Forwarded> {
     let Some(q) = backlog else {
         return if c.flush().await {
             Ok(())
@@ -691,7 +691,7 @@ enum Waited {
 /// `Err(Cut)` when the temp file failed or the upstream was silent for `read_timeout`.
 async fn send_backlog(
     c: &mut Conn,
-    q: &mut Backlog,
+    q: &mut Backlog<'_>,
     mut up: Option<&mut UpConn>,
     read_timeout: std::time::Duration,
 ) -> Result<Waited, Forwarded> {
@@ -769,7 +769,7 @@ async fn next_body_bytes(
     up: &mut UpConn,
     framing: Body,
     read_timeout: std::time::Duration,
-    backlog: &mut Option<Backlog>,
+    backlog: &mut Option<Backlog<'_>>,
 ) -> Result<Option<bool>, Forwarded> {
     let Some(q) = backlog.as_mut().filter(|q| !q.is_empty()) else {
         return read_body(c, up, framing, read_timeout).await.map(Some);
@@ -791,7 +791,7 @@ async fn next_body_bytes(
 
 /// Writes what the backlog still holds to the client (after the upstream's answer was read to
 /// its end); false if the client is gone.
-pub(crate) async fn drain_backlog(c: &mut Conn, q: &mut Backlog) -> bool {
+pub(crate) async fn drain_backlog(c: &mut Conn, q: &mut Backlog<'_>) -> bool {
     while !q.is_empty() {
         if send_backlog(c, q, None, NO_READ).await.is_err() {
             return false;
@@ -838,7 +838,7 @@ pub(crate) async fn forward_gzip(
     encoder: crate::gzip::Encoder,
     chunked: bool,
     read_timeout: std::time::Duration,
-    backlog: &mut Option<Backlog>,
+    backlog: &mut Option<Backlog<'_>>,
 ) -> Forwarded {
     let mut left = match framing {
         Body::Length(n) => n,

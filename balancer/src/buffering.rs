@@ -106,7 +106,7 @@ pub(crate) fn parse_buffers(text: &str) -> Result<usize, String> {
 /// The part of a response its client has not taken yet, in order: the oldest bytes in memory,
 /// the newer ones (when memory is full) in a temp file, the newest gathered for the next write
 /// to the file.
-pub(crate) struct Backlog {
+pub(crate) struct Backlog<'a> {
     /// Bytes to send, from `pos`.
     mem: Vec<u8>,
     pos: usize,
@@ -115,9 +115,8 @@ pub(crate) struct Backlog {
     staged: Vec<u8>,
     /// No temp file for this response (none allowed, or making or writing one failed).
     no_file: bool,
-    memory: usize,
-    max_file: u64,
-    dir: Arc<Path>,
+    /// The sizes and the directory (borrowed: a response costs no reference count).
+    policy: &'a Policy,
     /// A TLS client's last write may have left records in the stream: flush before done.
     unflushed: bool,
     /// Since when the client has taken nothing (`send_timeout` runs from there).
@@ -131,17 +130,15 @@ struct TempFile {
     rpos: u64,
 }
 
-impl Backlog {
-    pub fn new(policy: &Policy) -> Self {
+impl<'a> Backlog<'a> {
+    pub fn new(policy: &'a Policy) -> Self {
         Self {
             mem: Vec::new(),
             pos: 0,
             file: None,
             staged: Vec::new(),
             no_file: policy.max_file == 0,
-            memory: policy.memory,
-            max_file: policy.max_file,
-            dir: policy.dir.clone(),
+            policy,
             unflushed: false,
             client_deadline: None,
         }
@@ -172,11 +169,11 @@ impl Backlog {
 
     /// More of the upstream's answer may be read: memory or the temp file can take it.
     pub fn has_room(&self) -> bool {
-        if self.behind() == 0 && self.mem_pending() < self.memory {
+        if self.behind() == 0 && self.mem_pending() < self.policy.memory {
             return true;
         }
         let file_size = self.file.as_ref().map_or(0, |f| f.wpos) + self.staged.len() as u64;
-        !self.no_file && file_size < self.max_file
+        !self.no_file && file_size < self.policy.max_file
     }
 
     /// The memory part is sent and more waits behind it: [`Backlog::refill`] first.
@@ -196,7 +193,7 @@ impl Backlog {
             return Ok(());
         }
         let behind = self.behind() > 0;
-        if behind || self.mem_pending() + data.len() > self.memory {
+        if behind || self.mem_pending() + data.len() > self.policy.memory {
             if self.no_file && !behind {
                 // Memory only: over its bound by one read at most, as `has_room` stops reads.
                 self.append_mem(data);
@@ -231,7 +228,7 @@ impl Backlog {
             Err(e) => {
                 log::warn!(
                     "response buffering: no temp file in {}: {e}",
-                    self.dir.display()
+                    self.policy.dir.display()
                 );
                 self.no_file = true;
                 Ok(())
@@ -250,7 +247,7 @@ impl Backlog {
         }
         if self.mem.capacity() == 0 {
             self.mem
-                .reserve_exact(self.memory.min(STAGE).max(data.len()));
+                .reserve_exact(self.policy.memory.min(STAGE).max(data.len()));
         }
         self.mem.append(data);
     }
@@ -261,7 +258,7 @@ impl Backlog {
         let file = match &self.file {
             Some(f) => f.file.clone(),
             None => {
-                let dir = self.dir.clone();
+                let dir = self.policy.dir.clone();
                 let file = Arc::new(
                     run_blocking(move || crate::spool::create_unlinked(&dir, "response")).await?,
                 );
@@ -396,7 +393,7 @@ mod tests {
     }
 
     /// Drains `b` completely into a Vec, refilling from the file as needed.
-    async fn take_all(b: &mut Backlog) -> Vec<u8> {
+    async fn take_all(b: &mut Backlog<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         while b.pending() > 0 {
             if b.needs_refill() {
@@ -410,7 +407,8 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_keep_their_order_through_memory_the_file_and_the_stage() {
-        let mut b = Backlog::new(&policy(1024, 64 << 20));
+        let p = policy(1024, 64 << 20);
+        let mut b = Backlog::new(&p);
         let mut expected = Vec::new();
         let mut got = Vec::new();
         let mut used_file = false;
@@ -444,7 +442,8 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_file_only_memory_takes_bytes() {
-        let mut b = Backlog::new(&policy(1024, 0));
+        let p = policy(1024, 0);
+        let mut b = Backlog::new(&p);
         assert!(b.has_room());
         b.push(&mut vec![1; 1000]).await.unwrap();
         assert!(b.has_room());
@@ -456,7 +455,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_file_is_bounded_by_max_temp_file_size() {
-        let mut b = Backlog::new(&policy(1024, 256 * 1024));
+        let p = policy(1024, 256 * 1024);
+        let mut b = Backlog::new(&p);
         b.push(&mut vec![1; 1024]).await.unwrap();
         let mut pushed = 1024;
         while b.has_room() {
