@@ -67,6 +67,18 @@ async fn conns_after_another_request(base: &str, up: &Upstream) -> usize {
     up.conns()
 }
 
+/// Files this process holds open in `dir` that are already unlinked (its temp files).
+fn unlinked_open_in(dir: &std::path::Path, what: &str) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|t| {
+            let t = t.to_string_lossy();
+            t.starts_with(&*dir.to_string_lossy()) && t.contains(what) && t.ends_with("(deleted)")
+        })
+        .count()
+}
+
 fn with_status(mut cfg: BalancerConfig) -> BalancerConfig {
     cfg.status_path = Some("/_status".into());
     cfg
@@ -151,6 +163,12 @@ async fn a_slow_client_does_not_hold_the_upstream() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The answer waits in a temp file in `proxy_temp_path`, unlinked already.
+        assert_eq!(
+            unlinked_open_in(temp.path(), "ferrocat-response-"),
+            1,
+            "{path}"
+        );
         if !off {
             // 64 MiB wait for the client, on disk: the memory does not grow by them.
             let growth_mib = common::rss_kib().saturating_sub(before) / 1024;
@@ -340,6 +358,9 @@ async fn a_slow_upload_reaches_the_upstream_only_once_complete() {
         // Two thirds of the body, then a pause, as a slow mobile upload.
         let mut s = start_upload(&base, SIZE, 2 << 20).await;
         tokio::time::sleep(Duration::from_millis(700)).await;
+        // Past 1 MiB the body waits in `client_body_temp_path`, unlinked already.
+        let spooled = unlinked_open_in(temp.path(), "ferrocat-body-");
+        assert_eq!(spooled, usize::from(buffered));
         if buffered {
             assert_eq!(
                 a.hits(),
