@@ -116,24 +116,28 @@ pub(crate) async fn write_watching(
         if let Some(e) = failed.take() {
             // The write failed (reset after answering?): the socket is readable now, with the
             // answer if one came; wait for the reactor to say so, then read.
-            match up.stream.poll_read_ready(cx) {
+            if up.rbuf.capacity() - up.rbuf.len() < 4096 {
+                up.rbuf.reserve(io::READ_CHUNK);
+            }
+            return match up.stream.poll_read_some(&mut up.rbuf, cx) {
                 Poll::Pending => {
                     failed = Some(e);
-                    return Poll::Pending;
+                    Poll::Pending
                 }
-                Poll::Ready(_) => {
-                    if up.rbuf.capacity() - up.rbuf.len() < 4096 {
-                        up.rbuf.reserve(io::READ_CHUNK);
-                    }
-                    return Poll::Ready(match up.stream.try_read_buf(&mut up.rbuf) {
-                        Ok(n) if n > 0 => Ok(Sent::Answered),
-                        _ => Err(e),
-                    });
-                }
-            }
+                Poll::Ready(Ok(n)) if n > 0 => Poll::Ready(Ok(Sent::Answered)),
+                Poll::Ready(_) => Poll::Ready(Err(e)),
+            };
         }
         if written == data.len() {
-            return Poll::Ready(Ok(Sent::Done));
+            // Plain TCP has nothing to flush; TLS may still hold the last record.
+            return match std::pin::Pin::new(&mut up.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(Sent::Done)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => match answered(up, cx) {
+                    Some(answer) => Poll::Ready(answer),
+                    None => Poll::Pending,
+                },
+            };
         }
         match std::pin::Pin::new(&mut up.stream).poll_write(cx, &data[written..]) {
             Poll::Ready(Ok(0)) => {
@@ -170,16 +174,11 @@ fn answered(up: &mut UpConn, cx: &mut std::task::Context<'_>) -> Option<std::io:
     if !up.rbuf.is_empty() {
         return Some(Ok(Sent::Answered));
     }
-    match up.stream.poll_read_ready(cx) {
-        Poll::Ready(Ok(())) => {
-            if up.rbuf.capacity() - up.rbuf.len() < 4096 {
-                up.rbuf.reserve(io::READ_CHUNK);
-            }
-            match up.stream.try_read_buf(&mut up.rbuf) {
-                Ok(n) if n > 0 => Some(Ok(Sent::Answered)),
-                _ => None,
-            }
-        }
+    if up.rbuf.capacity() - up.rbuf.len() < 4096 {
+        up.rbuf.reserve(io::READ_CHUNK);
+    }
+    match up.stream.poll_read_some(&mut up.rbuf, cx) {
+        Poll::Ready(Ok(n)) if n > 0 => Some(Ok(Sent::Answered)),
         _ => None,
     }
 }

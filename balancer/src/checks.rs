@@ -3,6 +3,7 @@
 //! A probe opens a fresh connection (so it also tests accepting), sends `GET <path>` with the
 //! upstream's address as `Host`, and passes if the status is expected (any 2xx/3xx by default)
 //! within the timeout. `rise` passes in a row bring an upstream up, `fall` failures take it down.
+//! A `tls` upstream is probed over TLS, with the same verification as its requests.
 
 use std::net::SocketAddr;
 
@@ -11,10 +12,16 @@ use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
 
 use crate::config::HealthCheckConfig;
+use crate::upstream_tls::{UpStream, UpTls};
 
 /// Probes `addr` once.
-pub(crate) async fn probe(addr: SocketAddr, host: &str, hc: &HealthCheckConfig) -> bool {
-    match tokio::time::timeout(hc.timeout, fetch_status(addr, host, &hc.path)).await {
+pub(crate) async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    tls: Option<&UpTls>,
+    hc: &HealthCheckConfig,
+) -> bool {
+    match tokio::time::timeout(hc.timeout, fetch_status(addr, host, tls, &hc.path)).await {
         Ok(Ok(status)) => expected(status, &hc.expect_status),
         Ok(Err(e)) => {
             log::debug!("health check of {addr} failed: {e}");
@@ -30,9 +37,14 @@ pub(crate) async fn probe(addr: SocketAddr, host: &str, hc: &HealthCheckConfig) 
 async fn fetch_status(
     addr: SocketAddr,
     host: &str,
+    tls: Option<&UpTls>,
     path: &str,
 ) -> Result<StatusCode, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let stream = match tls {
+        None => UpStream::Plain(tcp),
+        Some(tls) => crate::upstream_tls::handshake(tls, tcp).await?,
+    };
     let (mut tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
     let req = Request::get(path)

@@ -18,6 +18,13 @@ pub(crate) enum AttemptError {
         upstream: SocketAddr,
         source: std::io::Error,
     },
+    /// The TLS handshake with a `tls` upstream failed (nothing was sent): its certificate is
+    /// not trusted or not for its name, or it does not speak TLS.
+    #[error("TLS handshake with upstream {upstream} failed: {source}")]
+    Handshake {
+        upstream: SocketAddr,
+        source: std::io::Error,
+    },
     /// TCP connect did not finish within `proxy_connect_timeout` (nothing was sent).
     #[error("connect to upstream {upstream} timed out")]
     ConnectTimeout { upstream: SocketAddr },
@@ -46,7 +53,7 @@ impl AttemptError {
     /// Whether the request may have reached the upstream (then a non-idempotent one is not retried).
     pub fn maybe_sent(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::ConnectTimeout { .. } => false,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Handshake { .. } => false,
             Self::Exchange { sent, .. } => *sent,
             Self::Timeout { .. } | Self::Protocol { .. } => true,
         }

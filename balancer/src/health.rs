@@ -111,9 +111,9 @@ pub(crate) async fn run(
                         if u.cfg.down {
                             continue;
                         }
-                        let (address, addr, hc) = (u.cfg.address.clone(), u.addr, hc.clone());
+                        let (address, addr, hc, tls) = (u.cfg.address.clone(), u.addr, hc.clone(), u.tls.clone());
                         checks_running.spawn(async move {
-                            let passed = checks::probe(addr, &address, &hc).await;
+                            let passed = checks::probe(addr, &address, tls.as_ref(), &hc).await;
                             (address, passed)
                         });
                     }

@@ -72,6 +72,7 @@ mod tls;
 mod tunnel;
 mod units;
 mod upstream;
+mod upstream_tls;
 mod uri;
 
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! Per-worker keep-alive pool of plain TCP connections to the upstreams.
+//! Per-worker keep-alive pool of connections to the upstreams (plain TCP, or TLS for `tls`
+//! upstreams).
 //!
 //! Each worker thread runs its own current-thread runtime and owns one `Pool` (`Rc`, no lock):
 //! idle connections per upstream address, most recently used first, each with its read buffer.
@@ -10,20 +11,21 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
 
 use crate::error::AttemptError;
+use crate::upstream_tls::{UpStream, UpTls};
 
 /// Initial read buffer of an upstream connection.
 const READ_BUFFER: usize = 16 * 1024;
 
 /// One connection to an upstream and what has been read from it but not used yet.
 pub(crate) struct UpConn {
-    pub stream: TcpStream,
+    pub stream: UpStream,
     pub rbuf: BytesMut,
     addr: SocketAddr,
     /// The upstream answered before it had the whole request: never reused.
@@ -37,15 +39,12 @@ impl UpConn {
     /// while it was idle.
     fn still_open(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                // Readable while idle: an end of stream, an error, or bytes nobody asked for.
-                matches!(self.stream.try_read_buf(&mut self.rbuf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-                    && self.rbuf.is_empty()
-            }
-        }
+        // Readable while idle: an end of stream, an error, or bytes nobody asked for. (A TLS
+        // upstream's session tickets are taken in and read as nothing.)
+        self.stream
+            .poll_read_some(&mut self.rbuf, &mut cx)
+            .is_pending()
+            && self.rbuf.is_empty()
     }
 }
 
@@ -85,13 +84,14 @@ impl Pool {
         self.max_idle.get() > 0
     }
 
-    /// Takes an idle connection to `addr` that is still open, if any.
-    pub fn checkout(&self, addr: SocketAddr) -> Option<UpConn> {
+    /// Takes an idle connection to `addr` that is still open, if any, speaking TLS if `tls`
+    /// (a reload may have turned an address's `tls` on or off).
+    pub fn checkout(&self, addr: SocketAddr, tls: bool) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         let timeout = self.idle_timeout.get();
         while let Some((mut conn, since)) = list.pop_back() {
-            if since.elapsed() < timeout && conn.still_open() {
+            if since.elapsed() < timeout && conn.stream.is_tls() == tls && conn.still_open() {
                 return Some(conn);
             }
         }
@@ -121,9 +121,15 @@ impl Pool {
         list.push_back((conn, Instant::now()));
     }
 
-    /// Opens a new connection to `addr` within `timeout`.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpConn, AttemptError> {
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    /// Opens a new connection to `addr` within `timeout`, with the TLS handshake if `tls` (in
+    /// the same time, as nginx's `proxy_connect_timeout`).
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: Option<&UpTls>,
+        timeout: Duration,
+    ) -> Result<UpConn, AttemptError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(AttemptError::Connect {
@@ -135,6 +141,23 @@ impl Pool {
         };
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
+        let stream = match tls {
+            None => UpStream::Plain(stream),
+            Some(tls) => {
+                match tokio::time::timeout_at(deadline, crate::upstream_tls::handshake(tls, stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(source)) => {
+                        return Err(AttemptError::Handshake {
+                            upstream: addr,
+                            source,
+                        })
+                    }
+                    Err(_) => return Err(AttemptError::ConnectTimeout { upstream: addr }),
+                }
+            }
+        };
         Ok(UpConn {
             stream,
             rbuf: BytesMut::with_capacity(READ_BUFFER),
@@ -159,10 +182,10 @@ mod tests {
         let mut peers = Vec::new();
         let mut ports = Vec::new();
         for _ in 0..3 {
-            let conn = Pool::connect(addr, Duration::from_secs(5))
+            let conn = Pool::connect(addr, None, Duration::from_secs(5))
                 .await
                 .expect("connect");
-            ports.push(conn.stream.local_addr().expect("local").port());
+            ports.push(conn.stream.tcp().local_addr().expect("local").port());
             peers.push(listener.accept().await.expect("accept").0);
             pool.put(conn);
         }
@@ -174,9 +197,24 @@ mod tests {
             .expect("read");
         assert_eq!(n, 0);
         // Most recently used first.
-        let port = |c: Option<UpConn>| c.map(|c| c.stream.local_addr().expect("local").port());
-        assert_eq!(port(pool.checkout(addr)), Some(ports[2]));
-        assert_eq!(port(pool.checkout(addr)), Some(ports[1]));
-        assert_eq!(port(pool.checkout(addr)), None);
+        let port =
+            |c: Option<UpConn>| c.map(|c| c.stream.tcp().local_addr().expect("local").port());
+        assert_eq!(port(pool.checkout(addr, false)), Some(ports[2]));
+        assert_eq!(port(pool.checkout(addr, false)), Some(ports[1]));
+        assert_eq!(port(pool.checkout(addr, false)), None);
+        // A plain connection is not handed out for an address that now speaks TLS (a reload
+        // turned `tls` on): it is closed instead.
+        let conn = Pool::connect(addr, None, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let mut peer = listener.accept().await.expect("accept").0;
+        pool.put(conn);
+        assert_eq!(port(pool.checkout(addr, true)), None);
+        assert_eq!(port(pool.checkout(addr, false)), None);
+        let n = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+            .await
+            .expect("the plain connection is closed")
+            .expect("read");
+        assert_eq!(n, 0);
     }
 }

@@ -231,19 +231,20 @@ impl Worker {
         replayable: &mut bool,
     ) -> Result<(UpConn, Response), Failure> {
         loop {
-            let mut pooled = self.pool.checkout(up.addr);
+            let tls = up.tls.is_some();
+            let mut pooled = self.pool.checkout(up.addr, tls);
             if pooled.is_none() && self.pool.enabled() {
                 // None idle: let the exchanges that finish in this same pass of the scheduler
                 // (their answers are already readable) hand their connections back first, and
                 // take one of those instead of opening a new one. Under a burst of more clients
                 // than `keepalive`, this takes 2/3 of the lost throughput back (README).
                 tokio::task::yield_now().await;
-                pooled = self.pool.checkout(up.addr);
+                pooled = self.pool.checkout(up.addr, tls);
             }
             let (mut conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => (
-                    Pool::connect(up.addr, snap.cfg.proxy_connect_timeout)
+                    Pool::connect(up.addr, up.tls.as_ref(), snap.cfg.proxy_connect_timeout)
                         .await
                         .map_err(Failure::Upstream)?,
                     false,

@@ -84,7 +84,7 @@ pub(crate) fn acceptor(
 }
 
 /// Reads a PEM chain and its key into a certified key; errors name `cert_key` or `key_key`.
-fn certified(
+pub(crate) fn certified(
     provider: &rustls::crypto::CryptoProvider,
     cert: &Path,
     key: &Path,

@@ -52,6 +52,8 @@ pub(crate) struct Upstream {
     pub counts: Arc<Counts>,
     /// Index of its pool in [`Snapshot::pools`] (0: the default pool).
     pub pool: usize,
+    /// How to speak TLS to it (`tls = true`).
+    pub tls: Option<crate::upstream_tls::UpTls>,
 }
 
 /// An upstream's totals since it was first configured.
@@ -334,11 +336,22 @@ impl Snapshot {
             name.and_then(|n| cfg.pool.iter().position(|p| p.name == n))
                 .map_or(0, |i| i + 1)
         };
+        let connector = cfg.upstream_tls()?;
         let mut upstreams = Vec::with_capacity(cfg.upstream.len());
         for (i, up) in cfg.upstream.iter().enumerate() {
             let old = prev.and_then(|p| p.upstreams.iter().find(|u| u.cfg.address == up.address));
             let pool = pool_index(up.pool.as_deref());
-            upstreams.push(Arc::new(build_upstream(i, up, old.map(|o| &**o), pool)?));
+            let tls = match (&connector, up.tls) {
+                (Some(connector), true) => Some(upstream_tls(i, up, connector)?),
+                _ => None,
+            };
+            upstreams.push(Arc::new(build_upstream(
+                i,
+                up,
+                old.map(|o| &**o),
+                pool,
+                tls,
+            )?));
         }
         let routes = upstreams
             .iter()
@@ -458,11 +471,30 @@ impl Snapshot {
     }
 }
 
+/// How upstream `i` is spoken to over TLS: the shared connector and its name.
+fn upstream_tls(
+    i: usize,
+    up: &UpstreamConfig,
+    connector: &tokio_rustls::TlsConnector,
+) -> Result<crate::upstream_tls::UpTls, ConfigError> {
+    let (name, key) = match &up.tls_name {
+        Some(name) => (name.as_str(), "tls_name"),
+        None => (crate::upstream_tls::host_of(&up.address), "address"),
+    };
+    let name = crate::upstream_tls::server_name(name)
+        .map_err(|e| ConfigError::new(format!("balancer.upstream[{i}].{key}"), e))?;
+    Ok(crate::upstream_tls::UpTls {
+        connector: connector.clone(),
+        name,
+    })
+}
+
 fn build_upstream(
     i: usize,
     up: &UpstreamConfig,
     old: Option<&Upstream>,
     pool: usize,
+    tls: Option<crate::upstream_tls::UpTls>,
 ) -> Result<Upstream, ConfigError> {
     let key = || format!("balancer.upstream[{i}].address");
     let addr = up
@@ -498,6 +530,7 @@ fn build_upstream(
         recovered_at,
         counts,
         pool,
+        tls,
     })
 }
 

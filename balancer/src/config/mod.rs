@@ -200,6 +200,16 @@ pub struct UpstreamConfig {
     /// which serves every request no pool's `paths` match.
     #[serde(default)]
     pub pool: Option<String>,
+    /// Speak TLS to this upstream (nginx `proxy_pass https://`): the certificate is verified
+    /// against `proxy_ssl_trusted_certificate` unless `proxy_ssl_verify` is off, kept-alive
+    /// connections stay encrypted, and active health checks go over TLS too.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name the upstream's certificate must carry and that is sent as SNI (nginx
+    /// `proxy_ssl_name`); default: the host of `address` (an IP address is checked against the
+    /// certificate's IP entries and sends no SNI).
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -227,6 +237,8 @@ impl UpstreamConfig {
             drain: false,
             slow_start: Duration::ZERO,
             pool: None,
+            tls: false,
+            tls_name: None,
         }
     }
 
@@ -591,6 +603,18 @@ pub struct BalancerConfig {
     /// Directory for the temp files (nginx `proxy_temp_path`); default: the system's temp
     /// directory. The files are unlinked as soon as they are made.
     pub proxy_temp_path: Option<PathBuf>,
+    /// Verify the certificates of `tls` upstreams (nginx `proxy_ssl_verify`; on by default here,
+    /// unlike nginx: an unverified upstream connection is open to anyone on the path).
+    pub proxy_ssl_verify: bool,
+    /// PEM file of the CA certificates `tls` upstreams are verified against (nginx
+    /// `proxy_ssl_trusted_certificate`); default: the system bundle
+    /// `/etc/ssl/certs/ca-certificates.crt`. Re-read on reload.
+    pub proxy_ssl_trusted_certificate: Option<PathBuf>,
+    /// PEM certificate chain the balancer shows to `tls` upstreams that ask for a client
+    /// certificate (nginx `proxy_ssl_certificate`), with `proxy_ssl_certificate_key`.
+    pub proxy_ssl_certificate: Option<PathBuf>,
+    /// Private key of `proxy_ssl_certificate`.
+    pub proxy_ssl_certificate_key: Option<PathBuf>,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
     pub keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -674,6 +698,10 @@ impl Default for BalancerConfig {
             proxy_buffers: "8 8k".into(),
             proxy_max_temp_file_size: 1 << 30,
             proxy_temp_path: None,
+            proxy_ssl_verify: true,
+            proxy_ssl_trusted_certificate: None,
+            proxy_ssl_certificate: None,
+            proxy_ssl_certificate_key: None,
             keepalive: DEFAULT_KEEPALIVE,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
@@ -735,7 +763,18 @@ impl BalancerConfig {
     pub fn check_files(&self) -> Result<(), ConfigError> {
         self.read_error_page()?;
         self.tls_acceptor()?;
+        self.upstream_tls()?;
         Ok(())
+    }
+
+    /// The client side of TLS to the upstreams, if any upstream has `tls` (reads the trusted
+    /// certificates and the client certificate).
+    pub(crate) fn upstream_tls(&self) -> Result<Option<tokio_rustls::TlsConnector>, ConfigError> {
+        if self.upstream.iter().any(|u| u.tls) {
+            crate::upstream_tls::connector(self).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The contents of `error_page`, if set.

@@ -37,6 +37,21 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             "required with ssl_certificate and ssl_certificate_key (the address that speaks TLS)",
         )),
     }
+    match (&cfg.proxy_ssl_certificate, &cfg.proxy_ssl_certificate_key) {
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "balancer.proxy_ssl_certificate_key",
+                "required with proxy_ssl_certificate",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "balancer.proxy_ssl_certificate",
+                "required with proxy_ssl_certificate_key",
+            ))
+        }
+        _ => {}
+    }
     if cfg.ssl_redirect && cfg.ssl_listen.is_none() {
         return Err(ConfigError::new(
             "balancer.ssl_redirect",
@@ -457,6 +472,13 @@ fn validate_upstreams(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                     format!("{route:?} is used twice"),
                 ));
             }
+        }
+        if let Some(name) = &up.tls_name {
+            if !up.tls {
+                return Err(ConfigError::new(key("tls_name"), "needs tls = true"));
+            }
+            crate::upstream_tls::server_name(name)
+                .map_err(|e| ConfigError::new(key("tls_name"), e))?;
         }
         if up.max_fails > 0 && up.fail_timeout.is_zero() {
             return Err(ConfigError::new(
