@@ -131,6 +131,16 @@ async fn an_untrusted_certificate_or_a_wrong_name_fails_unless_verification_is_o
     assert_eq!(status(plain).await, 502);
     // Only the requests that got through reached the upstream.
     assert_eq!(a.hits(), 2);
+    // A failed handshake is a failed attempt like a refused connect: the next upstream answers.
+    let mut two = over_tls(&tls_addr, &cert);
+    two.upstream.push(a.config());
+    let (h, base) = start(two).await;
+    for _ in 0..4 {
+        let (s, name) = common::get(&http, &format!("{base}/")).await;
+        assert_eq!((s, name.as_str()), (200, "a"));
+    }
+    h.stop(true).await;
+    assert_eq!(a.hits(), 6);
     front.stop(true).await;
 }
 
