@@ -309,3 +309,76 @@ async fn client_gone_before_the_answer_closes_the_upstream_connection() {
     );
     h.stop(false).await;
 }
+
+/// An upstream that reads what it is sent and closes each connection, without an answer, once
+/// `enough` bytes have come on it; returns its address and the bytes it received in all.
+async fn swallower(
+    enough: usize,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let total = std::sync::Arc::new(AtomicUsize::new(0));
+    let seen = total.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut got = 0;
+                while got < enough {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            got += n;
+                            seen.fetch_add(n, Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_put_body_is_sent_whole_again_to_the_next_upstream() {
+    // 5 MiB goes through the temp file, 200 KiB stays in memory.
+    for size in [5usize << 20, 200 << 10] {
+        let (sink, received) = swallower(size).await;
+        let a = Upstream::start("a").await;
+        let mut cfg = config(&[&a]);
+        cfg.upstream
+            .insert(0, ferrocat_balancer::UpstreamConfig::new(sink.to_string()));
+        cfg.upstream.iter_mut().for_each(|u| u.max_fails = 0);
+        cfg.client_max_body_size = 64 << 20;
+        let (h, base) = start(cfg).await;
+        let http = client();
+        for i in 0..2usize {
+            // Bytes that differ by position, so a body resent from a wrong offset shows.
+            let body: Vec<u8> = (0..size).map(|k| ((k * 7 + i) % 251) as u8).collect();
+            let want = common::Digest::of(&body);
+            let r = http
+                .put(format!("{base}/digest"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "size {size}");
+            assert_eq!(r.text().await.unwrap(), want);
+        }
+        // The first upstream got a whole body (at least once) before it hung up; the other
+        // one got every request, each with its full body.
+        let got = received.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            got >= size,
+            "size {size}: the first upstream got {got} bytes"
+        );
+        assert_eq!(a.hits(), 2);
+        h.stop(true).await;
+    }
+}

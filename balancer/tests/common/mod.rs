@@ -22,7 +22,7 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// A real HTTP/1 server that answers by path:
 /// `/slow/MS` waits MS ms; `/status/CODE` answers CODE; `/headers` echoes the request headers;
-/// `/big/N` streams N bytes; `/text/N` answers N bytes of text (see there); `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; anything else
+/// `/big/N` streams N bytes; `/text/N` answers N bytes of text (see there); `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; `/digest` answers its [`Digest`]; anything else
 /// answers the server's name. Every answer carries `x-upstream: NAME`.
 pub struct Upstream {
     pub name: String,
@@ -112,6 +112,43 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Length and FNV-1a hash of a byte stream, as `/digest` answers it: `"<len> <hash hex>"`.
+#[derive(Debug)]
+pub struct Digest {
+    len: u64,
+    hash: u64,
+}
+
+impl Default for Digest {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            hash: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+}
+
+impl Digest {
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.len += bytes.len() as u64;
+        for &b in bytes {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn of(bytes: &[u8]) -> String {
+        let mut d = Self::default();
+        d.add(bytes);
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for Digest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {:016x}", self.len, self.hash)
     }
 }
 
@@ -242,6 +279,14 @@ async fn answer(
                 total += chunk.len() as u64;
             }
             full(total.to_string())
+        }
+        "digest" => {
+            let mut body = req.into_body().into_data_stream();
+            let mut d = Digest::default();
+            while let Some(Ok(chunk)) = body.next().await {
+                d.add(&chunk);
+            }
+            full(d.to_string())
         }
         _ => {
             let _ = req.into_body().collect().await;
