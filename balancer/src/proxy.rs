@@ -518,9 +518,11 @@ impl Worker {
             drop(conn);
         }
         drop(guard);
-        // The upstream is free (pooled or closed); what its client has not taken yet follows.
+        // The upstream is free (pooled or closed); what its client has not taken yet follows,
+        // also when the upstream cut the answer short: the client gets every byte that came
+        // (a download can resume from there), then the close.
         let delivered = match backlog.as_mut() {
-            Some(q) if outcome == Forwarded::Complete => body::drain_backlog(c, q).await,
+            Some(q) if outcome != Forwarded::ClientGone => body::drain_backlog(c, q).await,
             _ => true,
         };
         outcome == Forwarded::Complete && delivered && !close

@@ -396,3 +396,43 @@ async fn a_slow_upload_reaches_the_upstream_only_once_complete() {
         "nothing left behind"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_upstream_cuts_short_still_reaches_a_slow_client_up_to_the_cut() {
+    let _serial = SERIAL.lock().await;
+    // An upstream that promises 32 MiB, sends 16 MiB and hangs up.
+    const SENT: usize = 16 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 33554432\r\n\r\n")
+                    .await;
+                let _ = s.write_all(&vec![b'c'; SENT]).await;
+            });
+        }
+    });
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(addr.to_string())];
+    let (h, base) = start(cfg).await;
+    let (mut s, head, mut got) = stalled_client(&base, "/cut").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The client takes nothing while the upstream sends its part and closes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the answer was neither finished nor closed"),
+        }
+    }
+    // Every byte the upstream sent, then the close (the length says the answer is short).
+    assert_eq!(got.len(), SENT);
+    assert!(got.iter().all(|&b| b == b'c'));
+    h.stop(true).await;
+}
