@@ -112,6 +112,8 @@ pub(crate) struct Conn {
     pub host: Vec<u8>,
     /// The current request's scheme is https (its own TLS, or a trusted proxy's word).
     pub https: bool,
+    /// The current request's dealings with the response cache.
+    pub cache: crate::cache::CacheReq,
 }
 
 /// What happens to the connection after a request.
@@ -306,6 +308,7 @@ pub(crate) async fn serve_stream(
         head_req: false,
         host: Vec::new(),
         https: false,
+        cache: crate::cache::CacheReq::default(),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -435,7 +438,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host, https) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host, https, cache) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
@@ -445,6 +448,7 @@ async fn one_request(
                 &mut c.file,
                 &mut c.host,
                 &mut c.https,
+                &mut c.cache,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
@@ -512,6 +516,12 @@ async fn one_request(
                 match &snap.pools[pool].hash_key {
                     Some(k) => k.eval(v, v.client, key),
                     None => key.clear(),
+                }
+                cache.on = false;
+                cache.bypass = false;
+                if let (Some(policy), true) = (&snap.cache, snap.pools[pool].cache) {
+                    cache.on = policy.admits(v, &snap.cfg.sticky_cookie, &mut cache.key);
+                    cache.bypass = !cache.on && (v.method == "GET" || v.method == "HEAD");
                 }
                 if let Some(k) = snap.limit.as_ref().and_then(|l| l.key.as_ref()) {
                     k.eval(v, v.client, limit_key);

@@ -40,6 +40,7 @@
 mod access_log;
 mod body;
 mod buffering;
+mod cache;
 mod checks;
 mod choose;
 pub mod config;

@@ -102,6 +102,7 @@ impl Pool {
     pub fn put(&self, conn: UpConn) {
         let max_requests = self.max_requests.get();
         if !conn.rbuf.is_empty()
+            || conn.stream.is_memory()
             || conn.answered_early
             || (max_requests > 0 && conn.requests >= max_requests)
         {
@@ -119,6 +120,17 @@ impl Pool {
             list.pop_front();
         }
         list.push_back((conn, Instant::now()));
+    }
+
+    /// A cached answer (`raw`: its head and body) dressed as a connection that has read it.
+    pub fn memory(raw: &[u8], addr: SocketAddr) -> UpConn {
+        UpConn {
+            stream: UpStream::Memory,
+            rbuf: BytesMut::from(raw),
+            addr,
+            answered_early: false,
+            requests: 1,
+        }
     }
 
     /// Opens a new connection to `addr` within `timeout`, with the TLS handshake if `tls` (in
@@ -185,7 +197,14 @@ mod tests {
             let conn = Pool::connect(addr, None, Duration::from_secs(5))
                 .await
                 .expect("connect");
-            ports.push(conn.stream.tcp().local_addr().expect("local").port());
+            ports.push(
+                conn.stream
+                    .tcp()
+                    .expect("tcp")
+                    .local_addr()
+                    .expect("local")
+                    .port(),
+            );
             peers.push(listener.accept().await.expect("accept").0);
             pool.put(conn);
         }
@@ -197,8 +216,16 @@ mod tests {
             .expect("read");
         assert_eq!(n, 0);
         // Most recently used first.
-        let port =
-            |c: Option<UpConn>| c.map(|c| c.stream.tcp().local_addr().expect("local").port());
+        let port = |c: Option<UpConn>| {
+            c.map(|c| {
+                c.stream
+                    .tcp()
+                    .expect("tcp")
+                    .local_addr()
+                    .expect("local")
+                    .port()
+            })
+        };
         assert_eq!(port(pool.checkout(addr, false)), Some(ports[2]));
         assert_eq!(port(pool.checkout(addr, false)), Some(ports[1]));
         assert_eq!(port(pool.checkout(addr, false)), None);

@@ -88,9 +88,205 @@ impl Worker {
         body: &mut ReqBody,
     ) -> bool {
         let key = std::mem::take(&mut c.key);
-        let keep = self.attempts(c, snap, req, (pool, bound), body, &key).await;
+        let keep = match &snap.cache {
+            Some(cache) if c.cache.on || c.cache.bypass => {
+                self.through_cache(c, snap, cache, req, (pool, bound), body, &key)
+                    .await
+            }
+            _ => self.attempts(c, snap, req, (pool, bound), body, &key).await,
+        };
         c.key = key;
         keep
+    }
+
+    /// A request of a caching pool: answered from the cache, or passed on and its answer kept
+    /// (see `crate::cache`).
+    #[allow(clippy::too_many_arguments)]
+    async fn through_cache(
+        &self,
+        c: &mut Conn,
+        snap: &Arc<Snapshot>,
+        cache: &crate::cache::Policy,
+        req: &Request,
+        target: (usize, Option<usize>),
+        body: &mut ReqBody,
+        key: &[u8],
+    ) -> bool {
+        use crate::cache::Found;
+        c.cache.stale = None;
+        c.cache.fill = false;
+        if !c.cache.on {
+            c.cache.status = "BYPASS";
+            return self.attempts(c, snap, req, target, body, key).await;
+        }
+        let stats = &cache.store.stats;
+        let mut found = cache.lookup(&c.cache.key, &c.head);
+        let mut filling = None;
+        if !matches!(found, Found::Fresh(_) | Found::Pass) {
+            filling = cache.store.try_fill(&c.cache.key);
+            if filling.is_none() {
+                // Another request is filling this key.
+                if let (Found::Stale(e), true) = (&found, cache.stale.updating) {
+                    let e = e.clone();
+                    if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "UPDATING").await
+                    {
+                        stats.updating.fetch_add(1, Relaxed);
+                        return keep;
+                    }
+                }
+                if cache.lock {
+                    cache
+                        .store
+                        .wait_fill(&c.cache.key, cache.lock_timeout)
+                        .await;
+                    found = cache.lookup(&c.cache.key, &c.head);
+                }
+            }
+        }
+        let pass = matches!(found, Found::Pass);
+        match found {
+            Found::Fresh(e) => {
+                if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "HIT").await {
+                    stats.hits.fetch_add(1, Relaxed);
+                    return keep;
+                }
+                c.cache.status = "MISS";
+                stats.misses.fetch_add(1, Relaxed);
+            }
+            Found::Stale(e) => {
+                c.cache.stale = Some(e);
+                c.cache.status = "EXPIRED";
+                stats.expired.fetch_add(1, Relaxed);
+            }
+            Found::Pass | Found::None => {
+                c.cache.status = "MISS";
+                stats.misses.fetch_add(1, Relaxed);
+            }
+        }
+        // Only a GET fills (a HEAD's answer has no body to keep).
+        c.cache.fill = !req.head_method && !pass;
+        let keep = self.attempts(c, snap, req, target, body, key).await;
+        c.cache.stale = None;
+        drop(filling);
+        keep
+    }
+
+    /// Answers with a kept answer, as if its upstream had just sent it; `None` when that
+    /// upstream is no longer configured (then the request is passed on).
+    async fn answer_cached(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        req: &Request,
+        body: &ReqBody,
+        entry: &crate::cache::Entry,
+        status: &'static str,
+    ) -> Option<bool> {
+        let up = snap
+            .upstreams
+            .iter()
+            .find(|u| u.cfg.address == entry.upstream)?;
+        let mut conn = Pool::memory(&entry.raw, up.addr);
+        c.cache.fill = false;
+        let resp = self
+            .read_head(c, &mut conn, snap, up, req, false)
+            .await
+            .ok()?;
+        c.cache.status = status;
+        self.put_cache_status(c, snap);
+        Some(self.respond(c, conn, resp, None, snap, req, body).await)
+    }
+
+    /// The `proxy_cache_status_header`, if one is set, into the response head.
+    fn put_cache_status(&self, c: &mut Conn, snap: &Snapshot) {
+        if let Some(name) = snap.cache.as_ref().and_then(|p| p.status_header.as_ref()) {
+            if !c.cache.status.is_empty() {
+                headers::put(&mut c.wbuf, name.as_bytes(), c.cache.status.as_bytes());
+            }
+        }
+    }
+
+    /// Reads the rest of a cacheable answer into `conn.rbuf` and keeps it; an answer that
+    /// cannot be kept marks its key "pass" (see `crate::cache`).
+    async fn keep_answer(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        conn: &mut UpConn,
+        resp: &Response,
+        up: &Upstream,
+    ) {
+        let Some(cache) = &snap.cache else {
+            return;
+        };
+        let Some((ttl, vary)) = cache.storable(resp.status, &c.cache.head) else {
+            cache.store.pass(&c.cache.key);
+            return;
+        };
+        let room = cache.max_entry.saturating_sub(c.cache.head.len() as u64);
+        let limit = snap.cfg.proxy_read_timeout;
+        let body_len = match resp.body {
+            Body::None => 0,
+            Body::Length(n) if n <= room => {
+                while (conn.rbuf.len() as u64) < n {
+                    match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
+                        Ok(Ok(k)) if k > 0 => {}
+                        // Cut or silent: nothing is kept, and forwarding meets the same end.
+                        _ => return,
+                    }
+                }
+                n as usize
+            }
+            Body::Chunked => {
+                let mut dec = crate::h1::chunked::ChunkedDecoder::default();
+                let mut fed = 0;
+                loop {
+                    let Ok(used) = dec.feed(&conn.rbuf[fed..], |_| {}) else {
+                        return;
+                    };
+                    fed += used;
+                    if dec.is_done() {
+                        break fed;
+                    }
+                    if conn.rbuf.len() as u64 > room {
+                        cache.store.pass(&c.cache.key);
+                        return;
+                    }
+                    match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
+                        Ok(Ok(k)) if k > 0 => {}
+                        _ => return,
+                    }
+                }
+            }
+            _ => {
+                cache.store.pass(&c.cache.key);
+                return;
+            }
+        };
+        let mut raw = Vec::with_capacity(c.cache.head.len() + body_len);
+        raw.extend_from_slice(&c.cache.head);
+        raw.extend_from_slice(&conn.rbuf[..body_len]);
+        let entry = crate::cache::Entry::new(raw.into(), &up.cfg.address, ttl, vary, &c.head);
+        cache.insert(&c.cache.key, entry);
+    }
+
+    /// Answers with the expired copy kept for this request, if there is one (and its upstream
+    /// is still configured).
+    async fn answer_stale(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        req: &Request,
+        body: &ReqBody,
+    ) -> Option<bool> {
+        let entry = c.cache.stale.take()?;
+        let keep = self
+            .answer_cached(c, snap, req, body, &entry, "STALE")
+            .await?;
+        if let Some(cache) = &snap.cache {
+            cache.store.stats.stale.fetch_add(1, Relaxed);
+        }
+        Some(keep)
     }
 
     async fn attempts(
@@ -133,7 +329,7 @@ impl Worker {
             up.counts.attempts.fetch_add(1, Relaxed);
             let result = self.exchange(c, snap, up, req, body, &mut replayable).await;
             match result {
-                Ok((conn, resp)) => {
+                Ok((mut conn, resp)) => {
                     c.log.attempt(up.addr, resp.status);
                     if policy.retries_status(resp.status) {
                         up.counts.failures.fetch_add(1, Relaxed);
@@ -147,6 +343,26 @@ impl Worker {
                             again = true;
                             continue;
                         }
+                    }
+                    if c.cache.stale.is_some()
+                        && snap
+                            .cache
+                            .as_ref()
+                            .is_some_and(|p| p.stale.for_status(resp.status))
+                    {
+                        // `proxy_cache_use_stale http_5xx`: the expired copy instead.
+                        drop(conn);
+                        drop(guard);
+                        if let Some(keep) = self.answer_stale(c, snap, req, body).await {
+                            return keep;
+                        }
+                        let status =
+                            StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        let close = !req.keep_alive || !body.complete() || self.stopping.get();
+                        c.wbuf.clear();
+                        let n =
+                            pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+                        return c.send_page(status, n, close).await == Next::KeepAlive;
                     }
                     if snap.cfg.proxy_intercept_errors && matches!(resp.status, 500 | 502..=504) {
                         // nginx `proxy_intercept_errors`: the client gets the error page, not
@@ -162,7 +378,13 @@ impl Worker {
                             pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
                         return c.send_page(status, n, close).await == Next::KeepAlive;
                     }
-                    return self.respond(c, conn, resp, guard, snap, req, body).await;
+                    if c.cache.fill {
+                        self.keep_answer(c, snap, &mut conn, &resp, up).await;
+                    }
+                    self.put_cache_status(c, snap);
+                    return self
+                        .respond(c, conn, resp, Some(guard), snap, req, body)
+                        .await;
                 }
                 Err(Failure::TooLarge) => {
                     return c.page(StatusCode::PAYLOAD_TOO_LARGE, true).await
@@ -213,6 +435,17 @@ impl Worker {
         }
         let status =
             last_status.unwrap_or_else(|| no_upstream_status(snap, pool, tried.as_slice()));
+        if c.cache.stale.is_some()
+            && snap
+                .cache
+                .as_ref()
+                .is_some_and(|p| p.stale.for_failure(status.as_u16()))
+        {
+            // `proxy_cache_use_stale error timeout`: the upstreams failed, the copy answers.
+            if let Some(keep) = self.answer_stale(c, snap, req, body).await {
+                return keep;
+            }
+        }
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
         let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
@@ -394,6 +627,10 @@ impl Worker {
                         continue;
                     }
                     Ok(r) => {
+                        if c.cache.fill {
+                            c.cache.head.clear();
+                            c.cache.head.extend_from_slice(&conn.rbuf[..r.head_len]);
+                        }
                         conn.rbuf.advance(r.head_len);
                         return Ok(r);
                     }
@@ -438,14 +675,17 @@ impl Worker {
         c: &mut Conn,
         mut conn: UpConn,
         resp: Response,
-        guard: ActiveGuard,
+        guard: Option<ActiveGuard>,
         snap: &Snapshot,
         req: &Request,
         body: &ReqBody,
     ) -> bool {
         if resp.status == 101 {
-            c.log.status = 101;
-            crate::tunnel::run(c, conn, guard, snap.cfg.proxy_send_timeout).await;
+            // Only a live upstream switches protocols (a 101 is never cached).
+            if let Some(guard) = guard {
+                c.log.status = 101;
+                crate::tunnel::run(c, conn, guard, snap.cfg.proxy_send_timeout).await;
+            }
             return false;
         }
         let mode = match (resp.body, req.minor) {

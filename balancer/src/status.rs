@@ -80,11 +80,29 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
             "untracked": l.table.untracked.load(Relaxed),
         })
     });
+    let cache = snap.cache.as_ref().map(|p| {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (entries, bytes) = p.store.size();
+        let s = &p.store.stats;
+        json!({
+            "entries": entries,
+            "bytes": bytes,
+            "max_size": p.max_size,
+            "hits": s.hits.load(Relaxed),
+            "misses": s.misses.load(Relaxed),
+            "expired": s.expired.load(Relaxed),
+            "stale": s.stale.load(Relaxed),
+            "updating": s.updating.load(Relaxed),
+            "stored": s.stored.load(Relaxed),
+            "evicted": s.evicted.load(Relaxed),
+        })
+    });
     json!({
         "config_generation": snap.generation,
         "method": format!("{:?}", snap.cfg.method),
         "limit_req": limit_req,
         "limit_conn": limit_conn,
+        "cache": cache,
         "upstreams": upstreams,
     })
 }

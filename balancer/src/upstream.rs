@@ -144,6 +144,8 @@ pub(crate) struct Pool {
     pub strip_prefix: Option<String>,
     /// The pool's `client_max_body_size` (the balancer's unless it sets one).
     pub max_body: u64,
+    /// Its answers are cached (`proxy_cache`, the pool's own or the balancer's).
+    pub cache: bool,
     /// Its `paths`: these patterns of [`Snapshot::pool_paths`] (none: any path).
     pub paths: std::ops::Range<usize>,
     /// Its `hosts` (none: any host).
@@ -268,6 +270,8 @@ pub(crate) struct Snapshot {
     pub buffering: crate::buffering::Policy,
     /// `proxy_redirect`.
     pub relocate: crate::relocate::ProxyRedirect,
+    /// The response cache, if a pool caches.
+    pub cache: Option<crate::cache::Policy>,
 }
 
 /// `proxy_next_upstream*` in a form cheap to test per attempt.
@@ -386,6 +390,7 @@ impl Snapshot {
                     max_body: named
                         .and_then(|c| c.client_max_body_size)
                         .unwrap_or(cfg.client_max_body_size),
+                    cache: named.and_then(|c| c.proxy_cache).unwrap_or(cfg.proxy_cache),
                     len: primary.members.len() + backup.members.len(),
                     primary,
                     backup,
@@ -428,6 +433,7 @@ impl Snapshot {
         let gzip = crate::gzip::Policy::of(&cfg)?;
         let files = crate::files::Locations::of(&cfg.statics);
         let buffering = crate::buffering::Policy::of(&cfg)?;
+        let cache = crate::cache::Policy::of(&cfg, prev.and_then(|p| p.cache.as_ref()))?;
         let relocate = crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
             .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
@@ -467,6 +473,7 @@ impl Snapshot {
             files,
             buffering,
             relocate,
+            cache,
         })
     }
 }

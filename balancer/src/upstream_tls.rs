@@ -202,6 +202,9 @@ pub(crate) async fn handshake(tls: &UpTls, tcp: TcpStream) -> io::Result<UpStrea
 pub(crate) enum UpStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// No connection: a cached answer, all of it already in the read buffer (reads find the
+    /// end, writes fail).
+    Memory,
 }
 
 impl UpStream {
@@ -210,12 +213,18 @@ impl UpStream {
         matches!(self, UpStream::Tls(_))
     }
 
+    /// Whether it is a cached answer rather than a connection.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, UpStream::Memory)
+    }
+
     /// The socket under it.
     #[cfg(test)]
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            UpStream::Plain(s) => s,
-            UpStream::Tls(s) => s.get_ref().0,
+            UpStream::Plain(s) => Some(s),
+            UpStream::Tls(s) => Some(s.get_ref().0),
+            UpStream::Memory => None,
         }
     }
 
@@ -236,8 +245,17 @@ impl UpStream {
                 }
             },
             UpStream::Tls(s) => tokio_util::io::poll_read_buf(Pin::new(s), cx, buf),
+            UpStream::Memory => Poll::Ready(Ok(0)),
         }
     }
+}
+
+/// What a write to a cached answer gets.
+fn no_connection() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "a cached answer has no connection",
+    )
 }
 
 impl AsyncRead for UpStream {
@@ -249,6 +267,7 @@ impl AsyncRead for UpStream {
         match self.get_mut() {
             UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Memory => Poll::Ready(Ok(())),
         }
     }
 }
@@ -262,6 +281,7 @@ impl AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Plain(s) => Pin::new(s).poll_write(cx, data),
             UpStream::Tls(s) => Pin::new(s).poll_write(cx, data),
+            UpStream::Memory => Poll::Ready(Err(no_connection())),
         }
     }
 
@@ -273,6 +293,7 @@ impl AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             UpStream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpStream::Memory => Poll::Ready(Err(no_connection())),
         }
     }
 
@@ -280,12 +301,13 @@ impl AsyncWrite for UpStream {
         match self {
             UpStream::Plain(s) => s.is_write_vectored(),
             UpStream::Tls(s) => s.is_write_vectored(),
+            UpStream::Memory => false,
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            UpStream::Plain(_) => Poll::Ready(Ok(())),
+            UpStream::Plain(_) | UpStream::Memory => Poll::Ready(Ok(())),
             UpStream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -294,6 +316,7 @@ impl AsyncWrite for UpStream {
         match self.get_mut() {
             UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Memory => Poll::Ready(Ok(())),
         }
     }
 }

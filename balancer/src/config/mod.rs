@@ -315,6 +315,9 @@ pub struct PoolConfig {
     /// (nginx sets it per `location`).
     #[serde(default, with = "units::opt_size")]
     pub client_max_body_size: Option<u64>,
+    /// Cache this pool's answers (see `balancer.proxy_cache`); default: `balancer.proxy_cache`.
+    #[serde(default)]
+    pub proxy_cache: Option<bool>,
 }
 
 impl PoolConfig {
@@ -328,6 +331,7 @@ impl PoolConfig {
             hash_key: None,
             strip_prefix: None,
             client_max_body_size: None,
+            proxy_cache: None,
         }
     }
 }
@@ -615,6 +619,39 @@ pub struct BalancerConfig {
     pub proxy_ssl_certificate: Option<PathBuf>,
     /// Private key of `proxy_ssl_certificate`.
     pub proxy_ssl_certificate_key: Option<PathBuf>,
+    /// Keep answers in memory and answer from there (nginx `proxy_cache`; see `crate::cache`):
+    /// for every pool, unless a pool's own `proxy_cache` says otherwise.
+    pub proxy_cache: bool,
+    /// Memory for kept answers, in all.
+    #[serde(with = "units::size")]
+    pub proxy_cache_max_size: u64,
+    /// Largest answer (head and body) that is kept.
+    #[serde(with = "units::size")]
+    pub proxy_cache_max_entry_size: u64,
+    /// How long answers that do not say so themselves are kept, by status (nginx
+    /// `proxy_cache_valid`): `"200 302 10m"`, `"404 1m"`, `"any 1m"`, `"10m"` (200, 301, 302).
+    /// Empty: only answers with `Cache-Control: max-age`/`s-maxage`, `Expires` or
+    /// `X-Accel-Expires` are kept.
+    pub proxy_cache_valid: Vec<String>,
+    /// When an expired copy answers (nginx `proxy_cache_use_stale`): `error`, `timeout`,
+    /// `http_500`, `http_502`, `http_503`, `http_504` (the upstreams failed so), `updating`
+    /// (while another request refreshes it).
+    pub proxy_cache_use_stale: Vec<String>,
+    /// Requests for a key that is being filled wait for it instead of all going to the
+    /// upstreams (nginx `proxy_cache_lock`; on by default here).
+    pub proxy_cache_lock: bool,
+    /// Longest such wait; then the request goes to the upstreams.
+    #[serde(with = "units::duration")]
+    pub proxy_cache_lock_timeout: Duration,
+    /// Kept answers nobody asked for during this time are dropped (nginx `inactive`).
+    #[serde(with = "units::duration")]
+    pub proxy_cache_inactive: Duration,
+    /// Requests with the session cookie (`sticky_cookie`) use the cache too. Off by default:
+    /// a page made for a logged-in user must not be served to another.
+    pub proxy_cache_session: bool,
+    /// A response header telling `HIT`, `MISS`, `EXPIRED`, `STALE`, `UPDATING` or `BYPASS`
+    /// (nginx's `add_header X-Cache-Status $upstream_cache_status`); empty: none.
+    pub proxy_cache_status_header: String,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
     pub keepalive: usize,
     /// How long an idle upstream connection is kept.
@@ -698,6 +735,16 @@ impl Default for BalancerConfig {
             proxy_buffers: "8 8k".into(),
             proxy_max_temp_file_size: 1 << 30,
             proxy_temp_path: None,
+            proxy_cache: false,
+            proxy_cache_max_size: 64 << 20,
+            proxy_cache_max_entry_size: 1 << 20,
+            proxy_cache_valid: Vec::new(),
+            proxy_cache_use_stale: Vec::new(),
+            proxy_cache_lock: true,
+            proxy_cache_lock_timeout: Duration::from_secs(5),
+            proxy_cache_inactive: Duration::from_secs(600),
+            proxy_cache_session: false,
+            proxy_cache_status_header: String::new(),
             proxy_ssl_verify: true,
             proxy_ssl_trusted_certificate: None,
             proxy_ssl_certificate: None,

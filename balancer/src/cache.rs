@@ -1,0 +1,772 @@
+//! Response cache in memory (nginx `proxy_cache` with `proxy_cache_valid`,
+//! `proxy_cache_use_stale`, `proxy_cache_lock`), shared by the workers.
+//!
+//! What is kept is the upstream's answer as it came (its head and its body in their own
+//! framing), with the address of the upstream that gave it. A hit is answered by running that
+//! answer through the same response path as a live one (header rewrites, `add_header`, gzip,
+//! buffering), from memory: so a hit looks to the client exactly as the live answer did.
+//!
+//! - Requests: only `GET` and `HEAD` are looked up, and only `GET` fills; a request with
+//!   `Authorization` or `Range`, or with the session cookie (`sticky_cookie`) unless
+//!   `proxy_cache_session` allows it, neither reads nor fills. The key is the scheme, the host
+//!   and the request target.
+//! - Answers: kept when they say for how long (`X-Accel-Expires`, then `Cache-Control`
+//!   `s-maxage`/`max-age`, then `Expires`) or when `proxy_cache_valid` gives a time for their
+//!   status; never with `Set-Cookie`, `Cache-Control: no-store|no-cache|private`, `Vary: *`, a
+//!   206 or 304, or a body without a length or over `proxy_cache_max_entry_size`. `Vary` keeps
+//!   one variant per value of the named request headers.
+//! - Memory is bounded by `proxy_cache_max_size` (CLOCK eviction: an entry used since the hand
+//!   last passed gets another round), and an entry not asked for during `proxy_cache_inactive`
+//!   is dropped.
+//! - A key that is being filled: the others wait for it (`proxy_cache_lock`, at most
+//!   `proxy_cache_lock_timeout`), or get the expired copy (`updating` in
+//!   `proxy_cache_use_stale`). An answer that could not be kept marks its key "pass" for a
+//!   while, so requests for it are not held behind one another.
+//! - Expired copies are kept (until inactive or evicted) to answer when the upstreams fail
+//!   (`proxy_cache_use_stale error timeout http_500 ...`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::config::{BalancerConfig, ConfigError};
+use crate::h1::request::View;
+
+/// How long a key whose answer could not be kept goes straight to the upstreams.
+const PASS_FOR: Duration = Duration::from_secs(10);
+/// Most "pass" keys remembered (then they are forgotten all at once).
+const MAX_PASS: usize = 10_000;
+
+/// The cache settings of a snapshot, and the store (which outlives reloads).
+#[derive(Debug)]
+pub(crate) struct Policy {
+    pub max_size: u64,
+    pub max_entry: u64,
+    valid: Vec<(Statuses, Duration)>,
+    pub stale: Stale,
+    pub lock: bool,
+    pub lock_timeout: Duration,
+    inactive: Duration,
+    session: bool,
+    /// Response header that tells the cache status (nginx `$upstream_cache_status`).
+    pub status_header: Option<String>,
+    pub store: Arc<Store>,
+}
+
+/// When an expired copy answers instead of the upstreams (`proxy_cache_use_stale`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Stale {
+    pub error: bool,
+    pub timeout: bool,
+    /// `http_500` .. `http_504`.
+    pub status: [bool; 5],
+    pub updating: bool,
+}
+
+impl Stale {
+    /// Whether an upstream answer with `status` is replaced by the expired copy.
+    pub fn for_status(&self, status: u16) -> bool {
+        (500..=504).contains(&status) && self.status[usize::from(status - 500)]
+    }
+
+    /// Whether a failure ending in `status` (504: a time-out) is answered by the copy.
+    pub fn for_failure(&self, status: u16) -> bool {
+        if status == 504 {
+            self.timeout
+        } else {
+            self.error
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Statuses {
+    Any,
+    List(Vec<u16>),
+}
+
+impl Policy {
+    /// The policy of `cfg` if any pool caches; `prev`'s store is kept (a reload does not empty
+    /// the cache).
+    pub fn of(cfg: &BalancerConfig, prev: Option<&Policy>) -> Result<Option<Self>, ConfigError> {
+        let any = cfg.proxy_cache || cfg.pool.iter().any(|p| p.proxy_cache == Some(true));
+        if !any {
+            return Ok(None);
+        }
+        let valid = cfg
+            .proxy_cache_valid
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                parse_valid(e)
+                    .map_err(|m| ConfigError::new(format!("balancer.proxy_cache_valid[{i}]"), m))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stale = Stale::default();
+        for (i, e) in cfg.proxy_cache_use_stale.iter().enumerate() {
+            match e.as_str() {
+                "error" => stale.error = true,
+                "timeout" => stale.timeout = true,
+                "updating" => stale.updating = true,
+                "http_500" => stale.status[0] = true,
+                "http_502" => stale.status[2] = true,
+                "http_503" => stale.status[3] = true,
+                "http_504" => stale.status[4] = true,
+                "off" => {}
+                other => {
+                    return Err(ConfigError::new(
+                        format!("balancer.proxy_cache_use_stale[{i}]"),
+                        format!(
+                            "{other:?} is not one of error, timeout, updating, http_500, \
+                             http_502, http_503, http_504, off"
+                        ),
+                    ))
+                }
+            }
+        }
+        if cfg.proxy_cache_max_entry_size == 0
+            || cfg.proxy_cache_max_entry_size > cfg.proxy_cache_max_size
+        {
+            return Err(ConfigError::new(
+                "balancer.proxy_cache_max_entry_size",
+                "must be greater than 0 and at most proxy_cache_max_size",
+            ));
+        }
+        let status_header = match cfg.proxy_cache_status_header.as_str() {
+            "" => None,
+            name if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => Some(name.to_owned()),
+            name => {
+                return Err(ConfigError::new(
+                    "balancer.proxy_cache_status_header",
+                    format!("{name:?} is not a header name"),
+                ))
+            }
+        };
+        Ok(Some(Self {
+            max_size: cfg.proxy_cache_max_size,
+            max_entry: cfg.proxy_cache_max_entry_size,
+            valid,
+            stale,
+            lock: cfg.proxy_cache_lock,
+            lock_timeout: cfg.proxy_cache_lock_timeout,
+            inactive: cfg.proxy_cache_inactive,
+            session: cfg.proxy_cache_session,
+            status_header,
+            store: prev.map_or_else(|| Arc::new(Store::default()), |p| p.store.clone()),
+        }))
+    }
+
+    /// Whether a request may use the cache (before the pool's own switch): `Some(key)` written
+    /// into `key`, `false` for a request that bypasses it.
+    pub fn admits(&self, v: &View<'_>, sticky_cookie: &str, key: &mut Vec<u8>) -> bool {
+        if !(v.method == "GET" || v.method == "HEAD")
+            || v.header("authorization").is_some()
+            || v.header("range").is_some()
+        {
+            return false;
+        }
+        if !self.session
+            && !sticky_cookie.is_empty()
+            && (crate::sticky::cookie_value(v.cookies(), sticky_cookie).is_some()
+                || crate::sticky::url_route(v.path(), sticky_cookie).is_some())
+        {
+            return false;
+        }
+        key.clear();
+        key.push(if v.https { b's' } else { b'h' });
+        if let Some(host) = v.header("host").and_then(crate::redirect::host_name) {
+            key.extend(host.iter().map(u8::to_ascii_lowercase));
+        }
+        key.push(b' ');
+        key.extend_from_slice(v.path_and_query.as_bytes());
+        true
+    }
+
+    /// For how long an upstream answer with `status` and raw `head` may be kept, and the
+    /// request headers it varies on; `None`: not kept.
+    pub fn storable(&self, status: u16, head: &[u8]) -> Option<(Duration, Vec<String>)> {
+        if status == 206 || status == 304 || status < 200 {
+            return None;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut parsed = httparse::Response::new(&mut headers);
+        parsed.parse(head).ok()?;
+        let mut vary = Vec::new();
+        let (mut accel, mut control, mut expires) = (None, None, None);
+        for h in parsed.headers.iter() {
+            let name = h.name;
+            if name.eq_ignore_ascii_case("set-cookie") {
+                return None;
+            } else if name.eq_ignore_ascii_case("vary") {
+                for v in std::str::from_utf8(h.value).ok()?.split(',') {
+                    let v = v.trim().to_ascii_lowercase();
+                    if v == "*" {
+                        return None;
+                    }
+                    if !v.is_empty() && !vary.contains(&v) {
+                        vary.push(v);
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("x-accel-expires") {
+                accel = Some(h.value);
+            } else if name.eq_ignore_ascii_case("cache-control") {
+                let value = std::str::from_utf8(h.value).ok()?;
+                for directive in value.split(',') {
+                    let directive = directive.trim().to_ascii_lowercase();
+                    let (word, arg) = directive
+                        .split_once('=')
+                        .map_or((directive.as_str(), None), |(w, a)| {
+                            (w, Some(a.trim_matches('"')))
+                        });
+                    match (word, arg) {
+                        ("no-store" | "no-cache" | "private", _) => return None,
+                        ("s-maxage", Some(n)) => control = Some((true, n.parse::<u64>().ok()?)),
+                        ("max-age", Some(n)) if !matches!(control, Some((true, _))) => {
+                            control = Some((false, n.parse::<u64>().ok()?))
+                        }
+                        _ => {}
+                    }
+                }
+            } else if name.eq_ignore_ascii_case("expires") {
+                expires = Some(h.value);
+            }
+        }
+        let ttl = if let Some(v) = accel {
+            let v = std::str::from_utf8(v).ok()?.trim();
+            match v.strip_prefix('@') {
+                Some(at) => {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(at.parse().ok()?);
+                    at.duration_since(SystemTime::now()).ok()?
+                }
+                None => Duration::from_secs(v.parse().ok()?),
+            }
+        } else if let Some((_, secs)) = control {
+            Duration::from_secs(secs)
+        } else if let Some(v) = expires {
+            // An invalid date means "already expired" (RFC 9111).
+            let at = httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok()?;
+            at.duration_since(SystemTime::now()).ok()?
+        } else {
+            self.valid
+                .iter()
+                .find(|(s, _)| match s {
+                    Statuses::Any => true,
+                    Statuses::List(l) => l.contains(&status),
+                })
+                .map(|(_, t)| *t)?
+        };
+        (!ttl.is_zero()).then_some((ttl, vary))
+    }
+
+    /// The entry for `key` that fits the request head `head`.
+    pub fn lookup(&self, key: &[u8], head: &[u8]) -> Found {
+        self.store.lookup(key, head, self.inactive)
+    }
+
+    /// Keeps an answer.
+    pub fn insert(&self, key: &[u8], entry: Entry) {
+        self.store.insert(key, entry, self.max_size);
+    }
+}
+
+/// `"200 302 10m"`, `"404 1m"`, `"any 1m"`, or a time alone (for 200, 301 and 302).
+fn parse_valid(entry: &str) -> Result<(Statuses, Duration), String> {
+    let words: Vec<&str> = entry.split_ascii_whitespace().collect();
+    let Some((time, codes)) = words.split_last() else {
+        return Err("empty; e.g. \"200 302 10m\"".into());
+    };
+    let time = humantime::parse_duration(time)
+        .map_err(|e| format!("{time:?} is not a duration ({e}); e.g. \"200 302 10m\""))?;
+    let statuses = if codes.is_empty() {
+        Statuses::List(vec![200, 301, 302])
+    } else if codes == ["any"] {
+        Statuses::Any
+    } else {
+        let mut list = Vec::new();
+        for c in codes {
+            match c.parse::<u16>() {
+                Ok(s) if (200..=599).contains(&s) => list.push(s),
+                _ => {
+                    return Err(format!(
+                        "{c:?} is not a status from 200 to 599, nor \"any\""
+                    ))
+                }
+            }
+        }
+        Statuses::List(list)
+    };
+    Ok((statuses, time))
+}
+
+/// One kept answer.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    /// The upstream's head and body as they came.
+    pub raw: Bytes,
+    /// The `address` of the upstream that answered.
+    pub upstream: String,
+    fresh_until: Instant,
+    /// The request headers it varies on, with the values it was stored for.
+    vary: Vec<(String, Option<Vec<u8>>)>,
+    /// `now_millis()` of its last use.
+    used: AtomicU64,
+    /// Used since the clock hand last passed it.
+    referenced: AtomicBool,
+    /// Replaced or dropped: no longer in the map, still counted until the hand passes.
+    dead: AtomicBool,
+    size: u64,
+}
+
+impl Entry {
+    /// An answer (`raw`, from `upstream`) fresh for `ttl`, for a request with head `head`.
+    pub fn new(raw: Bytes, upstream: &str, ttl: Duration, vary: Vec<String>, head: &[u8]) -> Self {
+        let vary: Vec<_> = vary
+            .into_iter()
+            .map(|name| {
+                let value = request_header(head, &name).map(<[u8]>::to_vec);
+                (name, value)
+            })
+            .collect();
+        let size = raw.len() as u64
+            + upstream.len() as u64
+            + vary
+                .iter()
+                .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>() as u64
+            + 160;
+        Self {
+            raw,
+            upstream: upstream.to_owned(),
+            fresh_until: Instant::now() + ttl,
+            vary,
+            used: AtomicU64::new(crate::upstream::now_millis()),
+            referenced: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
+            size,
+        }
+    }
+
+    fn fits(&self, head: &[u8]) -> bool {
+        self.vary
+            .iter()
+            .all(|(name, value)| request_header(head, name) == value.as_deref())
+    }
+
+    fn same_variant(&self, other: &Entry) -> bool {
+        self.vary == other.vary
+    }
+}
+
+/// The value of header `name` in a request head (`Name: value` lines), if present.
+fn request_header<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let colon = line.iter().position(|&b| b == b':')?;
+        line[..colon]
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| line[colon + 1..].trim_ascii())
+    })
+}
+
+/// What a look-up found.
+pub(crate) enum Found {
+    Fresh(Arc<Entry>),
+    /// Expired, kept for `proxy_cache_use_stale` and while it is being refreshed.
+    Stale(Arc<Entry>),
+    /// A recent answer for this key could not be kept: go to the upstreams, fill nothing.
+    Pass,
+    None,
+}
+
+/// Counters for the status page.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub expired: AtomicU64,
+    pub stale: AtomicU64,
+    pub updating: AtomicU64,
+    pub stored: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+/// The entries of all workers.
+#[derive(Debug, Default)]
+pub(crate) struct Store {
+    inner: Mutex<Inner>,
+    pub stats: Stats,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Variants by key.
+    map: HashMap<Box<[u8]>, Vec<Arc<Entry>>>,
+    /// Every entry still counted, in the order the clock hand visits them.
+    clock: VecDeque<(Box<[u8]>, Arc<Entry>)>,
+    bytes: u64,
+    /// Keys being filled, and how their waiters are woken.
+    filling: HashMap<Box<[u8]>, Arc<Notify>>,
+    /// Keys whose answer could not be kept, until when.
+    pass: HashMap<Box<[u8]>, Instant>,
+}
+
+impl Store {
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves consistent enough data: go on with it.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lookup(&self, key: &[u8], head: &[u8], inactive: Duration) -> Found {
+        let now = crate::upstream::now_millis();
+        let mut inner = self.inner();
+        if let Some(until) = inner.pass.get(key) {
+            if Instant::now() < *until {
+                return Found::Pass;
+            }
+            inner.pass.remove(key);
+        }
+        let Some(variants) = inner.map.get_mut(key) else {
+            return Found::None;
+        };
+        let Some(i) = variants.iter().position(|e| e.fits(head)) else {
+            return Found::None;
+        };
+        let entry = &variants[i];
+        let idle = now.saturating_sub(entry.used.load(Relaxed));
+        if u128::from(idle) > inactive.as_millis() {
+            entry.dead.store(true, Relaxed);
+            variants.swap_remove(i);
+            if variants.is_empty() {
+                inner.map.remove(key);
+            }
+            return Found::None;
+        }
+        entry.used.store(now, Relaxed);
+        entry.referenced.store(true, Relaxed);
+        if Instant::now() < entry.fresh_until {
+            Found::Fresh(entry.clone())
+        } else {
+            Found::Stale(entry.clone())
+        }
+    }
+
+    fn insert(&self, key: &[u8], entry: Entry, max_size: u64) {
+        let entry = Arc::new(entry);
+        let mut inner = self.inner();
+        inner.pass.remove(key);
+        // Room first: the hand goes round, sparing what was used since it last passed.
+        let mut budget = inner.clock.len() * 2 + 1;
+        while inner.bytes + entry.size > max_size && budget > 0 {
+            budget -= 1;
+            let Some((k, old)) = inner.clock.pop_front() else {
+                break;
+            };
+            if !old.dead.load(Relaxed) && old.referenced.swap(false, Relaxed) {
+                inner.clock.push_back((k, old));
+                continue;
+            }
+            inner.bytes -= old.size;
+            if !old.dead.swap(true, Relaxed) {
+                self.stats.evicted.fetch_add(1, Relaxed);
+                if let Some(variants) = inner.map.get_mut(&k) {
+                    variants.retain(|e| !Arc::ptr_eq(e, &old));
+                    if variants.is_empty() {
+                        inner.map.remove(&k);
+                    }
+                }
+            }
+        }
+        if inner.bytes + entry.size > max_size {
+            return;
+        }
+        let variants = inner.map.entry(key.into()).or_default();
+        if let Some(i) = variants.iter().position(|e| e.same_variant(&entry)) {
+            variants[i].dead.store(true, Relaxed);
+            variants.swap_remove(i);
+        }
+        variants.push(entry.clone());
+        inner.bytes += entry.size;
+        inner.clock.push_back((key.into(), entry));
+        self.stats.stored.fetch_add(1, Relaxed);
+    }
+
+    /// Remembers that the answer for `key` could not be kept.
+    pub fn pass(&self, key: &[u8]) {
+        let mut inner = self.inner();
+        if inner.pass.len() >= MAX_PASS {
+            inner.pass.clear();
+        }
+        inner.pass.insert(key.into(), Instant::now() + PASS_FOR);
+    }
+
+    /// Becomes the one request that fills `key`, unless another one already is.
+    pub fn try_fill(self: &Arc<Self>, key: &[u8]) -> Option<Filling> {
+        let mut inner = self.inner();
+        if inner.filling.contains_key(key) {
+            return None;
+        }
+        let notify = Arc::new(Notify::new());
+        inner.filling.insert(key.into(), notify.clone());
+        Some(Filling {
+            store: self.clone(),
+            key: key.into(),
+            notify,
+        })
+    }
+
+    /// Waits, at most `limit`, for the request filling `key` to finish (at once if none is).
+    pub async fn wait_fill(&self, key: &[u8], limit: Duration) {
+        let Some(notify) = self.inner().filling.get(key).cloned() else {
+            return;
+        };
+        let notified = notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        // Registered before looking again, so the filler's wake-up cannot be missed.
+        notified.as_mut().enable();
+        let still = self
+            .inner()
+            .filling
+            .get(key)
+            .is_some_and(|n| Arc::ptr_eq(n, &notify));
+        if still {
+            let _ = tokio::time::timeout(limit, notified).await;
+        }
+    }
+
+    /// Entries and bytes held.
+    pub fn size(&self) -> (usize, u64) {
+        let inner = self.inner();
+        (inner.map.values().map(Vec::len).sum(), inner.bytes)
+    }
+}
+
+/// The right to fill a key; dropping it lets the waiters go.
+pub(crate) struct Filling {
+    store: Arc<Store>,
+    key: Box<[u8]>,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        let mut inner = self.store.inner();
+        if inner
+            .filling
+            .get(&self.key)
+            .is_some_and(|n| Arc::ptr_eq(n, &self.notify))
+        {
+            inner.filling.remove(&self.key);
+        }
+        drop(inner);
+        self.notify.notify_waiters();
+    }
+}
+
+/// A request's dealings with the cache.
+#[derive(Default)]
+pub(crate) struct CacheReq {
+    /// The request may use the cache (its pool caches, and it is not bypassed).
+    pub on: bool,
+    /// Its pool caches, but this request bypasses it.
+    pub bypass: bool,
+    pub key: Vec<u8>,
+    /// The answer may be kept (set for the attempts).
+    pub fill: bool,
+    /// The upstream's raw response head, captured for keeping.
+    pub head: Vec<u8>,
+    /// An expired copy to answer with if the upstreams fail.
+    pub stale: Option<Arc<Entry>>,
+    /// What the status header says for a live answer: `MISS`, `EXPIRED`, `BYPASS`.
+    pub status: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(valid: &[&str]) -> Policy {
+        let cfg = BalancerConfig {
+            proxy_cache: true,
+            proxy_cache_valid: valid.iter().map(|s| s.to_string()).collect(),
+            ..BalancerConfig::default()
+        };
+        Policy::of(&cfg, None).unwrap().unwrap()
+    }
+
+    fn head(lines: &str) -> Vec<u8> {
+        format!("HTTP/1.1 200 OK\r\n{lines}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn freshness_comes_from_the_answer_then_from_proxy_cache_valid() {
+        let p = policy(&["200 302 10m", "404 1m"]);
+        let ttl = |status, lines: &str| p.storable(status, &head(lines)).map(|(t, _)| t.as_secs());
+        assert_eq!(ttl(200, ""), Some(600));
+        assert_eq!(ttl(404, ""), Some(60));
+        assert_eq!(ttl(500, ""), None);
+        assert_eq!(ttl(200, "Cache-Control: max-age=30\r\n"), Some(30));
+        assert_eq!(
+            ttl(200, "Cache-Control: public, s-maxage=5, max-age=30\r\n"),
+            Some(5)
+        );
+        assert_eq!(
+            ttl(200, "Cache-Control: max-age=30, s-maxage=5\r\n"),
+            Some(5)
+        );
+        assert_eq!(ttl(500, "Cache-Control: max-age=30\r\n"), Some(30));
+        assert_eq!(
+            ttl(200, "X-Accel-Expires: 7\r\nCache-Control: max-age=30\r\n"),
+            Some(7)
+        );
+        assert_eq!(ttl(200, "X-Accel-Expires: 0\r\n"), None);
+        assert_eq!(ttl(200, "Cache-Control: max-age=0\r\n"), None);
+        for never in [
+            "Cache-Control: no-store\r\n",
+            "Cache-Control: private, max-age=60\r\n",
+            "Cache-Control: no-cache\r\n",
+            "Set-Cookie: a=b\r\n",
+            "Vary: *\r\n",
+            "Expires: 0\r\n",
+            "Expires: Thu, 01 Jan 1970 00:00:00 GMT\r\n",
+        ] {
+            assert_eq!(ttl(200, never), None, "{never}");
+        }
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
+        let t = ttl(200, &format!("Expires: {later}\r\n")).unwrap();
+        assert!((118..=120).contains(&t), "{t}");
+        assert_eq!(ttl(206, "Cache-Control: max-age=30\r\n"), None);
+        assert_eq!(ttl(304, "Cache-Control: max-age=30\r\n"), None);
+        // Without proxy_cache_valid, only answers that say so are kept.
+        let bare = policy(&[]);
+        assert_eq!(bare.storable(200, &head("")), None);
+        let any = policy(&["any 1m"]);
+        assert!(any.storable(503, &head("")).is_some());
+        assert_eq!(
+            policy(&["5m"])
+                .storable(301, &head(""))
+                .map(|(t, _)| t.as_secs()),
+            Some(300)
+        );
+    }
+
+    #[test]
+    fn vary_keeps_one_variant_per_request_header_value() {
+        let p = policy(&["1m"]);
+        let (ttl, vary) = p
+            .storable(200, &head("Vary: Accept-Encoding, Accept-Language\r\n"))
+            .unwrap();
+        assert_eq!(vary, ["accept-encoding", "accept-language"]);
+        let gz = b"GET / HTTP/1.1\r\nAccept-Encoding: gzip\r\nHost: x\r\n\r\n";
+        let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        p.insert(
+            b"k",
+            Entry::new(Bytes::from_static(b"gz"), "u", ttl, vary.clone(), gz),
+        );
+        assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"gz"));
+        assert!(matches!(p.lookup(b"k", plain), Found::None));
+        p.insert(
+            b"k",
+            Entry::new(Bytes::from_static(b"id"), "u", ttl, vary.clone(), plain),
+        );
+        assert!(matches!(p.lookup(b"k", plain), Found::Fresh(e) if &e.raw[..] == b"id"));
+        assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"gz"));
+        // The same variant again replaces the first.
+        p.insert(
+            b"k",
+            Entry::new(Bytes::from_static(b"g2"), "u", ttl, vary, gz),
+        );
+        assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"g2"));
+        assert_eq!(p.store.size().0, 2);
+    }
+
+    #[test]
+    fn memory_stays_bounded_and_recently_used_entries_survive() {
+        let cfg = BalancerConfig {
+            proxy_cache: true,
+            proxy_cache_max_size: 10_000,
+            proxy_cache_max_entry_size: 2_000,
+            ..BalancerConfig::default()
+        };
+        let p = Policy::of(&cfg, None).unwrap().unwrap();
+        let body = Bytes::from(vec![b'x'; 840]); // 1,000 bytes counted with the overhead
+        let ttl = Duration::from_secs(60);
+        let h = b"GET / HTTP/1.1\r\n\r\n";
+        for i in 0..9u32 {
+            p.insert(
+                &i.to_be_bytes(),
+                Entry::new(body.clone(), "", ttl, vec![], h),
+            );
+        }
+        // Key 0 is used, then ten more come in.
+        assert!(matches!(p.lookup(&0u32.to_be_bytes(), h), Found::Fresh(_)));
+        for i in 9..19u32 {
+            p.insert(
+                &i.to_be_bytes(),
+                Entry::new(body.clone(), "", ttl, vec![], h),
+            );
+            assert!(p.store.size().1 <= 10_000);
+        }
+        assert!(matches!(p.lookup(&0u32.to_be_bytes(), h), Found::Fresh(_)));
+        assert!(matches!(p.lookup(&1u32.to_be_bytes(), h), Found::None));
+        assert!(matches!(p.lookup(&18u32.to_be_bytes(), h), Found::Fresh(_)));
+        assert!(p.store.stats.evicted.load(Relaxed) >= 9);
+    }
+
+    #[test]
+    fn expired_entries_are_stale_and_inactive_ones_are_dropped() {
+        let cfg = BalancerConfig {
+            proxy_cache: true,
+            proxy_cache_inactive: Duration::from_millis(200),
+            ..BalancerConfig::default()
+        };
+        let p = Policy::of(&cfg, None).unwrap().unwrap();
+        let h = b"GET / HTTP/1.1\r\n\r\n";
+        p.insert(
+            b"a",
+            Entry::new(Bytes::new(), "", Duration::from_millis(20), vec![], h),
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(matches!(p.lookup(b"a", h), Found::Stale(_)));
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(matches!(p.lookup(b"a", h), Found::None));
+        assert_eq!(p.store.size().0, 0);
+    }
+
+    #[test]
+    fn bad_cache_keys_are_named() {
+        let bad = |f: fn(&mut BalancerConfig)| {
+            let mut cfg = BalancerConfig {
+                proxy_cache: true,
+                ..BalancerConfig::default()
+            };
+            f(&mut cfg);
+            Policy::of(&cfg, None).unwrap_err().key
+        };
+        assert_eq!(
+            bad(|c| c.proxy_cache_valid = vec!["200 10m".into(), "20x 1m".into()]),
+            "balancer.proxy_cache_valid[1]"
+        );
+        assert_eq!(
+            bad(|c| c.proxy_cache_valid = vec!["200 soon".into()]),
+            "balancer.proxy_cache_valid[0]"
+        );
+        assert_eq!(
+            bad(|c| c.proxy_cache_use_stale = vec!["error".into(), "http_404".into()]),
+            "balancer.proxy_cache_use_stale[1]"
+        );
+        assert_eq!(
+            bad(|c| c.proxy_cache_max_entry_size = c.proxy_cache_max_size + 1),
+            "balancer.proxy_cache_max_entry_size"
+        );
+        assert_eq!(
+            bad(|c| c.proxy_cache_status_header = "X Cache".into()),
+            "balancer.proxy_cache_status_header"
+        );
+    }
+}
