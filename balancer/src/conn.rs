@@ -519,6 +519,7 @@ async fn one_request(
                 }
                 cache.on = false;
                 cache.bypass = false;
+                cache.status = "";
                 if let (Some(policy), true) = (&snap.cache, snap.pools[pool].cache) {
                     cache.on = policy.admits(v, &snap.cfg.sticky_cookie, &mut cache.key);
                     cache.bypass = !cache.on && (v.method == "GET" || v.method == "HEAD");

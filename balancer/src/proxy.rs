@@ -200,7 +200,7 @@ impl Worker {
     /// The `proxy_cache_status_header`, if one is set, into the response head.
     fn put_cache_status(&self, c: &mut Conn, snap: &Snapshot) {
         if let Some(name) = snap.cache.as_ref().and_then(|p| p.status_header.as_ref()) {
-            if !c.cache.status.is_empty() {
+            if (c.cache.on || c.cache.bypass) && !c.cache.status.is_empty() {
                 headers::put(&mut c.wbuf, name.as_bytes(), c.cache.status.as_bytes());
             }
         }

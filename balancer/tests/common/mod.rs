@@ -228,7 +228,8 @@ async fn answer(
         "text" => {
             // ARG bytes of HTML-like text; the query sets `type` (default text/html), `enc`
             // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control), `xab`
-            // (X-Accel-Buffering), `loc` (Location) and `stream=1` (sent
+            // (X-Accel-Buffering), `loc` (Location), `cookie` (Set-Cookie), `xae`
+            // (X-Accel-Expires) and `stream=1` (sent
             // chunked, in 10,000-byte pieces).
             let n: usize = arg.parse().unwrap_or(0);
             let text = text_body(n);
@@ -265,6 +266,8 @@ async fn answer(
                 ("cc", "cache-control"),
                 ("xab", "x-accel-buffering"),
                 ("loc", "location"),
+                ("cookie", "set-cookie"),
+                ("xae", "x-accel-expires"),
             ] {
                 if let Some(v) = query.get(q) {
                     h.insert(header, v.parse().unwrap());

@@ -1,0 +1,304 @@
+//! The response cache (`proxy_cache`): answers that say they may be kept are served from memory
+//! without reaching the upstream, exactly as they first came (plain, chunked, HEAD, gzip);
+//! answers that must not be kept, and requests that must not be served from it (session
+//! cookie, `Authorization`, `POST`), go to the upstream every time; `proxy_cache_valid` keeps
+//! answers by status; an expired copy answers while the upstream is down
+//! (`proxy_cache_use_stale`); concurrent misses wait for one fill (`proxy_cache_lock`);
+//! `Vary` keeps variants; a pool can turn caching off; the keys are read from TOML.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use ferrocat_balancer::{BalancerConfig, PoolConfig};
+
+use common::{client, config, get_json, start, text_body, Upstream};
+
+const STATUS: &str = "x-cache-status";
+
+fn caching(up: &Upstream) -> BalancerConfig {
+    let mut cfg = config(&[up]);
+    cfg.proxy_cache = true;
+    cfg.proxy_cache_status_header = "X-Cache-Status".into();
+    cfg.status_path = Some("/_status".into());
+    cfg
+}
+
+/// GETs `url` with extra headers: (status, cache status, body).
+async fn fetch(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, Vec<u8>) {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let cache = resp
+        .headers()
+        .get(STATUS)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    (status, cache, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_answers_are_served_from_memory_as_they_came() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(caching(&a)).await;
+    let http = client();
+    let url = format!("{base}/text/5000?cc=max-age=60");
+    let (s, c, first) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "MISS"));
+    assert_eq!(first, text_body(5000));
+    for _ in 0..5 {
+        let (s, c, body) = fetch(&http, &url, &[]).await;
+        assert_eq!((s, c.as_str()), (200, "HIT"));
+        assert_eq!(body, first);
+    }
+    assert_eq!(a.hits(), 1, "the hits did not reach the upstream");
+    // HEAD is answered from the same copy, without a body.
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(head.headers()[STATUS], "HIT");
+    assert_eq!(head.headers()["content-length"], "5000");
+    assert!(head.bytes().await.unwrap().is_empty());
+    // A chunked answer is kept whole too.
+    let chunked = format!("{base}/text/50000?cc=max-age=60&stream=1");
+    let (_, c1, b1) = fetch(&http, &chunked, &[]).await;
+    let (_, c2, b2) = fetch(&http, &chunked, &[]).await;
+    assert_eq!((c1.as_str(), c2.as_str()), ("MISS", "HIT"));
+    assert_eq!(b1, text_body(50000));
+    assert_eq!(b2, b1);
+    // Another query is another key.
+    let (_, c, _) = fetch(&http, &format!("{url}&x=1"), &[]).await;
+    assert_eq!(c, "MISS");
+    assert_eq!(a.hits(), 3);
+    let page = get_json(&http, &format!("{base}/_status")).await;
+    assert_eq!(page["cache"]["hits"], 7);
+    assert_eq!(page["cache"]["misses"], 3);
+    assert_eq!(page["cache"]["entries"], 3);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_must_not_be_kept_or_shared_reaches_the_upstream_every_time() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(caching(&a)).await;
+    let http = client();
+    // Answers that say no, or carry a cookie, or say nothing (no proxy_cache_valid).
+    for query in [
+        "cc=no-store",
+        "cc=private,max-age=60",
+        "cc=no-cache",
+        "cc=max-age=60&cookie=id%3D1",
+        "vary=*&cc=max-age=60",
+        "",
+    ] {
+        let before = a.hits();
+        for _ in 0..2 {
+            let (s, c, _) = fetch(&http, &format!("{base}/text/100?{query}"), &[]).await;
+            assert_eq!((s, c.as_str()), (200, "MISS"), "{query}");
+        }
+        assert_eq!(a.hits() - before, 2, "{query}");
+    }
+    // Kept, but these requests do not use it.
+    let url = format!("{base}/text/100?cc=max-age=60");
+    fetch(&http, &url, &[]).await;
+    let before = a.hits();
+    for headers in [
+        [("cookie", "JSESSIONID=abc.app1")],
+        [("authorization", "Basic dTpw")],
+        [("range", "bytes=0-9")],
+    ] {
+        let (_, c, _) = fetch(&http, &url, &headers).await;
+        assert_eq!(c, "BYPASS", "{headers:?}");
+    }
+    let post = http.post(&url).body("x").send().await.unwrap();
+    assert!(post.headers().get(STATUS).is_none());
+    assert_eq!(a.hits() - before, 4);
+    // A session-less request still gets the kept copy.
+    assert_eq!(fetch(&http, &url, &[]).await.1, "HIT");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cache_valid_keeps_answers_by_status_and_x_accel_expires_wins() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_valid = vec!["200 1m".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(fetch(&http, &format!("{base}/"), &[]).await.0, 200);
+        assert_eq!(
+            fetch(&http, &format!("{base}/status/404"), &[]).await.0,
+            404
+        );
+    }
+    // One fill for `/`; the 404 is not listed, so every one goes up.
+    assert_eq!(a.hits(), 4);
+    // X-Accel-Expires: 0 overrides proxy_cache_valid.
+    let before = a.hits();
+    for _ in 0..2 {
+        fetch(&http, &format!("{base}/text/10?xae=0"), &[]).await;
+    }
+    assert_eq!(a.hits() - before, 2);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_copy_answers_while_the_upstream_is_down() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_use_stale = vec!["error".into(), "timeout".into()];
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    let url = format!("{base}/text/700?cc=max-age=1");
+    let (_, c, kept) = fetch(&http, &url, &[]).await;
+    assert_eq!(c, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Expired, upstream up: refreshed.
+    assert_eq!(fetch(&http, &url, &[]).await.1, "EXPIRED");
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "STALE"));
+    assert_eq!(body, kept);
+    // Not kept at all: the error page.
+    assert_eq!(fetch(&http, &format!("{base}/text/5"), &[]).await.0, 502);
+    // Without proxy_cache_use_stale the client gets the failure.
+    cfg.proxy_cache_use_stale.clear();
+    h.reload(cfg).unwrap();
+    assert_eq!(fetch(&http, &url, &[]).await.0, 502);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_wait_for_one_fill() {
+    for lock in [true, false] {
+        let a = Upstream::start("a").await;
+        let mut cfg = caching(&a);
+        cfg.proxy_cache_valid = vec!["200 1m".into()];
+        cfg.proxy_cache_lock = lock;
+        let (h, base) = start(cfg).await;
+        let http = client();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (http, url) = (http.clone(), format!("{base}/slow/400"));
+                tokio::spawn(async move { fetch(&http, &url, &[]).await })
+            })
+            .collect();
+        for t in tasks {
+            let (s, _, body) = t.await.unwrap();
+            assert_eq!(s, 200);
+            assert_eq!(body, b"a");
+        }
+        if lock {
+            assert_eq!(a.hits(), 1, "one request filled, the others waited for it");
+        } else {
+            assert!(
+                a.hits() >= 4,
+                "without the lock the misses all go up: {}",
+                a.hits()
+            );
+        }
+        h.stop(true).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_keeps_a_variant_per_header_value_and_a_pool_may_not_cache() {
+    let (a, s) = (Upstream::start("a").await, Upstream::start("s").await);
+    let mut cfg = caching(&a);
+    cfg.upstream.push(s.config().in_pool("static"));
+    cfg.pool = vec![PoolConfig {
+        proxy_cache: Some(false),
+        strip_prefix: Some("/nocache".into()),
+        ..PoolConfig::new("static", &["^/nocache/"])
+    }];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/300?cc=max-age=60&vary=Accept-Language");
+    for round in 0..2 {
+        for lang in ["en", "fr"] {
+            let (_, c, _) = fetch(&http, &url, &[("accept-language", lang)]).await;
+            assert_eq!(c, if round == 0 { "MISS" } else { "HIT" }, "{lang}");
+        }
+    }
+    assert_eq!(a.hits(), 2);
+    for _ in 0..2 {
+        let (_, c, _) = fetch(&http, &format!("{base}/nocache/text/10?cc=max-age=60"), &[]).await;
+        assert_eq!(c, "");
+    }
+    assert_eq!(s.hits(), 2);
+    h.stop(true).await;
+}
+
+#[test]
+fn cache_keys_are_read_from_toml() {
+    let toml = r#"
+proxy_cache = true
+proxy_cache_max_size = "16m"
+proxy_cache_max_entry_size = "256k"
+proxy_cache_valid = ["200 302 10m", "404 1m"]
+proxy_cache_use_stale = ["error", "timeout", "http_503", "updating"]
+proxy_cache_lock = false
+proxy_cache_lock_timeout = "2s"
+proxy_cache_inactive = "30m"
+proxy_cache_session = true
+proxy_cache_status_header = "X-Cache"
+
+[[upstream]]
+address = "127.0.0.1:9"
+
+[[pool]]
+name = "api"
+paths = ["^/api/"]
+proxy_cache = false
+"#;
+    let cfg: BalancerConfig = toml::from_str(toml).unwrap();
+    assert!(cfg.proxy_cache && !cfg.proxy_cache_lock && cfg.proxy_cache_session);
+    assert_eq!(cfg.proxy_cache_max_size, 16 << 20);
+    assert_eq!(cfg.proxy_cache_max_entry_size, 256 << 10);
+    assert_eq!(cfg.proxy_cache_valid.len(), 2);
+    assert_eq!(cfg.proxy_cache_lock_timeout, Duration::from_secs(2));
+    assert_eq!(cfg.proxy_cache_inactive, Duration::from_secs(1800));
+    assert_eq!(cfg.pool[0].proxy_cache, Some(false));
+    assert_eq!(cfg.proxy_cache_status_header, "X-Cache");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_answer_is_compressed_for_clients_that_take_gzip() {
+    use std::io::Read as _;
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.gzip = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/20000?cc=max-age=60");
+    let (_, c, plain) = fetch(&http, &url, &[]).await;
+    assert_eq!(c, "MISS");
+    assert_eq!(plain, text_body(20000));
+    for _ in 0..2 {
+        let resp = http
+            .get(&url)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[STATUS], "HIT");
+        assert_eq!(resp.headers()["content-encoding"], "gzip");
+        let body = resp.bytes().await.unwrap();
+        assert!(body.len() < plain.len() / 2);
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, plain);
+    }
+    assert_eq!(a.hits(), 1);
+    h.stop(true).await;
+}
