@@ -307,6 +307,8 @@ fn parse_valid(entry: &str) -> Result<(Statuses, Duration), String> {
 pub(crate) struct Entry {
     /// The upstream's head and body as they came.
     pub raw: Bytes,
+    /// Where the head ends in `raw`.
+    head_len: usize,
     /// The `address` of the upstream that answered.
     pub upstream: String,
     fresh_until: Instant,
@@ -322,8 +324,16 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// An answer (`raw`, from `upstream`) fresh for `ttl`, for a request with head `head`.
-    pub fn new(raw: Bytes, upstream: &str, ttl: Duration, vary: Vec<String>, head: &[u8]) -> Self {
+    /// An answer (`raw`, its head the first `head_len` bytes, from `upstream`) fresh for `ttl`,
+    /// for a request with head `head`.
+    pub fn new(
+        raw: Bytes,
+        head_len: usize,
+        upstream: &str,
+        ttl: Duration,
+        vary: Vec<String>,
+        head: &[u8],
+    ) -> Self {
         let vary: Vec<_> = vary
             .into_iter()
             .map(|name| {
@@ -339,6 +349,7 @@ impl Entry {
                 .sum::<usize>() as u64
             + 160;
         Self {
+            head_len: head_len.min(raw.len()),
             raw,
             upstream: upstream.to_owned(),
             fresh_until: Instant::now() + ttl,
@@ -348,6 +359,45 @@ impl Entry {
             dead: AtomicBool::new(false),
             size,
         }
+    }
+
+    /// For a request (head `req`) whose client already has this answer (`If-None-Match`
+    /// naming its `ETag`, weakly compared, or else `If-Modified-Since` no older than its
+    /// `Last-Modified`): the head of a 304 answer made of it (its headers without the body's
+    /// framing). `None`: the whole answer is due.
+    pub fn not_modified(&self, req: &[u8]) -> Option<Vec<u8>> {
+        let head = &self.raw[..self.head_len];
+        let fresh_for_client = if let Some(list) = request_header(req, "if-none-match") {
+            let etag = request_header(head, "etag")?;
+            let etag = etag.strip_prefix(b"W/").unwrap_or(etag);
+            list.split(|&b| b == b',')
+                .map(<[u8]>::trim_ascii)
+                .any(|t| t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag)
+        } else {
+            let date =
+                |v: &[u8]| httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok();
+            let since = date(request_header(req, "if-modified-since")?)?;
+            let modified = date(request_header(head, "last-modified")?)?;
+            modified <= since
+        };
+        if !fresh_for_client {
+            return None;
+        }
+        let mut out = b"HTTP/1.1 304 Not Modified\r\n".to_vec();
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let name = line.split(|&b| b == b':').next().unwrap_or(line);
+            if line.is_empty()
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"transfer-encoding")
+            {
+                continue;
+            }
+            out.extend_from_slice(line);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        Some(out)
     }
 
     fn fits(&self, head: &[u8]) -> bool {
@@ -666,23 +716,66 @@ mod tests {
         let plain = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
         p.insert(
             b"k",
-            Entry::new(Bytes::from_static(b"gz"), "u", ttl, vary.clone(), gz),
+            Entry::new(Bytes::from_static(b"gz"), 0, "u", ttl, vary.clone(), gz),
         );
         assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"gz"));
         assert!(matches!(p.lookup(b"k", plain), Found::None));
         p.insert(
             b"k",
-            Entry::new(Bytes::from_static(b"id"), "u", ttl, vary.clone(), plain),
+            Entry::new(Bytes::from_static(b"id"), 0, "u", ttl, vary.clone(), plain),
         );
         assert!(matches!(p.lookup(b"k", plain), Found::Fresh(e) if &e.raw[..] == b"id"));
         assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"gz"));
         // The same variant again replaces the first.
         p.insert(
             b"k",
-            Entry::new(Bytes::from_static(b"g2"), "u", ttl, vary, gz),
+            Entry::new(Bytes::from_static(b"g2"), 0, "u", ttl, vary, gz),
         );
         assert!(matches!(p.lookup(b"k", gz), Found::Fresh(e) if &e.raw[..] == b"g2"));
         assert_eq!(p.store.size().0, 2);
+    }
+
+    #[test]
+    fn a_client_with_the_answer_gets_a_304_made_of_it() {
+        let raw =
+            "HTTP/1.1 200 OK\r\nETag: W/\"a1\"\r\nLast-Modified: Mon, 07 Dec 2026 10:00:00 GMT\r\n\
+                   Content-Length: 4\r\nCache-Control: max-age=60\r\n\r\nbody";
+        let e = Entry::new(
+            Bytes::from(raw),
+            raw.len() - 4,
+            "",
+            Duration::from_secs(60),
+            vec![],
+            b"",
+        );
+        let req = |h: &str| format!("GET / HTTP/1.1\r\n{h}\r\n\r\n").into_bytes();
+        let head = e.not_modified(&req("If-None-Match: \"a1\"")).unwrap();
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 304 Not Modified\r\n"), "{head}");
+        assert!(head.contains("ETag: W/\"a1\"\r\n") && head.contains("Cache-Control: max-age=60"));
+        assert!(!head.to_ascii_lowercase().contains("content-length"));
+        assert!(head.ends_with("\r\n\r\n") && !head.contains("body"));
+        assert!(e.not_modified(&req("If-None-Match: *")).is_some());
+        assert!(e.not_modified(&req("If-None-Match: \"b2\"")).is_none());
+        // If-None-Match wins over If-Modified-Since.
+        assert!(e
+            .not_modified(&req(
+                "If-None-Match: \"b2\"\r\nIf-Modified-Since: Tue, 08 Dec 2026 10:00:00 GMT"
+            ))
+            .is_none());
+        assert!(e
+            .not_modified(&req("If-Modified-Since: Tue, 08 Dec 2026 10:00:00 GMT"))
+            .is_some());
+        assert!(e
+            .not_modified(&req("If-Modified-Since: Mon, 07 Dec 2026 10:00:00 GMT"))
+            .is_some());
+        assert!(e
+            .not_modified(&req("If-Modified-Since: Sun, 06 Dec 2026 10:00:00 GMT"))
+            .is_none());
+        assert!(e
+            .not_modified(&req("If-Modified-Since: yesterday"))
+            .is_none());
+        assert!(e.not_modified(&req("Accept: */*")).is_none());
     }
 
     #[test]
@@ -700,7 +793,7 @@ mod tests {
         for i in 0..9u32 {
             p.insert(
                 &i.to_be_bytes(),
-                Entry::new(body.clone(), "", ttl, vec![], h),
+                Entry::new(body.clone(), 0, "", ttl, vec![], h),
             );
         }
         // Key 0 is used, then ten more come in.
@@ -708,7 +801,7 @@ mod tests {
         for i in 9..19u32 {
             p.insert(
                 &i.to_be_bytes(),
-                Entry::new(body.clone(), "", ttl, vec![], h),
+                Entry::new(body.clone(), 0, "", ttl, vec![], h),
             );
             assert!(p.store.size().1 <= 10_000);
         }
@@ -729,7 +822,7 @@ mod tests {
         let h = b"GET / HTTP/1.1\r\n\r\n";
         p.insert(
             b"a",
-            Entry::new(Bytes::new(), "", Duration::from_millis(20), vec![], h),
+            Entry::new(Bytes::new(), 0, "", Duration::from_millis(20), vec![], h),
         );
         std::thread::sleep(Duration::from_millis(50));
         assert!(matches!(p.lookup(b"a", h), Found::Stale(_)));

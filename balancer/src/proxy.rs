@@ -186,7 +186,11 @@ impl Worker {
             .upstreams
             .iter()
             .find(|u| u.cfg.address == entry.upstream)?;
-        let mut conn = Pool::memory(&entry.raw, up.addr);
+        // A client that has this answer already gets a 304 made of it.
+        let mut conn = match entry.not_modified(&c.head) {
+            Some(head) => Pool::memory(&head, up.addr),
+            None => Pool::memory(&entry.raw, up.addr),
+        };
         c.cache.fill = false;
         let resp = self
             .read_head(c, &mut conn, snap, up, req, false)
@@ -266,7 +270,9 @@ impl Worker {
         let mut raw = Vec::with_capacity(c.cache.head.len() + body_len);
         raw.extend_from_slice(&c.cache.head);
         raw.extend_from_slice(&conn.rbuf[..body_len]);
-        let entry = crate::cache::Entry::new(raw.into(), &up.cfg.address, ttl, vary, &c.head);
+        let head_len = c.cache.head.len();
+        let entry =
+            crate::cache::Entry::new(raw.into(), head_len, &up.cfg.address, ttl, vary, &c.head);
         cache.insert(&c.cache.key, entry);
     }
 

@@ -72,14 +72,22 @@ async fn kept_answers_are_served_from_memory_as_they_came() {
     assert_eq!((c1.as_str(), c2.as_str()), ("MISS", "HIT"));
     assert_eq!(b1, text_body(50000));
     assert_eq!(b2, b1);
+    // A client that has the answer already (its ETag) gets a 304 from the copy.
+    let tagged = format!("{base}/text/100?cc=max-age=60&etag=%22v1%22");
+    assert_eq!(fetch(&http, &tagged, &[]).await.1, "MISS");
+    let (s, c, body) = fetch(&http, &tagged, &[("if-none-match", "\"v0\", W/\"v1\"")]).await;
+    assert_eq!((s, c.as_str()), (304, "HIT"));
+    assert!(body.is_empty());
+    let (s, c, body) = fetch(&http, &tagged, &[("if-none-match", "\"v2\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "HIT", 100));
     // Another query is another key.
     let (_, c, _) = fetch(&http, &format!("{url}&x=1"), &[]).await;
     assert_eq!(c, "MISS");
-    assert_eq!(a.hits(), 3);
+    assert_eq!(a.hits(), 4);
     let page = get_json(&http, &format!("{base}/_status")).await;
-    assert_eq!(page["cache"]["hits"], 7);
-    assert_eq!(page["cache"]["misses"], 3);
-    assert_eq!(page["cache"]["entries"], 3);
+    assert_eq!(page["cache"]["hits"], 9);
+    assert_eq!(page["cache"]["misses"], 4);
+    assert_eq!(page["cache"]["entries"], 4);
     h.stop(true).await;
 }
 
