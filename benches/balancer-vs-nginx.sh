@@ -36,6 +36,10 @@
 # `alias`); nginx keeps its defaults (`sendfile off`, no `open_file_cache`) unless
 # NGINX_FILE_CACHE=1 gives it `open_file_cache max=1000; open_file_cache_valid 1s` (as ferrocat's
 # default `cache_valid = "1s"`; nginx caches the open descriptor and still reads per request).
+# CACHE=1: the upstream's answer says `Cache-Control: max-age=3600` and both proxies cache it, so
+# nearly every request is a hit (nginx `proxy_cache_path ... keys_zone=c:10m` with `proxy_cache c`,
+# its files in the run's temporary directory, so in the page cache; ferrocat `proxy_cache = true`,
+# in memory).
 set -euo pipefail
 ROUNDS=${1:-3}
 SECS=${2:-10}
@@ -48,6 +52,7 @@ TLS=${TLS:-0}
 GZIP=${GZIP:-0}
 H2=${H2:-0}
 STATIC=${STATIC:-0}
+CACHE=${CACHE:-0}
 STREAMS=${STREAMS:-10}
 [ "$H2" = 1 ] && TLS=1
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
@@ -86,11 +91,18 @@ if [ "$GZIP" = 1 ]; then
   WRK_HDR=(-H "Accept-Encoding: gzip")
 else
   UP_ANSWER='return 200 "hello from upstream\n";'
+  [ "$CACHE" = 1 ] && UP_ANSWER="add_header Cache-Control max-age=3600; $UP_ANSWER"
   PX_GZIP=""
   WRK_HDR=()
 fi
 URL_PATH=/
 NG_STATIC=""
+NG_CACHE=""
+NG_CACHE_PATH=""
+if [ "$CACHE" = 1 ]; then
+  NG_CACHE_PATH="proxy_cache_path $TMP/cache keys_zone=c:10m;"
+  NG_CACHE="proxy_cache c; add_header X-Cache-Status \$upstream_cache_status;"
+fi
 if [ "$STATIC" = 1 ]; then
   mkdir -p "$TMP/files"
   python3 -c 'print("".join(".rule-%d { color: #%06x; margin: %dpx }\n" % (i, i * 2654435 % 16777215, i % 40) for i in range(200))[:4096], end="")' > "$TMP/files/style.css"
@@ -125,6 +137,7 @@ fi
 http {
   $PX_LOG
   $PX_GZIP
+  $NG_CACHE_PATH
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
   upstream app { server 127.0.0.1:$UP_PORT; keepalive $KEEPALIVE; keepalive_requests 1000000; }
@@ -132,6 +145,7 @@ http {
     listen $NG_LISTEN;
     $NG_STATIC
     location / {
+      $NG_CACHE
       proxy_pass http://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -156,6 +170,7 @@ FC_TLS=()
 [ "$GZIP" = 1 ] && FC_TLS+=(GZIP=1)
 [ "$H2" = 1 ] && FC_TLS+=(H2=1)
 [ "$STATIC" = 1 ] && FC_TLS+=(STATIC_DIR="$TMP/files")
+[ "$CACHE" = 1 ] && FC_TLS+=(PROXY_CACHE=1)
 env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 if [ "$TLS" = 1 ]; then
@@ -218,11 +233,14 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$STATIC" = 1 ] && echo ", a 4 KB file from disk$([ "${NGINX_FILE_CACHE:-0}" = 1 ] && echo " (nginx with open_file_cache)")")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$CACHE" = 1 ] && echo ", answers cached by both (hits)")$([ "$STATIC" = 1 ] && echo ", a 4 KB file from disk$([ "${NGINX_FILE_CACHE:-0}" = 1 ] && echo " (nginx with open_file_cache)")")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
 echo "warm-up"
 for url in "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$SCHEME://$FC_ADDR$URL_PATH"; do
   if [ "$H2" = 1 ]; then $ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D2 "$url" >/dev/null
   else $ON_LOAD "$WRK" -t1 -c"$CONNS" -d2s "$url" >/dev/null; fi
+  if [ "$CACHE" = 1 ] && ! curl -sfk -o /dev/null -D - "$url" | grep -qi '^x-cache-status: HIT'; then
+    echo "$url does not answer from its cache" >&2; exit 1
+  fi
 done
 for r in $(seq "$ROUNDS"); do
   echo "round $r ($([ "$H2" = 1 ] && echo "h2load -t1 -c$CONNS -m$STREAMS -D$SECS" || echo "wrk -t1 -c$CONNS -d${SECS}s"))"

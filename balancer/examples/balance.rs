@@ -45,6 +45,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ssl_certificate_key: std::env::var_os("TLS_KEY").map(Into::into),
         ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
         gzip: std::env::var_os("GZIP").is_some(),
+        proxy_cache: std::env::var_os("PROXY_CACHE").is_some(),
+        proxy_cache_status_header: "X-Cache-Status".into(),
         http2: std::env::var_os("H2").is_some(),
         proxy_buffering: std::env::var_os("PROXY_BUFFERING").is_none_or(|v| v != "0"),
         proxy_temp_path: std::env::var_os("PROXY_TEMP_PATH").map(Into::into),
