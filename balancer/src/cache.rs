@@ -160,7 +160,7 @@ impl Policy {
         }))
     }
 
-    /// Whether a request may use the cache (before the pool's own switch): `Some(key)` written
+    /// Whether a request may use the cache (its pool caching): `true` with its key written
     /// into `key`, `false` for a request that bypasses it.
     pub fn admits(&self, v: &View<'_>, sticky_cookie: &str, key: &mut Vec<u8>) -> bool {
         if !(v.method == "GET" || v.method == "HEAD")
@@ -427,8 +427,9 @@ pub(crate) enum Found {
     Fresh(Arc<Entry>),
     /// Expired, kept for `proxy_cache_use_stale` and while it is being refreshed.
     Stale(Arc<Entry>),
-    /// A recent answer for this key could not be kept: go to the upstreams, fill nothing.
-    Pass,
+    /// A recent answer for this key could not be kept: go to the upstreams, fill nothing
+    /// (with the expired copy, if there is one, for `proxy_cache_use_stale`).
+    Pass(Option<Arc<Entry>>),
     None,
 }
 
@@ -475,17 +476,20 @@ impl Store {
     fn lookup(&self, key: &[u8], head: &[u8], inactive: Duration) -> Found {
         let now = crate::upstream::now_millis();
         let mut inner = self.inner();
-        if let Some(until) = inner.pass.get(key) {
-            if Instant::now() < *until {
-                return Found::Pass;
+        let pass = match inner.pass.get(key) {
+            Some(until) if Instant::now() < *until => true,
+            Some(_) => {
+                inner.pass.remove(key);
+                false
             }
-            inner.pass.remove(key);
-        }
+            None => false,
+        };
+        let none = if pass { Found::Pass(None) } else { Found::None };
         let Some(variants) = inner.map.get_mut(key) else {
-            return Found::None;
+            return none;
         };
         let Some(i) = variants.iter().position(|e| e.fits(head)) else {
-            return Found::None;
+            return none;
         };
         let entry = &variants[i];
         let idle = now.saturating_sub(entry.used.load(Relaxed));
@@ -495,12 +499,15 @@ impl Store {
             if variants.is_empty() {
                 inner.map.remove(key);
             }
-            return Found::None;
+            return none;
         }
         entry.used.store(now, Relaxed);
         entry.referenced.store(true, Relaxed);
         if Instant::now() < entry.fresh_until {
             Found::Fresh(entry.clone())
+        } else if pass {
+            // Still the copy for `proxy_cache_use_stale`.
+            Found::Pass(Some(entry.clone()))
         } else {
             Found::Stale(entry.clone())
         }
@@ -632,6 +639,8 @@ pub(crate) struct CacheReq {
     pub head: Vec<u8>,
     /// An expired copy to answer with if the upstreams fail.
     pub stale: Option<Arc<Entry>>,
+    /// This request fills its key: the waiters go once the answer is kept (or cannot be).
+    pub filling: Option<Filling>,
     /// What the status header says for a live answer: `MISS`, `EXPIRED`, `BYPASS`.
     pub status: &'static str,
 }

@@ -122,7 +122,7 @@ impl Worker {
         let stats = &cache.store.stats;
         let mut found = cache.lookup(&c.cache.key, &c.head);
         let mut filling = None;
-        if !matches!(found, Found::Fresh(_) | Found::Pass) {
+        if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
             filling = cache.store.try_fill(&c.cache.key);
             if filling.is_none() {
                 // Another request is filling this key.
@@ -143,7 +143,7 @@ impl Worker {
                 }
             }
         }
-        let pass = matches!(found, Found::Pass);
+        let pass = matches!(found, Found::Pass(_));
         match found {
             Found::Fresh(e) => {
                 if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "HIT").await {
@@ -158,16 +158,22 @@ impl Worker {
                 c.cache.status = "EXPIRED";
                 stats.expired.fetch_add(1, Relaxed);
             }
-            Found::Pass | Found::None => {
+            Found::Pass(stale) => {
+                c.cache.stale = stale;
+                c.cache.status = "MISS";
+                stats.misses.fetch_add(1, Relaxed);
+            }
+            Found::None => {
                 c.cache.status = "MISS";
                 stats.misses.fetch_add(1, Relaxed);
             }
         }
         // Only a GET fills (a HEAD's answer has no body to keep).
         c.cache.fill = !req.head_method && !pass;
+        c.cache.filling = filling;
         let keep = self.attempts(c, snap, req, target, body, key).await;
         c.cache.stale = None;
-        drop(filling);
+        c.cache.filling = None;
         keep
     }
 
@@ -213,6 +219,19 @@ impl Worker {
     /// Reads the rest of a cacheable answer into `conn.rbuf` and keeps it; an answer that
     /// cannot be kept marks its key "pass" (see `crate::cache`).
     async fn keep_answer(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        conn: &mut UpConn,
+        resp: &Response,
+        up: &Upstream,
+    ) {
+        self.keep_answer_inner(c, snap, conn, resp, up).await;
+        // Kept or not, the requests waiting for this key may go.
+        c.cache.filling = None;
+    }
+
+    async fn keep_answer_inner(
         &self,
         c: &mut Conn,
         snap: &Snapshot,
