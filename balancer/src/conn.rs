@@ -501,7 +501,7 @@ async fn one_request(
                     }
                 }
                 *https = v.https;
-                if snap.relocate.uses_host {
+                if snap.relocate.uses_host || snap.cookies.uses_host {
                     host.clear();
                     if let Some(name) = v.header("host").and_then(crate::redirect::host_name) {
                         host.extend_from_slice(name);
@@ -699,6 +699,9 @@ async fn one_request(
     let pool = &snap.pools[target.0];
     if let Some(prefix) = &pool.strip_prefix {
         crate::h1::request::strip_path_prefix(&mut c.head, prefix);
+    }
+    if let Some(prefix) = &pool.upstream_prefix {
+        crate::h1::request::add_path_prefix(&mut c.head, prefix);
     }
     let (buffer_all, temp) = (snap.cfg.proxy_request_buffering, &snap.buffering.body_dir);
     match body::intake(c, &req, pool.max_body, buffer_all, temp).await {

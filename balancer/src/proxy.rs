@@ -623,17 +623,19 @@ impl Worker {
                     .as_deref()
                     .map(|name| (name, c.request_id.as_slice()));
                 let gzip = snap.gzip.as_ref().map(|p| (p, c.gzip_ok));
+                let pool = &snap.pools[up.pool];
                 let rewrites = response::Rewrites {
                     hide: &snap.cfg.proxy_hide_header,
-                    relocate: (!snap.relocate.is_empty()).then(|| {
-                        let vars = crate::relocate::Vars {
-                            host: &c.host,
-                            https: c.https,
-                            upstream: &up.cfg.address,
-                            prefix: snap.pools[up.pool].strip_prefix.as_deref().unwrap_or(""),
-                        };
-                        (&snap.relocate, vars)
-                    }),
+                    relocate: (!snap.relocate.is_empty()).then_some(&snap.relocate),
+                    cookies: (!snap.cookies.is_empty()).then_some(&snap.cookies),
+                    vars: crate::relocate::Vars {
+                        host: &c.host,
+                        https: c.https,
+                        upstream: &up.cfg.address,
+                        prefix: pool.strip_prefix.as_deref().unwrap_or(""),
+                        upstream_prefix: pool.upstream_prefix.as_deref().unwrap_or(""),
+                        upstream_tls: up.tls.is_some(),
+                    },
                 };
                 match response::parse(
                     &conn.rbuf,

@@ -7,8 +7,13 @@
 //! entry that matches applies. Both may name `$host` (the request's `Host` without its port)
 //! and `$scheme` (`http` or `https`, as the client came, or as a trusted proxy in front says in
 //! `X-Forwarded-Proto`), also written `${host}`, `${scheme}`; `$$` is a `$`. `"default"` is
-//! `http://<upstream address>/` replaced by `<the pool's strip_prefix>/`, as nginx's default
-//! replaces the `proxy_pass` URL with the location.
+//! `http://<upstream address><the pool's upstream_prefix>/` (`https://` for a `tls` upstream)
+//! replaced by `<the pool's strip_prefix>/`, as nginx's default replaces the `proxy_pass` URL
+//! with the location.
+//!
+//! [`CookieRewrite`] does the same for `Set-Cookie` (nginx `proxy_cookie_path` and
+//! `proxy_cookie_domain`): a webapp that sets `Path=/app` under its context path gets the
+//! public path instead, or its `Domain` is replaced.
 
 /// One entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +31,7 @@ pub(crate) struct ProxyRedirect {
 }
 
 /// What the rules' variables and `default` stand for in one answer.
+#[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Vars<'a> {
     /// The request's host name, without its port.
     pub host: &'a [u8],
@@ -34,6 +40,10 @@ pub(crate) struct Vars<'a> {
     pub upstream: &'a str,
     /// The `strip_prefix` of the upstream's pool, if any.
     pub prefix: &'a str,
+    /// The `upstream_prefix` of the upstream's pool, if any.
+    pub upstream_prefix: &'a str,
+    /// The upstream speaks TLS (its own URLs are `https://`).
+    pub upstream_tls: bool,
 }
 
 impl ProxyRedirect {
@@ -82,8 +92,13 @@ impl ProxyRedirect {
             from.clear();
             let to_template = match rule {
                 Rule::Default => {
-                    from.extend_from_slice(b"http://");
+                    from.extend_from_slice(if vars.upstream_tls {
+                        b"https://"
+                    } else {
+                        b"http://"
+                    });
                     from.extend_from_slice(vars.upstream.as_bytes());
+                    from.extend_from_slice(vars.upstream_prefix.as_bytes());
                     from.push(b'/');
                     None
                 }
@@ -121,6 +136,145 @@ impl ProxyRedirect {
         let url = self.location(&value[at..], vars)?;
         let mut out = value[..at].to_vec();
         out.extend_from_slice(&url);
+        Some(out)
+    }
+}
+
+/// The parsed `proxy_cookie_path` and `proxy_cookie_domain` lists.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CookieRewrite {
+    paths: Vec<Rule>,
+    /// (domain without a leading `.`, replacement template).
+    domains: Vec<(String, String)>,
+    /// Some rule names `$host`.
+    pub uses_host: bool,
+}
+
+impl CookieRewrite {
+    /// Parses both lists; the error names the key and index of the first bad entry.
+    pub fn parse(paths: &[String], domains: &[String]) -> Result<Self, (String, String)> {
+        let named = |key: &str, i: usize, m: String| (format!("balancer.{key}[{i}]"), m);
+        let redirect =
+            ProxyRedirect::parse(paths).map_err(|(i, m)| named("proxy_cookie_path", i, m))?;
+        let mut out = Self {
+            paths: redirect.rules,
+            domains: Vec::with_capacity(domains.len()),
+            uses_host: redirect.uses_host,
+        };
+        for (i, entry) in domains.iter().enumerate() {
+            let mut words = entry.split_whitespace();
+            let (Some(from), Some(to), None) = (words.next(), words.next(), words.next()) else {
+                return Err(named(
+                    "proxy_cookie_domain",
+                    i,
+                    format!("{entry:?}: expected \"<from> <to>\""),
+                ));
+            };
+            check_template(to).map_err(|m| named("proxy_cookie_domain", i, m))?;
+            out.uses_host |= to.contains("$host") || to.contains("${host}");
+            let from = from.strip_prefix('.').unwrap_or(from).to_ascii_lowercase();
+            out.domains.push((from, to.to_owned()));
+        }
+        Ok(out)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty() && self.domains.is_empty()
+    }
+
+    /// The rewritten value of a `Set-Cookie` header, if a rule changed its `Path` or `Domain`.
+    pub fn set_cookie(&self, value: &[u8], vars: &Vars<'_>) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(value.len() + 16);
+        let mut changed = false;
+        for (i, part) in value.split(|&b| b == b';').enumerate() {
+            if i > 0 {
+                out.push(b';');
+            }
+            let attr = part.trim_ascii_start();
+            let lead = &part[..part.len() - attr.len()];
+            let new = if i == 0 {
+                None
+            } else if attr.len() >= 5 && attr[..5].eq_ignore_ascii_case(b"path=") {
+                self.path(attr[5..].trim_ascii(), vars)
+                    .map(|v| (&attr[..5], v))
+            } else if attr.len() >= 7 && attr[..7].eq_ignore_ascii_case(b"domain=") {
+                self.domain(attr[7..].trim_ascii(), vars)
+                    .map(|v| (&attr[..7], v))
+            } else {
+                None
+            };
+            match new {
+                Some((name, v)) => {
+                    out.extend_from_slice(lead);
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(&v);
+                    changed = true;
+                }
+                None => out.extend_from_slice(part),
+            }
+        }
+        changed.then_some(out)
+    }
+
+    fn path(&self, path: &[u8], vars: &Vars<'_>) -> Option<Vec<u8>> {
+        let mut from = Vec::new();
+        for rule in &self.paths {
+            match rule {
+                Rule::Default => {
+                    // The upstream's path space (under upstream_prefix) onto the public one
+                    // (under strip_prefix).
+                    let up = vars.upstream_prefix.as_bytes();
+                    let rest = if up.is_empty() {
+                        path
+                    } else if path.eq_ignore_ascii_case(up) {
+                        b""
+                    } else if path.len() > up.len()
+                        && path[..up.len()].eq_ignore_ascii_case(up)
+                        && path[up.len()] == b'/'
+                    {
+                        &path[up.len()..]
+                    } else {
+                        continue;
+                    };
+                    if up.is_empty() && vars.prefix.is_empty() {
+                        continue;
+                    }
+                    let mut out = vars.prefix.as_bytes().to_vec();
+                    // The upstream's root is the public prefix itself (`/shop`, not `/shop/`).
+                    if !(up.is_empty() && rest == b"/") {
+                        out.extend_from_slice(rest);
+                    }
+                    if out.is_empty() {
+                        out.push(b'/');
+                    }
+                    return Some(out);
+                }
+                Rule::Replace { from: f, to } => {
+                    from.clear();
+                    expand(f, vars, &mut from);
+                    if !from.is_empty()
+                        && path.len() >= from.len()
+                        && path[..from.len()].eq_ignore_ascii_case(&from)
+                    {
+                        let mut out = Vec::with_capacity(path.len() + to.len());
+                        expand(to, vars, &mut out);
+                        out.extend_from_slice(&path[from.len()..]);
+                        return Some(out);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn domain(&self, domain: &[u8], vars: &Vars<'_>) -> Option<Vec<u8>> {
+        let bare = domain.strip_prefix(b".").unwrap_or(domain);
+        let (_, to) = self
+            .domains
+            .iter()
+            .find(|(from, _)| bare.eq_ignore_ascii_case(from.as_bytes()))?;
+        let mut out = Vec::with_capacity(to.len() + 8);
+        expand(to, vars, &mut out);
         Some(out)
     }
 }
@@ -175,6 +329,112 @@ mod tests {
             https,
             upstream: "127.0.0.1:8081",
             prefix,
+            upstream_prefix: "",
+            upstream_tls: false,
+        }
+    }
+
+    #[test]
+    fn default_maps_the_upstream_prefix_and_a_tls_upstreams_own_urls() {
+        let r = rules(&["default"]);
+        let v = Vars {
+            upstream_prefix: "/app",
+            upstream_tls: true,
+            ..vars("x", false, "/shop")
+        };
+        assert_eq!(
+            text(r.location(b"https://127.0.0.1:8081/app/login", &v)).as_deref(),
+            Some("/shop/login")
+        );
+        assert_eq!(r.location(b"http://127.0.0.1:8081/app/login", &v), None);
+        assert_eq!(r.location(b"https://127.0.0.1:8081/other/", &v), None);
+    }
+
+    fn cookies(paths: &[&str], domains: &[&str]) -> CookieRewrite {
+        let own = |l: &[&str]| l.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>();
+        CookieRewrite::parse(&own(paths), &own(domains)).expect("valid")
+    }
+
+    #[test]
+    fn cookie_paths_follow_the_prefixes_by_default() {
+        let c = cookies(&["default"], &[]);
+        let v = |prefix, up| Vars {
+            upstream_prefix: up,
+            ..vars("shop.example", false, prefix)
+        };
+        let rw = |value: &str, vars: &Vars<'_>| text(c.set_cookie(value.as_bytes(), vars));
+        // Tomcat under /app, public at /: the context path becomes /.
+        let root = v("", "/app");
+        assert_eq!(
+            rw("JSESSIONID=abc.app1; Path=/app; HttpOnly", &root).as_deref(),
+            Some("JSESSIONID=abc.app1; Path=/; HttpOnly")
+        );
+        assert_eq!(
+            rw("a=1; path=/app/cart", &root).as_deref(),
+            Some("a=1; path=/cart")
+        );
+        assert_eq!(rw("a=1; Path=/apples", &root), None);
+        assert_eq!(rw("a=1; Path=/", &root), None);
+        assert_eq!(rw("a=1", &root), None);
+        // Tomcat under /app, public at /shop.
+        let shop = v("/shop", "/app");
+        assert_eq!(
+            rw("a=1; Path=/app", &shop).as_deref(),
+            Some("a=1; Path=/shop")
+        );
+        assert_eq!(
+            rw("a=1; Path=/app/", &shop).as_deref(),
+            Some("a=1; Path=/shop/")
+        );
+        assert_eq!(
+            rw("a=1; Path=/app/x", &shop).as_deref(),
+            Some("a=1; Path=/shop/x")
+        );
+        // Tomcat at its root, public at /shop.
+        let stripped = v("/shop", "");
+        assert_eq!(
+            rw("a=1; Path=/", &stripped).as_deref(),
+            Some("a=1; Path=/shop")
+        );
+        assert_eq!(
+            rw("a=1; Path=/x", &stripped).as_deref(),
+            Some("a=1; Path=/shop/x")
+        );
+        // Nothing to map.
+        assert_eq!(rw("a=1; Path=/x", &v("", "")), None);
+    }
+
+    #[test]
+    fn cookie_rules_replace_path_prefixes_and_whole_domains() {
+        let c = cookies(
+            &["/two/ /", "/one/ /$host/"],
+            &[".localhost $host", "app.internal shop.example"],
+        );
+        assert!(c.uses_host);
+        let v = vars("shop.example", false, "");
+        let rw = |value: &str| text(c.set_cookie(value.as_bytes(), &v));
+        assert_eq!(rw("a=1; Path=/two/x").as_deref(), Some("a=1; Path=/x"));
+        assert_eq!(
+            rw("a=1; Path=/ONE/x").as_deref(),
+            Some("a=1; Path=/shop.example/x")
+        );
+        assert_eq!(
+            rw("a=1; Domain=LOCALHOST; Path=/two/").as_deref(),
+            Some("a=1; Domain=shop.example; Path=/")
+        );
+        assert_eq!(
+            rw("a=1;Domain=.app.internal;Secure").as_deref(),
+            Some("a=1;Domain=shop.example;Secure")
+        );
+        assert_eq!(rw("a=1; Domain=sub.app.internal"), None);
+        for (paths, domains, key) in [
+            (vec!["a b c"], vec![], "balancer.proxy_cookie_path[0]"),
+            (vec![], vec!["x"], "balancer.proxy_cookie_domain[0]"),
+            (vec![], vec!["a $uri"], "balancer.proxy_cookie_domain[0]"),
+        ] {
+            let own = |l: &[&str]| l.iter().map(|e| (*e).to_owned()).collect::<Vec<_>>();
+            let err = CookieRewrite::parse(&own(&paths), &own(&domains)).expect_err("refused");
+            assert_eq!(err.0, key);
         }
     }
 

@@ -142,6 +142,8 @@ pub(crate) struct Pool {
     pub len: usize,
     /// `strip_prefix`, if set.
     pub strip_prefix: Option<String>,
+    /// Put before the path after `strip_prefix` (`upstream_prefix`).
+    pub upstream_prefix: Option<String>,
     /// The pool's `client_max_body_size` (the balancer's unless it sets one).
     pub max_body: u64,
     /// Its answers are cached (`proxy_cache`, the pool's own or the balancer's).
@@ -270,6 +272,8 @@ pub(crate) struct Snapshot {
     pub buffering: crate::buffering::Policy,
     /// `proxy_redirect`.
     pub relocate: crate::relocate::ProxyRedirect,
+    /// `proxy_cookie_path` and `proxy_cookie_domain`.
+    pub cookies: crate::relocate::CookieRewrite,
     /// The response cache, if a pool caches.
     pub cache: Option<crate::cache::Policy>,
 }
@@ -387,6 +391,10 @@ impl Snapshot {
                     paths: first_path - paths..first_path,
                     hosts: named.and_then(|c| Hosts::of(&c.hosts)),
                     strip_prefix: named.and_then(|c| c.strip_prefix.clone()),
+                    upstream_prefix: match named {
+                        Some(c) => c.upstream_prefix.clone(),
+                        None => cfg.upstream_prefix.clone(),
+                    },
                     max_body: named
                         .and_then(|c| c.client_max_body_size)
                         .unwrap_or(cfg.client_max_body_size),
@@ -436,6 +444,9 @@ impl Snapshot {
         let cache = crate::cache::Policy::of(&cfg, prev.and_then(|p| p.cache.as_ref()))?;
         let relocate = crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
             .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
+        let cookies =
+            crate::relocate::CookieRewrite::parse(&cfg.proxy_cookie_path, &cfg.proxy_cookie_domain)
+                .map_err(|(key, m)| ConfigError::new(key, m))?;
         // Last, once the rest is known to be valid: the same path keeps its writer and reopens
         // the file (rotation); another path gets a writer of its own.
         let access_log = match cfg.access_log_path() {
@@ -473,6 +484,7 @@ impl Snapshot {
             files,
             buffering,
             relocate,
+            cookies,
             cache,
         })
     }

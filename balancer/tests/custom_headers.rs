@@ -327,3 +327,127 @@ async fn proxy_redirect_rewrites_the_upstreams_locations() {
         "balancer.proxy_redirect[1]"
     );
 }
+
+/// Every value of the header `name` in a raw answer.
+fn raw_headers(raw: &str, name: &str) -> Vec<String> {
+    raw.split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webapp_under_a_context_path_answers_at_the_public_path() {
+    // Tomcat-style: the webapp lives under /ctx on its server; the site shows it at / and
+    // at /shop (nginx `proxy_pass http://tomcat/ctx/;` with `proxy_cookie_path` and
+    // `proxy_redirect`).
+    let (app, shop) = (Upstream::start("app").await, Upstream::start("shop").await);
+    let mut cfg = config(&[&app, &shop]);
+    cfg.upstream[1].pool = Some("shop".into());
+    cfg.upstream_prefix = Some("/ctx".into());
+    cfg.pool = vec![ferrocat_balancer::PoolConfig {
+        strip_prefix: Some("/shop".into()),
+        upstream_prefix: Some("/ctx".into()),
+        ..ferrocat_balancer::PoolConfig::new("shop", &["^/shop(/|$)"])
+    }];
+    cfg.proxy_redirect = vec!["default".into()];
+    cfg.proxy_cookie_path = vec!["default".into()];
+    cfg.proxy_cookie_domain = vec!["app.internal $host".into()];
+    let (h, base) = start(cfg).await;
+    let ask = |path: String| {
+        let base = base.clone();
+        async move {
+            let head =
+                format!("GET {path} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n");
+            let raw = common::raw_exchange(&base, head.as_bytes()).await;
+            let first = |name| {
+                raw_headers(&raw, name)
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default()
+            };
+            (
+                first("x-path"),
+                raw_headers(&raw, "set-cookie"),
+                first("location"),
+            )
+        }
+    };
+    let cookie = |path: &str| format!("JSESSIONID%3Dabc.app1%3B%20Path%3D{path}%3B%20HttpOnly");
+    let (got, cookies, loc) = ask(format!(
+        "/text/10?cookie={}&loc=http://{}/ctx/login",
+        cookie("/ctx"),
+        app.addr
+    ))
+    .await;
+    assert!(got.starts_with("/ctx/text/10?"), "{got}");
+    assert_eq!(cookies, ["JSESSIONID=abc.app1; Path=/; HttpOnly"]);
+    assert_eq!(loc, "/login");
+    let (got, cookies, loc) = ask(format!(
+        "/shop/text/10?cookie={}&loc=http://{}/ctx/cart/1",
+        cookie("/ctx/cart"),
+        shop.addr
+    ))
+    .await;
+    assert!(got.starts_with("/ctx/text/10?"), "{got}");
+    assert_eq!(cookies, ["JSESSIONID=abc.app1; Path=/shop/cart; HttpOnly"]);
+    assert_eq!(loc, "/shop/cart/1");
+    // The pool's root: `/shop` goes up as `/ctx/`.
+    let (got, _, _) = ask("/shop".into()).await;
+    assert_eq!(got, "/ctx/");
+    // A domain the app names for itself becomes the client's host.
+    let (_, cookies, _) = ask("/text/10?cookie=a%3D1%3B%20Domain%3Dapp.internal".into()).await;
+    assert_eq!(cookies, ["a=1; Domain=shop.example"]);
+    h.stop(true).await;
+}
+
+#[test]
+fn context_path_keys_are_read_from_toml_and_bad_ones_named() {
+    let cfg: ferrocat_balancer::BalancerConfig = toml::from_str(
+        r#"
+upstream_prefix = "/ctx"
+proxy_cookie_path = ["default", "/two/ /"]
+proxy_cookie_domain = ["localhost $host"]
+[[upstream]]
+address = "127.0.0.1:9"
+[[pool]]
+name = "p"
+paths = ["^/p/"]
+upstream_prefix = "/app"
+"#,
+    )
+    .unwrap();
+    assert_eq!(cfg.upstream_prefix.as_deref(), Some("/ctx"));
+    assert_eq!(cfg.pool[0].upstream_prefix.as_deref(), Some("/app"));
+    assert_eq!(cfg.proxy_cookie_path.len(), 2);
+    let mut ok = cfg.clone();
+    ok.upstream[0].pool = Some("p".into());
+    ok.upstream
+        .push(ferrocat_balancer::UpstreamConfig::new("127.0.0.1:10"));
+    assert!(ok.validate().is_ok(), "{:?}", ok.validate());
+    let bad = |f: fn(&mut ferrocat_balancer::BalancerConfig)| {
+        let mut c = ok.clone();
+        f(&mut c);
+        c.validate().unwrap_err().key
+    };
+    assert_eq!(
+        bad(|c| c.upstream_prefix = Some("ctx/".into())),
+        "balancer.upstream_prefix"
+    );
+    assert_eq!(
+        bad(|c| c.pool[0].upstream_prefix = Some("/app/".into())),
+        "balancer.pool[0].upstream_prefix"
+    );
+    assert_eq!(
+        bad(|c| c.proxy_cookie_path = vec!["default".into(), "/a".into()]),
+        "balancer.proxy_cookie_path[1]"
+    );
+    assert_eq!(
+        bad(|c| c.proxy_cookie_domain = vec!["a $request_uri".into()]),
+        "balancer.proxy_cookie_domain[0]"
+    );
+}

@@ -315,6 +315,12 @@ pub struct PoolConfig {
     /// (nginx sets it per `location`).
     #[serde(default, with = "units::opt_size")]
     pub client_max_body_size: Option<u64>,
+    /// A path prefix put before the path as the upstream gets it, after `strip_prefix` (nginx
+    /// `location /shop/ { proxy_pass http://tomcat/app/; }` is `strip_prefix = "/shop"`,
+    /// `upstream_prefix = "/app"`): a webapp deployed under a context path answers at another
+    /// public path. `proxy_redirect "default"` and `proxy_cookie_path "default"` map it back.
+    #[serde(default)]
+    pub upstream_prefix: Option<String>,
     /// Cache this pool's answers (see `balancer.proxy_cache`); default: `balancer.proxy_cache`.
     #[serde(default)]
     pub proxy_cache: Option<bool>,
@@ -331,6 +337,7 @@ impl PoolConfig {
             hash_key: None,
             strip_prefix: None,
             client_max_body_size: None,
+            upstream_prefix: None,
             proxy_cache: None,
         }
     }
@@ -619,6 +626,17 @@ pub struct BalancerConfig {
     pub proxy_ssl_certificate: Option<PathBuf>,
     /// Private key of `proxy_ssl_certificate`.
     pub proxy_ssl_certificate_key: Option<PathBuf>,
+    /// The default pool's `upstream_prefix` (see [`PoolConfig::upstream_prefix`]): with
+    /// `"/app"`, `/x` goes upstream as `/app/x` (nginx `location / { proxy_pass
+    /// http://tomcat/app/; }`).
+    pub upstream_prefix: Option<String>,
+    /// `Set-Cookie` paths rewritten (nginx `proxy_cookie_path`): `"default"` (the pool's
+    /// `upstream_prefix` becomes its `strip_prefix`, or `/`) or `"<from> <to>"` (a prefix,
+    /// with `$host` and `$scheme`).
+    pub proxy_cookie_path: Vec<String>,
+    /// `Set-Cookie` domains rewritten (nginx `proxy_cookie_domain`): `"<from> <to>"`, `from`
+    /// the whole domain (without case, a leading `.` ignored), `to` may be `$host`.
+    pub proxy_cookie_domain: Vec<String>,
     /// Keep answers in memory and answer from there (nginx `proxy_cache`; see `crate::cache`):
     /// for every pool, unless a pool's own `proxy_cache` says otherwise.
     pub proxy_cache: bool,
@@ -735,6 +753,9 @@ impl Default for BalancerConfig {
             proxy_buffers: "8 8k".into(),
             proxy_max_temp_file_size: 1 << 30,
             proxy_temp_path: None,
+            upstream_prefix: None,
+            proxy_cookie_path: Vec::new(),
+            proxy_cookie_domain: Vec::new(),
             proxy_cache: false,
             proxy_cache_max_size: 64 << 20,
             proxy_cache_max_entry_size: 1 << 20,

@@ -181,6 +181,9 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     }
     crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
         .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
+    crate::relocate::CookieRewrite::parse(&cfg.proxy_cookie_path, &cfg.proxy_cookie_domain)
+        .map_err(|(key, m)| ConfigError::new(key, m))?;
+    crate::cache::Policy::of(cfg, None)?;
     for (i, name) in cfg.proxy_hide_header.iter().enumerate() {
         let key = format!("balancer.proxy_hide_header[{i}]");
         if name.is_empty() || !name.bytes().all(is_token_byte) {
@@ -266,7 +269,27 @@ fn validate_health(hc: &HealthCheckConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// What `strip_prefix` and `upstream_prefix` must look like.
+const PREFIX_RULE: &str =
+    "must be a path such as \"/api\" (a leading '/', no trailing '/', no '?' or '#')";
+
+fn valid_prefix(prefix: &str) -> bool {
+    prefix.starts_with('/')
+        && prefix.len() >= 2
+        && !prefix.ends_with('/')
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+}
+
 fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
+    if cfg
+        .upstream_prefix
+        .as_deref()
+        .is_some_and(|p| !valid_prefix(p))
+    {
+        return Err(ConfigError::new("balancer.upstream_prefix", PREFIX_RULE));
+    }
     let mut names = HashSet::new();
     for (i, pool) in cfg.pool.iter().enumerate() {
         let key = |k: &str| format!("balancer.pool[{i}].{k}");
@@ -304,18 +327,12 @@ fn validate_pools(cfg: &BalancerConfig) -> Result<(), ConfigError> {
                 ));
             }
         }
-        if let Some(prefix) = &pool.strip_prefix {
-            if !prefix.starts_with('/')
-                || prefix.len() < 2
-                || prefix.ends_with('/')
-                || !prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
-            {
-                return Err(ConfigError::new(
-                    key("strip_prefix"),
-                    "must be a path such as \"/api\" (a leading '/', no trailing '/', no '?' or '#')",
-                ));
+        for (name, prefix) in [
+            ("strip_prefix", &pool.strip_prefix),
+            ("upstream_prefix", &pool.upstream_prefix),
+        ] {
+            if prefix.as_deref().is_some_and(|p| !valid_prefix(p)) {
+                return Err(ConfigError::new(key(name), PREFIX_RULE));
             }
         }
         let (method, hash_key) = cfg.pool_method(Some(&pool.name));

@@ -199,6 +199,18 @@ pub(crate) fn strip_path_prefix(head: &mut Vec<u8>, prefix: &str) {
     }
 }
 
+/// Puts `prefix` (`/app`, validated as for [`strip_path_prefix`]) before the origin-form path of
+/// the request line at the start of `head`: `/x?y` becomes `/app/x?y`, `/` becomes `/app/`.
+/// Any other target (`*`) is left.
+pub(crate) fn add_path_prefix(head: &mut Vec<u8>, prefix: &str) {
+    let Some(sp) = head.iter().position(|&b| b == b' ') else {
+        return;
+    };
+    if head.get(sp + 1) == Some(&b'/') {
+        head.splice(sp + 1..sp + 1, prefix.bytes());
+    }
+}
+
 /// The scheme a trusted proxy's first `X-Forwarded-Proto` names (`http` or `https`, any case);
 /// `own` (the scheme of the connection) when it names none or something else.
 fn forwarded_proto(

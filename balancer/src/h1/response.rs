@@ -39,14 +39,15 @@ pub(crate) struct Response {
     pub buffering: Option<bool>,
 }
 
-/// Header rewrites of the config: `proxy_hide_header` and `proxy_redirect`.
+/// Header rewrites of the config: `proxy_hide_header`, `proxy_redirect`,
+/// `proxy_cookie_path` and `proxy_cookie_domain` (the last three with what their variables and
+/// `default` stand for in this answer).
 #[derive(Default)]
 pub(crate) struct Rewrites<'a> {
     pub hide: &'a [String],
-    pub relocate: Option<(
-        &'a crate::relocate::ProxyRedirect,
-        crate::relocate::Vars<'a>,
-    )>,
+    pub relocate: Option<&'a crate::relocate::ProxyRedirect>,
+    pub cookies: Option<&'a crate::relocate::CookieRewrite>,
+    pub vars: crate::relocate::Vars<'a>,
 }
 
 /// What `gzip` needs to know of a response's headers.
@@ -214,15 +215,21 @@ pub(crate) fn parse(
                 let mut value = b"W/".to_vec();
                 value.extend_from_slice(h.value);
                 headers::put(out, h.name.as_bytes(), &value);
-            } else if let Some(v) = rw.relocate.as_ref().and_then(|(r, vars)| {
+            } else if let Some(v) = rw.relocate.and_then(|r| {
                 if h.name.eq_ignore_ascii_case("location") {
-                    r.location(h.value, vars)
+                    r.location(h.value, &rw.vars)
                 } else if h.name.eq_ignore_ascii_case("refresh") {
-                    r.refresh(h.value, vars)
+                    r.refresh(h.value, &rw.vars)
                 } else {
                     None
                 }
             }) {
+                headers::put(out, h.name.as_bytes(), &v);
+            } else if let Some(v) = rw
+                .cookies
+                .filter(|_| h.name.eq_ignore_ascii_case("set-cookie"))
+                .and_then(|r| r.set_cookie(h.value, &rw.vars))
+            {
                 headers::put(out, h.name.as_bytes(), &v);
             } else {
                 headers::put(out, h.name.as_bytes(), h.value);
@@ -309,7 +316,7 @@ mod tests {
             None,
             &Rewrites {
                 hide: &hide,
-                relocate: None,
+                ..Rewrites::default()
             },
         )
         .expect("valid head");

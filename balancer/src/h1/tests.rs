@@ -334,3 +334,21 @@ fn a_pools_prefix_is_stripped_from_the_request_line_only_at_a_segment_end() {
         );
     }
 }
+
+#[test]
+fn the_upstream_prefix_goes_before_the_path() {
+    for (line, want) in [
+        ("GET /x?y HTTP/1.1\r\n", "GET /app/x?y HTTP/1.1\r\n"),
+        ("GET / HTTP/1.1\r\n", "GET /app/ HTTP/1.1\r\n"),
+        ("GET /?q HTTP/1.1\r\n", "GET /app/?q HTTP/1.1\r\n"),
+        ("OPTIONS * HTTP/1.1\r\n", "OPTIONS * HTTP/1.1\r\n"),
+    ] {
+        let mut head = format!("{line}X-A: 1\r\n").into_bytes();
+        super::request::add_path_prefix(&mut head, "/app");
+        assert_eq!(
+            String::from_utf8(head).expect("utf8"),
+            format!("{want}X-A: 1\r\n"),
+            "{line:?}"
+        );
+    }
+}

@@ -23,7 +23,9 @@ type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 /// A real HTTP/1 server that answers by path:
 /// `/slow/MS` waits MS ms; `/status/CODE` answers CODE; `/headers` echoes the request headers;
 /// `/big/N` streams N bytes; `/text/N` answers N bytes of text (see there); `/stall/MS` sends a chunk, waits MS ms, then ends; `/upload` reads the body and answers its size; `/digest` answers its [`Digest`]; anything else
-/// answers the server's name. Every answer carries `x-upstream: NAME`.
+/// answers the server's name. Every answer carries `x-upstream: NAME`; `/text` and the
+/// server's name carry `x-path` (the request target it got). Each path works under the context
+/// path `/ctx` too (`/ctx/text/10`), as a Tomcat webapp's.
 pub struct Upstream {
     pub name: String,
     pub addr: SocketAddr,
@@ -164,6 +166,29 @@ pub fn text_body(n: usize) -> Vec<u8> {
     out
 }
 
+/// `%XX` escapes decoded (a bad one is kept as it is).
+fn percent_decoded(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (b[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).boxed()
 }
@@ -179,7 +204,18 @@ async fn answer(
         posts.fetch_add(1, Ordering::SeqCst);
     }
     let path = req.uri().path().to_owned();
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let target: hyper::header::HeaderValue = req
+        .uri()
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .parse()
+        .unwrap();
+    // Served under the context path `/ctx` too, as a Tomcat webapp is.
+    let routed = path
+        .strip_prefix("/ctx")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(&path);
+    let mut parts = routed.trim_start_matches('/').splitn(2, '/');
     let (first, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let body = match first {
         "slow" => {
@@ -239,7 +275,7 @@ async fn answer(
                 .unwrap_or("")
                 .split('&')
                 .filter_map(|kv| kv.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.replace("%2F", "/").replace("%22", "\"")))
+                .map(|(k, v)| (k.to_owned(), percent_decoded(v)))
                 .collect();
             let body = if query.get("stream").is_some_and(|v| v == "1") {
                 let parts: Vec<Bytes> = text.chunks(10_000).map(Bytes::copy_from_slice).collect();
@@ -255,6 +291,7 @@ async fn answer(
             let mut r = Response::new(body);
             let h = r.headers_mut();
             h.insert("x-upstream", name.parse().unwrap());
+            h.insert("x-path", target);
             let ct = query
                 .get("type")
                 .map_or("text/html; charset=utf-8", String::as_str);
@@ -298,6 +335,7 @@ async fn answer(
     };
     let mut r = Response::new(body);
     r.headers_mut().insert("x-upstream", name.parse().unwrap());
+    r.headers_mut().insert("x-path", target);
     r
 }
 
