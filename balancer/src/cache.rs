@@ -156,7 +156,13 @@ impl Policy {
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
             status_header,
-            store: prev.map_or_else(|| Arc::new(Store::default()), |p| p.store.clone()),
+            store: match prev {
+                Some(p) => {
+                    p.store.shrink_to(cfg.proxy_cache_max_size);
+                    p.store.clone()
+                }
+                None => Arc::new(Store::default()),
+            },
         }))
     }
 
@@ -517,9 +523,32 @@ impl Store {
         let entry = Arc::new(entry);
         let mut inner = self.inner();
         inner.pass.remove(key);
-        // Room first: the hand goes round, sparing what was used since it last passed.
+        self.make_room(&mut inner, entry.size, max_size);
+        if inner.bytes + entry.size > max_size {
+            return;
+        }
+        let variants = inner.map.entry(key.into()).or_default();
+        if let Some(i) = variants.iter().position(|e| e.same_variant(&entry)) {
+            variants[i].dead.store(true, Relaxed);
+            variants.swap_remove(i);
+        }
+        variants.push(entry.clone());
+        inner.bytes += entry.size;
+        inner.clock.push_back((key.into(), entry));
+        self.stats.stored.fetch_add(1, Relaxed);
+    }
+
+    /// Evicts until everything kept fits in `max_size` (a reload made it smaller).
+    pub fn shrink_to(&self, max_size: u64) {
+        let mut inner = self.inner();
+        self.make_room(&mut inner, 0, max_size);
+    }
+
+    /// Evicts until `need` more bytes fit within `max_size`: the hand goes round, sparing what
+    /// was used since it last passed.
+    fn make_room(&self, inner: &mut Inner, need: u64, max_size: u64) {
         let mut budget = inner.clock.len() * 2 + 1;
-        while inner.bytes + entry.size > max_size && budget > 0 {
+        while inner.bytes + need > max_size && budget > 0 {
             budget -= 1;
             let Some((k, old)) = inner.clock.pop_front() else {
                 break;
@@ -539,18 +568,6 @@ impl Store {
                 }
             }
         }
-        if inner.bytes + entry.size > max_size {
-            return;
-        }
-        let variants = inner.map.entry(key.into()).or_default();
-        if let Some(i) = variants.iter().position(|e| e.same_variant(&entry)) {
-            variants[i].dead.store(true, Relaxed);
-            variants.swap_remove(i);
-        }
-        variants.push(entry.clone());
-        inner.bytes += entry.size;
-        inner.clock.push_back((key.into(), entry));
-        self.stats.stored.fetch_add(1, Relaxed);
     }
 
     /// Remembers that the answer for `key` could not be kept.
@@ -818,6 +835,10 @@ mod tests {
         assert!(matches!(p.lookup(&1u32.to_be_bytes(), h), Found::None));
         assert!(matches!(p.lookup(&18u32.to_be_bytes(), h), Found::Fresh(_)));
         assert!(p.store.stats.evicted.load(Relaxed) >= 9);
+        // A reload with less memory evicts at once.
+        p.store.shrink_to(3_000);
+        assert!(p.store.size().1 <= 3_000);
+        assert!(p.store.size().0 <= 3);
     }
 
     #[test]
