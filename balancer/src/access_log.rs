@@ -196,6 +196,8 @@ pub(crate) struct Entry {
     pub with_request_id: bool,
     /// The request id, escaped.
     pub request_id: Vec<u8>,
+    /// The `auth_basic` user (`$remote_user`), escaped.
+    pub user: Vec<u8>,
 }
 
 impl Entry {
@@ -212,6 +214,7 @@ impl Entry {
         self.agent.clear();
         self.with_request_id = false;
         self.request_id.clear();
+        self.user.clear();
     }
 
     /// Notes the start of the request (the first call counts).
@@ -344,7 +347,9 @@ fn format_line(out: &mut Vec<u8>, client: &str, stamp: &[u8], e: &Entry) {
         }
     }
     out.extend_from_slice(client.as_bytes());
-    out.extend_from_slice(b" - - [");
+    out.extend_from_slice(b" - ");
+    out.extend_from_slice(dash(&e.user));
+    out.extend_from_slice(b" [");
     out.extend_from_slice(stamp);
     out.extend_from_slice(b"] \"");
     out.extend_from_slice(dash(&e.line));

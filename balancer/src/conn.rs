@@ -114,6 +114,9 @@ pub(crate) struct Conn {
     pub https: bool,
     /// The current request's dealings with the response cache.
     pub cache: crate::cache::CacheReq,
+    /// The `auth_basic` location that guards the current request, if any, and its
+    /// `Authorization` value.
+    pub auth: (Option<usize>, Vec<u8>),
 }
 
 /// What happens to the connection after a request.
@@ -309,6 +312,7 @@ pub(crate) async fn serve_stream(
         host: Vec::new(),
         https: false,
         cache: crate::cache::CacheReq::default(),
+        auth: (None, Vec::new()),
     };
     let mut stop = pin!(stop_requested(&mut state));
     loop {
@@ -438,7 +442,7 @@ async fn one_request(
             });
             c.log.start();
             c.head.clear();
-            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host, https, cache) = (
+            let (key, limit_key, conn_key, log, redirect, gzip_ok, file, host, https, cache, auth) = (
                 &mut c.key,
                 &mut c.limit_key,
                 &mut c.conn_key,
@@ -449,6 +453,7 @@ async fn one_request(
                 &mut c.host,
                 &mut c.https,
                 &mut c.cache,
+                &mut c.auth,
             );
             let (tls, tls_port) = (c.stream.is_tls(), worker.shared.tls_port);
             let h2 = c.stream.is_h2();
@@ -494,6 +499,14 @@ async fn one_request(
                 }
                 if !snap.deny.is_empty() && snap.deny.is_match(&path) {
                     return None;
+                }
+                auth.0 = None;
+                if !snap.auth.is_empty() {
+                    auth.0 = snap.auth.find(&path);
+                    auth.1.clear();
+                    if let (Some(_), Some(v)) = (auth.0, v.header("authorization")) {
+                        auth.1.extend_from_slice(v);
+                    }
                 }
                 if !snap.files.is_empty() {
                     if let Some(i) = snap.files.find(&path) {
@@ -686,6 +699,30 @@ async fn one_request(
             crate::ratelimit::Verdict::Delay(wait) => tokio::time::sleep(wait).await,
             crate::ratelimit::Verdict::Reject => {
                 return c.refuse(&snap, &req, limit.status).await;
+            }
+        }
+    }
+    if let Some(i) = c.auth.0 {
+        // nginx's access phase: after the address rules and the limits (so `limit_req` slows a
+        // password guesser down first), before anything is answered or passed on.
+        match snap.auth.check(i, &c.auth.1, &worker.auth).await {
+            Some(user) => {
+                if c.log.on {
+                    crate::access_log::escape_into(&mut c.log.user, user.as_bytes());
+                }
+            }
+            None => {
+                crate::headers::put(
+                    &mut c.page_headers,
+                    b"WWW-Authenticate",
+                    snap.auth.challenge(i),
+                );
+                return c
+                    .page(
+                        StatusCode::UNAUTHORIZED,
+                        !req.keep_alive || req.framing != Framing::None,
+                    )
+                    .await;
             }
         }
     }

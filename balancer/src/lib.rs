@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod access_log;
+mod auth;
 mod body;
 mod buffering;
 mod cache;
@@ -84,8 +85,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 pub use config::{
-    BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream, PoolConfig,
-    SniCertificate, StaticConfig, UpstreamConfig,
+    AuthBasicConfig, BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream,
+    PoolConfig, SniCertificate, StaticConfig, UpstreamConfig,
 };
 pub use units::parse_size;
 

@@ -44,6 +44,8 @@ pub(crate) struct Worker {
     pub log: crate::access_log::WorkerLog,
     /// This worker's cache of `[[balancer.static]]` look-ups.
     pub files: crate::files::FileCache,
+    /// The `auth_basic` credentials this worker accepted.
+    pub auth: crate::auth::Remembered,
 }
 
 /// How an exchange failed, from the proxy's point of view.
@@ -74,6 +76,7 @@ impl Worker {
             );
             self.log.set_sink(snap.access_log.clone());
             self.files.clear();
+            self.auth.clear();
         }
         snap
     }

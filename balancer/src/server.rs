@@ -162,6 +162,7 @@ pub(crate) fn run_worker(
             stopping: Cell::new(false),
             log: crate::access_log::WorkerLog::default(),
             files: crate::files::FileCache::default(),
+            auth: crate::auth::Remembered::default(),
         });
         worker.log.set_sink(cfg.access_log.clone());
         drop(cfg);

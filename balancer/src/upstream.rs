@@ -274,6 +274,8 @@ pub(crate) struct Snapshot {
     pub relocate: crate::relocate::ProxyRedirect,
     /// `proxy_cookie_path` and `proxy_cookie_domain`.
     pub cookies: crate::relocate::CookieRewrite,
+    /// `[[balancer.auth_basic]]` locations.
+    pub auth: crate::auth::Locations,
     /// The response cache, if a pool caches.
     pub cache: Option<crate::cache::Policy>,
 }
@@ -442,6 +444,7 @@ impl Snapshot {
         let files = crate::files::Locations::of(&cfg.statics);
         let buffering = crate::buffering::Policy::of(&cfg)?;
         let cache = crate::cache::Policy::of(&cfg, prev.and_then(|p| p.cache.as_ref()))?;
+        let auth = crate::auth::Locations::of(&cfg.auth_basic)?;
         let relocate = crate::relocate::ProxyRedirect::parse(&cfg.proxy_redirect)
             .map_err(|(i, m)| ConfigError::new(format!("balancer.proxy_redirect[{i}]"), m))?;
         let cookies =
@@ -486,6 +489,7 @@ impl Snapshot {
             relocate,
             cookies,
             cache,
+            auth,
         })
     }
 }

@@ -417,6 +417,28 @@ impl StaticConfig {
     }
 }
 
+/// One `[[balancer.auth_basic]]`: HTTP Basic authentication for a location (nginx
+/// `auth_basic` with `auth_basic_user_file`; see `crate::auth`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthBasicConfig {
+    /// Path prefix, matched at a segment boundary on the normalized path (the longest wins).
+    pub location: String,
+    /// The realm browsers show.
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// htpasswd file (re-read on reload): `user:hash` lines.
+    #[serde(default)]
+    pub user_file: Option<PathBuf>,
+    /// No authentication under this location (nginx `auth_basic off`), inside a longer-held one.
+    #[serde(default)]
+    pub off: bool,
+}
+
+fn default_realm() -> String {
+    "Restricted".into()
+}
+
 /// The `[balancer]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -686,6 +708,8 @@ pub struct BalancerConfig {
     /// Named upstream pools chosen by path (see [`PoolConfig`]); none: every request goes to
     /// the upstreams.
     pub pool: Vec<PoolConfig>,
+    /// Locations that need HTTP Basic credentials (see [`AuthBasicConfig`]).
+    pub auth_basic: Vec<AuthBasicConfig>,
     /// Locations answered from files on disk (see [`StaticConfig`]), before any pool.
     #[serde(rename = "static")]
     pub statics: Vec<StaticConfig>,
@@ -776,6 +800,7 @@ impl Default for BalancerConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             upstream: Vec::new(),
             pool: Vec::new(),
+            auth_basic: Vec::new(),
             statics: Vec::new(),
         }
     }
@@ -832,6 +857,7 @@ impl BalancerConfig {
         self.read_error_page()?;
         self.tls_acceptor()?;
         self.upstream_tls()?;
+        crate::auth::Locations::of(&self.auth_basic)?;
         Ok(())
     }
 
