@@ -36,6 +36,10 @@
 # `alias`); nginx keeps its defaults (`sendfile off`, no `open_file_cache`) unless
 # NGINX_FILE_CACHE=1 gives it `open_file_cache max=1000; open_file_cache_valid 1s` (as ferrocat's
 # default `cache_valid = "1s"`; nginx caches the open descriptor and still reads per request).
+# UPSTREAM_TLS=1: the upstream listens on TLS (a self-signed P-256 certificate for 127.0.0.1) and
+# both proxies speak TLS to it, verifying it and keeping the connections alive (nginx `proxy_pass
+# https://app` with `proxy_ssl_verify on`, `proxy_ssl_trusted_certificate`, session reuse on;
+# ferrocat `tls = true` with `proxy_ssl_trusted_certificate`).
 # CACHE=1: the upstream's answer says `Cache-Control: max-age=3600` and both proxies cache it, so
 # nearly every request is a hit (nginx `proxy_cache_path ... keys_zone=c:10m` with `proxy_cache c`,
 # its files in the run's temporary directory, so in the page cache; ferrocat `proxy_cache = true`,
@@ -53,6 +57,7 @@ GZIP=${GZIP:-0}
 H2=${H2:-0}
 STATIC=${STATIC:-0}
 CACHE=${CACHE:-0}
+UPSTREAM_TLS=${UPSTREAM_TLS:-0}
 STREAMS=${STREAMS:-10}
 [ "$H2" = 1 ] && TLS=1
 if [ -n "$PROXY_CPU" ] && ! [[ "$PROXY_CPU" =~ ^[0-9]+$ && "$PROXY_CPU" -ge 1 ]]; then
@@ -75,7 +80,7 @@ cleanup() {
   [ -f "$TMP/px.pid" ] && kill "$(cat "$TMP/px.pid" 2>/dev/null)" 2>/dev/null || true
   sleep 0.2
   [ -n "$CGROUP" ] && rmdir "$CGROUP" 2>/dev/null || true
-  rm -rf "$TMP"
+  [ "${KEEP_TMP:-0}" = 1 ] && echo "kept $TMP" >&2 || rm -rf "$TMP"
 }
 trap cleanup EXIT
 
@@ -110,12 +115,20 @@ if [ "$STATIC" = 1 ]; then
   [ "${NGINX_FILE_CACHE:-0}" = 1 ] && NG_STATIC="$NG_STATIC open_file_cache max=1000 inactive=20s; open_file_cache_valid 1s;"
   URL_PATH=/static/style.css
 fi
+UP_LISTEN="127.0.0.1:$UP_PORT"; UP_SCHEME=http; NG_UP_TLS=""
+if [ "$UPSTREAM_TLS" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$TMP/up.key" -out "$TMP/up.crt" 2>/dev/null
+  UP_LISTEN="127.0.0.1:$UP_PORT ssl; ssl_certificate $TMP/up.crt; ssl_certificate_key $TMP/up.key"
+  UP_SCHEME=https
+  NG_UP_TLS="proxy_ssl_verify on; proxy_ssl_trusted_certificate $TMP/up.crt; proxy_ssl_name 127.0.0.1; proxy_ssl_session_reuse on;"
+fi
 { common up; cat <<CONF
 http {
   access_log off;
   client_body_temp_path $TMP; proxy_temp_path $TMP; fastcgi_temp_path $TMP; uwsgi_temp_path $TMP; scgi_temp_path $TMP;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP_PORT; location / { $UP_ANSWER } }
+  server { listen $UP_LISTEN; location / { $UP_ANSWER } }
 }
 CONF
 } > "$TMP/up.conf"
@@ -146,7 +159,8 @@ http {
     $NG_STATIC
     location / {
       $NG_CACHE
-      proxy_pass http://app;
+      $NG_UP_TLS
+      proxy_pass $UP_SCHEME://app;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_set_header Host \$host;
@@ -171,6 +185,7 @@ FC_TLS=()
 [ "$H2" = 1 ] && FC_TLS+=(H2=1)
 [ "$STATIC" = 1 ] && FC_TLS+=(STATIC_DIR="$TMP/files")
 [ "$CACHE" = 1 ] && FC_TLS+=(PROXY_CACHE=1)
+[ "$UPSTREAM_TLS" = 1 ] && FC_TLS+=(UPSTREAM_CA="$TMP/up.crt")
 env KEEPALIVE=$KEEPALIVE ${FC_LOG:+ACCESS_LOG=$FC_LOG} "${FC_TLS[@]}" $ON_PROXY "$FC_BIN" 127.0.0.1:0 1 "127.0.0.1:$UP_PORT" > "$TMP/fc.out" & PIDS+=($!); FC_PID=$!
 for _ in $(seq 50); do grep -q listening "$TMP/fc.out" 2>/dev/null && break; sleep 0.1; done
 if [ "$TLS" = 1 ]; then
@@ -233,7 +248,7 @@ run() { # name url pid
   echo "$1 $rps $(to_us "$p99") $cpu $ucpu" >> "$TMP/results"
 }
 
-echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$CACHE" = 1 ] && echo ", answers cached by both (hits)")$([ "$STATIC" = 1 ] && echo ", a 4 KB file from disk$([ "${NGINX_FILE_CACHE:-0}" = 1 ] && echo " (nginx with open_file_cache)")")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
+echo "pinned: $([ "$PIN" = 1 ] && echo "yes (proxy on CPU 0, wrk and upstream on CPU 1)" || echo no), upstream keepalive $KEEPALIVE$([ -n "$PROXY_CPU" ] && echo ", proxy CPU quota $PROXY_CPU% of one CPU")$([ "$ACCESS_LOG" = 1 ] && echo ", access logs on")$([ "$TLS" = 1 ] && echo ", clients over TLS")$([ "$GZIP" = 1 ] && echo ", 10 KB pages gzipped at level 1")$([ "$CACHE" = 1 ] && echo ", answers cached by both (hits)")$([ "$UPSTREAM_TLS" = 1 ] && echo ", TLS to the upstream")$([ "$STATIC" = 1 ] && echo ", a 4 KB file from disk$([ "${NGINX_FILE_CACHE:-0}" = 1 ] && echo " (nginx with open_file_cache)")")$([ "$H2" = 1 ] && echo ", HTTP/2 (h2load, $STREAMS streams per connection; latency = mean)")"
 echo "warm-up"
 for url in "$SCHEME://127.0.0.1:$NG_PORT$URL_PATH" "$SCHEME://$FC_ADDR$URL_PATH"; do
   if [ "$H2" = 1 ]; then $ON_LOAD h2load -t1 -c"$CONNS" -m"$STREAMS" -D2 "$url" >/dev/null

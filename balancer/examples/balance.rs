@@ -25,7 +25,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: balance LISTEN WORKERS UPSTREAM...";
     let listen = args.next().ok_or(usage)?.parse()?;
     let workers = args.next().ok_or(usage)?.parse()?;
-    let upstream: Vec<UpstreamConfig> = args.map(UpstreamConfig::new).collect();
+    // UPSTREAM_CA=<PEM>: the upstreams speak TLS, verified against that certificate.
+    let upstream_ca = std::env::var_os("UPSTREAM_CA");
+    let upstream: Vec<UpstreamConfig> = args
+        .map(|a| {
+            let mut u = UpstreamConfig::new(a);
+            u.tls = upstream_ca.is_some();
+            u
+        })
+        .collect();
     if upstream.is_empty() {
         return Err(usage.into());
     }
@@ -45,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ssl_certificate_key: std::env::var_os("TLS_KEY").map(Into::into),
         ssl_listen: std::env::var_os("TLS_CERT").map(|_| ([127, 0, 0, 1], 0).into()),
         gzip: std::env::var_os("GZIP").is_some(),
+        proxy_ssl_trusted_certificate: upstream_ca.clone().map(Into::into),
         proxy_cache: std::env::var_os("PROXY_CACHE").is_some(),
         proxy_cache_status_header: "X-Cache-Status".into(),
         http2: std::env::var_os("H2").is_some(),

@@ -57,7 +57,16 @@ pub(crate) fn connector(cfg: &BalancerConfig) -> Result<TlsConnector, ConfigErro
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new("balancer.proxy_ssl_verify", e.to_string()))?;
     let builder = if cfg.proxy_ssl_verify {
-        builder.with_root_certificates(roots(cfg)?)
+        let (roots, pinned) = roots(cfg)?;
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| ConfigError::new("balancer.proxy_ssl_trusted_certificate", e.to_string()))?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Trusting { webpki, pinned }))
     } else {
         builder
             .dangerous()
@@ -81,8 +90,11 @@ pub(crate) fn connector(cfg: &BalancerConfig) -> Result<TlsConnector, ConfigErro
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// The CA certificates upstreams are verified against.
-fn roots(cfg: &BalancerConfig) -> Result<RootCertStore, ConfigError> {
+/// The CA certificates upstreams are verified against, and the same certificates as they are
+/// (an upstream may present one of them itself: a pinned self-signed certificate).
+fn roots(
+    cfg: &BalancerConfig,
+) -> Result<(RootCertStore, Vec<CertificateDer<'static>>), ConfigError> {
     const KEY: &str = "balancer.proxy_ssl_trusted_certificate";
     let configured = cfg.proxy_ssl_trusted_certificate.as_deref();
     let path = configured.unwrap_or(Path::new(SYSTEM_BUNDLE));
@@ -100,14 +112,86 @@ fn roots(cfg: &BalancerConfig) -> Result<RootCertStore, ConfigError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ConfigError::new(KEY, format!("{}: {e}", path.display())))?;
     let mut store = RootCertStore::empty();
-    let (added, _ignored) = store.add_parsable_certificates(certs);
+    let (added, _ignored) = store.add_parsable_certificates(certs.iter().cloned());
     if added == 0 {
         return Err(ConfigError::new(
             KEY,
             format!("{}: no usable PEM certificate in it", path.display()),
         ));
     }
-    Ok(store)
+    // The system bundle holds CAs only: nothing there to pin.
+    let pinned = if configured.is_some() {
+        certs
+    } else {
+        Vec::new()
+    };
+    Ok((store, pinned))
+}
+
+/// The usual chain verification, and besides it OpenSSL's (so nginx's) acceptance of a
+/// certificate that is itself in the trusted file: `openssl req -x509` makes self-signed
+/// certificates marked as CAs, which webpki refuses as a server's own ("CA used as end
+/// entity"). Such a pinned certificate must still be for the upstream's name; its validity
+/// dates are not checked (it is trusted as it is, like an SSH host key).
+#[derive(Debug)]
+struct Trusting {
+    webpki: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+}
+
+impl ServerCertVerifier for Trusting {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
+            Ok(v) => Ok(v),
+            Err(e)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                let parsed =
+                    rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
+                rustls::client::verify_server_name(&parsed, server_name)?;
+                Ok(ServerCertVerified::assertion())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
 }
 
 /// `tls_name` (or a default one) as rustls wants it.

@@ -340,3 +340,44 @@ fn bad_upstream_tls_keys_are_named() {
     assert_eq!(parsed.upstream[0].tls_name.as_deref(), Some("app.internal"));
     assert!(parsed.check_files().is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_self_signed_certificate_marked_as_a_ca_is_accepted_for_its_name() {
+    // What `openssl req -x509` makes: self-signed with basicConstraints CA:TRUE, which
+    // webpki alone refuses as a server's certificate and OpenSSL (nginx) accepts.
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let made = params.self_signed(&key).unwrap();
+    let (cert, key_file) = (dir.path().join("ca-up.crt"), dir.path().join("ca-up.key"));
+    std::fs::write(&cert, made.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let a = Upstream::start("a").await;
+    let (front, tls_addr) = tls_front(&a, &cert, &key_file).await;
+    let http = client();
+    let (h, base) = start(over_tls(&tls_addr, &cert)).await;
+    assert_eq!(
+        http.get(format!("{base}/")).send().await.unwrap().status(),
+        200
+    );
+    h.stop(true).await;
+    // Pinned, but not for this name.
+    let mut named = over_tls(&tls_addr, &cert);
+    named.upstream[0].tls_name = Some("shop.example".into());
+    let (h, base) = start(named).await;
+    assert_eq!(
+        http.get(format!("{base}/")).send().await.unwrap().status(),
+        502
+    );
+    h.stop(true).await;
+    // Not pinned: another certificate in the trusted file.
+    let (other, _, _) = certificate(dir.path(), "other");
+    let (h, base) = start(over_tls(&tls_addr, &other)).await;
+    assert_eq!(
+        http.get(format!("{base}/")).send().await.unwrap().status(),
+        502
+    );
+    h.stop(true).await;
+    front.stop(true).await;
+}
