@@ -8,6 +8,11 @@
 //! default), bcrypt (`$2y$`, `$2b$`, `$2a$`, htpasswd `-B`), SHA-512/256-crypt (`$6$`, `$5$`),
 //! MD5-crypt (`$1$`), `{SHA}` (htpasswd `-s`), DES crypt, or `{PLAIN}`.
 //!
+//! An entry may also carry address rules (`access`, nginx's `allow`/`deny` inside the
+//! location): with `satisfy = "all"` (the default) a denied address gets 403 whatever its
+//! credentials, with `"any"` an allowed address needs none (nginx `satisfy any`). An entry with
+//! rules and no `user_file` restricts by address alone.
+//!
 //! A request without valid credentials gets 401 with `WWW-Authenticate: Basic realm="..."`.
 //! Hashes are checked on the blocking pool (bcrypt takes milliseconds by design), and each
 //! worker remembers the `Authorization` values it accepted (at most [`REMEMBERED`], forgotten on
@@ -20,7 +25,8 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
-use crate::config::{AuthBasicConfig, ConfigError};
+use crate::config::{AuthBasicConfig, ConfigError, Satisfy};
+use crate::netmask::AccessRules;
 
 /// Accepted credentials remembered per worker.
 pub(crate) const REMEMBERED: usize = 1024;
@@ -50,7 +56,21 @@ struct Location {
 struct Guard {
     /// The `WWW-Authenticate` value.
     challenge: Vec<u8>,
-    users: Arc<HashMap<String, Stored>>,
+    /// `None`: by address alone.
+    users: Option<Arc<HashMap<String, Stored>>>,
+    access: AccessRules,
+    any: bool,
+}
+
+/// What a guarded location says to a request.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// In, as this user (`None`: let in by its address).
+    Pass(Option<String>),
+    /// 401 with the challenge.
+    Unauthorized,
+    /// 403: its address is denied.
+    Forbidden,
 }
 
 /// The `[[balancer.auth_basic]]` locations of a config, longest prefix first.
@@ -69,12 +89,14 @@ impl Locations {
             let guard = if a.off {
                 None
             } else {
-                let Some(file) = &a.user_file else {
+                let access = AccessRules::parse(&a.access)
+                    .map_err(|(j, m)| ConfigError::new(format!("{}[{j}]", key("access")), m))?;
+                if a.user_file.is_none() && access.is_empty() {
                     return Err(ConfigError::new(
                         key("user_file"),
-                        "required unless off = true",
+                        "required unless off = true or access rules are given",
                     ));
-                };
+                }
                 if a.realm.is_empty() || a.realm.bytes().any(|b| b == b'"' || b.is_ascii_control())
                 {
                     return Err(ConfigError::new(
@@ -82,11 +104,18 @@ impl Locations {
                         "must be non-empty, without '\"' or control characters",
                     ));
                 }
-                let users = read_users(file).map_err(|m| ConfigError::new(key("user_file"), m))?;
+                let users = match &a.user_file {
+                    Some(file) => Some(Arc::new(
+                        read_users(file).map_err(|m| ConfigError::new(key("user_file"), m))?,
+                    )),
+                    None => None,
+                };
                 Some(Guard {
                     challenge: format!("Basic realm=\"{}\", charset=\"UTF-8\"", a.realm)
                         .into_bytes(),
-                    users: Arc::new(users),
+                    users,
+                    access,
+                    any: a.satisfy == Satisfy::Any,
                 })
             };
             list.push(Location {
@@ -120,13 +149,50 @@ impl Locations {
     }
 
     /// The user an `Authorization` value proves to be, for location `i`; `None`: refused.
-    pub async fn check(&self, i: usize, authorization: &[u8], seen: &Remembered) -> Option<String> {
-        let guard = self.0.get(i)?.guard.as_ref()?;
+    pub async fn check(
+        &self,
+        i: usize,
+        client: std::net::IpAddr,
+        authorization: &[u8],
+        seen: &Remembered,
+    ) -> Verdict {
+        let Some(guard) = self.0.get(i).and_then(|l| l.guard.as_ref()) else {
+            return Verdict::Pass(None);
+        };
+        let address_ok = guard.access.allows(client);
+        let Some(users) = &guard.users else {
+            return if address_ok {
+                Verdict::Pass(None)
+            } else {
+                Verdict::Forbidden
+            };
+        };
+        if guard.any {
+            // Rules that let this address in are enough (no rules grant nothing).
+            if address_ok && !guard.access.is_empty() {
+                return Verdict::Pass(None);
+            }
+        } else if !address_ok {
+            return Verdict::Forbidden;
+        }
+        match Self::user(i, users, authorization, seen).await {
+            Some(user) => Verdict::Pass(Some(user)),
+            None => Verdict::Unauthorized,
+        }
+    }
+
+    /// The user an `Authorization` value proves to be, for location `i`; `None`: refused.
+    async fn user(
+        i: usize,
+        users: &HashMap<String, Stored>,
+        authorization: &[u8],
+        seen: &Remembered,
+    ) -> Option<String> {
         if let Some(user) = seen.get(i, authorization) {
             return Some(user);
         }
         let (user, password) = credentials(authorization)?;
-        let stored = guard.users.get(&user)?.clone();
+        let stored = users.get(&user)?.clone();
         let ok = match stored {
             Stored::Plain(p) => same(p.as_bytes(), password.as_bytes()),
             Stored::Sha1(digest) => {

@@ -705,24 +705,23 @@ async fn one_request(
     if let Some(i) = c.auth.0 {
         // nginx's access phase: after the address rules and the limits (so `limit_req` slows a
         // password guesser down first), before anything is answered or passed on.
-        match snap.auth.check(i, &c.auth.1, &worker.auth).await {
-            Some(user) => {
-                if c.log.on {
+        let close = !req.keep_alive || req.framing != Framing::None;
+        match snap.auth.check(i, c.client, &c.auth.1, &worker.auth).await {
+            crate::auth::Verdict::Pass(user) => {
+                if let (true, Some(user)) = (c.log.on, user) {
                     crate::access_log::escape_into(&mut c.log.user, user.as_bytes());
                 }
             }
-            None => {
+            crate::auth::Verdict::Forbidden => {
+                return c.page(StatusCode::FORBIDDEN, close).await;
+            }
+            crate::auth::Verdict::Unauthorized => {
                 crate::headers::put(
                     &mut c.page_headers,
                     b"WWW-Authenticate",
                     snap.auth.challenge(i),
                 );
-                return c
-                    .page(
-                        StatusCode::UNAUTHORIZED,
-                        !req.keep_alive || req.framing != Framing::None,
-                    )
-                    .await;
+                return c.page(StatusCode::UNAUTHORIZED, close).await;
             }
         }
     }

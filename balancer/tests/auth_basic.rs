@@ -28,12 +28,16 @@ fn guarded(up: &Upstream, users: &std::path::Path) -> BalancerConfig {
             realm: "Tomcat manager".into(),
             user_file: Some(users.to_owned()),
             off: false,
+            access: Vec::new(),
+            satisfy: Default::default(),
         },
         AuthBasicConfig {
             location: "/manager/status".into(),
             realm: String::new(),
             user_file: None,
             off: true,
+            access: Vec::new(),
+            satisfy: Default::default(),
         },
     ];
     cfg
@@ -170,4 +174,53 @@ off = true
     assert!(cfg.auth_basic[1].off);
     let e = cfg.check_files().unwrap_err();
     assert_eq!(e.key, "balancer.auth_basic[0].user_file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_rules_go_with_or_instead_of_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("htpasswd");
+    std::fs::write(&users, "tom:{PLAIN}cat\n").unwrap();
+    let a = Upstream::start("a").await;
+    let mut cfg = guarded(&a, &users);
+    cfg.auth_basic.truncate(1);
+    let status = |cfg: BalancerConfig, auth: Option<String>| async move {
+        let (h, base) = start(cfg).await;
+        let mut r = client().get(format!("{base}/manager/html"));
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        let s = r.send().await.unwrap().status().as_u16();
+        h.stop(true).await;
+        s
+    };
+    let tom = || Some(basic("tom", "cat"));
+    // satisfy all: a denied address gets 403 even with a good password.
+    let mut all = cfg.clone();
+    all.auth_basic[0].access = vec!["allow 10.0.0.0/8".into(), "deny all".into()];
+    assert_eq!(status(all.clone(), tom()).await, 403);
+    all.auth_basic[0].access = vec!["allow 127.0.0.0/8".into(), "deny all".into()];
+    assert_eq!(status(all.clone(), None).await, 401);
+    assert_eq!(status(all, tom()).await, 200);
+    // satisfy any: an allowed address needs no password; another one does.
+    let mut any = cfg.clone();
+    any.auth_basic[0].satisfy = ferrocat_balancer::Satisfy::Any;
+    any.auth_basic[0].access = vec!["allow 127.0.0.1".into(), "deny all".into()];
+    assert_eq!(status(any.clone(), None).await, 200);
+    any.auth_basic[0].access = vec!["allow 10.0.0.0/8".into(), "deny all".into()];
+    assert_eq!(status(any.clone(), None).await, 401);
+    assert_eq!(status(any, tom()).await, 200);
+    // Rules alone, no user file: by address only.
+    let mut only = cfg.clone();
+    only.auth_basic[0].user_file = None;
+    only.auth_basic[0].access = vec!["deny 127.0.0.1".into()];
+    assert_eq!(status(only.clone(), tom()).await, 403);
+    only.auth_basic[0].access = vec!["allow 127.0.0.1".into(), "deny all".into()];
+    assert_eq!(status(only.clone(), None).await, 200);
+    only.auth_basic[0].access = vec!["allow 127.0.0.1".into(), "deny everyone".into()];
+    assert_eq!(
+        only.check_files().unwrap_err().key,
+        "balancer.auth_basic[0].access[1]"
+    );
+    assert_eq!(a.hits(), 4, "only the requests let in reached the upstream");
 }

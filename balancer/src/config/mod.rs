@@ -433,6 +433,25 @@ pub struct AuthBasicConfig {
     /// No authentication under this location (nginx `auth_basic off`), inside a longer-held one.
     #[serde(default)]
     pub off: bool,
+    /// Client address rules for this location (nginx `allow`/`deny` inside the `location`):
+    /// `"allow 10.0.0.0/8"`, `"deny all"`, the first match decides.
+    #[serde(default)]
+    pub access: Vec<String>,
+    /// `"all"` (default): the address rules and the credentials must both let the request in;
+    /// `"any"`: an address that `access` allows needs no credentials (nginx `satisfy`).
+    #[serde(default)]
+    pub satisfy: Satisfy,
+}
+
+/// nginx's `satisfy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Satisfy {
+    /// Both must let the request in.
+    #[default]
+    All,
+    /// Either one is enough.
+    Any,
 }
 
 fn default_realm() -> String {
