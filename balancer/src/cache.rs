@@ -594,6 +594,11 @@ impl Store {
         })
     }
 
+    /// Whether a request is filling `key`.
+    pub fn is_filling(&self, key: &[u8]) -> bool {
+        self.inner().filling.contains_key(key)
+    }
+
     /// Waits, at most `limit`, for the request filling `key` to finish (at once if none is).
     pub async fn wait_fill(&self, key: &[u8], limit: Duration) {
         let Some(notify) = self.inner().filling.get(key).cloned() else {

@@ -126,8 +126,11 @@ impl Worker {
         let mut found = cache.lookup(&c.cache.key, &c.head);
         let mut filling = None;
         if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
-            filling = cache.store.try_fill(&c.cache.key);
-            if filling.is_none() {
+            // A HEAD fills nothing, so it does not hold the key's lock either.
+            if !req.head_method {
+                filling = cache.store.try_fill(&c.cache.key);
+            }
+            if filling.is_none() && cache.store.is_filling(&c.cache.key) {
                 // Another request is filling this key.
                 if let (Found::Stale(e), true) = (&found, cache.stale.updating) {
                     let e = e.clone();
