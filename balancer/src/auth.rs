@@ -443,6 +443,36 @@ mod tests {
     }
 
     #[test]
+    fn garbage_authorization_and_files_never_panic() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        const PIECES: &[&[u8]] = &[
+            b"Basic ",
+            b"basic",
+            b" ",
+            b"dG9tOmNhdA==",
+            b"=",
+            b":",
+            b"$apr1$",
+            b"$2y$05$",
+            b"{SHA}",
+            b"\xff",
+        ];
+        for _ in 0..20_000 {
+            let mut v = Vec::new();
+            for _ in 0..rng.gen_range(0..10) {
+                if rng.gen_bool(0.8) {
+                    v.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+                } else {
+                    v.push(rng.gen());
+                }
+            }
+            let _ = credentials(&v);
+            let _ = parse_stored(&String::from_utf8_lossy(&v));
+        }
+    }
+
+    #[test]
     fn credentials_are_basic_base64_user_colon_password() {
         let enc = |s: &str| {
             format!(

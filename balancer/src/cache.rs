@@ -866,6 +866,64 @@ mod tests {
         assert_eq!(p.store.size().0, 0);
     }
 
+    /// Bytes that look like heads: pieces of header syntax and random bytes.
+    fn garbage(rng: &mut impl rand::Rng) -> Vec<u8> {
+        const PIECES: &[&[u8]] = &[
+            b"HTTP/1.1 200 OK\r\n",
+            b"Cache-Control: ",
+            b"max-age=",
+            b"s-maxage=\"",
+            b"Vary: ",
+            b"ETag: W/",
+            b"Expires: ",
+            b"X-Accel-Expires: @",
+            b"If-None-Match: ",
+            b"If-Modified-Since: ",
+            b"Last-Modified: ",
+            b"Content-Length: ",
+            b"\r\n",
+            b"\r\n\r\n",
+            b":",
+            b",",
+            b"*",
+            b"99999999999999999999",
+            b"\xff\xfe",
+        ];
+        let mut out = Vec::new();
+        for _ in 0..rng.gen_range(0..24) {
+            if rng.gen_bool(0.7) {
+                out.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+            } else {
+                out.push(rng.gen());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn garbage_heads_never_panic() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let p = policy(&["any 1m"]);
+        for _ in 0..20_000 {
+            let head = garbage(&mut rng);
+            let req = garbage(&mut rng);
+            let _ = p.storable(rng.gen_range(0..700), &head);
+            let cut = rng.gen_range(0..=head.len());
+            let e = Entry::new(
+                Bytes::from(head),
+                cut,
+                "u",
+                Duration::from_secs(1),
+                vec!["accept".into()],
+                &req,
+            );
+            let _ = e.not_modified(&req);
+            let _ = e.fits(&req);
+            let _ = request_header(&req, "vary");
+        }
+    }
+
     #[test]
     fn bad_cache_keys_are_named() {
         let bad = |f: fn(&mut BalancerConfig)| {

@@ -356,6 +356,45 @@ mod tests {
     }
 
     #[test]
+    fn garbage_cookies_and_locations_never_panic() {
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let c = cookies(&["default", "/a/ /$host/"], &["x.example $host"]);
+        let r = rules(&["default", "http://$host/ /"]);
+        const PIECES: &[&[u8]] = &[
+            b"a=1",
+            b";",
+            b" ",
+            b"Path=",
+            b"path=/app",
+            b"/app",
+            b"/",
+            b"Domain=",
+            b".x.example",
+            b"url=",
+            b"http://127.0.0.1:8081",
+            b"\xff",
+        ];
+        for _ in 0..20_000 {
+            let mut value = Vec::new();
+            for _ in 0..rng.gen_range(0..16) {
+                if rng.gen_bool(0.8) {
+                    value.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
+                } else {
+                    value.push(rng.gen());
+                }
+            }
+            let v = Vars {
+                upstream_prefix: if rng.gen() { "/app" } else { "" },
+                ..vars("h.example", rng.gen(), if rng.gen() { "/shop" } else { "" })
+            };
+            let _ = c.set_cookie(&value, &v);
+            let _ = r.location(&value, &v);
+            let _ = r.refresh(&value, &v);
+        }
+    }
+
+    #[test]
     fn cookie_paths_follow_the_prefixes_by_default() {
         let c = cookies(&["default"], &[]);
         let v = |prefix, up| Vars {
