@@ -35,6 +35,7 @@ use tokio::sync::Notify;
 
 use crate::config::{BalancerConfig, ConfigError};
 use crate::h1::request::View;
+use crate::hashkey::HashKey;
 
 /// How long a key whose answer could not be kept goes straight to the upstreams.
 const PASS_FOR: Duration = Duration::from_secs(10);
@@ -52,6 +53,10 @@ pub(crate) struct Policy {
     pub lock_timeout: Duration,
     inactive: Duration,
     session: bool,
+    /// `proxy_cache_key`; `None`: scheme, host and request target.
+    key: Option<HashKey>,
+    bypass: Vec<HashKey>,
+    no_store: Vec<HashKey>,
     /// Response header that tells the cache status (nginx `$upstream_cache_status`).
     pub status_header: Option<String>,
     pub store: Arc<Store>,
@@ -155,6 +160,18 @@ impl Policy {
             lock_timeout: cfg.proxy_cache_lock_timeout,
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
+            key: (!cfg.proxy_cache_key.trim().is_empty())
+                .then(|| HashKey::parse(&cfg.proxy_cache_key)),
+            bypass: cfg
+                .proxy_cache_bypass
+                .iter()
+                .map(|t| HashKey::parse(t))
+                .collect(),
+            no_store: cfg
+                .proxy_no_cache
+                .iter()
+                .map(|t| HashKey::parse(t))
+                .collect(),
             status_header,
             store: match prev {
                 Some(p) => {
@@ -167,8 +184,9 @@ impl Policy {
     }
 
     /// Whether a request may use the cache (its pool caching): `true` with its key written
-    /// into `key`, `false` for a request that bypasses it.
-    pub fn admits(&self, v: &View<'_>, sticky_cookie: &str, key: &mut Vec<u8>) -> bool {
+    /// into `req.key` and whether it may read (`proxy_cache_bypass`) and keep
+    /// (`proxy_no_cache`) in `req`; `false` for a request that bypasses it.
+    pub fn admits(&self, v: &View<'_>, sticky_cookie: &str, req: &mut CacheReq) -> bool {
         if !(v.method == "GET" || v.method == "HEAD")
             || v.header("authorization").is_some()
             || v.header("range").is_some()
@@ -182,13 +200,34 @@ impl Policy {
         {
             return false;
         }
+        let applies = |conditions: &[HashKey]| {
+            let mut scratch = Vec::new();
+            conditions.iter().any(|t| {
+                t.eval(v, v.client, &mut scratch);
+                !scratch.is_empty() && scratch != b"0"
+            })
+        };
+        req.read = !applies(&self.bypass);
+        req.store = !applies(&self.no_store);
+        let key = &mut req.key;
         key.clear();
-        key.push(if v.https { b's' } else { b'h' });
-        if let Some(host) = v.header("host").and_then(crate::redirect::host_name) {
-            key.extend(host.iter().map(u8::to_ascii_lowercase));
+        match &self.key {
+            Some(t) => {
+                // Marked apart from the built-in keys, which start with `h` or `s`.
+                key.push(b'k');
+                let mut scratch = Vec::new();
+                t.eval(v, v.client, &mut scratch);
+                key.extend_from_slice(&scratch);
+            }
+            None => {
+                key.push(if v.https { b's' } else { b'h' });
+                if let Some(host) = v.header("host").and_then(crate::redirect::host_name) {
+                    key.extend(host.iter().map(u8::to_ascii_lowercase));
+                }
+                key.push(b' ');
+                key.extend_from_slice(v.path_and_query.as_bytes());
+            }
         }
-        key.push(b' ');
-        key.extend_from_slice(v.path_and_query.as_bytes());
         true
     }
 
@@ -654,6 +693,10 @@ pub(crate) struct CacheReq {
     pub on: bool,
     /// Its pool caches, but this request bypasses it.
     pub bypass: bool,
+    /// It may be answered from the cache (no `proxy_cache_bypass` condition holds).
+    pub read: bool,
+    /// Its answer may be kept (no `proxy_no_cache` condition holds).
+    pub store: bool,
     pub key: Vec<u8>,
     /// The answer may be kept (set for the attempts).
     pub fill: bool,

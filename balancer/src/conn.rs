@@ -534,7 +534,7 @@ async fn one_request(
                 cache.bypass = false;
                 cache.status = "";
                 if let (Some(policy), true) = (&snap.cache, snap.pools[pool].cache) {
-                    cache.on = policy.admits(v, &snap.cfg.sticky_cookie, &mut cache.key);
+                    cache.on = policy.admits(v, &snap.cfg.sticky_cookie, cache);
                     cache.bypass = !cache.on && (v.method == "GET" || v.method == "HEAD");
                 }
                 if let Some(k) = snap.limit.as_ref().and_then(|l| l.key.as_ref()) {

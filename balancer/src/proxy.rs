@@ -123,6 +123,14 @@ impl Worker {
             return self.attempts(c, snap, req, target, body, key).await;
         }
         let stats = &cache.store.stats;
+        if !c.cache.read {
+            // `proxy_cache_bypass`: from the upstream, and kept (unless `proxy_no_cache`),
+            // which refreshes the copy.
+            c.cache.status = "BYPASS";
+            c.cache.fill = !req.head_method && c.cache.store;
+            let keep = self.attempts(c, snap, req, target, body, key).await;
+            return keep;
+        }
         let mut found = cache.lookup(&c.cache.key, &c.head);
         let mut filling = None;
         if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
@@ -175,7 +183,7 @@ impl Worker {
             }
         }
         // Only a GET fills (a HEAD's answer has no body to keep).
-        c.cache.fill = !req.head_method && !pass;
+        c.cache.fill = !req.head_method && !pass && c.cache.store;
         c.cache.filling = filling;
         let keep = self.attempts(c, snap, req, target, body, key).await;
         c.cache.stale = None;

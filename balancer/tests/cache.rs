@@ -258,6 +258,9 @@ proxy_cache_lock_timeout = "2s"
 proxy_cache_inactive = "30m"
 proxy_cache_session = true
 proxy_cache_status_header = "X-Cache"
+proxy_cache_key = "$scheme$host$request_uri$cookie_lang"
+proxy_cache_bypass = ["$arg_nocache", "$http_pragma"]
+proxy_no_cache = ["$arg_preview"]
 
 [[upstream]]
 address = "127.0.0.1:9"
@@ -276,6 +279,9 @@ proxy_cache = false
     assert_eq!(cfg.proxy_cache_inactive, Duration::from_secs(1800));
     assert_eq!(cfg.pool[0].proxy_cache, Some(false));
     assert_eq!(cfg.proxy_cache_status_header, "X-Cache");
+    assert_eq!(cfg.proxy_cache_key, "$scheme$host$request_uri$cookie_lang");
+    assert_eq!(cfg.proxy_cache_bypass.len(), 2);
+    assert_eq!(cfg.proxy_no_cache, ["$arg_preview"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,5 +314,32 @@ async fn a_kept_answer_is_compressed_for_clients_that_take_gzip() {
         assert_eq!(out, plain);
     }
     assert_eq!(a.hits(), 1);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_bypass_and_no_cache_conditions_are_templates() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_key = "$host$uri".into();
+    cfg.proxy_cache_bypass = vec!["$arg_nocache".into()];
+    cfg.proxy_no_cache = vec!["$http_x_no_store".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let at = |q: &str| format!("{base}/text/100?cc=max-age=60&{q}");
+    // The key leaves the query out: another query is the same copy.
+    assert_eq!(fetch(&http, &at("v=1"), &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &at("v=2"), &[]).await.1, "HIT");
+    assert_eq!(a.hits(), 1);
+    // Bypassed: asked upstream, and the copy refreshed; "0" is no condition.
+    assert_eq!(fetch(&http, &at("nocache=1"), &[]).await.1, "BYPASS");
+    assert_eq!(fetch(&http, &at("nocache=0"), &[]).await.1, "HIT");
+    assert_eq!(a.hits(), 2);
+    // Not kept while the request says so.
+    let other = format!("{base}/text/200?cc=max-age=60");
+    assert_eq!(fetch(&http, &other, &[("x-no-store", "1")]).await.1, "MISS");
+    assert_eq!(fetch(&http, &other, &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &other, &[]).await.1, "HIT");
+    assert_eq!(a.hits(), 4);
     h.stop(true).await;
 }

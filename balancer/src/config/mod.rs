@@ -702,6 +702,15 @@ pub struct BalancerConfig {
     /// Longest such wait; then the request goes to the upstreams.
     #[serde(with = "units::duration")]
     pub proxy_cache_lock_timeout: Duration,
+    /// The cache key, in the variables of `hash_key` (nginx `proxy_cache_key`); empty: the
+    /// scheme, the host and `$request_uri`.
+    pub proxy_cache_key: String,
+    /// Conditions under which a request is not answered from the cache, but its answer may be
+    /// kept, refreshing the copy (nginx `proxy_cache_bypass`): templates such as
+    /// `"$arg_nocache"` or `"$cookie_preview"`; one that is non-empty and not `0` applies.
+    pub proxy_cache_bypass: Vec<String>,
+    /// Conditions under which an answer is not kept (nginx `proxy_no_cache`), as above.
+    pub proxy_no_cache: Vec<String>,
     /// Kept answers nobody asked for during this time are dropped (nginx `inactive`).
     #[serde(with = "units::duration")]
     pub proxy_cache_inactive: Duration,
@@ -808,6 +817,9 @@ impl Default for BalancerConfig {
             proxy_cache_lock_timeout: Duration::from_secs(5),
             proxy_cache_inactive: Duration::from_secs(600),
             proxy_cache_session: false,
+            proxy_cache_key: String::new(),
+            proxy_cache_bypass: Vec::new(),
+            proxy_no_cache: Vec::new(),
             proxy_cache_status_header: String::new(),
             proxy_ssl_verify: true,
             proxy_ssl_trusted_certificate: None,
