@@ -7,7 +7,7 @@
 //! buffering), from memory: so a hit looks to the client exactly as the live answer did.
 //!
 //! - Requests: only `GET` and `HEAD` are looked up, and only `GET` fills; a request with
-//!   `Authorization` or `Range`, or with the session cookie (`sticky_cookie`) unless
+//!   `Authorization`, `Range` or `Upgrade`, or with the session cookie (`sticky_cookie`) unless
 //!   `proxy_cache_session` allows it, neither reads nor fills. The key is the scheme, the host
 //!   and the request target.
 //! - Answers: kept when they say for how long (`X-Accel-Expires`, then `Cache-Control`
@@ -190,6 +190,8 @@ impl Policy {
         if !(v.method == "GET" || v.method == "HEAD")
             || v.header("authorization").is_some()
             || v.header("range").is_some()
+            // A WebSocket handshake is a GET too, and must reach the upstream.
+            || v.header("upgrade").is_some()
         {
             return false;
         }
