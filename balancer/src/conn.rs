@@ -114,6 +114,8 @@ pub(crate) struct Conn {
     pub https: bool,
     /// The current request's dealings with the response cache.
     pub cache: crate::cache::CacheReq,
+    /// The SHA-1 (hex) of the certificate the client showed on its TLS connection, if any.
+    pub client_cert: Option<std::sync::Arc<str>>,
     /// The `auth_basic` location that guards the current request, if any, and its
     /// `Authorization` value.
     pub auth: (Option<usize>, Vec<u8>),
@@ -249,9 +251,20 @@ pub(crate) async fn serve(
         drop(snap);
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                return crate::http2::serve(worker, s, ip, state).await;
+                let cert = crate::tls::client_fingerprint(&s);
+                return crate::http2::serve(worker, s, ip, state, cert).await;
             }
-            Ok(Ok(s)) => crate::tls::ClientStream::Tls(Box::new(s)),
+            Ok(Ok(s)) => {
+                let cert = crate::tls::client_fingerprint(&s);
+                return serve_stream(
+                    worker,
+                    crate::tls::ClientStream::Tls(Box::new(s)),
+                    ip,
+                    state,
+                    cert,
+                )
+                .await;
+            }
             Ok(Err(e)) => {
                 log::debug!("TLS handshake with {ip} failed: {e}");
                 worker
@@ -272,7 +285,7 @@ pub(crate) async fn serve(
     } else {
         crate::tls::ClientStream::Plain(stream)
     };
-    serve_stream(worker, stream, ip, state).await;
+    serve_stream(worker, stream, ip, state, None).await;
 }
 
 /// Serves requests from `stream` (a client connection, or one bridged HTTP/2 stream) from the
@@ -282,6 +295,7 @@ pub(crate) async fn serve_stream(
     stream: crate::tls::ClientStream,
     ip: IpAddr,
     mut state: watch::Receiver<RunState>,
+    client_cert: Option<std::sync::Arc<str>>,
 ) {
     let mut c = Conn {
         stream,
@@ -312,6 +326,7 @@ pub(crate) async fn serve_stream(
         host: Vec::new(),
         https: false,
         cache: crate::cache::CacheReq::default(),
+        client_cert,
         auth: (None, Vec::new()),
     };
     let mut stop = pin!(stop_requested(&mut state));
@@ -560,6 +575,7 @@ async fn one_request(
                 real_ip: snap.real_ip.as_ref(),
                 set: &snap.set_headers,
                 tls: c.stream.is_tls(),
+                client_cert: c.client_cert.as_deref(),
             };
             let rid = snap
                 .request_id

@@ -2,8 +2,8 @@
 //!
 //! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`,
 //! `$request_id` (with `request_id_header`), `$host`,
-//! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), and literal text between
-//! them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
+//! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), `$ssl_client_verify`
+//! and `$ssl_client_fingerprint` (with `ssl_verify_client`), and literal text between them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
 
 use std::net::IpAddr;
 
@@ -58,6 +58,9 @@ enum Part {
     Cookie(String),
     Arg(String),
     Header(String),
+    /// `SUCCESS` (a verified client certificate), `NONE` (TLS without one), empty (plain).
+    ClientVerify,
+    ClientFingerprint,
 }
 
 impl HashKey {
@@ -79,6 +82,8 @@ impl HashKey {
                 "remote_addr" => Part::RemoteAddr,
                 "request_id" => Part::RequestId,
                 "host" => Part::Host,
+                "ssl_client_verify" => Part::ClientVerify,
+                "ssl_client_fingerprint" => Part::ClientFingerprint,
                 _ => {
                     if let Some(c) = name.strip_prefix("cookie_") {
                         Part::Cookie(c.to_owned())
@@ -134,6 +139,14 @@ impl HashKey {
                         out.extend_from_slice(v);
                     }
                 }
+                Part::ClientVerify => match (req.tls, req.client_cert) {
+                    (_, Some(_)) => out.extend_from_slice(b"SUCCESS"),
+                    (true, None) => out.extend_from_slice(b"NONE"),
+                    (false, None) => {}
+                },
+                Part::ClientFingerprint => {
+                    out.extend_from_slice(req.client_cert.unwrap_or("").as_bytes());
+                }
             }
         }
     }
@@ -167,6 +180,8 @@ mod tests {
             client: [10, 0, 0, 9].into(),
             request_id: b"",
             https: false,
+            tls: true,
+            client_cert: Some("ab12"),
         };
         let ip: IpAddr = [10, 0, 0, 9].into();
         let eval = |t: &str| {
@@ -175,6 +190,10 @@ mod tests {
             String::from_utf8(out).expect("utf8")
         };
         assert_eq!(eval("$request_uri"), "/a/b?user=7&x=1");
+        assert_eq!(
+            eval("$ssl_client_verify $ssl_client_fingerprint"),
+            "SUCCESS ab12"
+        );
         assert_eq!(eval("$uri|$args"), "/a/b|user=7&x=1");
         assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");
         assert_eq!(eval("u$arg_user:$cookie_sid:$http_x_tenant"), "u7:abc:acme");

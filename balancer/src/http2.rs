@@ -59,6 +59,7 @@ pub(crate) async fn serve(
     tls: TlsStream<TcpStream>,
     ip: IpAddr,
     state: watch::Receiver<RunState>,
+    client_cert: Option<std::sync::Arc<str>>,
 ) {
     let (handshake_limit, idle_limit) = {
         let snap = worker.snapshot();
@@ -94,7 +95,14 @@ pub(crate) async fn serve(
         tokio::select! {
             accepted = conn.accept() => match accepted {
                 Some(Ok((req, respond))) => {
-                    streams.spawn_local(stream(worker.clone(), ip, state.clone(), req, respond));
+                    streams.spawn_local(stream(
+                        worker.clone(),
+                        ip,
+                        state.clone(),
+                        client_cert.clone(),
+                        req,
+                        respond,
+                    ));
                 }
                 Some(Err(e)) => {
                     log::debug!("HTTP/2 connection from {ip}: {e}");
@@ -127,6 +135,7 @@ async fn stream(
     worker: Rc<Worker>,
     ip: IpAddr,
     state: watch::Receiver<RunState>,
+    client_cert: Option<std::sync::Arc<str>>,
     req: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
 ) {
@@ -146,6 +155,7 @@ async fn stream(
         ClientStream::H2(theirs),
         ip,
         state,
+        client_cert,
     ));
     let bridged = async move {
         let (mut rd, mut wr) = tokio::io::split(ours);

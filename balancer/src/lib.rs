@@ -86,7 +86,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{
     AuthBasicConfig, BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream,
-    PoolConfig, Satisfy, SniCertificate, StaticConfig, UpstreamConfig,
+    PoolConfig, Satisfy, SniCertificate, StaticConfig, UpstreamConfig, VerifyClient,
 };
 pub use units::parse_size;
 

@@ -37,6 +37,7 @@ pub(crate) fn acceptor(
     key: &Path,
     sni: &[SniCertificate],
     http2: bool,
+    clients: Option<(&Path, bool)>,
 ) -> Result<TlsAcceptor, ConfigError> {
     // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs has it
     // but brings a large C build. X25519, P-256 and P-384 it is, as nginx with OpenSSL 3.0.
@@ -70,17 +71,71 @@ pub(crate) fn acceptor(
             }
         }
     }
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("balancer.ssl_certificate", e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(by_name));
+        .map_err(|e| ConfigError::new("balancer.ssl_certificate", e.to_string()))?;
+    let builder = match clients {
+        None => builder.with_no_client_auth(),
+        Some((ca, optional)) => {
+            builder.with_client_cert_verifier(client_verifier(&provider, ca, optional)?)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(by_name));
     config.alpn_protocols = if http2 {
         vec![b"h2".to_vec(), b"http/1.1".to_vec()]
     } else {
         vec![b"http/1.1".to_vec()]
     };
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The verifier of client certificates signed by the CAs in `ca` (`ssl_client_certificate`);
+/// `optional`: clients without one are let through.
+fn client_verifier(
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    ca: &Path,
+    optional: bool,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ConfigError> {
+    const KEY: &str = "balancer.ssl_client_certificate";
+    let pem = std::fs::read(ca)
+        .map_err(|e| ConfigError::new(KEY, format!("cannot read {}: {e}", ca.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(KEY, format!("{}: {e}", ca.display())))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(ConfigError::new(
+            KEY,
+            format!("{}: no usable PEM certificate in it", ca.display()),
+        ));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    );
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    builder
+        .build()
+        .map_err(|e| ConfigError::new(KEY, e.to_string()))
+}
+
+/// The SHA-1 of a client's certificate in lowercase hex (nginx `$ssl_client_fingerprint`), if
+/// it showed one.
+pub(crate) fn client_fingerprint<IO>(tls: &TlsStream<IO>) -> Option<std::sync::Arc<str>> {
+    use sha1::Digest as _;
+    let cert = tls.get_ref().1.peer_certificates()?.first()?;
+    let digest = sha1::Sha1::digest(cert.as_ref());
+    let mut hex = String::with_capacity(40);
+    for b in digest {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{b:02x}");
+    }
+    Some(hex.into())
 }
 
 /// Reads a PEM chain and its key into a certified key; errors name `cert_key` or `key_key`.

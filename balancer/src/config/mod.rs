@@ -443,6 +443,19 @@ pub struct AuthBasicConfig {
     pub satisfy: Satisfy,
 }
 
+/// nginx's `ssl_verify_client`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyClient {
+    /// No client certificates asked for.
+    #[default]
+    Off,
+    /// Required.
+    On,
+    /// Asked for; a client may come without one.
+    Optional,
+}
+
 /// nginx's `satisfy`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -473,6 +486,15 @@ pub struct BalancerConfig {
     pub ssl_certificate_key: Option<PathBuf>,
     /// More certificates on `ssl_listen`, chosen by the name the client asks for (SNI).
     pub ssl_sni: Vec<SniCertificate>,
+    /// Ask TLS clients for a certificate signed by `ssl_client_certificate` (nginx
+    /// `ssl_verify_client`): `"on"` (required: the handshake fails without one), `"optional"`
+    /// (a client may come without one; one it shows must verify) or `"off"`. The upstreams learn
+    /// of it through `proxy_set_header` with `$ssl_client_verify` (`SUCCESS`, `NONE`) and
+    /// `$ssl_client_fingerprint` (the SHA-1 of the certificate, as nginx's).
+    pub ssl_verify_client: VerifyClient,
+    /// PEM file of the CA certificates client certificates must be signed by (re-read on
+    /// reload).
+    pub ssl_client_certificate: Option<PathBuf>,
     /// Requests on `listen` (plain HTTP) are answered with a redirect to the same URL over
     /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
     /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
@@ -752,6 +774,8 @@ impl Default for BalancerConfig {
             ssl_certificate_key: None,
             ssl_redirect: false,
             ssl_sni: Vec::new(),
+            ssl_verify_client: VerifyClient::Off,
+            ssl_client_certificate: None,
             http2: false,
             gzip: false,
             gzip_types: DEFAULT_GZIP_TYPES.iter().map(|t| (*t).to_owned()).collect(),
@@ -920,7 +944,11 @@ impl BalancerConfig {
     pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
         match (&self.ssl_certificate, &self.ssl_certificate_key) {
             (Some(cert), Some(key)) => {
-                crate::tls::acceptor(cert, key, &self.ssl_sni, self.http2).map(Some)
+                let clients = match (self.ssl_verify_client, &self.ssl_client_certificate) {
+                    (VerifyClient::Off, _) | (_, None) => None,
+                    (v, Some(ca)) => Some((ca.as_path(), v == VerifyClient::Optional)),
+                };
+                crate::tls::acceptor(cert, key, &self.ssl_sni, self.http2, clients).map(Some)
             }
             _ => Ok(None),
         }

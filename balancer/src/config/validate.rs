@@ -52,6 +52,20 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
         }
         _ => {}
     }
+    if cfg.ssl_verify_client != super::VerifyClient::Off {
+        if cfg.ssl_listen.is_none() {
+            return Err(ConfigError::new(
+                "balancer.ssl_verify_client",
+                "needs ssl_listen (client certificates come over TLS)",
+            ));
+        }
+        if cfg.ssl_client_certificate.is_none() {
+            return Err(ConfigError::new(
+                "balancer.ssl_client_certificate",
+                "required with ssl_verify_client (the CA client certificates are signed by)",
+            ));
+        }
+    }
     if cfg.ssl_redirect && cfg.ssl_listen.is_none() {
         return Err(ConfigError::new(
             "balancer.ssl_redirect",

@@ -66,6 +66,8 @@ pub(crate) struct Peer<'a> {
     pub set: &'a CustomHeaders,
     /// The client came over TLS (`X-Forwarded-Proto: https` unless a trusted proxy says).
     pub tls: bool,
+    /// The SHA-1 (hex) of the certificate the client showed (`ssl_verify_client`), if any.
+    pub client_cert: Option<&'a str>,
 }
 
 /// Why a head cannot be used (yet).
@@ -101,6 +103,10 @@ pub(crate) struct View<'a> {
     /// The client's scheme is https: it came over TLS, or a trusted proxy
     /// (`set_real_ip_from`) says so in `X-Forwarded-Proto`.
     pub https: bool,
+    /// The connection itself is TLS.
+    pub tls: bool,
+    /// The SHA-1 (hex) of the client's verified certificate, if it showed one.
+    pub client_cert: Option<&'a str>,
 }
 
 impl<'a> View<'a> {
@@ -413,6 +419,8 @@ pub(crate) fn parse<T>(
         client,
         request_id: rid,
         https: proto == "https",
+        tls: peer.tls,
+        client_cert: peer.client_cert,
     };
     if custom && !peer.set.write(out, Some(&view), None) && ours("host") {
         // A `Host` template that came out empty: the upstream's address, as for HTTP/1.0.

@@ -12,6 +12,7 @@ fn peer(text: &'static str) -> Peer<'static> {
         real_ip: None,
         set: &NO_HEADERS,
         tls: false,
+        client_cert: None,
     }
 }
 

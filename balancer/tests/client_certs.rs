@@ -1,0 +1,185 @@
+//! Client certificates on `ssl_listen` (`ssl_verify_client`, `ssl_client_certificate`; nginx's
+//! mutual TLS at the edge): with `on` a client without a certificate signed by the CA gets no
+//! answer, with one it does and the upstream learns `$ssl_client_verify` and
+//! `$ssl_client_fingerprint` through `proxy_set_header`; with `optional` a client may come
+//! without one (`NONE`) but not with a foreign one; a client cannot forge those headers; bad
+//! keys are config errors naming them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use ferrocat_balancer::{BalancerConfig, VerifyClient};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use common::{certificate, config, start, Upstream};
+
+fn mtls(
+    up: &Upstream,
+    dir: &Path,
+    ca: &Path,
+    verify: VerifyClient,
+) -> (BalancerConfig, CertificateDer<'static>) {
+    let (cert, key, der) = certificate(dir, "site");
+    let mut cfg = config(&[up]);
+    cfg.ssl_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.ssl_certificate = Some(cert);
+    cfg.ssl_certificate_key = Some(key);
+    cfg.ssl_verify_client = verify;
+    cfg.ssl_client_certificate = Some(ca.to_owned());
+    cfg.proxy_set_header = vec![
+        "X-Client-Verify: $ssl_client_verify".into(),
+        "X-Client-Fingerprint: $ssl_client_fingerprint".into(),
+    ];
+    (cfg, der)
+}
+
+/// `GET /headers` over TLS, showing the certificate in `client` (PEM files) if given: the
+/// answer as text, or `None` when the connection failed.
+async fn ask(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    client: Option<(&Path, &Path)>,
+    extra: &str,
+) -> Option<String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let cfg = match client {
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    let head =
+        format!("GET /headers HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
+    tls.write_all(head.as_bytes()).await.ok()?;
+    let mut out = Vec::new();
+    // TLS 1.3: a refused client certificate shows as an alert on the first read.
+    tls.read_to_end(&mut out).await.ok()?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.starts_with("HTTP/1.1 200").then_some(text)
+}
+
+fn sha1_hex(der: &[u8]) -> String {
+    use sha1::Digest as _;
+    sha1::Sha1::digest(der)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_client_certificate_is_checked_and_told_to_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_cert, client_key, client_der) = certificate(dir.path(), "client");
+    let (stranger_cert, stranger_key, _) = certificate(dir.path(), "stranger");
+    let a = Upstream::start("a").await;
+    let (cfg, site) = mtls(&a, dir.path(), &client_cert, VerifyClient::On);
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+
+    assert!(ask(addr, &site, None, "").await.is_none(), "no certificate");
+    assert!(
+        ask(addr, &site, Some((&stranger_cert, &stranger_key)), "")
+            .await
+            .is_none(),
+        "a certificate the CA did not sign"
+    );
+    assert_eq!(a.hits(), 0);
+    // Forged headers are replaced by the balancer's.
+    let text = ask(
+        addr,
+        &site,
+        Some((&client_cert, &client_key)),
+        "X-Client-Verify: FORGED\r\nX-Client-Fingerprint: 00\r\n",
+    )
+    .await
+    .expect("answered");
+    assert!(text.contains("x-client-verify: SUCCESS\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "x-client-fingerprint: {}\n",
+            sha1_hex(&client_der)
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("FORGED"), "{text}");
+    h.stop(true).await;
+
+    // Optional: a client may come without one, but not with a foreign one.
+    let (optional, site) = mtls(&a, dir.path(), &client_cert, VerifyClient::Optional);
+    let (h, base) = start(optional).await;
+    let addr = h.tls_addr().unwrap();
+    let text = ask(addr, &site, None, "")
+        .await
+        .expect("answered without a certificate");
+    assert!(text.contains("x-client-verify: NONE\n"), "{text}");
+    assert!(ask(addr, &site, Some((&stranger_cert, &stranger_key)), "")
+        .await
+        .is_none());
+    assert!(ask(addr, &site, Some((&client_cert, &client_key)), "")
+        .await
+        .is_some_and(|t| t.contains("x-client-verify: SUCCESS\n")));
+    // Plain HTTP has no TLS at all: the headers are left out.
+    let plain = common::client()
+        .get(format!("{base}/headers"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!plain.contains("x-client-verify"), "{plain}");
+    h.stop(true).await;
+
+    // Bad keys.
+    let mut no_ca = cfg.clone();
+    no_ca.ssl_client_certificate = None;
+    assert_eq!(
+        no_ca.validate().unwrap_err().key,
+        "balancer.ssl_client_certificate"
+    );
+    let mut no_tls = cfg.clone();
+    no_tls.ssl_listen = None;
+    no_tls.ssl_certificate = None;
+    no_tls.ssl_certificate_key = None;
+    assert_eq!(
+        no_tls.validate().unwrap_err().key,
+        "balancer.ssl_verify_client"
+    );
+    let mut unreadable = cfg.clone();
+    unreadable.ssl_client_certificate = Some(dir.path().join("missing.pem"));
+    assert_eq!(
+        unreadable.check_files().unwrap_err().key,
+        "balancer.ssl_client_certificate"
+    );
+    let parsed: BalancerConfig = toml::from_str(
+        "ssl_verify_client = \"optional\"\nssl_client_certificate = \"/etc/ferrocat/clients-ca.pem\"\n",
+    )
+    .unwrap();
+    assert_eq!(parsed.ssl_verify_client, VerifyClient::Optional);
+    assert!(toml::from_str::<BalancerConfig>("ssl_verify_client = \"maybe\"").is_err());
+}
