@@ -395,13 +395,7 @@ impl Worker {
                         if let Some(keep) = self.answer_stale(c, snap, req, body).await {
                             return keep;
                         }
-                        let status =
-                            StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        let close = !req.keep_alive || !body.complete() || self.stopping.get();
-                        c.wbuf.clear();
-                        let n =
-                            pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
-                        return c.send_page(status, n, close).await == Next::KeepAlive;
+                        return self.error_page(c, snap, req, body, resp.status).await;
                     }
                     if snap.cfg.proxy_intercept_errors && matches!(resp.status, 500 | 502..=504) {
                         // nginx `proxy_intercept_errors`: the client gets the error page, not
@@ -409,13 +403,7 @@ impl Worker {
                         // connection is closed rather than pooled.
                         drop(conn);
                         drop(guard);
-                        let status =
-                            StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        let close = !req.keep_alive || !body.complete() || self.stopping.get();
-                        c.wbuf.clear();
-                        let n =
-                            pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
-                        return c.send_page(status, n, close).await == Next::KeepAlive;
+                        return self.error_page(c, snap, req, body, resp.status).await;
                     }
                     if c.cache.fill {
                         self.keep_answer(c, snap, &mut conn, &resp, up).await;
@@ -485,10 +473,23 @@ impl Worker {
                 return keep;
             }
         }
+        self.error_page(c, snap, req, body, status.as_u16()).await
+    }
+
+    /// The error page (`error_page`) with `status`; true if the client connection stays open.
+    async fn error_page(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        req: &Request,
+        body: &ReqBody,
+        status: u16,
+    ) -> bool {
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
-        let body = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
-        c.send_page(status, body, close).await == Next::KeepAlive
+        let n = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+        c.send_page(status, n, close).await == Next::KeepAlive
     }
 
     /// One exchange with `up`: a pooled or new connection, the request, the response head

@@ -56,7 +56,7 @@ pub(crate) fn connector(cfg: &BalancerConfig) -> Result<TlsConnector, ConfigErro
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ConfigError::new("balancer.proxy_ssl_verify", e.to_string()))?;
-    let builder = if cfg.proxy_ssl_verify {
+    let webpki = if cfg.proxy_ssl_verify {
         let (roots, pinned) = roots(cfg)?;
         let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
@@ -64,14 +64,16 @@ pub(crate) fn connector(cfg: &BalancerConfig) -> Result<TlsConnector, ConfigErro
         )
         .build()
         .map_err(|e| ConfigError::new("balancer.proxy_ssl_trusted_certificate", e.to_string()))?;
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Trusting { webpki, pinned }))
+        Some((webpki, pinned))
     } else {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider.clone())))
+        None
     };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(Verifier {
+            webpki,
+            provider: provider.clone(),
+        }));
     let mut config = match (&cfg.proxy_ssl_certificate, &cfg.proxy_ssl_certificate_key) {
         (Some(cert), Some(key)) => {
             let certified = crate::tls::certified(
@@ -132,14 +134,19 @@ fn roots(
 /// certificate that is itself in the trusted file: `openssl req -x509` makes self-signed
 /// certificates marked as CAs, which webpki refuses as a server's own ("CA used as end
 /// entity"). Such a pinned certificate must still be for the upstream's name; its validity
-/// dates are not checked (it is trusted as it is, like an SSH host key).
+/// dates are not checked (it is trusted as it is, like an SSH host key). Without `webpki`
+/// (`proxy_ssl_verify = false`) any certificate goes. Either way the handshake's signatures
+/// are checked, so the server holds the key of what it showed.
 #[derive(Debug)]
-struct Trusting {
-    webpki: Arc<rustls::client::WebPkiServerVerifier>,
-    pinned: Vec<CertificateDer<'static>>,
+struct Verifier {
+    webpki: Option<(
+        Arc<rustls::client::WebPkiServerVerifier>,
+        Vec<CertificateDer<'static>>,
+    )>,
+    provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for Trusting {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -148,20 +155,13 @@ impl ServerCertVerifier for Trusting {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        let Some((webpki, pinned)) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Ok(v) => Ok(v),
-            Err(e)
-                if self
-                    .pinned
-                    .iter()
-                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
-            {
+            Err(e) if pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
                 let parsed =
                     rustls::server::ParsedCertificate::try_from(end_entity).map_err(|_| e)?;
                 rustls::client::verify_server_name(&parsed, server_name)?;
@@ -177,7 +177,8 @@ impl ServerCertVerifier for Trusting {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
     }
 
     fn verify_tls13_signature(
@@ -186,11 +187,14 @@ impl ServerCertVerifier for Trusting {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        let algorithms = &self.provider.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -206,56 +210,6 @@ pub(crate) fn host_of(address: &str) -> &str {
     host.strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host)
-}
-
-/// Accepts any certificate (`proxy_ssl_verify = false`), but still checks that the server holds
-/// its key, as rustls requires.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// The one client certificate (`proxy_ssl_certificate`), shown to upstreams that ask.
