@@ -104,6 +104,8 @@ pub(crate) struct Conn {
     /// With `add_header_always`: the config whose `add_header` lines the balancer's own pages
     /// get too (written with the page, when its status is known).
     pub page_add: Option<std::sync::Arc<crate::upstream::Snapshot>>,
+    /// The config whose `error_pages` the balancer's own pages use (only when it has some).
+    pub pages: Option<std::sync::Arc<crate::upstream::Snapshot>>,
     /// What the current request asks of a `[[balancer.static]]` location, if one takes it.
     pub file: crate::files::FileReq,
     /// The current request is a HEAD: the balancer's own pages go without their body.
@@ -195,18 +197,24 @@ impl Conn {
         // A body that was not read makes the connection unusable.
         let close = !req.keep_alive || req.framing != Framing::None;
         self.wbuf.clear();
-        let page = match status.as_u16() {
-            502..=504 => snap.error_page.as_deref(),
-            _ => None,
-        };
-        let body = pages::error(&mut self.wbuf, status, page, close);
+        let body = pages::error(
+            &mut self.wbuf,
+            status,
+            snap.page_for(status.as_u16()),
+            close,
+        );
         self.send_page(status, body, close).await
     }
 
-    /// Answers with a page of the balancer's own.
+    /// Answers with a page of the balancer's own (its `error_pages` one, if the status has
+    /// one).
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
-        let body = pages::plain(&mut self.wbuf, status, close);
+        let page = self
+            .pages
+            .as_ref()
+            .and_then(|s| s.error_pages.get(&status.as_u16()));
+        let body = pages::error(&mut self.wbuf, status, page.map(|p| &p[..]), close);
         self.send_page(status, body, close).await
     }
 
@@ -321,6 +329,7 @@ pub(crate) async fn serve_stream(
         request_id: Vec::new(),
         page_headers: Vec::new(),
         page_add: None,
+        pages: None,
         file: crate::files::FileReq::default(),
         head_req: false,
         host: Vec::new(),
@@ -334,6 +343,7 @@ pub(crate) async fn serve_stream(
         let next = one_request(&worker, &mut c, stop.as_mut()).await;
         // An idle connection must not keep an old config (and its log file) alive.
         c.page_add = None;
+        c.pages = None;
         if c.log.on {
             let who = if c.client == c.ip {
                 &c.ip_text
@@ -421,6 +431,9 @@ fn own_page_headers(snap: &std::sync::Arc<crate::upstream::Snapshot>, c: &mut Co
         // nginx `always`: the pages the balancer makes itself get them too.
         c.page_add = Some(snap.clone());
     }
+    if !snap.error_pages.is_empty() {
+        c.pages = Some(snap.clone());
+    }
 }
 
 /// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
@@ -434,6 +447,7 @@ async fn one_request(
     c.request_id.clear();
     c.page_headers.clear();
     c.page_add = None;
+    c.pages = None;
     c.redirect.0 = 0;
     c.file.loc = None;
     c.head_req = false;

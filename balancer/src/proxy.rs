@@ -488,7 +488,7 @@ impl Worker {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
         let close = !req.keep_alive || !body.complete() || self.stopping.get();
         c.wbuf.clear();
-        let n = pages::error(&mut c.wbuf, status, snap.error_page.as_deref(), close);
+        let n = pages::error(&mut c.wbuf, status, snap.page_for(status.as_u16()), close);
         c.send_page(status, n, close).await == Next::KeepAlive
     }
 

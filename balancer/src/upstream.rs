@@ -258,6 +258,8 @@ pub(crate) struct Snapshot {
     pub conn_limit: Option<crate::connlimit::ConnLimit>,
     /// Body of 502/503/504 answers (the configured error page), if any.
     pub error_page: Option<Bytes>,
+    /// `error_pages`, by status.
+    pub error_pages: HashMap<u16, Bytes>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// The open access log, if one is configured.
@@ -317,6 +319,16 @@ impl RetryPolicy {
 }
 
 impl Snapshot {
+    /// The configured page for a balancer's own answer with `status`: `error_pages`, else
+    /// `error_page` for 502 to 504.
+    pub fn page_for(&self, status: u16) -> Option<&[u8]> {
+        match self.error_pages.get(&status) {
+            Some(page) => Some(page),
+            None if (502..=504).contains(&status) => self.error_page.as_deref(),
+            None => None,
+        }
+    }
+
     /// The pool a request for `path` on `host` (the `Host` name without its port, if it is
     /// one) goes to: the first `[[balancer.pool]]` whose `hosts` (if any) name the host and
     /// whose `paths` (if any) match the path, else the default pool (0).
@@ -413,6 +425,7 @@ impl Snapshot {
         let deny = RegexSet::new(&cfg.deny)
             .map_err(|e| ConfigError::new("balancer.deny", e.to_string()))?;
         let error_page = cfg.read_error_page()?;
+        let error_pages = cfg.read_error_pages()?;
         let retry = RetryPolicy::from_cfg(&cfg);
         let generation = prev.map_or(1, |p| p.generation + 1);
         let status_allow = cfg.status_allow_nets()?;
@@ -480,6 +493,7 @@ impl Snapshot {
             limit,
             conn_limit,
             error_page,
+            error_pages,
             retry,
             access_log,
             tls,

@@ -382,3 +382,57 @@ async fn a_buffered_put_body_is_sent_whole_again_to_the_next_upstream() {
         h.stop(true).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_pages_by_status_win_over_the_error_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = |name: &str| {
+        let path = dir.path().join(format!("{name}.html"));
+        std::fs::write(&path, format!("<h1>{name}</h1>")).unwrap();
+        path
+    };
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.error_page = Some(error_page());
+    cfg.error_pages = [
+        ("403", page("forbidden")),
+        ("413", page("too-large")),
+        ("502", page("down")),
+    ]
+    .into_iter()
+    .map(|(s, p)| (s.to_owned(), p))
+    .collect();
+    cfg.deny = vec!["^/secret".into()];
+    cfg.client_max_body_size = 1000;
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    let r = http.get(format!("{base}/secret/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "<h1>forbidden</h1>");
+    let r = http
+        .post(format!("{base}/upload"))
+        .body(vec![b'x'; 5000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.text().await.unwrap(), "<h1>too-large</h1>");
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.text().await.unwrap(), "<h1>down</h1>");
+    let mut bad = cfg.clone();
+    bad.error_pages.insert("600".into(), page("x"));
+    assert_eq!(h.reload(bad).unwrap_err().key, "balancer.error_pages.600");
+    let mut missing = cfg;
+    missing
+        .error_pages
+        .insert("404".into(), dir.path().join("none.html"));
+    assert_eq!(
+        missing.check_files().unwrap_err().key,
+        "balancer.error_pages.404"
+    );
+    h.stop(true).await;
+}

@@ -537,6 +537,10 @@ pub struct BalancerConfig {
     pub redirect: Vec<String>,
     /// HTML page served with 502/503/504 when no upstream can answer.
     pub error_page: Option<PathBuf>,
+    /// HTML pages by status for the answers the balancer makes itself (nginx `error_page 403
+    /// /403.html`): `{ "403" = "...", "503" = "/srv/maintenance.html" }`, for 400 to 599; a status
+    /// listed here wins over `error_page`.
+    pub error_pages: std::collections::BTreeMap<String, PathBuf>,
     /// Access log file (nginx `access_log`, the `combined` format plus request time, upstream
     /// addresses and statuses); absent or `"off"`: none. A reload reopens it (log rotation).
     pub access_log: Option<PathBuf>,
@@ -787,6 +791,7 @@ impl Default for BalancerConfig {
             client_max_body_size: DEFAULT_CLIENT_MAX_BODY_SIZE,
             deny: Vec::new(),
             error_page: None,
+            error_pages: Default::default(),
             access_log: None,
             status_path: None,
             status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
@@ -910,6 +915,7 @@ impl BalancerConfig {
     /// checks beyond [`BalancerConfig::validate`].
     pub fn check_files(&self) -> Result<(), ConfigError> {
         self.read_error_page()?;
+        self.read_error_pages()?;
         self.tls_acceptor()?;
         self.upstream_tls()?;
         crate::auth::Locations::of(&self.auth_basic)?;
@@ -924,6 +930,26 @@ impl BalancerConfig {
         } else {
             Ok(None)
         }
+    }
+
+    /// The contents of `error_pages`, by status; errors name the entry.
+    pub(crate) fn read_error_pages(
+        &self,
+    ) -> Result<std::collections::HashMap<u16, bytes::Bytes>, ConfigError> {
+        let mut pages = std::collections::HashMap::new();
+        for (status, path) in &self.error_pages {
+            let key = format!("balancer.error_pages.{status}");
+            let code = status
+                .parse::<u16>()
+                .ok()
+                .filter(|s| (400..=599).contains(s))
+                .ok_or_else(|| ConfigError::new(&key, "not a status from 400 to 599"))?;
+            let page = std::fs::read(path).map_err(|e| {
+                ConfigError::new(&key, format!("cannot read {}: {e}", path.display()))
+            })?;
+            pages.insert(code, page.into());
+        }
+        Ok(pages)
     }
 
     /// The contents of `error_page`, if set.
