@@ -320,11 +320,12 @@ impl RetryPolicy {
 
 impl Snapshot {
     /// The configured page for a balancer's own answer with `status`: `error_pages`, else
-    /// `error_page` for 502 to 504.
+    /// `error_page` for 500 and 502 to 504 (nginx's `error_page 500 502 503 504`; a 500 is an
+    /// upstream's, replaced with `proxy_intercept_errors`).
     pub fn page_for(&self, status: u16) -> Option<&[u8]> {
         match self.error_pages.get(&status) {
             Some(page) => Some(page),
-            None if (502..=504).contains(&status) => self.error_page.as_deref(),
+            None if matches!(status, 500 | 502..=504) => self.error_page.as_deref(),
             None => None,
         }
     }
