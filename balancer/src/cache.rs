@@ -53,6 +53,8 @@ pub(crate) struct Policy {
     pub lock_timeout: Duration,
     inactive: Duration,
     session: bool,
+    /// `proxy_ignore_headers`.
+    ignore: Ignored,
     /// `proxy_cache_key`; `None`: scheme, host and request target.
     key: Option<HashKey>,
     bypass: Vec<HashKey>,
@@ -86,6 +88,15 @@ impl Stale {
             self.error
         }
     }
+}
+
+/// The answer headers the cache does not look at (`proxy_ignore_headers`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Ignored {
+    cache_control: bool,
+    expires: bool,
+    accel: bool,
+    vary: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +144,25 @@ impl Policy {
                 }
             }
         }
+        let mut ignore = Ignored::default();
+        for (i, name) in cfg.proxy_ignore_headers.iter().enumerate() {
+            let flag = match name.to_ascii_lowercase().as_str() {
+                "cache-control" => &mut ignore.cache_control,
+                "expires" => &mut ignore.expires,
+                "x-accel-expires" => &mut ignore.accel,
+                "vary" => &mut ignore.vary,
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("balancer.proxy_ignore_headers[{i}]"),
+                        format!(
+                            "{name:?} is not one of Cache-Control, Expires, X-Accel-Expires, \
+                             Vary (an answer with Set-Cookie is never kept)"
+                        ),
+                    ))
+                }
+            };
+            *flag = true;
+        }
         if cfg.proxy_cache_max_entry_size == 0
             || cfg.proxy_cache_max_entry_size > cfg.proxy_cache_max_size
         {
@@ -160,6 +190,7 @@ impl Policy {
             lock_timeout: cfg.proxy_cache_lock_timeout,
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
+            ignore,
             key: (!cfg.proxy_cache_key.trim().is_empty())
                 .then(|| HashKey::parse(&cfg.proxy_cache_key)),
             bypass: cfg
@@ -246,6 +277,14 @@ impl Policy {
         let (mut accel, mut control, mut expires) = (None, None, None);
         for h in parsed.headers.iter() {
             let name = h.name;
+            let is = |n: &str| name.eq_ignore_ascii_case(n);
+            let ignored = (self.ignore.vary && is("vary"))
+                || (self.ignore.accel && is("x-accel-expires"))
+                || (self.ignore.cache_control && is("cache-control"))
+                || (self.ignore.expires && is("expires"));
+            if ignored {
+                continue;
+            }
             if name.eq_ignore_ascii_case("set-cookie") {
                 return None;
             } else if name.eq_ignore_ascii_case("vary") {
@@ -778,6 +817,34 @@ mod tests {
                 .storable(301, &head(""))
                 .map(|(t, _)| t.as_secs()),
             Some(300)
+        );
+    }
+
+    #[test]
+    fn ignored_headers_leave_the_decision_to_proxy_cache_valid() {
+        // What Tomcat sends for a page under a security constraint.
+        let tomcat = head(
+            "Cache-Control: private\r\nExpires: Thu, 01 Jan 1970 00:00:00 GMT\r\nVary: Accept\r\n",
+        );
+        assert_eq!(policy(&["200 10m"]).storable(200, &tomcat), None);
+        let cfg = BalancerConfig {
+            proxy_cache: true,
+            proxy_cache_valid: vec!["200 10m".into()],
+            proxy_ignore_headers: vec!["Cache-Control".into(), "expires".into(), "VARY".into()],
+            ..BalancerConfig::default()
+        };
+        let p = Policy::of(&cfg, None).unwrap().unwrap();
+        let (ttl, vary) = p.storable(200, &tomcat).unwrap();
+        assert_eq!((ttl.as_secs(), vary.len()), (600, 0));
+        // Set-Cookie is never ignored.
+        assert_eq!(p.storable(200, &head("Set-Cookie: a=1\r\n")), None);
+        let bad = BalancerConfig {
+            proxy_ignore_headers: vec!["Expires".into(), "Set-Cookie".into()],
+            ..cfg
+        };
+        assert_eq!(
+            Policy::of(&bad, None).unwrap_err().key,
+            "balancer.proxy_ignore_headers[1]"
         );
     }
 

@@ -262,6 +262,7 @@ proxy_cache_status_header = "X-Cache"
 proxy_cache_key = "$scheme$host$request_uri$cookie_lang"
 proxy_cache_bypass = ["$arg_nocache", "$http_pragma"]
 proxy_no_cache = ["$arg_preview"]
+proxy_ignore_headers = ["Cache-Control", "Expires"]
 
 [[upstream]]
 address = "127.0.0.1:9"
@@ -283,6 +284,7 @@ proxy_cache = false
     assert_eq!(cfg.proxy_cache_key, "$scheme$host$request_uri$cookie_lang");
     assert_eq!(cfg.proxy_cache_bypass.len(), 2);
     assert_eq!(cfg.proxy_no_cache, ["$arg_preview"]);
+    assert_eq!(cfg.proxy_ignore_headers, ["Cache-Control", "Expires"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -737,6 +737,11 @@ pub struct BalancerConfig {
     pub proxy_cache_bypass: Vec<String>,
     /// Conditions under which an answer is not kept (nginx `proxy_no_cache`), as above.
     pub proxy_no_cache: Vec<String>,
+    /// Answer headers the cache does not look at (nginx `proxy_ignore_headers`):
+    /// `Cache-Control`, `Expires`, `X-Accel-Expires`, `Vary`. Tomcat marks pages under a
+    /// security constraint `Cache-Control: private` and `Expires` 1970; ignoring both lets
+    /// `proxy_cache_valid` decide.
+    pub proxy_ignore_headers: Vec<String>,
     /// Kept answers nobody asked for during this time are dropped (nginx `inactive`).
     #[serde(with = "units::duration")]
     pub proxy_cache_inactive: Duration,
@@ -849,6 +854,7 @@ impl Default for BalancerConfig {
             proxy_cache_key: String::new(),
             proxy_cache_bypass: Vec::new(),
             proxy_no_cache: Vec::new(),
+            proxy_ignore_headers: Vec::new(),
             proxy_cache_status_header: String::new(),
             proxy_ssl_verify: true,
             proxy_ssl_trusted_certificate: None,
