@@ -346,3 +346,23 @@ async fn the_key_bypass_and_no_cache_conditions_are_templates() {
     assert_eq!(a.hits(), 4);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignored_headers_let_proxy_cache_valid_keep_a_private_page() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_valid = vec!["200 1m".into()];
+    let url = |base: &str| format!("{base}/text/50?cc=private");
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    for _ in 0..2 {
+        assert_eq!(fetch(&http, &url(&base), &[]).await.1, "MISS");
+    }
+    h.stop(true).await;
+    cfg.proxy_ignore_headers = vec!["Cache-Control".into()];
+    let (h, base) = start(cfg).await;
+    assert_eq!(fetch(&http, &url(&base), &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &url(&base), &[]).await.1, "HIT");
+    assert_eq!(a.hits(), 3);
+    h.stop(true).await;
+}
