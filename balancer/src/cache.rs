@@ -55,6 +55,8 @@ pub(crate) struct Policy {
     session: bool,
     /// `proxy_ignore_headers`.
     ignore: Ignored,
+    /// `proxy_cache_purge_allow`.
+    pub purge_allow: Vec<crate::netmask::Net>,
     /// `proxy_cache_key`; `None`: scheme, host and request target.
     key: Option<HashKey>,
     bypass: Vec<HashKey>,
@@ -191,6 +193,13 @@ impl Policy {
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
             ignore,
+            purge_allow: crate::config::parse_each(
+                &cfg.proxy_cache_purge_allow,
+                crate::netmask::Net::parse,
+            )
+            .map_err(|(i, m)| {
+                ConfigError::new(format!("balancer.proxy_cache_purge_allow[{i}]"), m)
+            })?,
             key: (!cfg.proxy_cache_key.trim().is_empty())
                 .then(|| HashKey::parse(&cfg.proxy_cache_key)),
             bypass: cfg
@@ -242,7 +251,12 @@ impl Policy {
         };
         req.read = !applies(&self.bypass);
         req.store = !applies(&self.no_store);
-        let key = &mut req.key;
+        self.key_of(v, &mut req.key);
+        true
+    }
+
+    /// The cache key of request `v` into `key`.
+    pub fn key_of(&self, v: &View<'_>, key: &mut Vec<u8>) {
         key.clear();
         match &self.key {
             Some(t) => {
@@ -261,7 +275,6 @@ impl Policy {
                 key.extend_from_slice(v.path_and_query.as_bytes());
             }
         }
-        true
     }
 
     /// For how long an upstream answer with `status` and raw `head` may be kept, and the
@@ -650,6 +663,38 @@ impl Store {
         }
     }
 
+    /// Removes the entries for `key` (every key that starts with it if `prefix`); returns how
+    /// many.
+    pub fn purge(&self, key: &[u8], prefix: bool) -> usize {
+        let mut inner = self.inner();
+        let keys: Vec<Box<[u8]>> = if prefix {
+            inner
+                .map
+                .keys()
+                .filter(|k| k.starts_with(key))
+                .cloned()
+                .collect()
+        } else {
+            inner
+                .map
+                .keys()
+                .filter(|k| &k[..] == key)
+                .cloned()
+                .collect()
+        };
+        let mut n = 0;
+        for k in keys {
+            if let Some(variants) = inner.map.remove(&k) {
+                for e in &variants {
+                    e.dead.store(true, Relaxed);
+                }
+                n += variants.len();
+            }
+            inner.pass.remove(&k);
+        }
+        n
+    }
+
     /// Remembers that the answer for `key` could not be kept.
     pub fn pass(&self, key: &[u8]) {
         let mut inner = self.inner();
@@ -732,6 +777,10 @@ impl Drop for Filling {
 pub(crate) struct CacheReq {
     /// The request may use the cache (its pool caches, and it is not bypassed).
     pub on: bool,
+    /// A `PURGE` (with `proxy_cache_purge_allow`): `key` is what to remove; `purge_prefix`:
+    /// every key starting with it.
+    pub purge: bool,
+    pub purge_prefix: bool,
     /// Its pool caches, but this request bypasses it.
     pub bypass: bool,
     /// It may be answered from the cache (no `proxy_cache_bypass` condition holds).

@@ -436,6 +436,37 @@ fn own_page_headers(snap: &std::sync::Arc<crate::upstream::Snapshot>, c: &mut Co
     }
 }
 
+/// `PURGE <path>`: removes the kept answers for its key from the cache, for the clients of
+/// `proxy_cache_purge_allow` (others get 403); 200 with `{"purged": n}`, 404 when nothing was
+/// kept.
+async fn purge(c: &mut Conn, snap: &crate::upstream::Snapshot, req: &request::Request) -> Next {
+    let close = !req.keep_alive || req.framing != Framing::None;
+    let Some(cache) = &snap.cache else {
+        return c.page(StatusCode::NOT_FOUND, close).await;
+    };
+    if !cache.purge_allow.iter().any(|n| n.contains(c.client)) {
+        return c.page(StatusCode::FORBIDDEN, close).await;
+    }
+    let n = cache.store.purge(&c.cache.key, c.cache.purge_prefix);
+    let status = if n > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let body = format!("{{\"purged\":{n}}}\n");
+    c.wbuf.clear();
+    crate::pages::status_line(&mut c.wbuf, status, std::time::SystemTime::now());
+    c.wbuf
+        .extend_from_slice(b"Content-Type: application/json\r\nCache-Control: no-store\r\n");
+    crate::headers::put_content_length(&mut c.wbuf, body.len() as u64);
+    if close {
+        c.wbuf.extend_from_slice(b"Connection: close\r\n");
+    }
+    c.wbuf.extend_from_slice(b"\r\n");
+    c.wbuf.extend_from_slice(body.as_bytes());
+    c.send_page(status, body.len(), close).await
+}
+
 /// Reads one request head (waiting for it at most the keep-alive time-out, or until a stop is
 /// requested while nothing of it has arrived) and serves the request.
 async fn one_request(
@@ -561,7 +592,18 @@ async fn one_request(
                 }
                 cache.on = false;
                 cache.bypass = false;
+                cache.purge = false;
                 cache.status = "";
+                if let Some(policy) = snap.cache.as_ref().filter(|p| !p.purge_allow.is_empty()) {
+                    if v.method == "PURGE" {
+                        policy.key_of(v, &mut cache.key);
+                        cache.purge_prefix = cache.key.last() == Some(&b'*');
+                        if cache.purge_prefix {
+                            cache.key.pop();
+                        }
+                        cache.purge = true;
+                    }
+                }
                 if let (Some(policy), true) = (&snap.cache, snap.pools[pool].cache) {
                     cache.on = policy.admits(v, &snap.cfg.sticky_cookie, cache);
                     cache.bypass = !cache.on && (v.method == "GET" || v.method == "HEAD");
@@ -698,6 +740,9 @@ async fn one_request(
             )
             .await;
     };
+    if c.cache.purge {
+        return purge(c, &snap, &req).await;
+    }
     if let Some(path) = &snap.cfg.status_path {
         if req.framing == Framing::None && crate::status::is_status_request(&c.head, path) {
             if !snap.status_allow.iter().any(|n| n.contains(c.client)) {

@@ -366,3 +366,55 @@ async fn ignored_headers_let_proxy_cache_valid_keep_a_private_page() {
     assert_eq!(a.hits(), 3);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_removes_kept_answers_for_allowed_clients_only() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_purge_allow = vec!["127.0.0.1/32".into()];
+    let (h, base) = start(cfg.clone()).await;
+    let http = client();
+    let purge = reqwest::Method::from_bytes(b"PURGE").unwrap();
+    let one = format!("{base}/text/10?cc=max-age=60");
+    let two = format!("{base}/text/20?cc=max-age=60");
+    for url in [&one, &two] {
+        assert_eq!(fetch(&http, url, &[]).await.1, "MISS");
+        assert_eq!(fetch(&http, url, &[]).await.1, "HIT");
+    }
+    let r = http.request(purge.clone(), &one).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "{\"purged\":1}\n");
+    assert_eq!(fetch(&http, &one, &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &two, &[]).await.1, "HIT");
+    // Nothing kept there: 404. A trailing `*` takes every key it starts.
+    let r = http
+        .request(purge.clone(), format!("{base}/nothing"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .request(purge.clone(), format!("{base}/text/*"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "{\"purged\":2}\n");
+    assert_eq!(fetch(&http, &two, &[]).await.1, "MISS");
+    let hits = a.hits();
+    h.stop(true).await;
+    // Not an allowed client: 403, and nothing is removed or passed on.
+    cfg.proxy_cache_purge_allow = vec!["10.0.0.0/8".into()];
+    let (h, base) = start(cfg.clone()).await;
+    let url = format!("{base}/text/10?cc=max-age=60");
+    fetch(&http, &url, &[]).await;
+    let r = http.request(purge, &url).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(fetch(&http, &url, &[]).await.1, "HIT");
+    assert_eq!(a.hits(), hits + 1);
+    h.stop(true).await;
+    cfg.proxy_cache_purge_allow = vec!["not a net".into()];
+    assert_eq!(
+        cfg.validate().unwrap_err().key,
+        "balancer.proxy_cache_purge_allow[0]"
+    );
+}

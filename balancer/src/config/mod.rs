@@ -742,6 +742,9 @@ pub struct BalancerConfig {
     /// security constraint `Cache-Control: private` and `Expires` 1970; ignoring both lets
     /// `proxy_cache_valid` decide.
     pub proxy_ignore_headers: Vec<String>,
+    /// Client ranges that may remove kept answers with `PURGE <path>` (a path ending in `*`:
+    /// every key it starts); empty: `PURGE` is passed on like any method.
+    pub proxy_cache_purge_allow: Vec<String>,
     /// Kept answers nobody asked for during this time are dropped (nginx `inactive`).
     #[serde(with = "units::duration")]
     pub proxy_cache_inactive: Duration,
@@ -855,6 +858,7 @@ impl Default for BalancerConfig {
             proxy_cache_bypass: Vec::new(),
             proxy_no_cache: Vec::new(),
             proxy_ignore_headers: Vec::new(),
+            proxy_cache_purge_allow: Vec::new(),
             proxy_cache_status_header: String::new(),
             proxy_ssl_verify: true,
             proxy_ssl_trusted_certificate: None,
