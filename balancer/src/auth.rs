@@ -21,6 +21,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -66,7 +67,7 @@ struct Guard {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
     /// In, as this user (`None`: let in by its address).
-    Pass(Option<String>),
+    Pass(Option<Rc<str>>),
     /// 401 with the challenge.
     Unauthorized,
     /// 403: its address is denied.
@@ -187,7 +188,7 @@ impl Locations {
         users: &HashMap<String, Stored>,
         authorization: &[u8],
         seen: &Remembered,
-    ) -> Option<String> {
+    ) -> Option<Rc<str>> {
         if let Some(user) = seen.get(i, authorization) {
             return Some(user);
         }
@@ -212,6 +213,7 @@ impl Locations {
         };
         let ok = matches && known;
         if ok {
+            let user: Rc<str> = user.into();
             seen.put(i, authorization, &user);
             Some(user)
         } else {
@@ -369,21 +371,27 @@ fn apr1(password: &[u8], salt: &[u8]) -> String {
     out
 }
 
-/// The credentials a worker accepted, by location and `Authorization` value.
+/// The credentials a worker accepted, by location and `Authorization` value (looked up
+/// without copying the value).
 #[derive(Default)]
-pub(crate) struct Remembered(RefCell<HashMap<(usize, Vec<u8>), String>>);
+pub(crate) struct Remembered(RefCell<HashMap<usize, Accepted>>);
+
+/// One location's accepted `Authorization` values and their users.
+type Accepted = HashMap<Vec<u8>, Rc<str>>;
 
 impl Remembered {
-    fn get(&self, i: usize, authorization: &[u8]) -> Option<String> {
-        self.0.borrow().get(&(i, authorization.to_vec())).cloned()
+    fn get(&self, i: usize, authorization: &[u8]) -> Option<Rc<str>> {
+        self.0.borrow().get(&i)?.get(authorization).cloned()
     }
 
-    fn put(&self, i: usize, authorization: &[u8], user: &str) {
+    fn put(&self, i: usize, authorization: &[u8], user: &Rc<str>) {
         let mut map = self.0.borrow_mut();
-        if map.len() >= REMEMBERED {
+        if map.values().map(HashMap::len).sum::<usize>() >= REMEMBERED {
             map.clear();
         }
-        map.insert((i, authorization.to_vec()), user.to_owned());
+        map.entry(i)
+            .or_default()
+            .insert(authorization.to_vec(), user.clone());
     }
 
     /// Forgets everything (a reload may have changed the users).

@@ -101,11 +101,10 @@ pub(crate) struct Conn {
     pub request_id: Vec<u8>,
     /// Header lines every page of the balancer's own carries for this request (its id).
     pub page_headers: Vec<u8>,
-    /// With `add_header_always`: the config whose `add_header` lines the balancer's own pages
-    /// get too (written with the page, when its status is known).
+    /// The config the balancer's own pages follow, when it has something for them: its
+    /// `add_header` lines with `add_header_always` (written with the page, when its status is
+    /// known), its `error_pages`.
     pub page_add: Option<std::sync::Arc<crate::upstream::Snapshot>>,
-    /// The config whose `error_pages` the balancer's own pages use (only when it has some).
-    pub pages: Option<std::sync::Arc<crate::upstream::Snapshot>>,
     /// What the current request asks of a `[[balancer.static]]` location, if one takes it.
     pub file: crate::files::FileReq,
     /// The current request is a HEAD: the balancer's own pages go without their body.
@@ -168,7 +167,7 @@ impl Conn {
     /// page).
     fn page_headers(&mut self, status: StatusCode) {
         let mut lines = std::borrow::Cow::Borrowed(&self.page_headers);
-        if let Some(snap) = &self.page_add {
+        if let Some(snap) = self.page_add.as_ref().filter(|s| s.cfg.add_header_always) {
             let vars = crate::custom_headers::ResponseVars {
                 upstream: None,
                 status: status.as_u16(),
@@ -211,7 +210,7 @@ impl Conn {
     pub async fn page(&mut self, status: StatusCode, close: bool) -> Next {
         self.wbuf.clear();
         let page = self
-            .pages
+            .page_add
             .as_ref()
             .and_then(|s| s.error_pages.get(&status.as_u16()));
         let body = pages::error(&mut self.wbuf, status, page.map(|p| &p[..]), close);
@@ -329,7 +328,6 @@ pub(crate) async fn serve_stream(
         request_id: Vec::new(),
         page_headers: Vec::new(),
         page_add: None,
-        pages: None,
         file: crate::files::FileReq::default(),
         head_req: false,
         host: Vec::new(),
@@ -343,7 +341,6 @@ pub(crate) async fn serve_stream(
         let next = one_request(&worker, &mut c, stop.as_mut()).await;
         // An idle connection must not keep an old config (and its log file) alive.
         c.page_add = None;
-        c.pages = None;
         if c.log.on {
             let who = if c.client == c.ip {
                 &c.ip_text
@@ -427,12 +424,11 @@ fn own_page_headers(snap: &std::sync::Arc<crate::upstream::Snapshot>, c: &mut Co
         }
         crate::headers::put(&mut c.page_headers, name.as_bytes(), &c.request_id);
     }
-    if snap.cfg.add_header_always && !snap.add_headers.is_empty() {
-        // nginx `always`: the pages the balancer makes itself get them too.
+    // nginx `always`: the pages the balancer makes itself get the added headers too; and
+    // `error_pages` are theirs.
+    if (snap.cfg.add_header_always && !snap.add_headers.is_empty()) || !snap.error_pages.is_empty()
+    {
         c.page_add = Some(snap.clone());
-    }
-    if !snap.error_pages.is_empty() {
-        c.pages = Some(snap.clone());
     }
 }
 
@@ -478,7 +474,6 @@ async fn one_request(
     c.request_id.clear();
     c.page_headers.clear();
     c.page_add = None;
-    c.pages = None;
     c.redirect.0 = 0;
     c.file.loc = None;
     c.head_req = false;

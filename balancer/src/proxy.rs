@@ -240,19 +240,6 @@ impl Worker {
         resp: &Response,
         up: &Upstream,
     ) {
-        self.keep_answer_inner(c, snap, conn, resp, up).await;
-        // Kept or not, the requests waiting for this key may go.
-        c.cache.filling = None;
-    }
-
-    async fn keep_answer_inner(
-        &self,
-        c: &mut Conn,
-        snap: &Snapshot,
-        conn: &mut UpConn,
-        resp: &Response,
-        up: &Upstream,
-    ) {
         let Some(cache) = &snap.cache else {
             return;
         };
@@ -407,6 +394,8 @@ impl Worker {
                     }
                     if c.cache.fill {
                         self.keep_answer(c, snap, &mut conn, &resp, up).await;
+                        // Kept or not, the requests waiting for this key may go.
+                        c.cache.filling = None;
                     }
                     self.put_cache_status(c, snap);
                     return self
