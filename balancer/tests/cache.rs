@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ferrocat_balancer::{BalancerConfig, PoolConfig};
@@ -417,4 +418,93 @@ async fn purge_removes_kept_answers_for_allowed_clients_only() {
         cfg.validate().unwrap_err().key,
         "balancer.proxy_cache_purge_allow[0]"
     );
+}
+
+/// An upstream of the test's own whose answers change with time: `/flip` answers 200
+/// (`max-age=1`) the first time and 503 after; `/slow` answers `v1` (`max-age=1`) at once the
+/// first time and `v2` after 800 ms later on. Returns its address.
+async fn changing_upstream() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (flips, slows) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (flips, slows) = (flips.clone(), slows.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let (status, cc, body) = if head.starts_with("GET /flip") {
+                            match flips.fetch_add(1, Ordering::SeqCst) {
+                                0 => ("200 OK", "max-age=1", "fresh"),
+                                _ => ("503 Service Unavailable", "no-store", "down"),
+                            }
+                        } else {
+                            match slows.fetch_add(1, Ordering::SeqCst) {
+                                0 => ("200 OK", "max-age=1", "v1"),
+                                _ => {
+                                    tokio::time::sleep(Duration::from_millis(800)).await;
+                                    ("200 OK", "max-age=60", "v2")
+                                }
+                            }
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\nCache-Control: {cc}\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_copy_answers_for_an_upstream_5xx_and_while_another_request_refreshes() {
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(
+        changing_upstream().await,
+    )];
+    cfg.upstream[0].max_fails = 0;
+    cfg.proxy_cache = true;
+    cfg.proxy_cache_status_header = "X-Cache-Status".into();
+    cfg.proxy_cache_use_stale = vec!["http_503".into(), "updating".into()];
+    let (h, base) = start(cfg).await;
+    let http = client();
+    // http_503: the upstream's 503 is replaced by the expired copy.
+    assert_eq!(fetch(&http, &format!("{base}/flip"), &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &format!("{base}/flip"), &[]).await;
+    assert_eq!(
+        (s, c.as_str(), body.as_slice()),
+        (200, "STALE", &b"fresh"[..])
+    );
+    // updating: while one request waits for the slow refresh, another gets the old copy at once.
+    assert_eq!(fetch(&http, &format!("{base}/slow"), &[]).await.2, b"v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refresh = {
+        let (http, url) = (http.clone(), format!("{base}/slow"));
+        tokio::spawn(async move { fetch(&http, &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // `UPDATING` is given only to a request that did not wait for the refresh.
+    let (_, c, body) = fetch(&http, &format!("{base}/slow"), &[]).await;
+    assert_eq!((c.as_str(), body.as_slice()), ("UPDATING", &b"v1"[..]));
+    let (_, c, body) = refresh.await.unwrap();
+    assert_eq!((c.as_str(), body.as_slice()), ("EXPIRED", &b"v2"[..]));
+    assert_eq!(fetch(&http, &format!("{base}/slow"), &[]).await.2, b"v2");
+    h.stop(true).await;
 }
