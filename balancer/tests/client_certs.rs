@@ -40,14 +40,14 @@ fn mtls(
     (cfg, der)
 }
 
-/// `GET /headers` over TLS, showing the certificate in `client` (PEM files) if given: the
-/// answer as text, or `None` when the connection failed.
-async fn ask(
+/// A TLS connection trusting `trusted`, showing the certificate in `client` (PEM files) if
+/// given, offering `alpn`.
+async fn connect(
     addr: SocketAddr,
     trusted: &CertificateDer<'static>,
     client: Option<(&Path, &Path)>,
-    extra: &str,
-) -> Option<String> {
+    alpn: &[&[u8]],
+) -> Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trusted.clone()).unwrap();
     #[allow(deprecated)]
@@ -56,7 +56,7 @@ async fn ask(
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let cfg = match client {
+    let mut cfg = match client {
         Some((cert, key)) => {
             let chain = CertificateDer::pem_file_iter(cert)
                 .unwrap()
@@ -67,12 +67,53 @@ async fn ask(
         }
         None => builder.with_no_client_auth(),
     };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .ok()?;
+        .ok()
+}
+
+/// `GET /headers` over HTTP/2 on a TLS connection showing the certificate in `client`.
+async fn ask_h2(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    client: (&Path, &Path),
+) -> String {
+    let tls = connect(addr, trusted, Some(client), &[b"h2"])
+        .await
+        .expect("connected");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get("https://localhost/headers")
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    let mut body = resp.await.unwrap().into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// `GET /headers` over TLS, showing the certificate in `client` (PEM files) if given: the
+/// answer as text, or `None` when the connection failed.
+async fn ask(
+    addr: SocketAddr,
+    trusted: &CertificateDer<'static>,
+    client: Option<(&Path, &Path)>,
+    extra: &str,
+) -> Option<String> {
+    let mut tls = connect(addr, trusted, client, &[]).await?;
     let head =
         format!("GET /headers HTTP/1.1\r\nHost: localhost\r\n{extra}Connection: close\r\n\r\n");
     tls.write_all(head.as_bytes()).await.ok()?;
@@ -127,6 +168,21 @@ async fn a_required_client_certificate_is_checked_and_told_to_the_upstream() {
         "{text}"
     );
     assert!(!text.contains("FORGED"), "{text}");
+    h.stop(true).await;
+
+    // The same over HTTP/2: each stream of the connection knows its certificate.
+    let mut h2 = cfg.clone();
+    h2.http2 = true;
+    let (h, _) = start(h2).await;
+    let text = ask_h2(h.tls_addr().unwrap(), &site, (&client_cert, &client_key)).await;
+    assert!(text.contains("x-client-verify: SUCCESS\n"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "x-client-fingerprint: {}\n",
+            sha1_hex(&client_der)
+        )),
+        "{text}"
+    );
     h.stop(true).await;
 
     // Optional: a client may come without one, but not with a foreign one.
