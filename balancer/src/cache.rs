@@ -24,6 +24,15 @@
 //!   while, so requests for it are not held behind one another.
 //! - Expired copies are kept (until inactive or evicted) to answer when the upstreams fail
 //!   (`proxy_cache_use_stale error timeout http_500 ...`).
+//! - A request that fills goes to the upstream without the client's `If-None-Match` and
+//!   `If-Modified-Since`, so the whole answer comes back to be kept (an upstream's 304 to one
+//!   browser would leave the key uncached); the client's conditionals are then answered from
+//!   the kept copy (304 when it has it). A request with `If-Match`, `If-Unmodified-Since` or
+//!   `If-Range` bypasses the cache. With `proxy_cache_revalidate`, an expired copy's `ETag` and
+//!   `Last-Modified` go to the upstream instead, and its 304 refreshes the copy (its headers
+//!   updated from the 304, RFC 9111 section 4.3.4) without the body being sent again.
+//! - A `HEAD` that would fill is sent as a `GET` (`proxy_cache_convert_head`), and the client
+//!   gets the head of what was kept.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -51,6 +60,10 @@ pub(crate) struct Policy {
     pub stale: Stale,
     pub lock: bool,
     pub lock_timeout: Duration,
+    /// `proxy_cache_revalidate`.
+    pub revalidate: bool,
+    /// `proxy_cache_convert_head`.
+    pub convert_head: bool,
     inactive: Duration,
     session: bool,
     /// `proxy_ignore_headers`.
@@ -190,6 +203,8 @@ impl Policy {
             stale,
             lock: cfg.proxy_cache_lock,
             lock_timeout: cfg.proxy_cache_lock_timeout,
+            revalidate: cfg.proxy_cache_revalidate,
+            convert_head: cfg.proxy_cache_convert_head,
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
             ignore,
@@ -230,6 +245,10 @@ impl Policy {
         if !(v.method == "GET" || v.method == "HEAD")
             || v.header("authorization").is_some()
             || v.header("range").is_some()
+            // Preconditions the kept copy does not answer.
+            || v.header("if-match").is_some()
+            || v.header("if-unmodified-since").is_some()
+            || v.header("if-range").is_some()
             // A WebSocket handshake is a GET too, and must reach the upstream.
             || v.header("upgrade").is_some()
         {
@@ -366,10 +385,133 @@ impl Policy {
         self.store.lookup(key, head, self.inactive)
     }
 
-    /// Keeps an answer.
-    pub fn insert(&self, key: &[u8], entry: Entry) {
-        self.store.insert(key, entry, self.max_size);
+    /// Keeps an answer; returns it as kept (`None`: it does not fit).
+    pub fn insert(&self, key: &[u8], entry: Entry) -> Option<Arc<Entry>> {
+        self.store.insert(key, entry, self.max_size)
     }
+
+    /// The copy `old` after its upstream `upstream` answered a conditional request for it with
+    /// 304 (raw head `answer`): its headers updated from the 304's (RFC 9111 section 4.3.4),
+    /// fresh for as long as they now say, and kept again under `key` for request head `req`.
+    /// When the updated headers forbid keeping it, the updated copy answers this request only.
+    pub fn refresh(
+        &self,
+        key: &[u8],
+        old: &Entry,
+        answer: &[u8],
+        upstream: &str,
+        req: &[u8],
+    ) -> Arc<Entry> {
+        let old_head = old.head();
+        let fields = |head: &[u8]| -> Vec<(Vec<u8>, usize, usize)> {
+            // (lower-case name, start, end) of each header line, its CRLF included.
+            let mut out = Vec::new();
+            let mut i = match head.iter().position(|&b| b == b'\n') {
+                Some(p) => p + 1,
+                None => return out,
+            };
+            while i < head.len() {
+                let end = head[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(head.len(), |p| i + p + 1);
+                let line = &head[i..end];
+                if let Some(colon) = line.iter().position(|&b| b == b':') {
+                    out.push((line[..colon].trim_ascii().to_ascii_lowercase(), i, end));
+                }
+                i = end;
+            }
+            out
+        };
+        // Fields of the 304 that describe the message, not the stored representation.
+        const FRAMING: [&[u8]; 8] = [
+            b"content-length",
+            b"transfer-encoding",
+            b"connection",
+            b"keep-alive",
+            b"proxy-connection",
+            b"trailer",
+            b"upgrade",
+            b"content-encoding",
+        ];
+        let new_fields: Vec<_> = fields(answer)
+            .into_iter()
+            .filter(|(n, _, _)| !FRAMING.contains(&n.as_slice()))
+            .collect();
+        let first_line = old_head
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(old_head.len(), |p| p + 1);
+        let mut raw = Vec::with_capacity(old.raw.len() + answer.len());
+        raw.extend_from_slice(&old_head[..first_line]);
+        for (name, start, end) in fields(old_head) {
+            if !new_fields.iter().any(|(n, _, _)| *n == name) {
+                raw.extend_from_slice(&old_head[start..end]);
+            }
+        }
+        for (_, start, end) in &new_fields {
+            raw.extend_from_slice(&answer[*start..*end]);
+        }
+        raw.extend_from_slice(b"\r\n");
+        let head_len = raw.len();
+        let kept = self.storable(old.status, &raw);
+        raw.extend_from_slice(&old.raw[old.head_len..]);
+        self.store.stats.revalidated.fetch_add(1, Relaxed);
+        match kept {
+            Some((ttl, vary)) => {
+                let entry = Entry::new(raw.into(), head_len, upstream, ttl, vary, req);
+                let entry = Arc::new(entry);
+                self.store.insert_arc(key, entry.clone(), self.max_size);
+                entry
+            }
+            None => Arc::new(Entry::new(
+                raw.into(),
+                head_len,
+                upstream,
+                Duration::ZERO,
+                Vec::new(),
+                req,
+            )),
+        }
+    }
+}
+
+/// The first line of [`CacheReq::cond`].
+const PLACEHOLDER: &[u8] = b"-\r\n";
+
+/// Moves the `If-None-Match` and `If-Modified-Since` lines of request head `head` (its lines
+/// ending in CRLF) into `out`, after a placeholder first line (so `out` reads as a head for
+/// [`Entry::not_modified`], also when there were none). The upstream then sends the whole
+/// answer, to be kept, and the client's conditionals are answered from the copy.
+pub(crate) fn take_conditionals(head: &mut Vec<u8>, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(PLACEHOLDER);
+    let Some(first) = head.iter().position(|&b| b == b'\n') else {
+        return;
+    };
+    let (mut i, mut kept) = (first + 1, first + 1);
+    while i < head.len() {
+        let end = head[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |p| i + p + 1);
+        let line = &head[i..end];
+        let name = line
+            .split(|&b| b == b':')
+            .next()
+            .unwrap_or(line)
+            .trim_ascii();
+        if name.eq_ignore_ascii_case(b"if-none-match")
+            || name.eq_ignore_ascii_case(b"if-modified-since")
+        {
+            out.extend_from_slice(&head[i..end]);
+        } else {
+            head.copy_within(i..end, kept);
+            kept += end - i;
+        }
+        i = end;
+    }
+    head.truncate(kept);
 }
 
 /// `"200 302 10m"`, `"404 1m"`, `"any 1m"`, or a time alone (for 200, 301 and 302).
@@ -408,6 +550,8 @@ pub(crate) struct Entry {
     pub raw: Bytes,
     /// Where the head ends in `raw`.
     head_len: usize,
+    /// Its status.
+    status: u16,
     /// The `address` of the upstream that answered.
     pub upstream: String,
     fresh_until: Instant,
@@ -447,8 +591,14 @@ impl Entry {
                 .map(|(n, v)| n.len() + v.as_ref().map_or(0, Vec::len))
                 .sum::<usize>() as u64
             + 160;
+        let status = raw
+            .get(9..12)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
         Self {
             head_len: head_len.min(raw.len()),
+            status,
             raw,
             upstream: upstream.to_owned(),
             fresh_until: Instant::now() + ttl,
@@ -460,11 +610,42 @@ impl Entry {
         }
     }
 
+    /// The kept head.
+    pub fn head(&self) -> &[u8] {
+        &self.raw[..self.head_len]
+    }
+
+    /// Bytes of the body as kept (in its framing).
+    pub fn body_len(&self) -> usize {
+        self.raw.len() - self.head_len
+    }
+
+    /// Puts `If-None-Match` with its `ETag` and `If-Modified-Since` with its `Last-Modified`
+    /// into request head `head`; false when it has neither (it cannot be revalidated).
+    pub fn put_validators(&self, head: &mut Vec<u8>) -> bool {
+        let own = self.head();
+        let mut any = false;
+        for (field, condition) in [
+            ("etag", &b"If-None-Match"[..]),
+            ("last-modified", b"If-Modified-Since"),
+        ] {
+            if let Some(v) = request_header(own, field).filter(|v| !v.is_empty()) {
+                crate::headers::put(head, condition, v);
+                any = true;
+            }
+        }
+        any
+    }
+
     /// For a request (head `req`) whose client already has this answer (`If-None-Match`
     /// naming its `ETag`, weakly compared, or else `If-Modified-Since` no older than its
     /// `Last-Modified`): the head of a 304 answer made of it (its headers without the body's
-    /// framing). `None`: the whole answer is due.
+    /// framing). `None`: the whole answer is due (also for any status but 200).
     pub fn not_modified(&self, req: &[u8]) -> Option<Vec<u8>> {
+        // Only what would be a 200 becomes a 304 (as nginx's not_modified filter).
+        if self.status != 200 {
+            return None;
+        }
         let head = &self.raw[..self.head_len];
         let fresh_for_client = if let Some(list) = request_header(req, "if-none-match") {
             let etag = request_header(head, "etag")?;
@@ -540,6 +721,7 @@ pub(crate) struct Stats {
     pub expired: AtomicU64,
     pub stale: AtomicU64,
     pub updating: AtomicU64,
+    pub revalidated: AtomicU64,
     pub stored: AtomicU64,
     pub evicted: AtomicU64,
 }
@@ -612,13 +794,19 @@ impl Store {
         }
     }
 
-    fn insert(&self, key: &[u8], entry: Entry, max_size: u64) {
+    fn insert(&self, key: &[u8], entry: Entry, max_size: u64) -> Option<Arc<Entry>> {
         let entry = Arc::new(entry);
+        self.insert_arc(key, entry.clone(), max_size)
+            .then_some(entry)
+    }
+
+    /// Keeps `entry` (replacing its variant); false when it does not fit.
+    fn insert_arc(&self, key: &[u8], entry: Arc<Entry>, max_size: u64) -> bool {
         let mut inner = self.inner();
         inner.pass.remove(key);
         self.make_room(&mut inner, entry.size, max_size);
         if inner.bytes + entry.size > max_size {
-            return;
+            return false;
         }
         let variants = inner.map.entry(key.into()).or_default();
         if let Some(i) = variants.iter().position(|e| e.same_variant(&entry)) {
@@ -629,6 +817,7 @@ impl Store {
         inner.bytes += entry.size;
         inner.clock.push_back((key.into(), entry));
         self.stats.stored.fetch_add(1, Relaxed);
+        true
     }
 
     /// Evicts until everything kept fits in `max_size` (a reload made it smaller).
@@ -798,6 +987,20 @@ pub(crate) struct CacheReq {
     pub filling: Option<Filling>,
     /// What the status header says for a live answer: `MISS`, `EXPIRED`, `BYPASS`.
     pub status: &'static str,
+    /// The client's conditionals, taken out of the upstream request of a fill (see
+    /// [`take_conditionals`]); empty: the request head still has them.
+    pub cond: Vec<u8>,
+    /// The expired copy whose validators went to the upstream (`proxy_cache_revalidate`).
+    pub revalidating: Option<Arc<Entry>>,
+    /// A `HEAD` sent to the upstream as a `GET` (`proxy_cache_convert_head`).
+    pub converted: bool,
+}
+
+impl CacheReq {
+    /// A fill took conditionals out of the client's request.
+    pub fn asked_conditionally(&self) -> bool {
+        self.cond.len() > PLACEHOLDER.len()
+    }
 }
 
 #[cfg(test)]
@@ -1082,7 +1285,114 @@ mod tests {
             let _ = e.not_modified(&req);
             let _ = e.fits(&req);
             let _ = request_header(&req, "vary");
+            let mut upstream_req = req.clone();
+            let mut cond = Vec::new();
+            take_conditionals(&mut upstream_req, &mut cond);
+            let _ = e.put_validators(&mut upstream_req);
+            let answer = garbage(&mut rng);
+            let refreshed = p.refresh(b"k", &e, &answer, "u", &req);
+            assert_eq!(refreshed.body_len(), e.body_len());
         }
+    }
+
+    #[test]
+    fn a_fill_takes_the_clients_conditionals_out_of_the_upstream_request() {
+        let mut head = b"GET / HTTP/1.1\r\nHost: a\r\nIf-None-Match: \"x\"\r\nAccept: */*\r\n\
+                         if-modified-since : Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+            .to_vec();
+        let mut cond = Vec::new();
+        take_conditionals(&mut head, &mut cond);
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n");
+        assert_eq!(
+            cond,
+            b"-\r\nIf-None-Match: \"x\"\r\nif-modified-since : Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+        );
+        let req = CacheReq {
+            cond,
+            ..CacheReq::default()
+        };
+        assert!(req.asked_conditionally());
+        let mut plain = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        let mut cond = Vec::new();
+        take_conditionals(&mut plain, &mut cond);
+        assert_eq!(plain, b"GET / HTTP/1.1\r\nHost: a\r\n");
+        let req = CacheReq {
+            cond,
+            ..CacheReq::default()
+        };
+        assert!(!req.asked_conditionally());
+    }
+
+    #[test]
+    fn a_304_refreshes_the_copy_with_its_headers_and_keeps_the_body() {
+        let p = policy(&[]);
+        let raw = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nETag: \"a\"\r\n\
+                    Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 3\r\nX-Old: 1\r\n\r\nabc";
+        let head_len = raw.len() - 3;
+        let req = b"GET / HTTP/1.1\r\n";
+        let old = Entry::new(
+            Bytes::from_static(raw),
+            head_len,
+            "old",
+            Duration::ZERO,
+            Vec::new(),
+            req,
+        );
+        let mut upstream_req = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(old.put_validators(&mut upstream_req));
+        assert_eq!(
+            upstream_req,
+            b"GET / HTTP/1.1\r\nIf-None-Match: \"a\"\r\n\
+              If-Modified-Since: Tue, 01 Dec 2026 10:00:00 GMT\r\n"
+        );
+        let answer =
+            b"HTTP/1.1 304 Not Modified\r\ncache-control: max-age=60\r\nContent-Length: 0\r\n\
+                       X-New: 2\r\n\r\n";
+        let e = p.refresh(b"k", &old, answer, "new", req);
+        assert_eq!(
+            &e.raw[..],
+            b"HTTP/1.1 200 OK\r\nETag: \"a\"\r\nLast-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\n\
+              Content-Length: 3\r\nX-Old: 1\r\ncache-control: max-age=60\r\nX-New: 2\r\n\r\nabc"
+        );
+        assert_eq!(e.upstream, "new");
+        assert!(
+            matches!(p.lookup(b"k", req), Found::Fresh(_)),
+            "kept again, fresh"
+        );
+        // A 304 that forbids keeping: the refreshed copy answers, the key keeps nothing new.
+        let q = policy(&[]);
+        let e = q.refresh(
+            b"k",
+            &old,
+            b"HTTP/1.1 304 Not Modified\r\nCache-Control: no-store\r\n\r\n",
+            "new",
+            req,
+        );
+        assert_eq!(e.body_len(), 3);
+        assert!(matches!(q.lookup(b"k", req), Found::None));
+        // A copy without validators cannot be revalidated.
+        let bare = Entry::new(
+            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
+            19,
+            "u",
+            Duration::ZERO,
+            Vec::new(),
+            req,
+        );
+        let mut r = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(!bare.put_validators(&mut r));
+        // Only a 200 becomes a 304 for a client that has it.
+        let not_found = Entry::new(
+            Bytes::from_static(b"HTTP/1.1 404 Not Found\r\nETag: \"n\"\r\n\r\n"),
+            37,
+            "u",
+            Duration::ZERO,
+            Vec::new(),
+            req,
+        );
+        assert!(not_found
+            .not_modified(b"GET / HTTP/1.1\r\nIf-None-Match: \"n\"\r\n")
+            .is_none());
     }
 
     #[test]

@@ -118,6 +118,9 @@ impl Worker {
         use crate::cache::Found;
         c.cache.stale = None;
         c.cache.fill = false;
+        c.cache.cond.clear();
+        c.cache.revalidating = None;
+        c.cache.converted = false;
         if !c.cache.on {
             c.cache.status = "BYPASS";
             return self.attempts(c, snap, req, target, body, key).await;
@@ -128,14 +131,17 @@ impl Worker {
             // which refreshes the copy.
             c.cache.status = "BYPASS";
             c.cache.fill = !req.head_method && c.cache.store;
+            if c.cache.fill {
+                crate::cache::take_conditionals(&mut c.head, &mut c.cache.cond);
+            }
             let keep = self.attempts(c, snap, req, target, body, key).await;
             return keep;
         }
         let mut found = cache.lookup(&c.cache.key, &c.head);
         let mut filling = None;
         if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
-            // A HEAD fills nothing, so it does not hold the key's lock either.
-            if !req.head_method {
+            // A HEAD fills only as a GET, else it does not hold the key's lock either.
+            if !req.head_method || cache.convert_head {
                 filling = cache.store.try_fill(&c.cache.key);
             }
             if filling.is_none() && cache.store.is_filling(&c.cache.key) {
@@ -182,12 +188,25 @@ impl Worker {
                 stats.misses.fetch_add(1, Relaxed);
             }
         }
-        // Only a GET fills (a HEAD's answer has no body to keep).
-        c.cache.fill = !req.head_method && !pass && c.cache.store;
+        // A GET fills, and a HEAD sent as a GET (a HEAD's answer has no body to keep).
+        c.cache.fill = (!req.head_method || cache.convert_head) && !pass && c.cache.store;
+        if c.cache.fill {
+            crate::cache::take_conditionals(&mut c.head, &mut c.cache.cond);
+            if req.head_method && c.head.starts_with(b"HEAD ") {
+                c.head.splice(..4, *b"GET");
+                c.cache.converted = true;
+            }
+            if let Some(e) = c.cache.stale.as_ref().filter(|_| cache.revalidate) {
+                if e.put_validators(&mut c.head) {
+                    c.cache.revalidating = Some(e.clone());
+                }
+            }
+        }
         c.cache.filling = filling;
         let keep = self.attempts(c, snap, req, target, body, key).await;
         c.cache.stale = None;
         c.cache.filling = None;
+        c.cache.revalidating = None;
         keep
     }
 
@@ -206,12 +225,19 @@ impl Worker {
             .upstreams
             .iter()
             .find(|u| u.cfg.address == entry.upstream)?;
-        // A client that has this answer already gets a 304 made of it.
-        let mut conn = match entry.not_modified(&c.head) {
+        // A client that has this answer already gets a 304 made of it (its conditionals are in
+        // `cond` if a fill took them out of the upstream request).
+        let asked = if c.cache.cond.is_empty() {
+            &c.head
+        } else {
+            &c.cache.cond
+        };
+        let mut conn = match entry.not_modified(asked) {
             Some(head) => Pool::memory(&head, up.addr),
             None => Pool::memory(&entry.raw, up.addr),
         };
         c.cache.fill = false;
+        c.cache.converted = false;
         let resp = self
             .read_head(c, &mut conn, snap, up, req, false)
             .await
@@ -230,8 +256,47 @@ impl Worker {
         }
     }
 
-    /// Reads the rest of a cacheable answer into `conn.rbuf` and keeps it; an answer that
-    /// cannot be kept marks its key "pass" (see `crate::cache`).
+    /// An upstream connection whose answer was read whole (`body_len` bytes of body left in
+    /// its buffer) goes back to the pool, or is closed.
+    fn release(&self, mut conn: UpConn, resp: &Response, body_len: usize) {
+        conn.rbuf.advance(body_len.min(conn.rbuf.len()));
+        if resp.reusable && conn.rbuf.is_empty() && self.pool.enabled() {
+            self.pool.put(conn);
+        }
+    }
+
+    /// The upstream answered a fill's request with the copy's validators with 304: the copy is
+    /// refreshed and answers (`REVALIDATED`).
+    #[allow(clippy::too_many_arguments)]
+    async fn revalidated(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        (conn, resp, guard): (UpConn, Response, ActiveGuard),
+        up: &Upstream,
+        old: &crate::cache::Entry,
+        req: &Request,
+        body: &ReqBody,
+    ) -> bool {
+        self.release(conn, &resp, 0);
+        drop(guard);
+        c.cache.filling = None;
+        let Some(cache) = &snap.cache else {
+            return self.error_page(c, snap, req, body, 502).await;
+        };
+        let entry = cache.refresh(&c.cache.key, old, &c.cache.head, &up.cfg.address, &c.head);
+        match self
+            .answer_cached(c, snap, req, body, &entry, "REVALIDATED")
+            .await
+        {
+            Some(keep) => keep,
+            // Not reached: the refreshed copy names the upstream that just answered.
+            None => self.error_page(c, snap, req, body, 502).await,
+        }
+    }
+
+    /// Reads the rest of a cacheable answer into `conn.rbuf` and keeps it (returned as kept);
+    /// an answer that cannot be kept marks its key "pass" (see `crate::cache`).
     async fn keep_answer(
         &self,
         c: &mut Conn,
@@ -239,13 +304,11 @@ impl Worker {
         conn: &mut UpConn,
         resp: &Response,
         up: &Upstream,
-    ) {
-        let Some(cache) = &snap.cache else {
-            return;
-        };
+    ) -> Option<Arc<crate::cache::Entry>> {
+        let cache = snap.cache.as_ref()?;
         let Some((ttl, vary)) = cache.storable(resp.status, &c.cache.head) else {
             cache.store.pass(&c.cache.key);
-            return;
+            return None;
         };
         let room = cache.max_entry.saturating_sub(c.cache.head.len() as u64);
         let limit = snap.cfg.proxy_read_timeout;
@@ -256,7 +319,7 @@ impl Worker {
                     match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
                         Ok(Ok(k)) if k > 0 => {}
                         // Cut or silent: nothing is kept, and forwarding meets the same end.
-                        _ => return,
+                        _ => return None,
                     }
                 }
                 n as usize
@@ -266,7 +329,7 @@ impl Worker {
                 let mut fed = 0;
                 loop {
                     let Ok(used) = dec.feed(&conn.rbuf[fed..], |_| {}) else {
-                        return;
+                        return None;
                     };
                     fed += used;
                     if dec.is_done() {
@@ -274,17 +337,17 @@ impl Worker {
                     }
                     if conn.rbuf.len() as u64 > room {
                         cache.store.pass(&c.cache.key);
-                        return;
+                        return None;
                     }
                     match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
                         Ok(Ok(k)) if k > 0 => {}
-                        _ => return,
+                        _ => return None,
                     }
                 }
             }
             _ => {
                 cache.store.pass(&c.cache.key);
-                return;
+                return None;
             }
         };
         let mut raw = Vec::with_capacity(c.cache.head.len() + body_len);
@@ -293,7 +356,60 @@ impl Worker {
         let head_len = c.cache.head.len();
         let entry =
             crate::cache::Entry::new(raw.into(), head_len, &up.cfg.address, ttl, vary, &c.head);
-        cache.insert(&c.cache.key, entry);
+        cache.insert(&c.cache.key, entry)
+    }
+
+    /// After a fill: a `HEAD` sent as a `GET`, and a client whose conditionals were taken out,
+    /// are answered from the copy (the head only; a 304 when the client has it). `None`: the
+    /// live answer goes to the client as it is.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_from_fill(
+        &self,
+        c: &mut Conn,
+        snap: &Snapshot,
+        (conn, resp): (&mut UpConn, &Response),
+        up: &Upstream,
+        kept: Option<Arc<crate::cache::Entry>>,
+        req: &Request,
+        body: &ReqBody,
+    ) -> Option<bool> {
+        if !c.cache.converted && !c.cache.asked_conditionally() {
+            return None;
+        }
+        let (entry, body_len) = match kept {
+            Some(e) => {
+                let n = e.body_len();
+                (e, Some(n))
+            }
+            // Not kept: a converted HEAD still gets only the head, and a client that has the
+            // answer a 304; the rest of the GET's body is not read (the connection is closed).
+            None => {
+                let head = bytes::Bytes::copy_from_slice(&c.cache.head);
+                let n = head.len();
+                let e = crate::cache::Entry::new(
+                    head,
+                    n,
+                    &up.cfg.address,
+                    std::time::Duration::ZERO,
+                    Vec::new(),
+                    &c.head,
+                );
+                (Arc::new(e), None)
+            }
+        };
+        if !c.cache.converted && entry.not_modified(&c.cache.cond).is_none() {
+            return None;
+        }
+        let conn = std::mem::replace(conn, Pool::memory(b"", up.addr));
+        match body_len {
+            Some(n) => self.release(conn, resp, n),
+            None => drop(conn),
+        }
+        let status = c.cache.status;
+        match self.answer_cached(c, snap, req, body, &entry, status).await {
+            Some(keep) => Some(keep),
+            None => Some(self.error_page(c, snap, req, body, 502).await),
+        }
     }
 
     /// Answers with the expired copy kept for this request, if there is one (and its upstream
@@ -392,10 +508,24 @@ impl Worker {
                         drop(guard);
                         return self.error_page(c, snap, req, body, resp.status).await;
                     }
+                    if resp.status == 304 {
+                        if let Some(old) = c.cache.revalidating.take() {
+                            return self
+                                .revalidated(c, snap, (conn, resp, guard), up, &old, req, body)
+                                .await;
+                        }
+                    }
                     if c.cache.fill {
-                        self.keep_answer(c, snap, &mut conn, &resp, up).await;
+                        let kept = self.keep_answer(c, snap, &mut conn, &resp, up).await;
                         // Kept or not, the requests waiting for this key may go.
                         c.cache.filling = None;
+                        if let Some(keep) = self
+                            .answer_from_fill(c, snap, (&mut conn, &resp), up, kept, req, body)
+                            .await
+                        {
+                            drop(guard);
+                            return keep;
+                        }
                     }
                     self.put_cache_status(c, snap);
                     return self
@@ -643,7 +773,8 @@ impl Worker {
                 };
                 match response::parse(
                     &conn.rbuf,
-                    req.head_method,
+                    // A HEAD sent as a GET gets the GET's answer.
+                    req.head_method && !c.cache.converted,
                     &mut c.wbuf,
                     Some(add),
                     rid,

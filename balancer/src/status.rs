@@ -93,6 +93,7 @@ pub(crate) fn render(snap: &Snapshot) -> Value {
             "expired": s.expired.load(Relaxed),
             "stale": s.stale.load(Relaxed),
             "updating": s.updating.load(Relaxed),
+            "revalidated": s.revalidated.load(Relaxed),
             "stored": s.stored.load(Relaxed),
             "evicted": s.evicted.load(Relaxed),
         })

@@ -4,7 +4,9 @@
 //! cookie, `Authorization`, `POST`), go to the upstream every time; `proxy_cache_valid` keeps
 //! answers by status; an expired copy answers while the upstream is down
 //! (`proxy_cache_use_stale`); concurrent misses wait for one fill (`proxy_cache_lock`);
-//! `Vary` keeps variants; a pool can turn caching off; the keys are read from TOML.
+//! `Vary` keeps variants; a pool can turn caching off; a browser's conditional miss still
+//! fills; `proxy_cache_revalidate` refreshes expired copies with the upstream's 304; a `HEAD`
+//! miss fills as a `GET`; the keys are read from TOML.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -259,6 +261,8 @@ proxy_cache_lock = false
 proxy_cache_lock_timeout = "2s"
 proxy_cache_inactive = "30m"
 proxy_cache_session = true
+proxy_cache_revalidate = true
+proxy_cache_convert_head = false
 proxy_cache_status_header = "X-Cache"
 proxy_cache_key = "$scheme$host$request_uri$cookie_lang"
 proxy_cache_bypass = ["$arg_nocache", "$http_pragma"]
@@ -275,6 +279,9 @@ proxy_cache = false
 "#;
     let cfg: BalancerConfig = toml::from_str(toml).unwrap();
     assert!(cfg.proxy_cache && !cfg.proxy_cache_lock && cfg.proxy_cache_session);
+    assert!(cfg.proxy_cache_revalidate && !cfg.proxy_cache_convert_head);
+    let defaults = BalancerConfig::default();
+    assert!(!defaults.proxy_cache_revalidate && defaults.proxy_cache_convert_head);
     assert_eq!(cfg.proxy_cache_max_size, 16 << 20);
     assert_eq!(cfg.proxy_cache_max_entry_size, 256 << 10);
     assert_eq!(cfg.proxy_cache_valid.len(), 2);
@@ -506,5 +513,129 @@ async fn an_expired_copy_answers_for_an_upstream_5xx_and_while_another_request_r
     let (_, c, body) = refresh.await.unwrap();
     assert_eq!((c.as_str(), body.as_slice()), ("EXPIRED", &b"v2"[..]));
     assert_eq!(fetch(&http, &format!("{base}/slow"), &[]).await.2, b"v2");
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_miss_still_fills_and_the_client_gets_its_304_from_the_copy() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(caching(&a)).await;
+    let http = client();
+    // A browser revalidating a page the cache does not have yet: the upstream is asked for the
+    // whole answer (its 304 could not be kept), and the browser still gets its 304.
+    let url = format!("{base}/text/300?cc=max-age=60&etag=%22e1%22");
+    let (s, c, body) = fetch(&http, &url, &[("if-none-match", "\"e1\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (304, "MISS", 0));
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "HIT"), "the miss filled the cache");
+    assert_eq!(body, text_body(300));
+    assert_eq!(a.hits(), 1);
+    // A conditional that does not match gets the whole answer, and fills too.
+    let other = format!("{base}/text/400?cc=max-age=60&etag=%22e2%22");
+    let (s, c, body) = fetch(&http, &other, &[("if-none-match", "\"old\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "MISS", 400));
+    assert_eq!(fetch(&http, &other, &[]).await.1, "HIT");
+    // The same by date.
+    let lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+    let dated =
+        format!("{base}/text/500?cc=max-age=60&lm=Tue%2C%2001%20Dec%202026%2010%3A00%3A00%20GMT");
+    let (s, c, _) = fetch(&http, &dated, &[("if-modified-since", lm)]).await;
+    assert_eq!((s, c.as_str()), (304, "MISS"));
+    let (s, c, body) = fetch(&http, &dated, &[]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "HIT", 500));
+    assert_eq!(a.hits(), 3);
+    // An answer that cannot be kept: a matching client still gets a 304.
+    let unkept = format!("{base}/text/600?cc=no-store&etag=%22e3%22");
+    let (s, c, body) = fetch(&http, &unkept, &[("if-none-match", "\"e3\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (304, "MISS", 0));
+    // Preconditions the copy does not answer bypass the cache (here: the upstream's 200).
+    let (s, c, body) = fetch(&http, &url, &[("if-match", "\"e1\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "BYPASS", 300));
+    assert_eq!(a.hits(), 5);
+    // Without proxy_cache_revalidate, an expired copy is fetched whole again.
+    let short = format!("{base}/text/200?cc=max-age=1&etag=%22s1%22");
+    assert_eq!(fetch(&http, &short, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &short, &[]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "EXPIRED", 200));
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cache_revalidate_refreshes_an_expired_copy_with_the_upstreams_304() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_revalidate = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/2000?cc=max-age=1&etag=%22r1%22");
+    assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The upstream got the copy's ETag and answered 304: the copy answers, fresh again.
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "REVALIDATED"));
+    assert_eq!(body, text_body(2000));
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "HIT", 2000));
+    assert_eq!(a.hits(), 2);
+    // A client with the answer gets its 304 from the revalidated copy.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &url, &[("if-none-match", "W/\"r1\"")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (304, "REVALIDATED", 0));
+    // By Last-Modified alone.
+    let dated =
+        format!("{base}/text/700?cc=max-age=1&lm=Tue%2C%2001%20Dec%202026%2010%3A00%3A00%20GMT");
+    assert_eq!(fetch(&http, &dated, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &dated, &[]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "REVALIDATED", 700));
+    // A copy without validators is fetched whole.
+    let plain = format!("{base}/text/100?cc=max-age=1");
+    assert_eq!(fetch(&http, &plain, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(fetch(&http, &plain, &[]).await.1, "EXPIRED");
+    let page = get_json(&http, &format!("{base}/_status")).await;
+    assert_eq!(page["cache"]["revalidated"], 3);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_misses_is_sent_as_a_get_and_fills_the_cache() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(caching(&a)).await;
+    let http = client();
+    let url = format!("{base}/text/700?cc=max-age=60");
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()[STATUS], "MISS");
+    assert_eq!(head.headers()["content-length"], "700");
+    assert!(head.bytes().await.unwrap().is_empty());
+    // The upstream was asked with a GET: its body was kept for this GET.
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "HIT"));
+    assert_eq!(body, text_body(700));
+    assert_eq!(a.hits(), 1);
+    // An answer too large to keep: the HEAD gets its head at once, nothing of the body.
+    let big = format!("{base}/big/50000000");
+    let head = tokio::time::timeout(Duration::from_secs(5), http.head(&big).send())
+        .await
+        .expect("answered without the whole body")
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
+    // The connection goes on serving.
+    let (s, c, _) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str()), (200, "HIT"));
+    // Off: the HEAD goes to the upstream as a HEAD and fills nothing.
+    let b = Upstream::start("b").await;
+    let mut cfg = caching(&b);
+    cfg.proxy_cache_convert_head = false;
+    let (h2, base2) = start(cfg).await;
+    let url = format!("{base2}/text/700?cc=max-age=60");
+    let head = http.head(&url).send().await.unwrap();
+    assert_eq!(head.headers()[STATUS], "MISS");
+    assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
+    assert_eq!(b.hits(), 2);
+    h2.stop(true).await;
     h.stop(true).await;
 }

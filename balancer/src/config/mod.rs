@@ -751,7 +751,15 @@ pub struct BalancerConfig {
     /// Requests with the session cookie (`sticky_cookie`) use the cache too. Off by default:
     /// a page made for a logged-in user must not be served to another.
     pub proxy_cache_session: bool,
-    /// A response header telling `HIT`, `MISS`, `EXPIRED`, `STALE`, `UPDATING` or `BYPASS`
+    /// An expired copy with an `ETag` or `Last-Modified` is refreshed with a conditional
+    /// request (`If-None-Match`, `If-Modified-Since`); the upstream's 304 makes it fresh again
+    /// without sending the body (nginx `proxy_cache_revalidate`; off by default, as there).
+    pub proxy_cache_revalidate: bool,
+    /// A `HEAD` that misses is sent as a `GET`, so its answer can be kept for the `GET`s and
+    /// `HEAD`s that follow (nginx `proxy_cache_convert_head`; on by default, as there).
+    pub proxy_cache_convert_head: bool,
+    /// A response header telling `HIT`, `MISS`, `EXPIRED`, `STALE`, `UPDATING`, `REVALIDATED`
+    /// or `BYPASS`
     /// (nginx's `add_header X-Cache-Status $upstream_cache_status`); empty: none.
     pub proxy_cache_status_header: String,
     /// Idle keep-alive connections kept per upstream and worker (0 disables keep-alive).
@@ -854,6 +862,8 @@ impl Default for BalancerConfig {
             proxy_cache_lock_timeout: Duration::from_secs(5),
             proxy_cache_inactive: Duration::from_secs(600),
             proxy_cache_session: false,
+            proxy_cache_revalidate: false,
+            proxy_cache_convert_head: true,
             proxy_cache_key: String::new(),
             proxy_cache_bypass: Vec::new(),
             proxy_no_cache: Vec::new(),

@@ -265,8 +265,10 @@ async fn answer(
             // ARG bytes of HTML-like text; the query sets `type` (default text/html), `enc`
             // (Content-Encoding), `etag`, `vary`, `cc` (Cache-Control), `xab`
             // (X-Accel-Buffering), `loc` (Location), `cookie` (Set-Cookie), `xae`
-            // (X-Accel-Expires) and `stream=1` (sent
-            // chunked, in 10,000-byte pieces).
+            // (X-Accel-Expires), `lm` (Last-Modified) and `stream=1` (sent chunked, in
+            // 10,000-byte pieces). As Tomcat's DefaultServlet, it answers 304 without a body
+            // to an `If-None-Match` naming its `etag` or an `If-Modified-Since` equal to its
+            // `lm`.
             let n: usize = arg.parse().unwrap_or(0);
             let text = text_body(n);
             let query: std::collections::HashMap<String, String> = req
@@ -305,10 +307,21 @@ async fn answer(
                 ("loc", "location"),
                 ("cookie", "set-cookie"),
                 ("xae", "x-accel-expires"),
+                ("lm", "last-modified"),
             ] {
                 if let Some(v) = query.get(q) {
                     h.insert(header, v.parse().unwrap());
                 }
+            }
+            let asked = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+            let has = |name: &str, q: &str| {
+                asked(name).is_some_and(|v| query.get(q).is_some_and(|mine| mine == v))
+            };
+            if has("if-none-match", "etag")
+                || (asked("if-none-match").is_none() && has("if-modified-since", "lm"))
+            {
+                *r.status_mut() = hyper::StatusCode::NOT_MODIFIED;
+                *r.body_mut() = full(Bytes::new());
             }
             return r;
         }
