@@ -6,10 +6,10 @@
 //! answer through the same response path as a live one (header rewrites, `add_header`, gzip,
 //! buffering), from memory: so a hit looks to the client exactly as the live answer did.
 //!
-//! - Requests: only `GET` and `HEAD` are looked up, and only `GET` fills; a request with
-//!   `Authorization`, `Range` or `Upgrade`, or with the session cookie (`sticky_cookie`) unless
-//!   `proxy_cache_session` allows it, neither reads nor fills. The key is the scheme, the host
-//!   and the request target.
+//! - Requests: only `GET` and `HEAD` are looked up; a request with `Authorization`,
+//!   `Upgrade`, `If-Match` or `If-Unmodified-Since`, or with the session cookie
+//!   (`sticky_cookie`) unless `proxy_cache_session` allows it, neither reads nor fills. The key
+//!   is the scheme, the host and the request target.
 //! - Answers: kept when they say for how long (`X-Accel-Expires`, then `Cache-Control`
 //!   `s-maxage`/`max-age`, then `Expires`) or when `proxy_cache_valid` gives a time for their
 //!   status; never with `Set-Cookie`, `Cache-Control: no-store|no-cache|private`, `Vary: *`, a
@@ -27,12 +27,16 @@
 //! - A request that fills goes to the upstream without the client's `If-None-Match` and
 //!   `If-Modified-Since`, so the whole answer comes back to be kept (an upstream's 304 to one
 //!   browser would leave the key uncached); the client's conditionals are then answered from
-//!   the kept copy (304 when it has it). A request with `If-Match`, `If-Unmodified-Since` or
-//!   `If-Range` bypasses the cache. With `proxy_cache_revalidate`, an expired copy's `ETag` and
-//!   `Last-Modified` go to the upstream instead, and its 304 refreshes the copy (its headers
-//!   updated from the 304, RFC 9111 section 4.3.4) without the body being sent again.
+//!   the kept copy (304 when it has it). With `proxy_cache_revalidate`, an expired copy's
+//!   `ETag` and `Last-Modified` go to the upstream instead, and its 304 refreshes the copy (its
+//!   headers updated from the 304, RFC 9111 section 4.3.4) without the body being sent again.
 //! - A `HEAD` that would fill is sent as a `GET` (`proxy_cache_convert_head`), and the client
 //!   gets the head of what was kept.
+//! - A `GET` with one byte `Range` is answered from a fresh copy of a 200 with a length: 206
+//!   with the part, 416 when the copy has none of it (`If-Range` naming the copy's strong `ETag`
+//!   or its exact `Last-Modified`, else the whole copy). Several ranges, or a copy sent
+//!   chunked, get the whole copy. A range request never fills: on a miss it goes to the
+//!   upstream as it came (fetching a whole large file for one part of it would be worse).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -244,14 +248,17 @@ impl Policy {
     pub fn admits(&self, v: &View<'_>, sticky_cookie: &str, req: &mut CacheReq) -> bool {
         if !(v.method == "GET" || v.method == "HEAD")
             || v.header("authorization").is_some()
-            || v.header("range").is_some()
             // Preconditions the kept copy does not answer.
             || v.header("if-match").is_some()
             || v.header("if-unmodified-since").is_some()
-            || v.header("if-range").is_some()
             // A WebSocket handshake is a GET too, and must reach the upstream.
             || v.header("upgrade").is_some()
         {
+            return false;
+        }
+        // Answered from a fresh copy, else passed on as it came (see the module's notes).
+        req.range = v.header("range").is_some();
+        if (req.range && v.method == "HEAD") || (v.header("if-range").is_some() && !req.range) {
             return false;
         }
         if !self.session
@@ -637,6 +644,77 @@ impl Entry {
         any
     }
 
+    /// For a `GET` with one byte `Range` (request head `req`; `If-Range` holding, if sent): the
+    /// raw 206 answer with that part of this copy, or the 416 when the copy has none of it.
+    /// `None`: the whole copy answers (no range or several, `If-Range` not holding, a copy
+    /// that is not a 200 or was sent chunked).
+    pub fn ranged(&self, req: &[u8]) -> Option<Vec<u8>> {
+        use crate::files::{parse_range, Span};
+        let range = request_header(req, "range")?;
+        let head = self.head();
+        if self.status != 200 || request_header(head, "transfer-encoding").is_some() {
+            return None;
+        }
+        let len = self.body_len() as u64;
+        let declared = request_header(head, "content-length")?;
+        if std::str::from_utf8(declared).ok()?.parse::<u64>().ok()? != len {
+            return None;
+        }
+        if let Some(cond) = request_header(req, "if-range") {
+            let holds = if cond.starts_with(b"\"") {
+                // A strong comparison: a weak tag never matches.
+                request_header(head, "etag") == Some(cond)
+            } else {
+                request_header(head, "last-modified") == Some(cond)
+            };
+            if !holds {
+                return None;
+            }
+        }
+        let keep_field = |line: &[u8]| {
+            let name = line
+                .split(|&b| b == b':')
+                .next()
+                .unwrap_or(line)
+                .trim_ascii();
+            !line.trim_ascii().is_empty() && !name.eq_ignore_ascii_case(b"content-length")
+        };
+        let fields = head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .filter(|l| keep_field(l));
+        let mut out = Vec::with_capacity(head.len() + 64);
+        match parse_range(range, len) {
+            Span::Whole => return None,
+            Span::Part(start, end) => {
+                out.extend_from_slice(b"HTTP/1.1 206 Partial Content\r\n");
+                for line in fields {
+                    out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+                    out.extend_from_slice(b"\r\n");
+                }
+                let part = &self.raw[self.head_len..][start as usize..=end as usize];
+                out.extend_from_slice(
+                    format!(
+                        "Content-Range: bytes {start}-{end}/{len}\r\nContent-Length: {}\r\n\r\n",
+                        part.len()
+                    )
+                    .as_bytes(),
+                );
+                out.extend_from_slice(part);
+            }
+            Span::Unsatisfiable => {
+                out.extend_from_slice(
+                    format!(
+                        "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\n\
+                         Content-Length: 0\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        Some(out)
+    }
+
     /// For a request (head `req`) whose client already has this answer (`If-None-Match`
     /// naming its `ETag`, weakly compared, or else `If-Modified-Since` no older than its
     /// `Last-Modified`): the head of a 304 answer made of it (its headers without the body's
@@ -994,6 +1072,8 @@ pub(crate) struct CacheReq {
     pub revalidating: Option<Arc<Entry>>,
     /// A `HEAD` sent to the upstream as a `GET` (`proxy_cache_convert_head`).
     pub converted: bool,
+    /// A `GET` with `Range`: answered from a fresh copy, else passed on; never fills.
+    pub range: bool,
 }
 
 impl CacheReq {
@@ -1283,6 +1363,7 @@ mod tests {
                 &req,
             );
             let _ = e.not_modified(&req);
+            let _ = e.ranged(&req);
             let _ = e.fits(&req);
             let _ = request_header(&req, "vary");
             let mut upstream_req = req.clone();

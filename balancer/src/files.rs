@@ -477,7 +477,7 @@ fn secs(t: SystemTime) -> u64 {
 
 /// What a `Range` field asks of a `len`-byte file.
 #[derive(Debug, PartialEq, Eq)]
-enum Span {
+pub(crate) enum Span {
     /// No usable range (absent, malformed, several ranges): the whole file.
     Whole,
     /// Bytes `start..=end`.
@@ -486,7 +486,7 @@ enum Span {
     Unsatisfiable,
 }
 
-fn parse_range(v: &[u8], len: u64) -> Span {
+pub(crate) fn parse_range(v: &[u8], len: u64) -> Span {
     let v = v.trim_ascii();
     let Some(spec) = v
         .get(..6)

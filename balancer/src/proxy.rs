@@ -130,7 +130,8 @@ impl Worker {
             // `proxy_cache_bypass`: from the upstream, and kept (unless `proxy_no_cache`),
             // which refreshes the copy.
             c.cache.status = "BYPASS";
-            c.cache.fill = !req.head_method && c.cache.store;
+            // A range request fills nothing (its answer is a part).
+            c.cache.fill = !req.head_method && c.cache.store && !c.cache.range;
             if c.cache.fill {
                 crate::cache::take_conditionals(&mut c.head, &mut c.cache.cond);
             }
@@ -138,6 +139,18 @@ impl Worker {
             return keep;
         }
         let mut found = cache.lookup(&c.cache.key, &c.head);
+        if c.cache.range {
+            // A part of a fresh copy, or the upstream (which gets the request as it came).
+            if let Found::Fresh(e) = found {
+                if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "HIT").await {
+                    stats.hits.fetch_add(1, Relaxed);
+                    return keep;
+                }
+            }
+            c.cache.status = "MISS";
+            stats.misses.fetch_add(1, Relaxed);
+            return self.attempts(c, snap, req, target, body, key).await;
+        }
         let mut filling = None;
         if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
             // A HEAD fills only as a GET, else it does not hold the key's lock either.
@@ -234,7 +247,10 @@ impl Worker {
         };
         let mut conn = match entry.not_modified(asked) {
             Some(head) => Pool::memory(&head, up.addr),
-            None => Pool::memory(&entry.raw, up.addr),
+            None => match entry.ranged(&c.head).filter(|_| c.cache.range) {
+                Some(part) => Pool::memory(&part, up.addr),
+                None => Pool::memory(&entry.raw, up.addr),
+            },
         };
         c.cache.fill = false;
         c.cache.converted = false;

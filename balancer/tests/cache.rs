@@ -122,7 +122,7 @@ async fn what_must_not_be_kept_or_shared_reaches_the_upstream_every_time() {
     for headers in [
         [("cookie", "JSESSIONID=abc.app1")],
         [("authorization", "Basic dTpw")],
-        [("range", "bytes=0-9")],
+        [("if-match", "\"x\"")],
         [("upgrade", "websocket")],
     ] {
         let (_, c, _) = fetch(&http, &url, &headers).await;
@@ -637,5 +637,84 @@ async fn a_head_that_misses_is_sent_as_a_get_and_fills_the_cache() {
     assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
     assert_eq!(b.hits(), 2);
     h2.stop(true).await;
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_is_cut_from_a_fresh_copy_and_never_fills() {
+    let a = Upstream::start("a").await;
+    let (h, base) = start(caching(&a)).await;
+    let http = client();
+    let url = format!("{base}/text/5000?cc=max-age=60&etag=%22g1%22");
+    let whole = text_body(5000);
+    // On a miss the range goes to the upstream as it came (which sends it all) and fills nothing.
+    let (s, c, body) = fetch(&http, &url, &[("range", "bytes=10-19")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "MISS", 5000));
+    assert_eq!(
+        fetch(&http, &url, &[]).await.1,
+        "MISS",
+        "the range filled nothing"
+    );
+    assert_eq!(a.hits(), 2);
+    let part = |range: &str, if_range: Option<&str>| {
+        let (http, url) = (http.clone(), url.clone());
+        let range = range.to_owned();
+        let if_range = if_range.map(str::to_owned);
+        async move {
+            let mut req = http.get(&url).header("range", range);
+            if let Some(v) = if_range {
+                req = req.header("if-range", v);
+            }
+            let resp = req.send().await.unwrap();
+            let h = resp.headers().clone();
+            let get = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_owned());
+            let (cr, cs) = (get("content-range"), get(STATUS));
+            (
+                resp.status().as_u16(),
+                cr,
+                cs,
+                resp.bytes().await.unwrap().to_vec(),
+            )
+        }
+    };
+    let (s, cr, cs, body) = part("bytes=10-19", None).await;
+    assert_eq!(
+        (s, cr.as_deref(), cs.as_deref()),
+        (206, Some("bytes 10-19/5000"), Some("HIT"))
+    );
+    assert_eq!(body, whole[10..20]);
+    let (s, cr, _, body) = part("bytes=-5", None).await;
+    assert_eq!((s, cr.as_deref()), (206, Some("bytes 4995-4999/5000")));
+    assert_eq!(body, whole[4995..]);
+    let (s, cr, _, body) = part("bytes=4990-", None).await;
+    assert_eq!(
+        (s, cr.as_deref(), body.len()),
+        (206, Some("bytes 4990-4999/5000"), 10)
+    );
+    let (s, cr, _, body) = part("bytes=9000-", None).await;
+    assert_eq!(
+        (s, cr.as_deref(), body.len()),
+        (416, Some("bytes */5000"), 0)
+    );
+    // Several ranges: the whole copy (a valid answer to them).
+    let (s, cr, _, body) = part("bytes=0-1,5-6", None).await;
+    assert_eq!((s, cr, body.len()), (200, None, 5000));
+    // If-Range: the part while the client's tag is the copy's, else the whole copy.
+    let (s, _, _, body) = part("bytes=0-99", Some("\"g1\"")).await;
+    assert_eq!((s, body.len()), (206, 100));
+    let (s, _, _, body) = part("bytes=0-99", Some("\"g0\"")).await;
+    assert_eq!((s, body.len()), (200, 5000));
+    let (s, _, _, body) = part("bytes=0-99", Some("W/\"g1\"")).await;
+    assert_eq!(
+        (s, body.len()),
+        (200, 5000),
+        "a weak tag never matches If-Range"
+    );
+    assert_eq!(a.hits(), 2, "every part came from the copy");
+    // A copy that came chunked answers ranges whole.
+    let chunked = format!("{base}/text/30000?cc=max-age=60&stream=1");
+    assert_eq!(fetch(&http, &chunked, &[]).await.1, "MISS");
+    let (s, c, body) = fetch(&http, &chunked, &[("range", "bytes=0-9")]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "HIT", 30000));
     h.stop(true).await;
 }
