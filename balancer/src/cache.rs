@@ -68,6 +68,8 @@ pub(crate) struct Policy {
     pub revalidate: bool,
     /// `proxy_cache_convert_head`.
     pub convert_head: bool,
+    /// `proxy_cache_background_update`.
+    pub background_update: bool,
     inactive: Duration,
     session: bool,
     /// `proxy_ignore_headers`.
@@ -190,6 +192,13 @@ impl Policy {
                 "must be greater than 0 and at most proxy_cache_max_size",
             ));
         }
+        if cfg.proxy_cache_background_update && !stale.updating {
+            return Err(ConfigError::new(
+                "balancer.proxy_cache_background_update",
+                "needs \"updating\" in proxy_cache_use_stale (the expired copy answers while \
+                 it is refreshed)",
+            ));
+        }
         let status_header = match cfg.proxy_cache_status_header.as_str() {
             "" => None,
             name if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => Some(name.to_owned()),
@@ -209,6 +218,7 @@ impl Policy {
             lock_timeout: cfg.proxy_cache_lock_timeout,
             revalidate: cfg.proxy_cache_revalidate,
             convert_head: cfg.proxy_cache_convert_head,
+            background_update: cfg.proxy_cache_background_update,
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
             ignore,
@@ -1505,6 +1515,10 @@ mod tests {
         assert_eq!(
             bad(|c| c.proxy_cache_status_header = "X Cache".into()),
             "balancer.proxy_cache_status_header"
+        );
+        assert_eq!(
+            bad(|c| c.proxy_cache_background_update = true),
+            "balancer.proxy_cache_background_update"
         );
     }
 }

@@ -17,6 +17,8 @@
 //!   written by a thread of its own.
 //! - `files`: `[[balancer.static]]` locations answered from disk (conditional requests,
 //!   ranges), streamed in bounded chunks.
+//! - `cache`: the response cache in memory (`proxy_cache`), answered through the live response
+//!   path; `refresh`: reading answers to keep, and background refreshes of expired copies.
 //! - `status`: the JSON page at `status_path` (upstream state and counters).
 //! - `health`: the single owner of upstream health (passive failures reported by the request
 //!   path, active `checks`), writing atomics the request path reads without locks.
@@ -64,6 +66,7 @@ mod proxy;
 mod ratelimit;
 mod realip;
 mod redirect;
+mod refresh;
 mod relocate;
 mod selection;
 mod server;

@@ -157,6 +157,21 @@ impl Worker {
             if !req.head_method || cache.convert_head {
                 filling = cache.store.try_fill(&c.cache.key);
             }
+            if let (Found::Stale(e), true, false) =
+                (&found, cache.background_update, req.head_method)
+            {
+                // `proxy_cache_background_update`: this request gets the copy too, and a
+                // request of our own refreshes it.
+                let e = e.clone();
+                if let Some(lock) = filling.take() {
+                    self.refresh_later(c, snap, cache, req, target, key, &e, lock);
+                    if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "UPDATING").await
+                    {
+                        stats.updating.fetch_add(1, Relaxed);
+                        return keep;
+                    }
+                }
+            }
             if filling.is_none() && cache.store.is_filling(&c.cache.key) {
                 // Another request is filling this key.
                 if let (Found::Stale(e), true) = (&found, cache.stale.updating) {
@@ -223,6 +238,40 @@ impl Worker {
         keep
     }
 
+    /// Starts the background refresh of expired copy `e` (see `crate::refresh`), which holds
+    /// the key's fill lock `lock` until it ends.
+    #[allow(clippy::too_many_arguments)]
+    fn refresh_later(
+        &self,
+        c: &Conn,
+        snap: &Arc<Snapshot>,
+        cache: &crate::cache::Policy,
+        req: &Request,
+        (pool, _): (usize, Option<usize>),
+        key: &[u8],
+        e: &Arc<crate::cache::Entry>,
+        lock: crate::cache::Filling,
+    ) {
+        let mut head = c.head.clone();
+        let mut conditionals = Vec::new();
+        crate::cache::take_conditionals(&mut head, &mut conditionals);
+        let revalidating = (cache.revalidate && e.put_validators(&mut head)).then(|| e.clone());
+        crate::refresh::start(crate::refresh::Refresh {
+            pool: self.pool.clone(),
+            shared: self.shared.clone(),
+            snap: snap.clone(),
+            target: pool,
+            client: c.client,
+            hash_key: key.to_vec(),
+            head,
+            has_host: req.has_host,
+            key: c.cache.key.clone(),
+            req: c.head.clone(),
+            revalidating,
+            filling: lock,
+        });
+    }
+
     /// Answers with a kept answer, as if its upstream had just sent it; `None` when that
     /// upstream is no longer configured (then the request is passed on).
     async fn answer_cached(
@@ -274,11 +323,8 @@ impl Worker {
 
     /// An upstream connection whose answer was read whole (`body_len` bytes of body left in
     /// its buffer) goes back to the pool, or is closed.
-    fn release(&self, mut conn: UpConn, resp: &Response, body_len: usize) {
-        conn.rbuf.advance(body_len.min(conn.rbuf.len()));
-        if resp.reusable && conn.rbuf.is_empty() && self.pool.enabled() {
-            self.pool.put(conn);
-        }
+    fn release(&self, conn: UpConn, resp: &Response, body_len: usize) {
+        crate::refresh::release(&self.pool, conn, resp, body_len);
     }
 
     /// The upstream answered a fill's request with the copy's validators with 304: the copy is
@@ -312,7 +358,7 @@ impl Worker {
     }
 
     /// Reads the rest of a cacheable answer into `conn.rbuf` and keeps it (returned as kept);
-    /// an answer that cannot be kept marks its key "pass" (see `crate::cache`).
+    /// see [`crate::refresh::read_kept`].
     async fn keep_answer(
         &self,
         c: &mut Conn,
@@ -322,57 +368,9 @@ impl Worker {
         up: &Upstream,
     ) -> Option<Arc<crate::cache::Entry>> {
         let cache = snap.cache.as_ref()?;
-        let Some((ttl, vary)) = cache.storable(resp.status, &c.cache.head) else {
-            cache.store.pass(&c.cache.key);
-            return None;
-        };
-        let room = cache.max_entry.saturating_sub(c.cache.head.len() as u64);
+        let what = (&c.cache.head[..], &c.cache.key[..], &c.head[..]);
         let limit = snap.cfg.proxy_read_timeout;
-        let body_len = match resp.body {
-            Body::None => 0,
-            Body::Length(n) if n <= room => {
-                while (conn.rbuf.len() as u64) < n {
-                    match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
-                        Ok(Ok(k)) if k > 0 => {}
-                        // Cut or silent: nothing is kept, and forwarding meets the same end.
-                        _ => return None,
-                    }
-                }
-                n as usize
-            }
-            Body::Chunked => {
-                let mut dec = crate::h1::chunked::ChunkedDecoder::default();
-                let mut fed = 0;
-                loop {
-                    let Ok(used) = dec.feed(&conn.rbuf[fed..], |_| {}) else {
-                        return None;
-                    };
-                    fed += used;
-                    if dec.is_done() {
-                        break fed;
-                    }
-                    if conn.rbuf.len() as u64 > room {
-                        cache.store.pass(&c.cache.key);
-                        return None;
-                    }
-                    match io::read(&mut conn.stream, &mut conn.rbuf, &mut c.utimer, limit).await {
-                        Ok(Ok(k)) if k > 0 => {}
-                        _ => return None,
-                    }
-                }
-            }
-            _ => {
-                cache.store.pass(&c.cache.key);
-                return None;
-            }
-        };
-        let mut raw = Vec::with_capacity(c.cache.head.len() + body_len);
-        raw.extend_from_slice(&c.cache.head);
-        raw.extend_from_slice(&conn.rbuf[..body_len]);
-        let head_len = c.cache.head.len();
-        let entry =
-            crate::cache::Entry::new(raw.into(), head_len, &up.cfg.address, ttl, vary, &c.head);
-        cache.insert(&c.cache.key, entry)
+        crate::refresh::read_kept(cache, conn, resp, what, up, &mut c.utimer, limit).await
     }
 
     /// After a fill: a `HEAD` sent as a `GET`, and a client whose conditionals were taken out,

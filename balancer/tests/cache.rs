@@ -718,3 +718,160 @@ async fn a_range_is_cut_from_a_fresh_copy_and_never_fills() {
     assert_eq!((s, c.as_str(), body.len()), (200, "HIT", 30000));
     h.stop(true).await;
 }
+
+/// An upstream of the test's own: it answers `v1` at once the first time; every later request
+/// waits for a permit of the returned semaphore, then answers `v<n>`, or 503 while the returned
+/// flag is set. Every 200 is fresh for 1 s. Returns its address, the gate, the flag and the
+/// request count.
+async fn gated_upstream() -> (
+    String,
+    Arc<tokio::sync::Semaphore>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let fail = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicUsize::new(0));
+    let (g, f, n) = (gate.clone(), fail.clone(), count.clone());
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let (gate, fail, count) = (g.clone(), f.clone(), n.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let n = count.fetch_add(1, Ordering::SeqCst) + 1;
+                        if n > 1 {
+                            gate.acquire().await.unwrap().forget();
+                        }
+                        let answer = if fail.load(Ordering::SeqCst) {
+                            "HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy".to_owned()
+                        } else {
+                            format!(
+                                "HTTP/1.1 200 OK\r\nCache-Control: max-age=1\r\n\
+                                 Content-Length: 2\r\n\r\nv{n}"
+                            )
+                        };
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, gate, fail, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_update_answers_from_the_expired_copy_while_it_is_refreshed() {
+    use std::sync::atomic::Ordering;
+    let (addr, gate, fail, count) = gated_upstream().await;
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(addr)];
+    cfg.upstream[0].max_fails = 0;
+    cfg.proxy_cache = true;
+    cfg.proxy_cache_status_header = "X-Cache-Status".into();
+    cfg.proxy_cache_use_stale = vec!["updating".into()];
+    cfg.proxy_cache_background_update = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/gate");
+    // Every request below must be answered without the upstream (which holds them at the gate).
+    let quick = |http: reqwest::Client, url: String| async move {
+        tokio::time::timeout(Duration::from_secs(5), fetch(&http, &url, &[]))
+            .await
+            .expect("answered while the upstream holds the refresh")
+    };
+    assert_eq!(fetch(&http, &url, &[]).await.2, b"v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The upstream holds the refresh until the gate opens, yet the requests are answered: the
+    // one that found the copy expired and started the refresh, and those that come meanwhile.
+    for _ in 0..3 {
+        let (s, c, body) = quick(http.clone(), url.clone()).await;
+        assert_eq!(
+            (s, c.as_str(), body.as_slice()),
+            (200, "UPDATING", &b"v1"[..])
+        );
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        2,
+        "one refresh, not one per request"
+    );
+    gate.add_permits(1);
+    let mut got = (String::new(), Vec::new());
+    for _ in 0..100 {
+        let (_, c, body) = quick(http.clone(), url.clone()).await;
+        got = (c, body);
+        if got.1 != b"v1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!((got.0.as_str(), got.1.as_slice()), ("HIT", &b"v2"[..]));
+    // A refresh that gets a 5xx leaves the expired copy in place (and does not make the key
+    // go to the upstream: those requests would wait at the gate).
+    fail.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, c, body) = quick(http.clone(), url.clone()).await;
+    assert_eq!((c.as_str(), body.as_slice()), ("UPDATING", &b"v2"[..]));
+    gate.add_permits(1);
+    while count.load(Ordering::SeqCst) < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let (_, c, body) = quick(http.clone(), url.clone()).await;
+        assert_eq!((c.as_str(), body.as_slice()), ("UPDATING", &b"v2"[..]));
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        4,
+        "the next refresh started and waits"
+    );
+    gate.add_permits(10);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_update_revalidates_with_the_copys_validators() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_use_stale = vec!["updating".into()];
+    cfg.proxy_cache_background_update = true;
+    cfg.proxy_cache_revalidate = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/300?cc=max-age=1&etag=%22b1%22");
+    assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str(), body.len()), (200, "UPDATING", 300));
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = fetch(&http, &url, &[]).await.1;
+        if status == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        status, "HIT",
+        "the upstream's 304 made the copy fresh again"
+    );
+    assert_eq!(a.hits(), 2);
+    let page = get_json(&http, &format!("{base}/_status")).await;
+    assert_eq!(page["cache"]["revalidated"], 1);
+    h.stop(true).await;
+}

@@ -758,6 +758,10 @@ pub struct BalancerConfig {
     /// A `HEAD` that misses is sent as a `GET`, so its answer can be kept for the `GET`s and
     /// `HEAD`s that follow (nginx `proxy_cache_convert_head`; on by default, as there).
     pub proxy_cache_convert_head: bool,
+    /// The request that finds a copy expired is answered from it at once too, and the copy is
+    /// refreshed by a request of the balancer's own in the background (nginx
+    /// `proxy_cache_background_update`; needs `updating` in `proxy_cache_use_stale`).
+    pub proxy_cache_background_update: bool,
     /// A response header telling `HIT`, `MISS`, `EXPIRED`, `STALE`, `UPDATING`, `REVALIDATED`
     /// or `BYPASS`
     /// (nginx's `add_header X-Cache-Status $upstream_cache_status`); empty: none.
@@ -864,6 +868,7 @@ impl Default for BalancerConfig {
             proxy_cache_session: false,
             proxy_cache_revalidate: false,
             proxy_cache_convert_head: true,
+            proxy_cache_background_update: false,
             proxy_cache_key: String::new(),
             proxy_cache_bypass: Vec::new(),
             proxy_no_cache: Vec::new(),
