@@ -23,7 +23,8 @@
 //!   `proxy_cache_use_stale`). An answer that could not be kept marks its key "pass" for a
 //!   while, so requests for it are not held behind one another.
 //! - Expired copies are kept (until inactive or evicted) to answer when the upstreams fail
-//!   (`proxy_cache_use_stale error timeout http_500 ...`).
+//!   (`proxy_cache_use_stale error timeout http_500 ...`). An answer's own `Cache-Control:
+//!   stale-while-revalidate=N` and `stale-if-error=N` allow the same for N seconds (RFC 5861).
 //! - A request that fills goes to the upstream without the client's `If-None-Match` and
 //!   `If-Modified-Since`, so the whole answer comes back to be kept (an upstream's 304 to one
 //!   browser would leave the key uncached); the client's conditionals are then answered from
@@ -397,6 +398,46 @@ impl Policy {
         (!ttl.is_zero()).then_some((ttl, vary))
     }
 
+    /// How long after it expires an answer with raw head `head` may still answer while it is
+    /// refreshed, and when the upstreams fail: `Cache-Control` `stale-while-revalidate` and
+    /// `stale-if-error` (RFC 5861, as nginx reads them; not with `proxy_ignore_headers
+    /// Cache-Control`).
+    pub fn stale_extensions(&self, head: &[u8]) -> (Duration, Duration) {
+        let (mut swr, mut sie) = (Duration::ZERO, Duration::ZERO);
+        if self.ignore.cache_control {
+            return (swr, sie);
+        }
+        for line in head.split(|&b| b == b'\n').skip(1) {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            if !line[..colon]
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"cache-control")
+            {
+                continue;
+            }
+            let Ok(value) = std::str::from_utf8(&line[colon + 1..]) else {
+                continue;
+            };
+            for directive in value.split(',') {
+                let Some((word, arg)) = directive.trim().split_once('=') else {
+                    continue;
+                };
+                let Ok(secs) = arg.trim().trim_matches('"').parse::<u64>() else {
+                    continue;
+                };
+                let slot = match word.trim().to_ascii_lowercase().as_str() {
+                    "stale-while-revalidate" => &mut swr,
+                    "stale-if-error" => &mut sie,
+                    _ => continue,
+                };
+                *slot = Duration::from_secs(secs.min(10 * 365 * 86_400));
+            }
+        }
+        (swr, sie)
+    }
+
     /// The entry for `key` that fits the request head `head`.
     pub fn lookup(&self, key: &[u8], head: &[u8]) -> Found {
         self.store.lookup(key, head, self.inactive)
@@ -476,7 +517,9 @@ impl Policy {
         self.store.stats.revalidated.fetch_add(1, Relaxed);
         match kept {
             Some((ttl, vary)) => {
-                let entry = Entry::new(raw.into(), head_len, upstream, ttl, vary, req);
+                let ext = self.stale_extensions(&raw[..head_len]);
+                let entry = Entry::new(raw.into(), head_len, upstream, ttl, vary, req)
+                    .with_stale_extensions(ext);
                 let entry = Arc::new(entry);
                 self.store.insert_arc(key, entry.clone(), self.max_size);
                 entry
@@ -572,6 +615,10 @@ pub(crate) struct Entry {
     /// The `address` of the upstream that answered.
     pub upstream: String,
     fresh_until: Instant,
+    /// Until when it may answer while it is refreshed, and when the upstreams fail, whatever
+    /// `proxy_cache_use_stale` says (`stale-while-revalidate`, `stale-if-error`).
+    stale_while_until: Instant,
+    stale_if_error_until: Instant,
     /// The request headers it varies on, with the values it was stored for.
     vary: Vec<(String, Option<Vec<u8>>)>,
     /// `now_millis()` of its last use.
@@ -619,12 +666,32 @@ impl Entry {
             raw,
             upstream: upstream.to_owned(),
             fresh_until: Instant::now() + ttl,
+            stale_while_until: Instant::now(),
+            stale_if_error_until: Instant::now(),
             vary,
             used: AtomicU64::new(crate::upstream::now_millis()),
             referenced: AtomicBool::new(false),
             dead: AtomicBool::new(false),
             size,
         }
+    }
+
+    /// Lets it answer for `swr` after it expires while it is refreshed, and for `sie` when the
+    /// upstreams fail (see [`Policy::stale_extensions`]).
+    pub fn with_stale_extensions(mut self, (swr, sie): (Duration, Duration)) -> Self {
+        self.stale_while_until = self.fresh_until + swr;
+        self.stale_if_error_until = self.fresh_until + sie;
+        self
+    }
+
+    /// Whether `stale-while-revalidate` lets it answer now while it is refreshed.
+    pub fn may_answer_while_updating(&self) -> bool {
+        Instant::now() < self.stale_while_until
+    }
+
+    /// Whether `stale-if-error` lets it answer now for a failure or a 5xx.
+    pub fn may_answer_for_error(&self) -> bool {
+        Instant::now() < self.stale_if_error_until
     }
 
     /// The kept head.
@@ -1363,6 +1430,7 @@ mod tests {
             let head = garbage(&mut rng);
             let req = garbage(&mut rng);
             let _ = p.storable(rng.gen_range(0..700), &head);
+            let _ = p.stale_extensions(&head);
             let cut = rng.gen_range(0..=head.len());
             let e = Entry::new(
                 Bytes::from(head),
@@ -1384,6 +1452,43 @@ mod tests {
             let refreshed = p.refresh(b"k", &e, &answer, "u", &req);
             assert_eq!(refreshed.body_len(), e.body_len());
         }
+    }
+
+    #[test]
+    fn stale_extensions_are_read_from_cache_control_unless_it_is_ignored() {
+        let p = policy(&[]);
+        let h = head("Cache-Control: max-age=1, Stale-While-Revalidate=30\r\ncache-control: stale-if-error=\"600\"\r\n");
+        assert_eq!(
+            p.stale_extensions(&h),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
+        let bad = head("Cache-Control: stale-while-revalidate=x, stale-if-error\r\n");
+        assert_eq!(p.stale_extensions(&bad), (Duration::ZERO, Duration::ZERO));
+        let mut ignoring = policy(&[]);
+        ignoring.ignore.cache_control = true;
+        assert_eq!(
+            ignoring.stale_extensions(&h),
+            (Duration::ZERO, Duration::ZERO)
+        );
+        let e = Entry::new(
+            Bytes::from(h.clone()),
+            h.len(),
+            "u",
+            Duration::ZERO,
+            Vec::new(),
+            b"",
+        )
+        .with_stale_extensions(p.stale_extensions(&h));
+        assert!(e.may_answer_while_updating() && e.may_answer_for_error());
+        let e = Entry::new(
+            Bytes::from(h.clone()),
+            h.len(),
+            "u",
+            Duration::ZERO,
+            Vec::new(),
+            b"",
+        );
+        assert!(!e.may_answer_while_updating() && !e.may_answer_for_error());
     }
 
     #[test]

@@ -174,8 +174,13 @@ impl Worker {
             }
             if filling.is_none() && cache.store.is_filling(&c.cache.key) {
                 // Another request is filling this key.
-                if let (Found::Stale(e), true) = (&found, cache.stale.updating) {
-                    let e = e.clone();
+                let updating = match &found {
+                    Found::Stale(e) if cache.stale.updating || e.may_answer_while_updating() => {
+                        Some(e.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(e) = updating {
                     if let Some(keep) = self.answer_cached(c, snap, req, body, &e, "UPDATING").await
                     {
                         stats.updating.fetch_add(1, Relaxed);
@@ -500,13 +505,16 @@ impl Worker {
                             continue;
                         }
                     }
-                    if c.cache.stale.is_some()
+                    if c.cache.stale.as_ref().is_some_and(|e| {
+                        (500..=504).contains(&resp.status) && e.may_answer_for_error()
+                    }) || (c.cache.stale.is_some()
                         && snap
                             .cache
                             .as_ref()
-                            .is_some_and(|p| p.stale.for_status(resp.status))
+                            .is_some_and(|p| p.stale.for_status(resp.status)))
                     {
-                        // `proxy_cache_use_stale http_5xx`: the expired copy instead.
+                        // `proxy_cache_use_stale http_5xx` (or the copy's `stale-if-error`):
+                        // the expired copy instead.
                         drop(conn);
                         drop(guard);
                         if let Some(keep) = self.answer_stale(c, snap, req, body).await {
@@ -595,13 +603,18 @@ impl Worker {
         }
         let status =
             last_status.unwrap_or_else(|| no_upstream_status(snap, pool, tried.as_slice()));
-        if c.cache.stale.is_some()
-            && snap
-                .cache
-                .as_ref()
-                .is_some_and(|p| p.stale.for_failure(status.as_u16()))
+        if c.cache
+            .stale
+            .as_ref()
+            .is_some_and(|e| e.may_answer_for_error())
+            || (c.cache.stale.is_some()
+                && snap
+                    .cache
+                    .as_ref()
+                    .is_some_and(|p| p.stale.for_failure(status.as_u16())))
         {
-            // `proxy_cache_use_stale error timeout`: the upstreams failed, the copy answers.
+            // `proxy_cache_use_stale error timeout` (or the copy's `stale-if-error`): the
+            // upstreams failed, the copy answers.
             if let Some(keep) = self.answer_stale(c, snap, req, body).await {
                 return keep;
             }

@@ -87,7 +87,8 @@ pub(crate) async fn read_kept(
     let mut raw = Vec::with_capacity(head.len() + body_len);
     raw.extend_from_slice(head);
     raw.extend_from_slice(&conn.rbuf[..body_len]);
-    let entry = Entry::new(raw.into(), head.len(), &up.cfg.address, ttl, vary, req);
+    let entry = Entry::new(raw.into(), head.len(), &up.cfg.address, ttl, vary, req)
+        .with_stale_extensions(cache.stale_extensions(head));
     cache.insert(key, entry)
 }
 

@@ -429,7 +429,8 @@ async fn purge_removes_kept_answers_for_allowed_clients_only() {
 
 /// An upstream of the test's own whose answers change with time: `/flip` answers 200
 /// (`max-age=1`) the first time and 503 after; `/slow` answers `v1` (`max-age=1`) at once the
-/// first time and `v2` after 800 ms later on. Returns its address.
+/// first time and `v2` after 800 ms later on; `/swr` as `/slow` (sharing its count), its first
+/// answer with `stale-while-revalidate=30`. Returns its address.
 async fn changing_upstream() -> String {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -446,7 +447,15 @@ async fn changing_upstream() -> String {
                     while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                         buf.drain(..end + 4);
-                        let (status, cc, body) = if head.starts_with("GET /flip") {
+                        let (status, cc, body) = if head.starts_with("GET /swr") {
+                            match slows.fetch_add(1, Ordering::SeqCst) {
+                                0 => ("200 OK", "max-age=1, stale-while-revalidate=30", "v1"),
+                                _ => {
+                                    tokio::time::sleep(Duration::from_millis(800)).await;
+                                    ("200 OK", "max-age=60", "v2")
+                                }
+                            }
+                        } else if head.starts_with("GET /flip") {
                             match flips.fetch_add(1, Ordering::SeqCst) {
                                 0 => ("200 OK", "max-age=1", "fresh"),
                                 _ => ("503 Service Unavailable", "no-store", "down"),
@@ -873,5 +882,49 @@ async fn background_update_revalidates_with_the_copys_validators() {
     assert_eq!(a.hits(), 2);
     let page = get_json(&http, &format!("{base}/_status")).await;
     assert_eq!(page["cache"]["revalidated"], 1);
+    h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answers_stale_while_revalidate_and_stale_if_error_let_the_copy_answer() {
+    // stale-while-revalidate: without `updating` in proxy_cache_use_stale, a request gets the
+    // expired copy while another one refreshes it.
+    let mut cfg = config(&[]);
+    cfg.upstream = vec![ferrocat_balancer::UpstreamConfig::new(
+        changing_upstream().await,
+    )];
+    cfg.proxy_cache = true;
+    cfg.proxy_cache_status_header = "X-Cache-Status".into();
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/swr");
+    assert_eq!(fetch(&http, &url, &[]).await.2, b"v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refresh = {
+        let (http, url) = (http.clone(), url.clone());
+        tokio::spawn(async move { fetch(&http, &url, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((c.as_str(), body.as_slice()), ("UPDATING", &b"v1"[..]));
+    let (_, c, body) = refresh.await.unwrap();
+    assert_eq!((c.as_str(), body.as_slice()), ("EXPIRED", &b"v2"[..]));
+    h.stop(true).await;
+
+    // stale-if-error: without proxy_cache_use_stale, the expired copy answers while the
+    // upstream is down; a copy without it does not.
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.upstream[0].max_fails = 0;
+    let (h, base) = start(cfg).await;
+    let lasting = format!("{base}/text/100?cc=max-age%3D1%2C%20stale-if-error%3D60");
+    let plain = format!("{base}/text/100?cc=max-age%3D1");
+    assert_eq!(fetch(&http, &lasting, &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &plain, &[]).await.1, "MISS");
+    a.kill();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, c, body) = fetch(&http, &lasting, &[]).await;
+    assert_eq!((s, c.as_str(), body), (200, "STALE", text_body(100)));
+    assert_eq!(fetch(&http, &plain, &[]).await.0, 502);
     h.stop(true).await;
 }
