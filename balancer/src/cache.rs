@@ -55,6 +55,8 @@ use crate::hashkey::HashKey;
 const PASS_FOR: Duration = Duration::from_secs(10);
 /// Most "pass" keys remembered (then they are forgotten all at once).
 const MAX_PASS: usize = 10_000;
+/// Most keys whose requests are counted for `proxy_cache_min_uses` (then all start again).
+const MAX_COUNTED: usize = 100_000;
 
 /// The cache settings of a snapshot, and the store (which outlives reloads).
 #[derive(Debug)]
@@ -71,6 +73,8 @@ pub(crate) struct Policy {
     pub convert_head: bool,
     /// `proxy_cache_background_update`.
     pub background_update: bool,
+    /// `proxy_cache_min_uses`.
+    pub min_uses: u32,
     inactive: Duration,
     session: bool,
     /// `proxy_ignore_headers`.
@@ -193,6 +197,12 @@ impl Policy {
                 "must be greater than 0 and at most proxy_cache_max_size",
             ));
         }
+        if cfg.proxy_cache_min_uses == 0 {
+            return Err(ConfigError::new(
+                "balancer.proxy_cache_min_uses",
+                "must be at least 1 (1: the first answer is kept)",
+            ));
+        }
         if cfg.proxy_cache_background_update && !stale.updating {
             return Err(ConfigError::new(
                 "balancer.proxy_cache_background_update",
@@ -220,6 +230,7 @@ impl Policy {
             revalidate: cfg.proxy_cache_revalidate,
             convert_head: cfg.proxy_cache_convert_head,
             background_update: cfg.proxy_cache_background_update,
+            min_uses: cfg.proxy_cache_min_uses,
             inactive: cfg.proxy_cache_inactive,
             session: cfg.proxy_cache_session,
             ignore,
@@ -441,6 +452,11 @@ impl Policy {
     /// The entry for `key` that fits the request head `head`.
     pub fn lookup(&self, key: &[u8], head: &[u8]) -> Found {
         self.store.lookup(key, head, self.inactive)
+    }
+
+    /// See [`Store::used_enough`].
+    pub fn used_enough(&self, key: &[u8]) -> bool {
+        self.store.used_enough(key, self.min_uses, self.inactive)
     }
 
     /// Keeps an answer; returns it as kept (`None`: it does not fit).
@@ -899,6 +915,8 @@ struct Inner {
     filling: HashMap<Box<[u8]>, Arc<Notify>>,
     /// Keys whose answer could not be kept, until when.
     pass: HashMap<Box<[u8]>, Instant>,
+    /// Requests for keys not kept yet (`proxy_cache_min_uses`), and when the last came.
+    uses: HashMap<Box<[u8]>, (u32, Instant)>,
 }
 
 impl Store {
@@ -1037,6 +1055,39 @@ impl Store {
             inner.pass.remove(&k);
         }
         n
+    }
+
+    /// Counts a request for `key`, which has no copy: whether its answer may be kept now, its
+    /// requests within `inactive` of each other having reached `min_uses`.
+    pub fn used_enough(&self, key: &[u8], min_uses: u32, inactive: Duration) -> bool {
+        if min_uses <= 1 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut inner = self.inner();
+        if inner.uses.len() >= MAX_COUNTED && !inner.uses.contains_key(key) {
+            inner.uses.clear();
+        }
+        let n = match inner.uses.get_mut(key) {
+            Some((n, last)) if now.duration_since(*last) <= inactive => {
+                *n += 1;
+                *last = now;
+                *n
+            }
+            Some(slot) => {
+                *slot = (1, now);
+                1
+            }
+            None => {
+                inner.uses.insert(key.into(), (1, now));
+                1
+            }
+        };
+        if n >= min_uses {
+            inner.uses.remove(key);
+            return true;
+        }
+        false
     }
 
     /// Remembers that the answer for `key` could not be kept.

@@ -152,9 +152,11 @@ impl Worker {
             return self.attempts(c, snap, req, target, body, key).await;
         }
         let mut filling = None;
+        // `proxy_cache_min_uses`: a key without a copy is kept from its n-th request on.
+        let wanted = !matches!(found, Found::None) || cache.used_enough(&c.cache.key);
         if !matches!(found, Found::Fresh(_) | Found::Pass(_)) {
             // A HEAD fills only as a GET, else it does not hold the key's lock either.
-            if !req.head_method || cache.convert_head {
+            if wanted && (!req.head_method || cache.convert_head) {
                 filling = cache.store.try_fill(&c.cache.key);
             }
             if let (Found::Stale(e), true, false) =
@@ -222,7 +224,7 @@ impl Worker {
             }
         }
         // A GET fills, and a HEAD sent as a GET (a HEAD's answer has no body to keep).
-        c.cache.fill = (!req.head_method || cache.convert_head) && !pass && c.cache.store;
+        c.cache.fill = (!req.head_method || cache.convert_head) && !pass && c.cache.store && wanted;
         if c.cache.fill {
             crate::cache::take_conditionals(&mut c.head, &mut c.cache.cond);
             if req.head_method && c.head.starts_with(b"HEAD ") {

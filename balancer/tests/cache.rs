@@ -263,6 +263,8 @@ proxy_cache_inactive = "30m"
 proxy_cache_session = true
 proxy_cache_revalidate = true
 proxy_cache_convert_head = false
+proxy_cache_background_update = true
+proxy_cache_min_uses = 2
 proxy_cache_status_header = "X-Cache"
 proxy_cache_key = "$scheme$host$request_uri$cookie_lang"
 proxy_cache_bypass = ["$arg_nocache", "$http_pragma"]
@@ -280,6 +282,7 @@ proxy_cache = false
     let cfg: BalancerConfig = toml::from_str(toml).unwrap();
     assert!(cfg.proxy_cache && !cfg.proxy_cache_lock && cfg.proxy_cache_session);
     assert!(cfg.proxy_cache_revalidate && !cfg.proxy_cache_convert_head);
+    assert!(cfg.proxy_cache_background_update && cfg.proxy_cache_min_uses == 2);
     let defaults = BalancerConfig::default();
     assert!(!defaults.proxy_cache_revalidate && defaults.proxy_cache_convert_head);
     assert_eq!(cfg.proxy_cache_max_size, 16 << 20);
@@ -927,4 +930,31 @@ async fn the_answers_stale_while_revalidate_and_stale_if_error_let_the_copy_answ
     assert_eq!((s, c.as_str(), body), (200, "STALE", text_body(100)));
     assert_eq!(fetch(&http, &plain, &[]).await.0, 502);
     h.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_cache_min_uses_keeps_an_answer_from_its_nth_request_on() {
+    let a = Upstream::start("a").await;
+    let mut cfg = caching(&a);
+    cfg.proxy_cache_min_uses = 3;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/100?cc=max-age=60");
+    for _ in 0..3 {
+        assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
+    }
+    let (s, c, body) = fetch(&http, &url, &[]).await;
+    assert_eq!((s, c.as_str(), body), (200, "HIT", text_body(100)));
+    assert_eq!(a.hits(), 3, "kept from the third request on");
+    // Another key is counted on its own.
+    let other = format!("{base}/text/200?cc=max-age=60");
+    assert_eq!(fetch(&http, &other, &[]).await.1, "MISS");
+    assert_eq!(fetch(&http, &other, &[]).await.1, "MISS");
+    let page = get_json(&http, &format!("{base}/_status")).await;
+    assert_eq!(page["cache"]["entries"], 1);
+    h.stop(true).await;
+    let mut bad = caching(&a);
+    bad.proxy_cache_min_uses = 0;
+    let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+    assert!(err.to_string().contains("proxy_cache_min_uses"), "{err}");
 }

@@ -762,6 +762,10 @@ pub struct BalancerConfig {
     /// refreshed by a request of the balancer's own in the background (nginx
     /// `proxy_cache_background_update`; needs `updating` in `proxy_cache_use_stale`).
     pub proxy_cache_background_update: bool,
+    /// Requests for a key before its answer is kept (nginx `proxy_cache_min_uses`): with 2, a
+    /// page asked for once (a crawler's walk) takes no room. Counted within
+    /// `proxy_cache_inactive`.
+    pub proxy_cache_min_uses: u32,
     /// A response header telling `HIT`, `MISS`, `EXPIRED`, `STALE`, `UPDATING`, `REVALIDATED`
     /// or `BYPASS`
     /// (nginx's `add_header X-Cache-Status $upstream_cache_status`); empty: none.
@@ -869,6 +873,7 @@ impl Default for BalancerConfig {
             proxy_cache_revalidate: false,
             proxy_cache_convert_head: true,
             proxy_cache_background_update: false,
+            proxy_cache_min_uses: 1,
             proxy_cache_key: String::new(),
             proxy_cache_bypass: Vec::new(),
             proxy_no_cache: Vec::new(),
