@@ -588,6 +588,7 @@ async fn one_request(
                 cache.on = false;
                 cache.bypass = false;
                 cache.purge = false;
+                cache.range = false;
                 cache.status = "";
                 if let Some(policy) = snap.cache.as_ref().filter(|p| !p.purge_allow.is_empty()) {
                     if v.method == "PURGE" {

@@ -303,7 +303,7 @@ impl Worker {
         };
         let mut conn = match entry.not_modified(asked) {
             Some(head) => Pool::memory(&head, up.addr),
-            None => match entry.ranged(&c.head).filter(|_| c.cache.range) {
+            None => match c.cache.range.then(|| entry.ranged(&c.head)).flatten() {
                 Some(part) => Pool::memory(&part, up.addr),
                 None => Pool::memory(&entry.raw, up.addr),
             },
