@@ -745,7 +745,8 @@ async fn one_request(
                 return c.page(StatusCode::FORBIDDEN, !req.keep_alive).await;
             }
             c.wbuf.clear();
-            let body = crate::status::respond(&mut c.wbuf, &snap, &req, worker.shared.traffic());
+            let body =
+                crate::status::respond(&mut c.wbuf, &snap, &req, &c.head, worker.shared.traffic());
             c.answered(StatusCode::OK, body);
             return if c.flush().await && req.keep_alive {
                 Next::KeepAlive

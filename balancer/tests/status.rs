@@ -314,3 +314,105 @@ async fn counts_client_connections_and_requests_over_every_worker() {
     }
     h.stop(true).await;
 }
+
+/// The samples of a Prometheus text page by series (name with labels), after checking every
+/// line's form: each family has `# HELP` and `# TYPE` before its samples, counters end in
+/// `_total`.
+fn prometheus_samples(text: &str) -> std::collections::HashMap<String, f64> {
+    let sample = regex::Regex::new(
+        r#"^(ferrocat_balancer_[a-z_]+)(\{([a-z_]+="[^"\\]*(\\.[^"\\]*)*",?)*\})? (-?[0-9.e+]+)$"#,
+    )
+    .unwrap();
+    let mut typed = std::collections::HashMap::new();
+    let mut out = std::collections::HashMap::new();
+    let mut helped = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            helped = rest.split(' ').next().map(str::to_owned);
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert_eq!(helped.as_deref(), Some(name), "HELP before TYPE: {line}");
+            assert!(kind == "counter" || kind == "gauge", "{line}");
+            assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+            assert!(
+                typed.insert(name.to_owned(), kind.to_owned()).is_none(),
+                "{line}"
+            );
+        } else {
+            let c = sample
+                .captures(line)
+                .unwrap_or_else(|| panic!("not a sample: {line:?}"));
+            assert!(typed.contains_key(&c[1]), "TYPE before samples: {line}");
+            let (series, value) = line.rsplit_once(' ').unwrap();
+            out.insert(series.to_owned(), value.parse().unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_figures_come_in_prometheus_text_format() {
+    let a = Upstream::start("a").await;
+    let dead = Upstream::start("dead").await;
+    dead.kill();
+    let mut cfg = config(&[&a, &dead]);
+    for (u, route) in cfg.upstream.iter_mut().zip(["a", "dead"]) {
+        u.route = Some(route.into());
+        u.fail_timeout = Duration::from_secs(30);
+    }
+    cfg.status_path = Some("/_status".into());
+    cfg.proxy_cache = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    for _ in 0..4 {
+        let r = http.get(format!("{base}/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = http
+        .get(format!("{base}/_status?x=1&format=prometheus"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = r.text().await.unwrap();
+    let m = prometheus_samples(&text);
+    let (a_addr, dead_addr) = (a.addr.to_string(), dead.addr.to_string());
+    let series = |name: &str, addr: &str, route: &str| {
+        format!("ferrocat_balancer_{name}{{address=\"{addr}\",route=\"{route}\",pool=\"\"}}")
+    };
+    assert_eq!(
+        m[&series("upstream_attempts_total", &a_addr, "a")],
+        4.0,
+        "{text}"
+    );
+    assert_eq!(
+        m[&series("upstream_failures_total", &dead_addr, "dead")],
+        1.0
+    );
+    let state = |addr: &str, route: &str, s: &str| {
+        m[&format!(
+            "ferrocat_balancer_upstream_state{{address=\"{addr}\",route=\"{route}\",pool=\"\",state=\"{s}\"}}"
+        )]
+    };
+    assert_eq!(state(&a_addr, "a", "up"), 1.0);
+    assert_eq!(state(&a_addr, "a", "suspended"), 0.0);
+    assert_eq!(state(&dead_addr, "dead", "suspended"), 1.0);
+    assert_eq!(state(&dead_addr, "dead", "up"), 0.0);
+    // The four GETs and this page's own request.
+    assert_eq!(m["ferrocat_balancer_requests_total"], 5.0);
+    assert!(m["ferrocat_balancer_connections_accepted_total"] >= 1.0);
+    assert_eq!(m["ferrocat_balancer_config_generation"], 1.0);
+    assert_eq!(m["ferrocat_balancer_cache_misses_total"], 4.0);
+    assert!(m.contains_key("ferrocat_balancer_cache_max_size_bytes"));
+    assert!(
+        !m.keys().any(|k| k.contains("limit_req")),
+        "no limit_req configured"
+    );
+    // Without the query, JSON as before.
+    status(&http, &format!("{base}/_status?format=json")).await;
+    h.stop(true).await;
+}
