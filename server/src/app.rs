@@ -100,7 +100,29 @@ pub fn start_app(
     })
 }
 
-async fn stats_route(mgr: web::Data<SessionManager>) -> HttpResponse {
+/// The statistics as JSON, or with `?format=prometheus` in Prometheus' text format (with the
+/// backend as `ferrocat_session_backend_info{backend="..."}` and the sticky cache's size).
+async fn stats_route(req: actix_web::HttpRequest, mgr: web::Data<SessionManager>) -> HttpResponse {
+    if req
+        .query_string()
+        .split('&')
+        .any(|kv| kv == "format=prometheus")
+    {
+        let mut text = mgr.stats().to_prometheus();
+        text.push_str(&format!(
+            "# HELP ferrocat_session_backend_info The session store of this app node.\n\
+             # TYPE ferrocat_session_backend_info gauge\n\
+             ferrocat_session_backend_info{{backend=\"{}\"}} 1\n\
+             # HELP ferrocat_session_cached_sessions Sessions in the sticky cache now.\n\
+             # TYPE ferrocat_session_cached_sessions gauge\n\
+             ferrocat_session_cached_sessions {}\n",
+            mgr.backend_name(),
+            mgr.cached_sessions()
+        ));
+        return HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(text);
+    }
     let mut v = serde_json::to_value(mgr.stats()).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         obj.insert("backend".into(), mgr.backend_name().into());

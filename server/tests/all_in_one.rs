@@ -172,6 +172,24 @@ async fn static_files_and_health_do_not_touch_the_session() {
     let stats: Value = get_json(&c, f.url("/ferrocat/stats")).await;
     assert_eq!(stats["requests_ignored"], 1, "{stats}");
     assert_eq!(stats["sessions_created"], 0, "{stats}");
+    // The same figures for a Prometheus scraper.
+    let res = c
+        .get(f.url("/ferrocat/stats?format=prometheus"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = res.text().await.unwrap();
+    assert!(
+        text.contains("\nferrocat_session_requests_ignored_total 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("\nferrocat_session_sessions_created_total 0\n"));
+    assert!(text.contains("\nferrocat_session_load_seconds_count "));
+    assert!(text.contains("ferrocat_session_backend_info{backend=\""));
 }
 
 #[actix_rt::test]

@@ -113,26 +113,94 @@ impl Size {
     }
 }
 
+/// Appends one Prometheus metric family's `# HELP` and `# TYPE` lines.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write as _;
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = help.replace('\\', "\\\\");
+    let _ = writeln!(out, "# HELP ferrocat_session_{name} {help}");
+    let _ = writeln!(out, "# TYPE ferrocat_session_{name} {kind}");
+}
+
+/// Appends a distribution as a Prometheus summary without quantiles (`_count`, `_sum`, in
+/// `unit`s: the samples divided by `per_unit`) and gauges of its smallest and largest sample.
+fn distribution(
+    out: &mut String,
+    (name, unit, per_unit): (&str, &str, f64),
+    help: &str,
+    (count, mean, min, max): (u64, f64, u64, u64),
+) {
+    use std::fmt::Write as _;
+    family(out, &format!("{name}_{unit}"), "summary", help);
+    let _ = writeln!(out, "ferrocat_session_{name}_{unit}_count {count}");
+    let _ = writeln!(
+        out,
+        "ferrocat_session_{name}_{unit}_sum {}",
+        (mean * count as f64).round() / per_unit
+    );
+    for (edge, v) in [("min", min), ("max", max)] {
+        family(
+            out,
+            &format!("{name}_{edge}_{unit}"),
+            "gauge",
+            &format!("{edge} of: {help}"),
+        );
+        let _ = writeln!(
+            out,
+            "ferrocat_session_{name}_{edge}_{unit} {}",
+            v as f64 / per_unit
+        );
+    }
+}
+
 macro_rules! stats {
     (
-        counters { $( $(#[$doc:meta])* $c:ident; )* }
-        timings { $( $(#[$tdoc:meta])* $t:ident; )* }
-        sizes { $( $(#[$sdoc:meta])* $z:ident; )* }
+        counters { $( $(#[doc = $doc:literal])* $c:ident; )* }
+        timings { $( $(#[doc = $tdoc:literal])* $t:ident; )* }
+        sizes { $( $(#[doc = $sdoc:literal])* $z:ident; )* }
     ) => {
         /// All session statistics.
         #[derive(Debug, Default)]
         pub struct Stats {
-            $( $(#[$doc])* pub $c: AtomicU64, )*
-            $( $(#[$tdoc])* pub $t: Timing, )*
-            $( $(#[$sdoc])* pub $z: Size, )*
+            $( $(#[doc = $doc])* pub $c: AtomicU64, )*
+            $( $(#[doc = $tdoc])* pub $t: Timing, )*
+            $( $(#[doc = $sdoc])* pub $z: Size, )*
         }
 
         /// A point-in-time copy of [`Stats`], serialized as JSON.
         #[derive(Debug, Clone, Serialize)]
         pub struct StatsSnapshot {
-            $( $(#[$doc])* pub $c: u64, )*
-            $( $(#[$tdoc])* pub $t: TimingSnapshot, )*
-            $( $(#[$sdoc])* pub $z: SizeSnapshot, )*
+            $( $(#[doc = $doc])* pub $c: u64, )*
+            $( $(#[doc = $tdoc])* pub $t: TimingSnapshot, )*
+            $( $(#[doc = $sdoc])* pub $z: SizeSnapshot, )*
+        }
+
+        impl StatsSnapshot {
+            /// The same figures in Prometheus' text format (0.0.4): each counter as
+            /// `ferrocat_session_<name>_total`, each timing as a summary
+            /// `ferrocat_session_<name>_seconds` (count and sum) with `_min_seconds` and
+            /// `_max_seconds` gauges, each size likewise in bytes.
+            pub fn to_prometheus(&self) -> String {
+                use std::fmt::Write as _;
+                let mut out = String::new();
+                $(
+                    family(&mut out, concat!(stringify!($c), "_total"), "counter",
+                        concat!($($doc, " "),*));
+                    let _ = writeln!(out, "ferrocat_session_{}_total {}", stringify!($c), self.$c);
+                )*
+                $(
+                    let t = &self.$t;
+                    distribution(&mut out, (stringify!($t), "seconds", 1e6),
+                        concat!($($tdoc, " "),*), (t.count, t.mean_us, t.min_us, t.max_us));
+                )*
+                $(
+                    let z = &self.$z;
+                    distribution(&mut out, (stringify!($z), "bytes", 1.0),
+                        concat!($($sdoc, " "),*),
+                        (z.count, z.mean_bytes, z.min_bytes, z.max_bytes));
+                )*
+                out
+            }
         }
 
         impl Stats {
@@ -231,6 +299,41 @@ stats! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prometheus_text_has_every_figure_with_help_and_type() {
+        let s = Stats::default();
+        s.store_loads.fetch_add(7, Relaxed);
+        s.load.record(Duration::from_micros(100));
+        s.load.record(Duration::from_micros(300));
+        s.stored_size.record(512);
+        let text = s.snapshot().to_prometheus();
+        assert!(text.contains(
+            "# HELP ferrocat_session_store_loads_total Store reads.\n\
+             # TYPE ferrocat_session_store_loads_total counter\n\
+             ferrocat_session_store_loads_total 7\n"
+        ));
+        assert!(text.contains("# TYPE ferrocat_session_load_seconds summary\n"));
+        assert!(text.contains("ferrocat_session_load_seconds_count 2\n"));
+        assert!(
+            text.contains("ferrocat_session_load_seconds_sum 0.0004\n"),
+            "{text}"
+        );
+        assert!(text.contains("ferrocat_session_load_min_seconds 0.0001\n"));
+        assert!(text.contains("ferrocat_session_load_max_seconds 0.0003\n"));
+        assert!(text.contains("ferrocat_session_stored_size_bytes_sum 512\n"));
+        // Every sample line follows its family's HELP and TYPE; one line per counter.
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        let types = text.lines().filter(|l| l.starts_with("# TYPE")).count();
+        let helps = text.lines().filter(|l| l.starts_with("# HELP")).count();
+        assert_eq!(types, helps);
+        let json = serde_json::to_value(s.snapshot()).unwrap();
+        let obj = json.as_object().unwrap();
+        let counters = obj.values().filter(|v| v.is_u64()).count();
+        let dists = obj.values().filter(|v| v.is_object()).count();
+        assert_eq!(samples, counters + dists * 4);
+        assert_eq!(types, counters + dists * 3);
+    }
 
     #[test]
     fn timing_tracks_min_mean_max() {
