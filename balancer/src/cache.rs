@@ -1224,6 +1224,11 @@ mod tests {
         Policy::of(&cfg, None).unwrap().unwrap()
     }
 
+    /// A copy of `raw` (its head the first `head_len` bytes) that is already expired.
+    fn expired(raw: Vec<u8>, head_len: usize) -> Entry {
+        Entry::new(raw.into(), head_len, "u", Duration::ZERO, Vec::new(), b"")
+    }
+
     fn head(lines: &str) -> Vec<u8> {
         format!("HTTP/1.1 200 OK\r\n{lines}\r\n").into_bytes()
     }
@@ -1521,24 +1526,9 @@ mod tests {
             ignoring.stale_extensions(&h),
             (Duration::ZERO, Duration::ZERO)
         );
-        let e = Entry::new(
-            Bytes::from(h.clone()),
-            h.len(),
-            "u",
-            Duration::ZERO,
-            Vec::new(),
-            b"",
-        )
-        .with_stale_extensions(p.stale_extensions(&h));
+        let e = expired(h.clone(), h.len()).with_stale_extensions(p.stale_extensions(&h));
         assert!(e.may_answer_while_updating() && e.may_answer_for_error());
-        let e = Entry::new(
-            Bytes::from(h.clone()),
-            h.len(),
-            "u",
-            Duration::ZERO,
-            Vec::new(),
-            b"",
-        );
+        let e = expired(h.clone(), h.len());
         assert!(!e.may_answer_while_updating() && !e.may_answer_for_error());
     }
 
@@ -1577,14 +1567,7 @@ mod tests {
                     Last-Modified: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 3\r\nX-Old: 1\r\n\r\nabc";
         let head_len = raw.len() - 3;
         let req = b"GET / HTTP/1.1\r\n";
-        let old = Entry::new(
-            Bytes::from_static(raw),
-            head_len,
-            "old",
-            Duration::ZERO,
-            Vec::new(),
-            req,
-        );
+        let old = expired(raw.to_vec(), head_len);
         let mut upstream_req = b"GET / HTTP/1.1\r\n".to_vec();
         assert!(old.put_validators(&mut upstream_req));
         assert_eq!(
@@ -1618,24 +1601,13 @@ mod tests {
         assert_eq!(e.body_len(), 3);
         assert!(matches!(q.lookup(b"k", req), Found::None));
         // A copy without validators cannot be revalidated.
-        let bare = Entry::new(
-            Bytes::from_static(b"HTTP/1.1 200 OK\r\n\r\n"),
-            19,
-            "u",
-            Duration::ZERO,
-            Vec::new(),
-            req,
-        );
+        let bare = expired(b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), 19);
         let mut r = b"GET / HTTP/1.1\r\n".to_vec();
         assert!(!bare.put_validators(&mut r));
         // Only a 200 becomes a 304 for a client that has it.
-        let not_found = Entry::new(
-            Bytes::from_static(b"HTTP/1.1 404 Not Found\r\nETag: \"n\"\r\n\r\n"),
+        let not_found = expired(
+            b"HTTP/1.1 404 Not Found\r\nETag: \"n\"\r\n\r\n".to_vec(),
             37,
-            "u",
-            Duration::ZERO,
-            Vec::new(),
-            req,
         );
         assert!(not_found
             .not_modified(b"GET / HTTP/1.1\r\nIf-None-Match: \"n\"\r\n")
