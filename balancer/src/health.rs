@@ -10,6 +10,10 @@
 //! for active HTTP checks (`health_check`: path, interval, timeout, rise, fall, expected status).
 //! Output: the upstreams' `down_until` and `healthy` atomics, which the request path reads
 //! without a lock.
+//!
+//! With `resolve_interval`, it also resolves the upstream addresses given as host names again
+//! (on the blocking pool) and, when one no longer resolves to the address in use, rebuilds the
+//! snapshot as a reload does; that upstream's health starts afresh at its new address.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +82,10 @@ pub(crate) async fn run(
     let mut streaks: HashMap<String, Streak> = HashMap::new();
     let mut checks_running: JoinSet<(String, bool)> = JoinSet::new();
     let mut ticker = new_ticker(&shared);
+    let mut resolve_tick = tokio::time::interval(Duration::from_secs(1));
+    resolve_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_resolve = Instant::now();
+    let mut resolving: JoinSet<Vec<String>> = JoinSet::new();
     loop {
         tokio::select! {
             () = crate::server::stop_requested(&mut state) => break,
@@ -119,6 +127,24 @@ pub(crate) async fn run(
                     }
                 }
             }
+            _ = resolve_tick.tick() => {
+                let every = shared.snapshot.load().cfg.resolve_interval;
+                if !every.is_zero() && last_resolve.elapsed() >= every && resolving.is_empty() {
+                    last_resolve = Instant::now();
+                    let shared = shared.clone();
+                    resolving.spawn_blocking(move || crate::upstream::follow_names(&shared));
+                }
+            }
+            Some(done) = resolving.join_next(), if !resolving.is_empty() => {
+                let moved = done.unwrap_or_default();
+                if !moved.is_empty() {
+                    for address in &moved {
+                        windows.remove(address);
+                        streaks.remove(address);
+                    }
+                    ticker = new_ticker(&shared);
+                }
+            }
             Some(done) = checks_running.join_next(), if !checks_running.is_empty() => {
                 let Ok((address, passed)) = done else { continue };
                 let snap = shared.snapshot.load();
@@ -135,6 +161,7 @@ pub(crate) async fn run(
         }
     }
     checks_running.shutdown().await;
+    resolving.shutdown().await;
 }
 
 fn new_ticker(shared: &Shared) -> Option<tokio::time::Interval> {

@@ -89,7 +89,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::{
     AuthBasicConfig, BalancerConfig, ConfigError, HealthCheckConfig, Method, NextUpstream,
-    PoolConfig, Satisfy, SniCertificate, StaticConfig, UpstreamConfig, VerifyClient,
+    PoolConfig, Resolver, Satisfy, SniCertificate, StaticConfig, UpstreamConfig, VerifyClient,
 };
 pub use units::parse_size;
 
@@ -127,6 +127,7 @@ impl Balancer {
             health: health_tx,
             traffic: std::sync::Mutex::new(Vec::new()),
             tls_port: tls_addr.map_or(443, |a| a.port()),
+            reload: Mutex::new(()),
         });
         let (state_tx, state_rx) = watch::channel(RunState::Running);
         let (stopped_tx, stopped_rx) = watch::channel(false);
@@ -186,7 +187,6 @@ impl Balancer {
                 workers: cfg.workers,
                 state: state_tx,
                 stopped: stopped_rx,
-                reload: Mutex::new(()),
             }),
         })
     }
@@ -207,7 +207,6 @@ struct Inner {
     workers: usize,
     state: watch::Sender<RunState>,
     stopped: watch::Receiver<bool>,
-    reload: Mutex<()>,
 }
 
 impl std::fmt::Debug for BalancerHandle {
@@ -233,7 +232,7 @@ impl BalancerHandle {
     /// limits, timeouts. Upstreams whose address stays keep their counters and health. `listen`
     /// and `workers` cannot change without a restart.
     pub fn reload(&self, cfg: BalancerConfig) -> Result<(), ConfigError> {
-        let _serial = self.inner.reload.lock();
+        let _serial = self.inner.shared.reload.lock();
         if cfg.listen != self.inner.listen {
             return Err(ConfigError::new(
                 "balancer.listen",

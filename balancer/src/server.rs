@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub traffic: std::sync::Mutex<Vec<Arc<Traffic>>>,
     /// The port `ssl_listen` is bound to (`ssl_redirect` sends clients there).
     pub tls_port: u16,
+    /// Serializes snapshot rebuilds (reloads, and moves of upstreams found at new addresses).
+    pub reload: parking_lot::Mutex<()>,
 }
 
 /// One worker's client traffic, for the status page (nginx `stub_status`). Only its worker

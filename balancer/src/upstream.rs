@@ -10,7 +10,7 @@
 //! path only reads them, and only increments/decrements `active`.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -352,8 +352,11 @@ impl Snapshot {
 
     /// Validates `cfg` and builds a snapshot, reusing upstreams of `prev` whose config is unchanged
     /// (so their counters and health carry over).
-    pub fn build(cfg: BalancerConfig, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
+    pub fn build(mut cfg: BalancerConfig, prev: Option<&Snapshot>) -> Result<Self, ConfigError> {
         cfg.validate()?;
+        if cfg.resolver.is_none() {
+            cfg.resolver = prev.and_then(|p| p.cfg.resolver.clone());
+        }
         // Pool 0 is the default one; validation made sure every named pool exists.
         let pool_index = |name: Option<&str>| {
             name.and_then(|n| cfg.pool.iter().position(|p| p.name == n))
@@ -372,7 +375,7 @@ impl Snapshot {
                 i,
                 up,
                 old.map(|o| &**o),
-                pool,
+                (pool, cfg.resolver.as_ref()),
                 tls,
             )?));
         }
@@ -531,31 +534,38 @@ fn build_upstream(
     i: usize,
     up: &UpstreamConfig,
     old: Option<&Upstream>,
-    pool: usize,
+    (pool, resolver): (usize, Option<&crate::config::Resolver>),
     tls: Option<crate::upstream_tls::UpTls>,
 ) -> Result<Upstream, ConfigError> {
     let key = || format!("balancer.upstream[{i}].address");
-    let addr = up
-        .address
-        .to_socket_addrs()
-        .map_err(|e| ConfigError::new(key(), format!("cannot resolve {}: {e}", up.address)))?
-        .next()
+    let addrs = crate::config::resolve(resolver, &up.address)
+        .map_err(|e| ConfigError::new(key(), format!("cannot resolve {}: {e}", up.address)))?;
+    // The address in use stays while the name still resolves to it (a name with several
+    // addresses in a changing order does not move the upstream on every reload).
+    let addr = old
+        .map(|o| o.addr)
+        .filter(|a| addrs.contains(a))
+        .or_else(|| addrs.first().copied())
         .ok_or_else(|| ConfigError::new(key(), format!("{} resolves to no address", up.address)))?;
+    // At a new address, health starts afresh (what failed was the old one).
+    let old_health = old.filter(|o| o.addr == addr);
     let authority = HeaderValue::from_str(&up.address)
         .map_err(|_| ConfigError::new(key(), "not a valid Host header value"))?;
     // Counters and health are shared with the previous incarnation of the same address, so a
     // reload that changes weight or drain keeps in-flight accounting and health.
-    let (active, healthy, down_until, recovered_at, counts) = match old {
+    let (active, counts) = match old {
+        Some(o) => (o.active.clone(), o.counts.clone()),
+        None => Default::default(),
+    };
+    let (healthy, down_until, recovered_at) = match old_health {
         Some(o) => (
-            o.active.clone(),
             o.healthy.clone(),
             o.down_until.clone(),
             o.recovered_at.clone(),
-            o.counts.clone(),
         ),
         None => Default::default(),
     };
-    if old.is_none() {
+    if old_health.is_none() {
         healthy.store(true, Ordering::Relaxed);
     }
     Ok(Upstream {
@@ -570,6 +580,57 @@ fn build_upstream(
         pool,
         tls,
     })
+}
+
+/// Resolves the upstream addresses given as host names again (blocking); when one no longer
+/// resolves to the address in use, the snapshot is rebuilt from its own config, as a reload
+/// would (the upstream moves to a resolved address, its health starts afresh). Returns the
+/// `address`es that moved. A name that fails to resolve keeps its address, with a warning.
+pub(crate) fn follow_names(shared: &crate::server::Shared) -> Vec<String> {
+    let snap = shared.snapshot.load_full();
+    let mut moved = Vec::new();
+    for u in &snap.upstreams {
+        if u.cfg.address.parse::<SocketAddr>().is_ok() {
+            continue;
+        }
+        match crate::config::resolve(snap.cfg.resolver.as_ref(), &u.cfg.address) {
+            Ok(addrs) if !addrs.is_empty() && !addrs.contains(&u.addr) => {
+                log::info!(
+                    "upstream {} no longer resolves to {} but to {addrs:?}: moving it",
+                    u.cfg.address,
+                    u.addr
+                );
+                moved.push(u.cfg.address.clone());
+            }
+            Ok(addrs) if addrs.is_empty() => log::warn!(
+                "upstream {} resolves to no address now; keeping {}",
+                u.cfg.address,
+                u.addr
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "upstream {} cannot be resolved again ({e}); keeping {}",
+                u.cfg.address,
+                u.addr
+            ),
+        }
+    }
+    if moved.is_empty() {
+        return moved;
+    }
+    let _serial = shared.reload.lock();
+    // The snapshot of now (a reload may have come in between).
+    let current = shared.snapshot.load_full();
+    match Snapshot::build(current.cfg.clone(), Some(&current)) {
+        Ok(next) => {
+            shared.snapshot.store(Arc::new(next));
+            moved
+        }
+        Err(e) => {
+            log::warn!("moving upstreams to their new addresses failed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// Counts one request in flight to an upstream for as long as it lives.

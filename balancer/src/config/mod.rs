@@ -471,6 +471,52 @@ fn default_realm() -> String {
     "Restricted".into()
 }
 
+/// Turns an upstream `address` (`host:port`) into socket addresses. The system's resolver is
+/// used unless an embedder installs its own in [`BalancerConfig::resolver`] (service
+/// discovery, or a test that moves an upstream).
+#[derive(Clone)]
+pub struct Resolver(std::sync::Arc<ResolveFn>);
+
+/// What a [`Resolver`] runs.
+type ResolveFn = dyn Fn(&str) -> std::io::Result<Vec<SocketAddr>> + Send + Sync;
+
+impl Resolver {
+    /// A resolver running `f`.
+    pub fn new(
+        f: impl Fn(&str) -> std::io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        Resolver(std::sync::Arc::new(f))
+    }
+
+    /// The addresses of `address`.
+    pub fn resolve(&self, address: &str) -> std::io::Result<Vec<SocketAddr>> {
+        (self.0)(address)
+    }
+}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Resolver(..)")
+    }
+}
+
+impl PartialEq for Resolver {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The addresses of upstream `address`: through `resolver`, or the system's.
+pub(crate) fn resolve(
+    resolver: Option<&Resolver>,
+    address: &str,
+) -> std::io::Result<Vec<SocketAddr>> {
+    match resolver {
+        Some(r) => r.resolve(address),
+        None => std::net::ToSocketAddrs::to_socket_addrs(address).map(Iterator::collect),
+    }
+}
+
 /// The `[balancer]` section.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -622,6 +668,16 @@ pub struct BalancerConfig {
     pub sticky_cookie: String,
     /// Active health checks; absent = passive checks only.
     pub health_check: Option<HealthCheckConfig>,
+    /// How often upstream addresses given as host names are resolved again (nginx's `resolve`
+    /// on an upstream server, with `resolver ... valid=`): an upstream whose address no longer
+    /// resolves to the one in use moves to a new one, as on a reload. `"0s"` (the default):
+    /// names are resolved only when the config is applied.
+    #[serde(with = "units::duration")]
+    pub resolve_interval: Duration,
+    /// The resolver for upstream addresses (not in TOML): `None`, the system's. Kept across
+    /// reloads that do not set one.
+    #[serde(skip)]
+    pub resolver: Option<Resolver>,
     /// Conditions for passing a request to the next upstream.
     pub proxy_next_upstream: Vec<NextUpstream>,
     /// Most attempts per request (0 = as many as there are upstreams).
@@ -841,6 +897,8 @@ impl Default for BalancerConfig {
             limit_conn_status: 503,
             sticky_cookie: DEFAULT_STICKY_COOKIE.into(),
             health_check: None,
+            resolve_interval: Duration::ZERO,
+            resolver: None,
             proxy_next_upstream: vec![NextUpstream::Error, NextUpstream::Timeout],
             proxy_next_upstream_tries: 0,
             proxy_next_upstream_timeout: Duration::ZERO,
