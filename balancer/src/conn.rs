@@ -525,7 +525,18 @@ async fn one_request(
                         return None;
                     }
                 };
-                redirect.0 = if snap.redirects.is_empty() {
+                redirect.0 = if let Some(status) = (!snap.host_redirects.is_empty())
+                    .then(|| {
+                        snap.host_redirects.find(
+                            v.header("host"),
+                            v.path_and_query,
+                            &mut redirect.1,
+                        )
+                    })
+                    .flatten()
+                {
+                    status
+                } else if snap.redirects.is_empty() {
                     0
                 } else {
                     let req = crate::redirect::RequestVars {

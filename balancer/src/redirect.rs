@@ -153,6 +153,101 @@ pub(crate) fn to_https(
     })
 }
 
+/// One `host_redirect` entry: requests for a host name go to another site.
+#[derive(Debug, Clone)]
+struct HostRule {
+    /// The name, lowercase, without a leading `*.` or `.`.
+    name: String,
+    /// `*.name`: subdomains only; `.name`: the name and its subdomains; else the name alone.
+    subdomains: bool,
+    bare: bool,
+    /// The site's URL without a trailing `/`; the request's path and query follow it.
+    target: String,
+    status: http::StatusCode,
+}
+
+/// The `host_redirect` entries (nginx `server { server_name old.example; return 301
+/// https://new.example$request_uri; }`): the first whose name matches the request's host.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostRedirects(Vec<HostRule>);
+
+impl HostRedirects {
+    /// Parses `"<host> <url> [301|302|303|307|308]"` entries (301 when no status is given):
+    /// `<host>` is a name, `*.name` (its subdomains) or `.name` (it and its subdomains); `<url>`
+    /// is `http://` or `https://` and a host, with a path prefix if wanted. The error gives the
+    /// index of the first bad entry.
+    pub fn parse(entries: &[String]) -> Result<Self, (usize, String)> {
+        crate::config::parse_each(entries, |e| {
+            let words: Vec<&str> = e.split_whitespace().collect();
+            let (host, target, status) = match words.as_slice() {
+                [h, t] => (*h, *t, 301),
+                [h, t, s] => (*h, *t, s.parse::<u16>().unwrap_or(0)),
+                _ => return Err(format!("{e:?}: expected \"<host> <url> [status]\"")),
+            };
+            if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+                return Err(format!(
+                    "{e:?}: the status must be 301, 302, 303, 307 or 308"
+                ));
+            }
+            let (subdomains, bare, name) = if let Some(n) = host.strip_prefix("*.") {
+                (true, false, n)
+            } else if let Some(n) = host.strip_prefix('.') {
+                (true, true, n)
+            } else {
+                (false, true, host)
+            };
+            if name.is_empty() || host_name(name.as_bytes()) != Some(name.as_bytes()) {
+                return Err(format!("{e:?}: {host:?} is not a host name"));
+            }
+            let rest = target
+                .strip_prefix("https://")
+                .or_else(|| target.strip_prefix("http://"));
+            let site = rest.map(|r| r.split('/').next().unwrap_or(r));
+            if site.is_none_or(|s| s.is_empty() || host_name(s.as_bytes()).is_none()) {
+                return Err(format!(
+                    "{e:?}: {target:?} is not an http:// or https:// URL with a host"
+                ));
+            }
+            Ok(HostRule {
+                name: name.to_ascii_lowercase(),
+                subdomains,
+                bare,
+                target: target.trim_end_matches('/').to_owned(),
+                status: http::StatusCode::from_u16(status)
+                    .unwrap_or(http::StatusCode::MOVED_PERMANENTLY),
+            })
+        })
+        .map(Self)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The first entry matching the request's `Host` value: its status, with the `Location`
+    /// (the entry's URL, then `path_and_query`) in `out`.
+    pub fn find(
+        &self,
+        host: Option<&[u8]>,
+        path_and_query: &str,
+        out: &mut Vec<u8>,
+    ) -> Option<u16> {
+        let name = host_name(host?)?;
+        let rule = self.0.iter().find(|r| {
+            let n = r.name.as_bytes();
+            (r.bare && name.eq_ignore_ascii_case(n))
+                || (r.subdomains
+                    && name.len() > n.len() + 1
+                    && name[name.len() - n.len()..].eq_ignore_ascii_case(n)
+                    && name[name.len() - n.len() - 1] == b'.')
+        })?;
+        out.clear();
+        out.extend_from_slice(rule.target.as_bytes());
+        out.extend_from_slice(path_and_query.as_bytes());
+        Some(rule.status.as_u16())
+    }
+}
+
 /// The name part of a `Host` value (`shop.example`, `10.0.0.1`, `[::1]`), without its port;
 /// `None` if it holds anything else.
 pub(crate) fn host_name(value: &[u8]) -> Option<&[u8]> {

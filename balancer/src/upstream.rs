@@ -244,6 +244,8 @@ pub(crate) struct Snapshot {
     pub access: crate::netmask::AccessRules,
     /// `redirect` rules.
     pub redirects: crate::redirect::Redirects,
+    /// `host_redirect` entries.
+    pub host_redirects: crate::redirect::HostRedirects,
     /// Where the client address comes from behind trusted proxies (`None`: the peer's).
     pub real_ip: Option<crate::realip::RealIp>,
     /// `proxy_set_header`.
@@ -435,6 +437,7 @@ impl Snapshot {
         let status_allow = cfg.status_allow_nets()?;
         let access = cfg.access_rules()?;
         let redirects = cfg.redirects()?;
+        let host_redirects = cfg.host_redirects()?;
         let real_ip = cfg.real_ip()?;
         let request_id = Some(cfg.request_id_header.trim().to_owned()).filter(|n| !n.is_empty());
         let set_headers = crate::custom_headers::CustomHeaders::parse(
@@ -490,6 +493,7 @@ impl Snapshot {
             status_allow,
             access,
             redirects,
+            host_redirects,
             real_ip,
             set_headers,
             add_headers,

@@ -92,3 +92,68 @@ async fn targets_name_the_requests_host_and_scheme() {
     assert_eq!(a.hits(), 0);
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_redirect_sends_whole_hosts_to_another_site() {
+    let a = Upstream::start("a").await;
+    let mut cfg = config(&[&a]);
+    cfg.host_redirect = vec![
+        "example.test https://www.example.test".into(),
+        "*.old.test https://new.test/archive/ 302".into(),
+        ".legacy.test http://current.test 308".into(),
+    ];
+    // The host's rule wins over the path's (nginx picks the server before its locations).
+    cfg.redirect = vec!["^/a$ /b".into()];
+    let (h, base) = start(cfg).await;
+    let http = no_follow();
+    let at = |path: &str| format!("{base}{path}");
+    assert_eq!(
+        get_with_host(&http, &at("/a?x=1"), "EXAMPLE.test:8080").await,
+        (301, Some("https://www.example.test/a?x=1".into()))
+    );
+    assert_eq!(
+        get_with_host(&http, &at("/p/q"), "shop.old.test").await,
+        (302, Some("https://new.test/archive/p/q".into()))
+    );
+    // `*.` takes subdomains only; `.` the name too.
+    assert_eq!(
+        get_with_host(&http, &at("/p"), "old.test").await,
+        (200, None)
+    );
+    assert_eq!(
+        get_with_host(&http, &at("/"), "legacy.test").await,
+        (308, Some("http://current.test/".into()))
+    );
+    assert_eq!(
+        get_with_host(&http, &at("/"), "a.b.legacy.test").await,
+        (308, Some("http://current.test/".into()))
+    );
+    // Other hosts: the path rules, then the upstreams.
+    assert_eq!(
+        get_with_host(&http, &at("/a"), "www.example.test").await,
+        (302, Some("/b".into()))
+    );
+    assert_eq!(
+        get_with_host(&http, &at("/c"), "notexample.test").await,
+        (200, None)
+    );
+    assert_eq!(a.hits(), 2);
+    h.stop(true).await;
+    // Bad entries are config errors naming them.
+    for (entry, why) in [
+        ("example.test", "expected"),
+        ("example.test www.example.test", "URL"),
+        ("example.test https://www.example.test 200", "status"),
+        ("exa/mple https://x.test", "not a host name"),
+        ("*. https://x.test", "not a host name"),
+    ] {
+        let mut bad = config(&[&a]);
+        bad.host_redirect = vec!["ok.test https://x.test".into(), entry.into()];
+        let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("balancer.host_redirect[1]") && msg.contains(why),
+            "{entry}: {msg}"
+        );
+    }
+}

@@ -115,7 +115,10 @@ async fn without_resolve_interval_a_name_is_resolved_once() {
     bad.upstream = vec![UpstreamConfig::new("nowhere.test:80")];
     bad.resolver = Some(name_service(&answer));
     let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
-    assert!(err.to_string().contains("balancer.upstream[0].address"), "{err}");
+    assert!(
+        err.to_string().contains("balancer.upstream[0].address"),
+        "{err}"
+    );
 }
 
 #[test]

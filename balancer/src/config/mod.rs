@@ -581,6 +581,11 @@ pub struct BalancerConfig {
     /// limits; `$1`, `${name}` in the target name the regex's groups, `$$` is a `$`; the query is
     /// appended unless the target ends with `?`.
     pub redirect: Vec<String>,
+    /// Whole hosts sent to another site (nginx `server { server_name old.example; return 301
+    /// https://new.example$request_uri; }`): `"<host> <url> [301|302|303|307|308]"` (301 by
+    /// default); `<host>` is a name, `*.name` (its subdomains) or `.name` (both); the request's
+    /// path and query follow `<url>`. Checked before `redirect`.
+    pub host_redirect: Vec<String>,
     /// HTML page served with 502/503/504 when no upstream can answer.
     pub error_page: Option<PathBuf>,
     /// HTML pages by status for the answers the balancer makes itself (nginx `error_page 403
@@ -877,6 +882,7 @@ impl Default for BalancerConfig {
             status_allow: vec!["127.0.0.0/8".into(), "::1".into()],
             access: Vec::new(),
             redirect: Vec::new(),
+            host_redirect: Vec::new(),
             set_real_ip_from: Vec::new(),
             real_ip_header: "X-Real-IP".into(),
             real_ip_recursive: false,
@@ -1076,6 +1082,12 @@ impl BalancerConfig {
     }
 
     /// `redirect` parsed; the error names the first bad entry.
+    /// `host_redirect` parsed; the error names the first bad entry.
+    pub(crate) fn host_redirects(&self) -> Result<crate::redirect::HostRedirects, ConfigError> {
+        crate::redirect::HostRedirects::parse(&self.host_redirect)
+            .map_err(entry_error("balancer.host_redirect"))
+    }
+
     pub(crate) fn redirects(&self) -> Result<crate::redirect::Redirects, ConfigError> {
         crate::redirect::Redirects::parse(&self.redirect).map_err(entry_error("balancer.redirect"))
     }

@@ -164,6 +164,7 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
     cfg.status_allow_nets()?;
     cfg.access_rules()?;
     cfg.redirects()?;
+    cfg.host_redirects()?;
     cfg.real_ip()?;
     let added = crate::custom_headers::CustomHeaders::parse(&cfg.add_header, "add_header", false)?;
     let set = crate::custom_headers::CustomHeaders::parse(
