@@ -119,6 +119,11 @@ pub struct SessionConfig {
     pub cookie_name: String,
     /// Signs the cookie; the same on every app node; >= 32 bytes.
     pub cookie_secret: Option<String>,
+    /// The secret `cookie_secret` replaces, while it is rotated: cookies signed with it are
+    /// still accepted and signed again with `cookie_secret` in the answer, so rotating the
+    /// secret logs nobody out. Remove it once the sessions have moved (after
+    /// `max_inactive_interval`).
+    pub cookie_secret_previous: Option<String>,
     /// Sets the cookie's Secure flag (HTTPS deployments).
     pub cookie_secure: bool,
     /// The cookie's Path (Tomcat: the context path, e.g. `/shop`).
@@ -169,6 +174,7 @@ impl Default for SessionConfig {
             max_inactive_interval: DEFAULT_MAX_INACTIVE,
             cookie_name: DEFAULT_COOKIE_NAME.into(),
             cookie_secret: None,
+            cookie_secret_previous: None,
             cookie_secure: false,
             cookie_path: "/".into(),
             cookie_domain: String::new(),
@@ -215,6 +221,8 @@ pub struct SessionSettings {
     pub cookie_name: String,
     /// Cookie secret (None: generate one per process).
     pub cookie_secret: Option<Vec<u8>>,
+    /// The secret being rotated out, still accepted.
+    pub cookie_secret_previous: Option<Vec<u8>>,
     /// Cookie Secure flag.
     pub cookie_secure: bool,
     /// Cookie Path.
@@ -299,6 +307,22 @@ impl SessionConfig {
                 return Err(err(
                     "cookie_secret",
                     format!("must be at least {MIN_SECRET_LEN} bytes (got {})", s.len()),
+                ))
+            }
+            Some(s) => Some(s.as_bytes().to_vec()),
+            None => None,
+        };
+        let cookie_secret_previous = match &self.cookie_secret_previous {
+            Some(s) if s.len() < MIN_SECRET_LEN => {
+                return Err(err(
+                    "cookie_secret_previous",
+                    format!("must be at least {MIN_SECRET_LEN} bytes (got {})", s.len()),
+                ))
+            }
+            Some(_) if cookie_secret.is_none() => {
+                return Err(err(
+                    "cookie_secret_previous",
+                    "needs cookie_secret (the secret that replaces it)",
                 ))
             }
             Some(s) => Some(s.as_bytes().to_vec()),
@@ -406,6 +430,7 @@ impl SessionConfig {
             max_inactive: self.max_inactive_interval,
             cookie_name: self.cookie_name.clone(),
             cookie_secret,
+            cookie_secret_previous,
             cookie_secure: self.cookie_secure,
             cookie_path: self.cookie_path.clone(),
             cookie_domain: (!domain.is_empty()).then(|| domain.to_owned()),

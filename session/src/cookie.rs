@@ -6,6 +6,10 @@
 //! after the last `.`, as in Tomcat's `<id>.<jvmRoute>`. Anything that is not a
 //! well-formed, correctly signed id of sane length is rejected, and the caller
 //! starts a fresh session.
+//!
+//! While the secret is rotated, a signer also accepts the previous one
+//! ([`CookieSigner::with_previous`]); [`CookieSigner::verify_rotating`] tells
+//! such cookies apart, so they are signed again with the current secret.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -36,6 +40,8 @@ pub struct CookieSigner {
     /// HMAC state already keyed with the secret: each signature clones it
     /// instead of hashing the key again (two SHA-256 blocks saved per cookie).
     keyed: Hmac<Sha256>,
+    /// The secret being rotated out, still accepted.
+    previous: Option<Hmac<Sha256>>,
 }
 
 impl std::fmt::Debug for CookieSigner {
@@ -47,12 +53,16 @@ impl std::fmt::Debug for CookieSigner {
 impl CookieSigner {
     /// A signer with the shared secret.
     pub fn new(secret: &[u8]) -> Self {
-        // HMAC accepts keys of any length; this cannot fail.
-        let keyed = match Hmac::<Sha256>::new_from_slice(secret) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC takes keys of any length"),
-        };
-        CookieSigner { keyed }
+        CookieSigner {
+            keyed: keyed(secret),
+            previous: None,
+        }
+    }
+
+    /// This signer, also accepting cookies signed with `previous` (the secret it replaces).
+    pub fn with_previous(mut self, previous: &[u8]) -> Self {
+        self.previous = Some(keyed(previous));
+        self
     }
 
     /// A signer with a random per-process secret.
@@ -78,8 +88,14 @@ impl CookieSigner {
         format!("{}.{}", hex::encode(&tag[..SIG_HEX_LEN / 2]), id)
     }
 
-    /// Parses and verifies a cookie value.
+    /// Parses and verifies a cookie value (signed with the current or the previous secret).
     pub fn verify(&self, value: &str) -> Result<SessionId, CookieError> {
+        self.verify_rotating(value).map(|(id, _)| id)
+    }
+
+    /// Parses and verifies a cookie value; the flag is true when the previous secret signed
+    /// it (the cookie is due to be signed again).
+    pub fn verify_rotating(&self, value: &str) -> Result<(SessionId, bool), CookieError> {
         if value.len() > MAX_COOKIE_LEN {
             return Err(CookieError::TooLong);
         }
@@ -89,10 +105,23 @@ impl CookieSigner {
         }
         let sig = hex::decode(sig).map_err(|_| CookieError::Malformed)?;
         let parsed = SessionId::parse(id).map_err(|_| CookieError::Malformed)?;
-        self.mac(id)
-            .verify_truncated_left(&sig)
+        if self.mac(id).verify_truncated_left(&sig).is_ok() {
+            return Ok((parsed, false));
+        }
+        let mut old = self.previous.clone().ok_or(CookieError::BadSignature)?;
+        old.update(id.as_bytes());
+        old.verify_truncated_left(&sig)
             .map_err(|_| CookieError::BadSignature)?;
-        Ok(parsed)
+        Ok((parsed, true))
+    }
+}
+
+/// An HMAC state keyed with `secret`.
+fn keyed(secret: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length; this cannot fail.
+    match Hmac::<Sha256>::new_from_slice(secret) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
     }
 }
 
@@ -122,5 +151,22 @@ mod tests {
         for bad in ["", ".", "zz.zz", "%%%", "0123.abc-n1.app1"] {
             assert!(s.verify(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_rotated_secret_is_still_accepted_and_told_apart() {
+        let old = CookieSigner::new(&[7; 32]);
+        let new = CookieSigner::new(&[8; 32]).with_previous(&[7; 32]);
+        let id = SessionId::generate(Some("n1"), Some("app1"));
+        assert_eq!(new.verify_rotating(&old.sign(&id)), Ok((id.clone(), true)));
+        assert_eq!(new.verify_rotating(&new.sign(&id)), Ok((id.clone(), false)));
+        assert_eq!(new.verify(&old.sign(&id)), Ok(id.clone()));
+        let other = CookieSigner::new(&[9; 32]);
+        assert_eq!(new.verify(&other.sign(&id)), Err(CookieError::BadSignature));
+        // Without the previous secret, the old cookie is refused.
+        assert_eq!(
+            CookieSigner::new(&[8; 32]).verify(&old.sign(&id)),
+            Err(CookieError::BadSignature)
+        );
     }
 }

@@ -1031,3 +1031,69 @@ async fn sticky_the_cache_keeps_every_attribute_the_store_the_filtered_ones(kind
     let body: Vec<String> = test::read_body_json(res).await;
     assert_eq!(body, ["user", "v"]);
 }
+
+#[actix_rt::test]
+async fn a_rotated_cookie_secret_logs_nobody_out() {
+    let store: Arc<dyn SessionBackend> = Arc::new(MemoryStore::default());
+    let before = manager(store.clone(), |c| c.cookie_secret = Some("x".repeat(32)));
+    let app = app!(before);
+    let res = test::call_service(&app, test::TestRequest::post().uri("/attr/a").to_request()).await;
+    let old = cookie_of(&res).unwrap();
+    actix_rt::time::sleep(Duration::from_millis(20)).await;
+
+    // The nodes get the new secret, with the old one as `cookie_secret_previous`.
+    let rotated = manager(store.clone(), |c| {
+        c.cookie_secret = Some("y".repeat(32));
+        c.cookie_secret_previous = Some("x".repeat(32));
+    });
+    let app = app!(rotated);
+    let req = test::TestRequest::get()
+        .uri("/read")
+        .cookie(old.clone())
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    let new = cookie_of(&res).expect("the old cookie is signed again with the new secret");
+    let v: Vec<String> = test::read_body_json(res).await;
+    assert_eq!(v, ["a"], "still logged in");
+    let id = |c: &Cookie<'_>| c.value().split_once('.').unwrap().1.to_owned();
+    assert_eq!(id(&new), id(&old), "same session");
+    assert_ne!(new.value(), old.value());
+    // The new cookie needs no more re-signing.
+    let req = test::TestRequest::get()
+        .uri("/read")
+        .cookie(new.clone())
+        .to_request();
+    let res = test::call_service(&app, req).await;
+    assert!(cookie_of(&res).is_none());
+    assert_eq!(rotated.stats().invalid_cookies, 0);
+
+    // Once the previous secret is dropped, a cookie signed with it is refused.
+    let after = manager(store, |c| c.cookie_secret = Some("y".repeat(32)));
+    let app = app!(after);
+    assert!(
+        keys!(&app, old).is_empty(),
+        "the old signature is no longer accepted"
+    );
+    assert_eq!(keys!(&app, new), ["a"]);
+    assert_eq!(after.stats().invalid_cookies, 1);
+
+    // Config errors name the key.
+    for f in [
+        (|c: &mut SessionConfig| c.cookie_secret_previous = Some("short".into()))
+            as fn(&mut SessionConfig),
+        |c| {
+            c.cookie_secret = None;
+            c.cookie_secret_previous = Some("x".repeat(32));
+        },
+    ] {
+        let mut cfg = SessionConfig {
+            cookie_secret: Some("y".repeat(32)),
+            ..Default::default()
+        };
+        f(&mut cfg);
+        assert_eq!(
+            cfg.validate().unwrap_err().key,
+            "session.cookie_secret_previous"
+        );
+    }
+}

@@ -143,7 +143,10 @@ impl SessionManager {
         stats: Arc<Stats>,
     ) -> Self {
         let signer = match &settings.cookie_secret {
-            Some(secret) => CookieSigner::new(secret),
+            Some(secret) => match &settings.cookie_secret_previous {
+                Some(previous) => CookieSigner::new(secret).with_previous(previous),
+                None => CookieSigner::new(secret),
+            },
             None => {
                 log::warn!(
                     "session.cookie_secret is not set: using a random per-process secret. \

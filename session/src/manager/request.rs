@@ -63,6 +63,8 @@ struct Encoded {
 /// What `begin` found, for `finish`.
 pub(crate) struct Begun {
     pub cookie_id: Option<SessionId>,
+    /// The cookie was signed with `cookie_secret_previous`: it is signed again.
+    pub resign: bool,
     pub locks: RequestLocks,
     pub pattern: Option<String>,
 }
@@ -146,11 +148,13 @@ impl Inner {
     /// Reads the `Cookie` headers directly (no parsed cookie jar is built per
     /// request). When several cookies carry the name (e.g. set for different
     /// paths), the first one with a valid signature wins.
-    pub(crate) fn cookie_id(&self, req: &ServiceRequest) -> Option<SessionId> {
+    /// The flag tells a cookie signed with the previous secret (see
+    /// [`CookieSigner::verify_rotating`](crate::cookie::CookieSigner::verify_rotating)).
+    pub(crate) fn cookie_id(&self, req: &ServiceRequest) -> Option<(SessionId, bool)> {
         let mut rejected = None;
         for value in cookie_values(req.headers(), &self.settings.cookie_name) {
-            match self.signer.verify(value) {
-                Ok(id) => return Some(id),
+            match self.signer.verify_rotating(value) {
+                Ok(found) => return Some(found),
                 Err(e) => rejected = Some(e),
             }
         }
@@ -162,7 +166,10 @@ impl Inner {
     }
 
     pub(crate) async fn begin(&self, req: &ServiceRequest) -> (SessionState, Begun) {
-        let cookie_id = self.cookie_id(req);
+        let (cookie_id, resign) = match self.cookie_id(req) {
+            Some((id, resign)) => (Some(id), resign),
+            None => (None, false),
+        };
         let pattern = matches!(self.settings.locking, LockingMode::Auto)
             .then(|| format!("{} {}", req.method(), req.path()));
         let mut locks = RequestLocks::default();
@@ -181,6 +188,7 @@ impl Inner {
             state,
             Begun {
                 cookie_id,
+                resign,
                 locks,
                 pattern,
             },
@@ -374,6 +382,7 @@ impl Inner {
     pub(crate) async fn finish(&self, state: &mut SessionState, begun: Begun) -> CookieAction {
         let Begun {
             cookie_id,
+            resign,
             locks,
             pattern,
         } = begun;
@@ -558,7 +567,7 @@ impl Inner {
             self.retire(old, state.id.clone());
         }
         match &state.id {
-            Some(id) if Some(id) != cookie_id.as_ref() => CookieAction::Set(id.clone()),
+            Some(id) if resign || Some(id) != cookie_id.as_ref() => CookieAction::Set(id.clone()),
             _ => CookieAction::Keep,
         }
     }
