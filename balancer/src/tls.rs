@@ -21,13 +21,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer,
+};
 use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert};
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, SniCertificate};
+
+/// Client certificates asked for (`ssl_verify_client`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clients<'a> {
+    /// `ssl_client_certificate`: the CAs.
+    pub ca: &'a Path,
+    /// `ssl_crl`: revocation lists.
+    pub crl: Option<&'a Path>,
+    /// `optional`: clients without one are let through.
+    pub optional: bool,
+}
 
 /// Builds the acceptor for a PEM certificate chain (leaf first) and its PEM private key
 /// (PKCS#8, PKCS#1 or SEC1), with the `ssl_sni` certificates chosen by the name a client asks
@@ -37,7 +50,7 @@ pub(crate) fn acceptor(
     key: &Path,
     sni: &[SniCertificate],
     http2: bool,
-    clients: Option<(&Path, bool)>,
+    clients: Option<Clients<'_>>,
 ) -> Result<TlsAcceptor, ConfigError> {
     // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs has it
     // but brings a large C build. X25519, P-256 and P-384 it is, as nginx with OpenSSL 3.0.
@@ -76,9 +89,7 @@ pub(crate) fn acceptor(
         .map_err(|e| ConfigError::new("balancer.ssl_certificate", e.to_string()))?;
     let builder = match clients {
         None => builder.with_no_client_auth(),
-        Some((ca, optional)) => {
-            builder.with_client_cert_verifier(client_verifier(&provider, ca, optional)?)
-        }
+        Some(clients) => builder.with_client_cert_verifier(client_verifier(&provider, clients)?),
     };
     let mut config = builder.with_cert_resolver(Arc::new(by_name));
     config.alpn_protocols = if http2 {
@@ -89,12 +100,11 @@ pub(crate) fn acceptor(
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The verifier of client certificates signed by the CAs in `ca` (`ssl_client_certificate`);
-/// `optional`: clients without one are let through.
+/// The verifier of client certificates signed by the CAs in `ca` (`ssl_client_certificate`)
+/// and not revoked by the lists in `crl`; `optional`: clients without one are let through.
 fn client_verifier(
     provider: &Arc<rustls::crypto::CryptoProvider>,
-    ca: &Path,
-    optional: bool,
+    Clients { ca, crl, optional }: Clients<'_>,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ConfigError> {
     const KEY: &str = "balancer.ssl_client_certificate";
     let pem = std::fs::read(ca)
@@ -119,9 +129,39 @@ fn client_verifier(
     } else {
         builder
     };
-    builder
-        .build()
-        .map_err(|e| ConfigError::new(KEY, e.to_string()))
+    let builder = match crl {
+        Some(path) => {
+            const CRL: &str = "balancer.ssl_crl";
+            let pem = std::fs::read(path).map_err(|e| {
+                ConfigError::new(CRL, format!("cannot read {}: {e}", path.display()))
+            })?;
+            let lists = CertificateRevocationListDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::new(CRL, format!("{}: {e}", path.display())))?;
+            if lists.is_empty() {
+                return Err(ConfigError::new(
+                    CRL,
+                    format!(
+                        "{}: no PEM revocation list (X509 CRL) in it",
+                        path.display()
+                    ),
+                ));
+            }
+            // A CRL that does not say when the next one comes does not make every certificate
+            // of its CA unknown; an expired one is still applied (as OpenSSL by default).
+            builder.with_crls(lists).allow_unknown_revocation_status()
+        }
+        None => builder,
+    };
+    builder.build().map_err(|e| {
+        let key =
+            if crl.is_some() && matches!(e, rustls::server::VerifierBuilderError::InvalidCrl(_)) {
+                "balancer.ssl_crl"
+            } else {
+                KEY
+            };
+        ConfigError::new(key, e.to_string())
+    })
 }
 
 /// The SHA-1 of a client's certificate in lowercase hex (nginx `$ssl_client_fingerprint`), if

@@ -2,8 +2,8 @@
 //! mutual TLS at the edge): with `on` a client without a certificate signed by the CA gets no
 //! answer, with one it does and the upstream learns `$ssl_client_verify` and
 //! `$ssl_client_fingerprint` through `proxy_set_header`; with `optional` a client may come
-//! without one (`NONE`) but not with a foreign one; a client cannot forge those headers; bad
-//! keys are config errors naming them.
+//! without one (`NONE`) but not with a foreign one; a client cannot forge those headers; a
+//! certificate revoked by `ssl_crl` is refused; bad keys are config errors naming them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -238,4 +238,133 @@ async fn a_required_client_certificate_is_checked_and_told_to_the_upstream() {
     .unwrap();
     assert_eq!(parsed.ssl_verify_client, VerifyClient::Optional);
     assert!(toml::from_str::<BalancerConfig>("ssl_verify_client = \"maybe\"").is_err());
+}
+
+/// A CA and client certificates it signs, with serial numbers, and a revocation list.
+struct Pki {
+    ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ferrocat test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Pki { ca, key }
+    }
+
+    /// A client certificate with `serial`, as PEM files `name.crt` and `name.key` in `dir`.
+    fn client(
+        &self,
+        dir: &Path,
+        name: &str,
+        serial: u64,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap();
+        params.serial_number = Some(serial.into());
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// A revocation list of `revoked` serials, as PEM.
+    fn crl(&self, revoked: &[u64]) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&s| rcgen::RevokedCertParams {
+                    serial_number: s.into(),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_with_ssl_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let good = pki.client(dir.path(), "good", 1);
+    let revoked = pki.client(dir.path(), "revoked", 2);
+    let crl = dir.path().join("ca.crl");
+    std::fs::write(&crl, pki.crl(&[2, 7])).unwrap();
+    let a = Upstream::start("a").await;
+    let (mut cfg, site) = mtls(&a, dir.path(), &ca, VerifyClient::On);
+
+    // Without the list, both certificates of the CA are taken.
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+    for client in [&good, &revoked] {
+        assert!(ask(addr, &site, Some((&client.0, &client.1)), "")
+            .await
+            .is_some());
+    }
+    h.stop(true).await;
+
+    cfg.ssl_crl = Some(crl.clone());
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+    let text = ask(addr, &site, Some((&good.0, &good.1)), "")
+        .await
+        .expect("a certificate the list does not name");
+    assert!(text.contains("x-client-verify: SUCCESS\n"), "{text}");
+    let before = a.hits();
+    assert!(
+        ask(addr, &site, Some((&revoked.0, &revoked.1)), "")
+            .await
+            .is_none(),
+        "a revoked certificate gets no answer"
+    );
+    assert_eq!(a.hits(), before);
+    // A reload re-reads the list: revoking the good one too.
+    std::fs::write(&crl, pki.crl(&[1, 2])).unwrap();
+    h.reload(cfg.clone()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(ask(addr, &site, Some((&good.0, &good.1)), "")
+        .await
+        .is_none());
+    h.stop(true).await;
+
+    // Config errors name the key.
+    let garbage = dir.path().join("garbage.crl");
+    std::fs::write(&garbage, "not a CRL").unwrap();
+    let mut bad = cfg.clone();
+    bad.ssl_crl = Some(garbage);
+    let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+    assert!(err.to_string().contains("balancer.ssl_crl"), "{err}");
+    let mut bad = cfg.clone();
+    bad.ssl_verify_client = VerifyClient::Off;
+    let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+    assert!(err.to_string().contains("balancer.ssl_crl"), "{err}");
 }

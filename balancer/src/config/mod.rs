@@ -541,6 +541,9 @@ pub struct BalancerConfig {
     /// PEM file of the CA certificates client certificates must be signed by (re-read on
     /// reload).
     pub ssl_client_certificate: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (nginx `ssl_crl`): a client certificate listed
+    /// in one issued by its CA is refused, as an unknown one is (re-read on reload).
+    pub ssl_crl: Option<PathBuf>,
     /// Requests on `listen` (plain HTTP) are answered with a redirect to the same URL over
     /// https on `ssl_listen`'s port (nginx `return 301 https://$host$request_uri`): 301 for GET
     /// and HEAD, 308 for the others. The status page is still served over plain HTTP.
@@ -865,6 +868,7 @@ impl Default for BalancerConfig {
             ssl_sni: Vec::new(),
             ssl_verify_client: VerifyClient::Off,
             ssl_client_certificate: None,
+            ssl_crl: None,
             http2: false,
             gzip: false,
             gzip_types: DEFAULT_GZIP_TYPES.iter().map(|t| (*t).to_owned()).collect(),
@@ -1066,7 +1070,11 @@ impl BalancerConfig {
             (Some(cert), Some(key)) => {
                 let clients = match (self.ssl_verify_client, &self.ssl_client_certificate) {
                     (VerifyClient::Off, _) | (_, None) => None,
-                    (v, Some(ca)) => Some((ca.as_path(), v == VerifyClient::Optional)),
+                    (v, Some(ca)) => Some(crate::tls::Clients {
+                        ca,
+                        crl: self.ssl_crl.as_deref(),
+                        optional: v == VerifyClient::Optional,
+                    }),
                 };
                 crate::tls::acceptor(cert, key, &self.ssl_sni, self.http2, clients).map(Some)
             }

@@ -66,6 +66,12 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    if cfg.ssl_crl.is_some() && cfg.ssl_verify_client == super::VerifyClient::Off {
+        return Err(ConfigError::new(
+            "balancer.ssl_crl",
+            "needs ssl_verify_client (the revocation lists are for client certificates)",
+        ));
+    }
     if cfg.ssl_redirect && cfg.ssl_listen.is_none() {
         return Err(ConfigError::new(
             "balancer.ssl_redirect",
