@@ -130,27 +130,10 @@ fn client_verifier(
         builder
     };
     let builder = match crl {
-        Some(path) => {
-            const CRL: &str = "balancer.ssl_crl";
-            let pem = std::fs::read(path).map_err(|e| {
-                ConfigError::new(CRL, format!("cannot read {}: {e}", path.display()))
-            })?;
-            let lists = CertificateRevocationListDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| ConfigError::new(CRL, format!("{}: {e}", path.display())))?;
-            if lists.is_empty() {
-                return Err(ConfigError::new(
-                    CRL,
-                    format!(
-                        "{}: no PEM revocation list (X509 CRL) in it",
-                        path.display()
-                    ),
-                ));
-            }
-            // A CRL that does not say when the next one comes does not make every certificate
-            // of its CA unknown; an expired one is still applied (as OpenSSL by default).
-            builder.with_crls(lists).allow_unknown_revocation_status()
-        }
+        // A certificate of a CA the file has no list for is not affected.
+        Some(path) => builder
+            .with_crls(read_crls(path, "balancer.ssl_crl")?)
+            .allow_unknown_revocation_status(),
         None => builder,
     };
     builder.build().map_err(|e| {
@@ -162,6 +145,29 @@ fn client_verifier(
             };
         ConfigError::new(key, e.to_string())
     })
+}
+
+/// The revocation lists in PEM file `path` (`ssl_crl`, `proxy_ssl_crl`); errors name `key`. A
+/// list past its next update is still applied (as OpenSSL does by default).
+pub(crate) fn read_crls(
+    path: &Path,
+    key: &str,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read {}: {e}", path.display())))?;
+    let lists = CertificateRevocationListDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+    if lists.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "{}: no PEM revocation list (X509 CRL) in it",
+                path.display()
+            ),
+        ));
+    }
+    Ok(lists)
 }
 
 /// The SHA-1 of a client's certificate in lowercase hex (nginx `$ssl_client_fingerprint`), if

@@ -58,12 +58,24 @@ pub(crate) fn connector(cfg: &BalancerConfig) -> Result<TlsConnector, ConfigErro
         .map_err(|e| ConfigError::new("balancer.proxy_ssl_verify", e.to_string()))?;
     let webpki = if cfg.proxy_ssl_verify {
         let (roots, pinned) = roots(cfg)?;
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        let builder = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             provider.clone(),
-        )
-        .build()
-        .map_err(|e| ConfigError::new("balancer.proxy_ssl_trusted_certificate", e.to_string()))?;
+        );
+        let builder = match &cfg.proxy_ssl_crl {
+            // A certificate of a CA the file has no list for is not affected.
+            Some(path) => builder
+                .with_crls(crate::tls::read_crls(path, "balancer.proxy_ssl_crl")?)
+                .allow_unknown_revocation_status(),
+            None => builder,
+        };
+        let webpki = builder.build().map_err(|e| {
+            let key = match e {
+                rustls::client::VerifierBuilderError::InvalidCrl(_) => "balancer.proxy_ssl_crl",
+                _ => "balancer.proxy_ssl_trusted_certificate",
+            };
+            ConfigError::new(key, e.to_string())
+        })?;
         Some((webpki, pinned))
     } else {
         None

@@ -18,7 +18,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use common::{certificate, config, start, Upstream};
+use common::{certificate, config, start, Pki, Upstream};
 
 fn mtls(
     up: &Upstream,
@@ -238,75 +238,6 @@ async fn a_required_client_certificate_is_checked_and_told_to_the_upstream() {
     .unwrap();
     assert_eq!(parsed.ssl_verify_client, VerifyClient::Optional);
     assert!(toml::from_str::<BalancerConfig>("ssl_verify_client = \"maybe\"").is_err());
-}
-
-/// A CA and client certificates it signs, with serial numbers, and a revocation list.
-struct Pki {
-    ca: rcgen::Certificate,
-    key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "ferrocat test CA");
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::CrlSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let ca = params.self_signed(&key).unwrap();
-        Pki { ca, key }
-    }
-
-    /// A client certificate with `serial`, as PEM files `name.crt` and `name.key` in `dir`.
-    fn client(
-        &self,
-        dir: &Path,
-        name: &str,
-        serial: u64,
-    ) -> (std::path::PathBuf, std::path::PathBuf) {
-        let mut params = rcgen::CertificateParams::new(vec![format!("{name}.test")]).unwrap();
-        params.serial_number = Some(serial.into());
-        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
-        let (c, k) = (
-            dir.join(format!("{name}.crt")),
-            dir.join(format!("{name}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-
-    /// A revocation list of `revoked` serials, as PEM.
-    fn crl(&self, revoked: &[u64]) -> String {
-        rcgen::CertificateRevocationListParams {
-            this_update: rcgen::date_time_ymd(2026, 1, 1),
-            next_update: rcgen::date_time_ymd(2036, 1, 1),
-            crl_number: 1u64.into(),
-            issuing_distribution_point: None,
-            revoked_certs: revoked
-                .iter()
-                .map(|&s| rcgen::RevokedCertParams {
-                    serial_number: s.into(),
-                    revocation_time: rcgen::date_time_ymd(2026, 1, 2),
-                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
-                    invalidity_date: None,
-                })
-                .collect(),
-            key_identifier_method: rcgen::KeyIdMethod::Sha256,
-        }
-        .signed_by(&self.ca, &self.key)
-        .unwrap()
-        .pem()
-        .unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,8 +2,8 @@
 //! bodies of any size pass over a verified TLS connection that is kept alive; a certificate
 //! that is not trusted, or not for the upstream's name, fails the attempt with 502 while
 //! `proxy_ssl_verify = false` lets it through; active health checks go over TLS; a client
-//! certificate is shown to an upstream that asks for one; bad keys are config errors naming
-//! them.
+//! certificate is shown to an upstream that asks for one; an upstream certificate revoked by
+//! `proxy_ssl_crl` fails the attempt; bad keys are config errors naming them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -19,7 +19,7 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use common::{certificate, certificate_for, client, config, start, Upstream};
+use common::{certificate, certificate_for, client, config, start, Pki, Upstream};
 
 /// A ferrocat balancer that terminates TLS (`ssl_listen`) in front of `up`: the `tls` upstream
 /// of the balancer under test. Returns its handle and its TLS address.
@@ -380,4 +380,61 @@ async fn a_pinned_self_signed_certificate_marked_as_a_ca_is_accepted_for_its_nam
     );
     h.stop(true).await;
     front.stop(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_certificate_revoked_by_proxy_ssl_crl_fails_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let good = pki.server(dir.path(), "good", 5, "127.0.0.1");
+    let revoked = pki.server(dir.path(), "revoked", 6, "127.0.0.1");
+    let crl = dir.path().join("ca.crl");
+    std::fs::write(&crl, pki.crl(&[6])).unwrap();
+    let a = Upstream::start("a").await;
+    let (_good_front, good_addr) = tls_front(&a, &good.0, &good.1).await;
+    let (_revoked_front, revoked_addr) = tls_front(&a, &revoked.0, &revoked.1).await;
+    let http = client();
+    let status = |base: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{base}/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for (addr, with_crl, want) in [
+        (&good_addr, false, 200),
+        (&revoked_addr, false, 200),
+        (&good_addr, true, 200),
+        (&revoked_addr, true, 502),
+    ] {
+        let mut cfg = over_tls(addr, &ca);
+        if with_crl {
+            cfg.proxy_ssl_crl = Some(crl.clone());
+        }
+        let (h, base) = start(cfg).await;
+        assert_eq!(status(base).await, want, "{addr} with the list: {with_crl}");
+        h.stop(true).await;
+    }
+    // Config errors name the key.
+    let mut bad = over_tls(&good_addr, &ca);
+    bad.proxy_ssl_crl = Some(crl.clone());
+    bad.proxy_ssl_verify = false;
+    let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+    assert!(err.to_string().contains("balancer.proxy_ssl_crl"), "{err}");
+    let garbage = dir.path().join("garbage.crl");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    let mut bad = over_tls(&good_addr, &ca);
+    bad.proxy_ssl_crl = Some(garbage);
+    let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
+    assert!(err.to_string().contains("balancer.proxy_ssl_crl"), "{err}");
 }

@@ -752,6 +752,9 @@ pub struct BalancerConfig {
     /// `proxy_ssl_trusted_certificate`); default: the system bundle
     /// `/etc/ssl/certs/ca-certificates.crt`. Re-read on reload.
     pub proxy_ssl_trusted_certificate: Option<PathBuf>,
+    /// PEM file of certificate revocation lists for the `tls` upstreams' certificates (nginx
+    /// `proxy_ssl_crl`); re-read on reload. Needs `proxy_ssl_verify`.
+    pub proxy_ssl_crl: Option<PathBuf>,
     /// PEM certificate chain the balancer shows to `tls` upstreams that ask for a client
     /// certificate (nginx `proxy_ssl_certificate`), with `proxy_ssl_certificate_key`.
     pub proxy_ssl_certificate: Option<PathBuf>,
@@ -950,6 +953,7 @@ impl Default for BalancerConfig {
             proxy_cache_status_header: String::new(),
             proxy_ssl_verify: true,
             proxy_ssl_trusted_certificate: None,
+            proxy_ssl_crl: None,
             proxy_ssl_certificate: None,
             proxy_ssl_certificate_key: None,
             keepalive: DEFAULT_KEEPALIVE,

@@ -37,6 +37,12 @@ pub(super) fn validate(cfg: &BalancerConfig) -> Result<(), ConfigError> {
             "required with ssl_certificate and ssl_certificate_key (the address that speaks TLS)",
         )),
     }
+    if cfg.proxy_ssl_crl.is_some() && !cfg.proxy_ssl_verify {
+        return Err(ConfigError::new(
+            "balancer.proxy_ssl_crl",
+            "needs proxy_ssl_verify (revocation is part of verifying the upstreams)",
+        ));
+    }
     match (&cfg.proxy_ssl_certificate, &cfg.proxy_ssl_certificate_key) {
         (Some(_), None) => {
             return Err(ConfigError::new(

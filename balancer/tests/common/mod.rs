@@ -470,6 +470,94 @@ pub fn certificate_for(
     (cert, key, made.cert.der().clone())
 }
 
+/// A CA, the client and server certificates it signs (with serial numbers), and its
+/// revocation lists.
+pub struct Pki {
+    pub ca: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ferrocat test CA");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&key).unwrap();
+        Pki { ca, key }
+    }
+
+    /// A client certificate with `serial`, as PEM files `name.crt` and `name.key` in `dir`.
+    pub fn client(&self, dir: &Path, name: &str, serial: u64) -> (PathBuf, PathBuf) {
+        let host = format!("{name}.test");
+        self.leaf(
+            dir,
+            (name, serial, &host),
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
+    }
+
+    /// A server certificate for `host` (a name or an IP) with `serial`, as PEM files.
+    pub fn server(&self, dir: &Path, name: &str, serial: u64, host: &str) -> (PathBuf, PathBuf) {
+        self.leaf(
+            dir,
+            (name, serial, host),
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    fn leaf(
+        &self,
+        dir: &Path,
+        (name, serial, host): (&str, u64, &str),
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) -> (PathBuf, PathBuf) {
+        let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.serial_number = Some(serial.into());
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.key).unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// A revocation list of `revoked` serials, as PEM.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2026, 1, 1),
+            next_update: rcgen::date_time_ymd(2036, 1, 1),
+            crl_number: 1u64.into(),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|&s| rcgen::RevokedCertParams {
+                    serial_number: s.into(),
+                    revocation_time: rcgen::date_time_ymd(2026, 1, 2),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.ca, &self.key)
+        .unwrap()
+        .pem()
+        .unwrap()
+    }
+}
+
 /// A TLS connection to `addr` that trusts only `trusted`, for the name `localhost`, offering
 /// the ALPN protocols `alpn` (none when empty).
 pub async fn tls_connect(
