@@ -116,7 +116,7 @@ pub(crate) struct Conn {
     /// The current request's dealings with the response cache.
     pub cache: crate::cache::CacheReq,
     /// The SHA-1 (hex) of the certificate the client showed on its TLS connection, if any.
-    pub client_cert: Option<std::sync::Arc<str>>,
+    pub client_cert: Option<std::sync::Arc<crate::tls::ClientCert>>,
     /// The `auth_basic` location that guards the current request, if any, and its
     /// `Authorization` value.
     pub auth: (Option<usize>, Vec<u8>),
@@ -258,11 +258,11 @@ pub(crate) async fn serve(
         drop(snap);
         match tokio::time::timeout(limit, acceptor.accept(stream)).await {
             Ok(Ok(s)) if s.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                let cert = crate::tls::client_fingerprint(&s);
+                let cert = crate::tls::client_cert(&s);
                 return crate::http2::serve(worker, s, ip, state, cert).await;
             }
             Ok(Ok(s)) => {
-                let cert = crate::tls::client_fingerprint(&s);
+                let cert = crate::tls::client_cert(&s);
                 return serve_stream(
                     worker,
                     crate::tls::ClientStream::Tls(Box::new(s)),
@@ -302,7 +302,7 @@ pub(crate) async fn serve_stream(
     stream: crate::tls::ClientStream,
     ip: IpAddr,
     mut state: watch::Receiver<RunState>,
-    client_cert: Option<std::sync::Arc<str>>,
+    client_cert: Option<std::sync::Arc<crate::tls::ClientCert>>,
 ) {
     let mut c = Conn {
         stream,

@@ -2,8 +2,9 @@
 //!
 //! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`,
 //! `$request_id` (with `request_id_header`), `$host`,
-//! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), `$ssl_client_verify`
-//! and `$ssl_client_fingerprint` (with `ssl_verify_client`), and literal text between them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
+//! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), `$ssl_client_verify`,
+//! `$ssl_client_fingerprint` and `$ssl_client_escaped_cert` (with `ssl_verify_client`), and
+//! literal text between them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
 
 use std::net::IpAddr;
 
@@ -61,6 +62,7 @@ enum Part {
     /// `SUCCESS` (a verified client certificate), `NONE` (TLS without one), empty (plain).
     ClientVerify,
     ClientFingerprint,
+    ClientEscapedCert,
 }
 
 impl HashKey {
@@ -84,6 +86,7 @@ impl HashKey {
                 "host" => Part::Host,
                 "ssl_client_verify" => Part::ClientVerify,
                 "ssl_client_fingerprint" => Part::ClientFingerprint,
+                "ssl_client_escaped_cert" => Part::ClientEscapedCert,
                 _ => {
                     if let Some(c) = name.strip_prefix("cookie_") {
                         Part::Cookie(c.to_owned())
@@ -145,7 +148,14 @@ impl HashKey {
                     (false, None) => {}
                 },
                 Part::ClientFingerprint => {
-                    out.extend_from_slice(req.client_cert.unwrap_or("").as_bytes());
+                    if let Some(c) = req.client_cert {
+                        out.extend_from_slice(c.fingerprint.as_bytes());
+                    }
+                }
+                Part::ClientEscapedCert => {
+                    if let Some(c) = req.client_cert {
+                        out.extend_from_slice(c.escaped_pem.as_bytes());
+                    }
                 }
             }
         }
@@ -172,6 +182,11 @@ mod tests {
                 value: b"acme",
             },
         ];
+        let cert = crate::tls::ClientCert {
+            fingerprint: "ab12".into(),
+            escaped_pem:
+                "-----BEGIN%20CERTIFICATE-----%0AAA%3D%3D%0A-----END%20CERTIFICATE-----%0A".into(),
+        };
         let p = View {
             method: "GET",
             minor: 1,
@@ -181,7 +196,7 @@ mod tests {
             request_id: b"",
             https: false,
             tls: true,
-            client_cert: Some("ab12"),
+            client_cert: Some(&cert),
         };
         let ip: IpAddr = [10, 0, 0, 9].into();
         let eval = |t: &str| {
@@ -194,6 +209,7 @@ mod tests {
             eval("$ssl_client_verify $ssl_client_fingerprint"),
             "SUCCESS ab12"
         );
+        assert_eq!(eval("$ssl_client_escaped_cert"), cert.escaped_pem);
         assert_eq!(eval("$uri|$args"), "/a/b|user=7&x=1");
         assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");
         assert_eq!(eval("u$arg_user:$cookie_sid:$http_x_tenant"), "u7:abc:acme");

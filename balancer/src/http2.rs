@@ -59,7 +59,7 @@ pub(crate) async fn serve(
     tls: TlsStream<TcpStream>,
     ip: IpAddr,
     state: watch::Receiver<RunState>,
-    client_cert: Option<std::sync::Arc<str>>,
+    client_cert: Option<std::sync::Arc<crate::tls::ClientCert>>,
 ) {
     let (handshake_limit, idle_limit) = {
         let snap = worker.snapshot();
@@ -135,7 +135,7 @@ async fn stream(
     worker: Rc<Worker>,
     ip: IpAddr,
     state: watch::Receiver<RunState>,
-    client_cert: Option<std::sync::Arc<str>>,
+    client_cert: Option<std::sync::Arc<crate::tls::ClientCert>>,
     req: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
 ) {

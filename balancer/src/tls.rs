@@ -170,18 +170,46 @@ pub(crate) fn read_crls(
     Ok(lists)
 }
 
-/// The SHA-1 of a client's certificate in lowercase hex (nginx `$ssl_client_fingerprint`), if
-/// it showed one.
-pub(crate) fn client_fingerprint<IO>(tls: &TlsStream<IO>) -> Option<std::sync::Arc<str>> {
+/// What the upstreams may learn of the certificate a client showed (`proxy_set_header`).
+#[derive(Debug)]
+pub(crate) struct ClientCert {
+    /// Its SHA-1 in lowercase hex (nginx `$ssl_client_fingerprint`).
+    pub fingerprint: String,
+    /// It as PEM, percent-encoded (nginx `$ssl_client_escaped_cert`): what Tomcat's `SSLValve`
+    /// reads from an `ssl_client_cert` header, so the app sees the client's certificate.
+    pub escaped_pem: String,
+}
+
+/// The certificate a client showed, if any (see [`ClientCert`]).
+pub(crate) fn client_cert<IO>(tls: &TlsStream<IO>) -> Option<Arc<ClientCert>> {
+    use base64::Engine as _;
     use sha1::Digest as _;
+    use std::fmt::Write as _;
     let cert = tls.get_ref().1.peer_certificates()?.first()?;
     let digest = sha1::Sha1::digest(cert.as_ref());
-    let mut hex = String::with_capacity(40);
+    let mut fingerprint = String::with_capacity(40);
     for b in digest {
-        use std::fmt::Write as _;
-        let _ = write!(hex, "{b:02x}");
+        let _ = write!(fingerprint, "{b:02x}");
     }
-    Some(hex.into())
+    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+    let mut escaped_pem = String::with_capacity(b64.len() * 3 / 2 + 80);
+    escaped_pem.push_str("-----BEGIN%20CERTIFICATE-----%0A");
+    for line in b64.as_bytes().chunks(64) {
+        for &b in line {
+            match b {
+                b'+' => escaped_pem.push_str("%2B"),
+                b'/' => escaped_pem.push_str("%2F"),
+                b'=' => escaped_pem.push_str("%3D"),
+                _ => escaped_pem.push(char::from(b)),
+            }
+        }
+        escaped_pem.push_str("%0A");
+    }
+    escaped_pem.push_str("-----END%20CERTIFICATE-----%0A");
+    Some(Arc::new(ClientCert {
+        fingerprint,
+        escaped_pem,
+    }))
 }
 
 /// Reads a PEM chain and its key into a certified key; errors name `cert_key` or `key_key`.

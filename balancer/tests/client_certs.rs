@@ -299,3 +299,55 @@ async fn a_revoked_client_certificate_is_refused_with_ssl_crl() {
     let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
     assert!(err.to_string().contains("balancer.ssl_crl"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificate_reaches_the_upstream_for_tomcats_ssl_valve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_cert, client_key, client_der) = certificate(dir.path(), "client");
+    let a = Upstream::start("a").await;
+    let (mut cfg, site) = mtls(&a, dir.path(), &client_cert, VerifyClient::Optional);
+    // What Tomcat's SSLValve reads (nginx: `proxy_set_header ssl_client_cert
+    // $ssl_client_escaped_cert`).
+    cfg.proxy_set_header
+        .push("ssl_client_cert: $ssl_client_escaped_cert".into());
+    let (h, _) = start(cfg).await;
+    let addr = h.tls_addr().unwrap();
+    let text = ask(
+        addr,
+        &site,
+        Some((&client_cert, &client_key)),
+        "ssl_client_cert: forged\r\n",
+    )
+    .await
+    .expect("answered");
+    let escaped = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ssl_client_cert: "))
+        .unwrap_or_else(|| panic!("no certificate header in {text}"));
+    assert!(
+        escaped
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"%-".contains(&b)),
+        "percent-encoded, one header line: {escaped}"
+    );
+    let mut pem = Vec::new();
+    let bytes = escaped.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            pem.push(u8::from_str_radix(&escaped[i + 1..i + 3], 16).unwrap());
+            i += 3;
+        } else {
+            pem.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    assert_eq!(der, client_der, "the certificate the client showed");
+    // Without a certificate the header is empty, whatever the client sent.
+    let text = ask(addr, &site, None, "ssl_client_cert: forged\r\n")
+        .await
+        .expect("answered");
+    assert!(!text.contains("forged"), "{text}");
+    h.stop(true).await;
+}

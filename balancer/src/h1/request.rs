@@ -66,8 +66,8 @@ pub(crate) struct Peer<'a> {
     pub set: &'a CustomHeaders,
     /// The client came over TLS (`X-Forwarded-Proto: https` unless a trusted proxy says).
     pub tls: bool,
-    /// The SHA-1 (hex) of the certificate the client showed (`ssl_verify_client`), if any.
-    pub client_cert: Option<&'a str>,
+    /// The certificate the client showed (`ssl_verify_client`), if any.
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 /// Why a head cannot be used (yet).
@@ -105,8 +105,8 @@ pub(crate) struct View<'a> {
     pub https: bool,
     /// The connection itself is TLS.
     pub tls: bool,
-    /// The SHA-1 (hex) of the client's verified certificate, if it showed one.
-    pub client_cert: Option<&'a str>,
+    /// The client's verified certificate, if it showed one.
+    pub client_cert: Option<&'a crate::tls::ClientCert>,
 }
 
 impl<'a> View<'a> {
