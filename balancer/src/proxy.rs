@@ -159,9 +159,13 @@ impl Worker {
             if wanted && (!req.head_method || cache.convert_head) {
                 filling = cache.store.try_fill(&c.cache.key);
             }
-            if let (Found::Stale(e), true, false) =
-                (&found, cache.background_update, req.head_method)
-            {
+            // (Not for a request whose answer `proxy_no_cache` keeps out of the cache.)
+            if let (Found::Stale(e), true, false, true) = (
+                &found,
+                cache.background_update,
+                req.head_method,
+                c.cache.store,
+            ) {
                 // `proxy_cache_background_update`: this request gets the copy too, and a
                 // request of our own refreshes it.
                 let e = e.clone();
