@@ -44,12 +44,13 @@ pub(crate) struct Clients<'a> {
 
 /// Builds the acceptor for a PEM certificate chain (leaf first) and its PEM private key
 /// (PKCS#8, PKCS#1 or SEC1), with the `ssl_sni` certificates chosen by the name a client asks
-/// for, offering `h2` through ALPN when `http2`. Errors name the key of the file that is wrong.
+/// for, offering `h2` through ALPN when `http2`, with the TLS `versions` (`ssl_protocols`).
+/// Errors name the key of the file that is wrong.
 pub(crate) fn acceptor(
     cert: &Path,
     key: &Path,
     sni: &[SniCertificate],
-    http2: bool,
+    (http2, versions): (bool, &[&'static rustls::SupportedProtocolVersion]),
     clients: Option<Clients<'_>>,
 ) -> Result<TlsAcceptor, ConfigError> {
     // rustls deprecates ring's provider for lacking post-quantum key exchange; aws-lc-rs has it
@@ -85,8 +86,8 @@ pub(crate) fn acceptor(
         }
     }
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConfigError::new("balancer.ssl_certificate", e.to_string()))?;
+        .with_protocol_versions(versions)
+        .map_err(|e| ConfigError::new("balancer.ssl_protocols", e.to_string()))?;
     let builder = match clients {
         None => builder.with_no_client_auth(),
         Some(clients) => builder.with_client_cert_verifier(client_verifier(&provider, clients)?),

@@ -493,3 +493,72 @@ async fn ssl_sni_picks_the_certificate_by_the_name_the_client_asks_for() {
     };
     assert_eq!(plain.validate().unwrap_err().key, "balancer.ssl_sni");
 }
+
+/// A TLS handshake with `addr` offering only `version`, trusting `trusted`: the version agreed
+/// on, or `None` when the handshake failed.
+async fn handshake_with(
+    addr: SocketAddr,
+    trusted: &rustls::pki_types::CertificateDer<'static>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Option<rustls::ProtocolVersion> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(trusted.clone()).unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .ok()?;
+    tls.get_ref().1.protocol_version()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssl_protocols_limits_the_tls_versions_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, der) = certificate(dir.path(), "site");
+    let a = Upstream::start("a").await;
+    let cfg = tls_config(&a, &cert, &key);
+    // Both by default.
+    let (h, _) = start(cfg.clone()).await;
+    let addr = h.tls_addr().unwrap();
+    assert_eq!(
+        handshake_with(addr, &der, &rustls::version::TLS12).await,
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(
+        handshake_with(addr, &der, &rustls::version::TLS13).await,
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    h.stop(true).await;
+    let mut only13 = cfg.clone();
+    only13.ssl_protocols = vec!["TLSv1.3".into()];
+    let (h, _) = start(only13).await;
+    let addr = h.tls_addr().unwrap();
+    assert_eq!(
+        handshake_with(addr, &der, &rustls::version::TLS12).await,
+        None
+    );
+    assert_eq!(
+        handshake_with(addr, &der, &rustls::version::TLS13).await,
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    h.stop(true).await;
+    // Old or unknown versions, or none, are config errors naming the entry.
+    for (list, key) in [
+        (vec!["TLSv1.2", "TLSv1.1"], "balancer.ssl_protocols[1]"),
+        (vec!["TLSv1.4"], "balancer.ssl_protocols[0]"),
+        (vec![], "balancer.ssl_protocols"),
+    ] {
+        let mut bad = cfg.clone();
+        bad.ssl_protocols = list.iter().map(|s| s.to_string()).collect();
+        let err = Balancer::start(bad).await.err().unwrap();
+        assert!(err.to_string().contains(&format!("{key}:")), "{err}");
+    }
+}

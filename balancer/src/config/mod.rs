@@ -532,6 +532,9 @@ pub struct BalancerConfig {
     pub ssl_certificate_key: Option<PathBuf>,
     /// More certificates on `ssl_listen`, chosen by the name the client asks for (SNI).
     pub ssl_sni: Vec<SniCertificate>,
+    /// TLS versions offered on `ssl_listen` (nginx `ssl_protocols`): `"TLSv1.2"`, `"TLSv1.3"`.
+    /// Older versions are not implemented (rustls), so they cannot be turned on by mistake.
+    pub ssl_protocols: Vec<String>,
     /// Ask TLS clients for a certificate signed by `ssl_client_certificate` (nginx
     /// `ssl_verify_client`): `"on"` (required: the handshake fails without one), `"optional"`
     /// (a client may come without one; one it shows must verify) or `"off"`. The upstreams learn
@@ -867,6 +870,7 @@ impl Default for BalancerConfig {
             ssl_listen: None,
             ssl_certificate: None,
             ssl_certificate_key: None,
+            ssl_protocols: vec!["TLSv1.2".into(), "TLSv1.3".into()],
             ssl_redirect: false,
             ssl_sni: Vec::new(),
             ssl_verify_client: VerifyClient::Off,
@@ -1068,6 +1072,42 @@ impl BalancerConfig {
         Ok(Some(page.into()))
     }
 
+    /// `ssl_protocols` as rustls versions; the error names the first bad entry.
+    pub(crate) fn tls_versions(
+        &self,
+    ) -> Result<Vec<&'static tokio_rustls::rustls::SupportedProtocolVersion>, ConfigError> {
+        use tokio_rustls::rustls::version::{TLS12, TLS13};
+        if self.ssl_protocols.is_empty() {
+            return Err(ConfigError::new(
+                "balancer.ssl_protocols",
+                "must name at least one of TLSv1.2, TLSv1.3",
+            ));
+        }
+        let mut versions = Vec::new();
+        for (i, p) in self.ssl_protocols.iter().enumerate() {
+            let v = match p.as_str() {
+                "TLSv1.2" => &TLS12,
+                "TLSv1.3" => &TLS13,
+                "SSLv2" | "SSLv3" | "TLSv1" | "TLSv1.1" => {
+                    return Err(ConfigError::new(
+                        format!("balancer.ssl_protocols[{i}]"),
+                        format!("{p} is insecure and not supported; use TLSv1.2 and TLSv1.3"),
+                    ))
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        format!("balancer.ssl_protocols[{i}]"),
+                        format!("{p:?} is not TLSv1.2 or TLSv1.3"),
+                    ))
+                }
+            };
+            if !versions.contains(&v) {
+                versions.push(v);
+            }
+        }
+        Ok(versions)
+    }
+
     /// The TLS acceptor of `ssl_certificate` and `ssl_certificate_key`, if set.
     pub(crate) fn tls_acceptor(&self) -> Result<Option<tokio_rustls::TlsAcceptor>, ConfigError> {
         match (&self.ssl_certificate, &self.ssl_certificate_key) {
@@ -1080,7 +1120,9 @@ impl BalancerConfig {
                         optional: v == VerifyClient::Optional,
                     }),
                 };
-                crate::tls::acceptor(cert, key, &self.ssl_sni, self.http2, clients).map(Some)
+                let versions = self.tls_versions()?;
+                crate::tls::acceptor(cert, key, &self.ssl_sni, (self.http2, &versions), clients)
+                    .map(Some)
             }
             _ => Ok(None),
         }
