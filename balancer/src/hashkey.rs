@@ -3,7 +3,8 @@
 //! Supported: `$request_uri` (path and query), `$uri` (path), `$args`, `$remote_addr`,
 //! `$request_id` (with `request_id_header`), `$host`,
 //! `$cookie_NAME`, `$arg_NAME`, `$http_NAME` (dashes written as `_`), `$ssl_client_verify`,
-//! `$ssl_client_fingerprint` and `$ssl_client_escaped_cert` (with `ssl_verify_client`), and
+//! `$ssl_client_fingerprint`, `$ssl_client_escaped_cert`, `$ssl_client_s_dn` and
+//! `$ssl_client_i_dn` (with `ssl_verify_client`), and
 //! literal text between them. Unknown variables evaluate to the empty string, as an unset nginx variable does.
 
 use std::net::IpAddr;
@@ -63,6 +64,8 @@ enum Part {
     ClientVerify,
     ClientFingerprint,
     ClientEscapedCert,
+    ClientSubject,
+    ClientIssuer,
 }
 
 impl HashKey {
@@ -87,6 +90,8 @@ impl HashKey {
                 "ssl_client_verify" => Part::ClientVerify,
                 "ssl_client_fingerprint" => Part::ClientFingerprint,
                 "ssl_client_escaped_cert" => Part::ClientEscapedCert,
+                "ssl_client_s_dn" => Part::ClientSubject,
+                "ssl_client_i_dn" => Part::ClientIssuer,
                 _ => {
                     if let Some(c) = name.strip_prefix("cookie_") {
                         Part::Cookie(c.to_owned())
@@ -157,6 +162,16 @@ impl HashKey {
                         out.extend_from_slice(c.escaped_pem.as_bytes());
                     }
                 }
+                Part::ClientSubject => {
+                    if let Some(c) = req.client_cert {
+                        out.extend_from_slice(c.subject.as_bytes());
+                    }
+                }
+                Part::ClientIssuer => {
+                    if let Some(c) = req.client_cert {
+                        out.extend_from_slice(c.issuer.as_bytes());
+                    }
+                }
             }
         }
     }
@@ -186,6 +201,8 @@ mod tests {
             fingerprint: "ab12".into(),
             escaped_pem:
                 "-----BEGIN%20CERTIFICATE-----%0AAA%3D%3D%0A-----END%20CERTIFICATE-----%0A".into(),
+            subject: "CN=client,O=Acme".into(),
+            issuer: "CN=Acme CA".into(),
         };
         let p = View {
             method: "GET",
@@ -210,6 +227,10 @@ mod tests {
             "SUCCESS ab12"
         );
         assert_eq!(eval("$ssl_client_escaped_cert"), cert.escaped_pem);
+        assert_eq!(
+            eval("$ssl_client_s_dn|$ssl_client_i_dn"),
+            "CN=client,O=Acme|CN=Acme CA"
+        );
         assert_eq!(eval("$uri|$args"), "/a/b|user=7&x=1");
         assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");
         assert_eq!(eval("u$arg_user:$cookie_sid:$http_x_tenant"), "u7:abc:acme");

@@ -50,6 +50,7 @@ pub mod config;
 mod conn;
 mod connlimit;
 mod custom_headers;
+mod dn;
 mod error;
 mod files;
 mod gzip;

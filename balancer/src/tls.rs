@@ -179,6 +179,10 @@ pub(crate) struct ClientCert {
     /// It as PEM, percent-encoded (nginx `$ssl_client_escaped_cert`): what Tomcat's `SSLValve`
     /// reads from an `ssl_client_cert` header, so the app sees the client's certificate.
     pub escaped_pem: String,
+    /// Its subject and issuer in RFC 2253 form (nginx `$ssl_client_s_dn`, `$ssl_client_i_dn`;
+    /// see `crate::dn`); empty if they cannot be read.
+    pub subject: String,
+    pub issuer: String,
 }
 
 /// The certificate a client showed, if any (see [`ClientCert`]).
@@ -207,9 +211,18 @@ pub(crate) fn client_cert<IO>(tls: &TlsStream<IO>) -> Option<Arc<ClientCert>> {
         escaped_pem.push_str("%0A");
     }
     escaped_pem.push_str("-----END%20CERTIFICATE-----%0A");
+    let (subject, issuer) = match webpki::EndEntityCert::try_from(cert) {
+        Ok(parsed) => (
+            crate::dn::rfc2253(parsed.subject()).unwrap_or_default(),
+            crate::dn::rfc2253(parsed.issuer()).unwrap_or_default(),
+        ),
+        Err(_) => Default::default(),
+    };
     Some(Arc::new(ClientCert {
         fingerprint,
         escaped_pem,
+        subject,
+        issuer,
     }))
 }
 

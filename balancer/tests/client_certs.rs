@@ -351,3 +351,38 @@ async fn the_client_certificate_reaches_the_upstream_for_tomcats_ssl_valve() {
     assert!(!text.contains("forged"), "{text}");
     h.stop(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_certificates_subject_and_issuer_reach_the_upstream() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, pki.ca.pem()).unwrap();
+    let client = pki.client(dir.path(), "alice", 3);
+    let a = Upstream::start("a").await;
+    let (mut cfg, site) = mtls(&a, dir.path(), &ca, VerifyClient::On);
+    cfg.proxy_set_header.extend([
+        "X-SSL-Client-S-DN: $ssl_client_s_dn".into(),
+        "X-SSL-Client-I-DN: $ssl_client_i_dn".into(),
+    ]);
+    let (h, _) = start(cfg).await;
+    let text = ask(
+        h.tls_addr().unwrap(),
+        &site,
+        Some((&client.0, &client.1)),
+        "X-SSL-Client-S-DN: CN=admin\r\n",
+    )
+    .await
+    .expect("answered");
+    // RFC 2253, as nginx prints them: the last RDN first, the comma in the value escaped.
+    assert!(
+        text.contains("x-ssl-client-s-dn: CN=alice,O=ferrocat tests\\, Inc.\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("x-ssl-client-i-dn: CN=ferrocat test CA\n"),
+        "{text}"
+    );
+    assert!(!text.contains("CN=admin"), "{text}");
+    h.stop(true).await;
+}

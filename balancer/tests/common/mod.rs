@@ -520,6 +520,13 @@ impl Pki {
         usage: rcgen::ExtendedKeyUsagePurpose,
     ) -> (PathBuf, PathBuf) {
         let mut params = rcgen::CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "ferrocat tests, Inc.");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
         params.serial_number = Some(serial.into());
         params.extended_key_usages = vec![usage];
         let key = rcgen::KeyPair::generate().unwrap();
