@@ -477,25 +477,15 @@ impl Policy {
         req: &[u8],
     ) -> Arc<Entry> {
         let old_head = old.head();
+        // (lower-case name, start, end) of each header line, its line end included.
         let fields = |head: &[u8]| -> Vec<(Vec<u8>, usize, usize)> {
-            // (lower-case name, start, end) of each header line, its CRLF included.
-            let mut out = Vec::new();
-            let mut i = match head.iter().position(|&b| b == b'\n') {
-                Some(p) => p + 1,
-                None => return out,
-            };
-            while i < head.len() {
-                let end = head[i..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(head.len(), |p| i + p + 1);
-                let line = &head[i..end];
-                if let Some(colon) = line.iter().position(|&b| b == b':') {
-                    out.push((line[..colon].trim_ascii().to_ascii_lowercase(), i, end));
-                }
-                i = end;
-            }
-            out
+            header_lines(head)
+                .filter_map(|(start, end)| {
+                    let line = &head[start..end];
+                    let colon = line.iter().position(|&b| b == b':')?;
+                    Some((line[..colon].trim_ascii().to_ascii_lowercase(), start, end))
+                })
+                .collect()
         };
         // Fields of the 304 that describe the message, not the stored representation.
         const FRAMING: [&[u8]; 8] = [
@@ -562,16 +552,13 @@ const PLACEHOLDER: &[u8] = b"-\r\n";
 pub(crate) fn take_conditionals(head: &mut Vec<u8>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(PLACEHOLDER);
-    let Some(first) = head.iter().position(|&b| b == b'\n') else {
+    let lines: Vec<(usize, usize)> = header_lines(head).collect();
+    let Some(&(first, _)) = lines.first() else {
         return;
     };
-    let (mut i, mut kept) = (first + 1, first + 1);
-    while i < head.len() {
-        let end = head[i..]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(head.len(), |p| i + p + 1);
-        let line = &head[i..end];
+    let mut kept = first;
+    for (start, end) in lines {
+        let line = &head[start..end];
         let name = line
             .split(|&b| b == b':')
             .next()
@@ -580,14 +567,32 @@ pub(crate) fn take_conditionals(head: &mut Vec<u8>, out: &mut Vec<u8>) {
         if name.eq_ignore_ascii_case(b"if-none-match")
             || name.eq_ignore_ascii_case(b"if-modified-since")
         {
-            out.extend_from_slice(&head[i..end]);
+            out.extend_from_slice(&head[start..end]);
         } else {
-            head.copy_within(i..end, kept);
-            kept += end - i;
+            head.copy_within(start..end, kept);
+            kept += end - start;
         }
-        i = end;
     }
     head.truncate(kept);
+}
+
+/// The (start, end) of each line of `head` after its first, the line end included.
+fn header_lines(head: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = head
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(head.len(), |p| p + 1);
+    std::iter::from_fn(move || {
+        if i >= head.len() {
+            return None;
+        }
+        let start = i;
+        i = head[i..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(head.len(), |p| i + p + 1);
+        Some((start, i))
+    })
 }
 
 /// `"200 302 10m"`, `"404 1m"`, `"any 1m"`, or a time alone (for 200, 301 and 302).
