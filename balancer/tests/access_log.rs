@@ -89,8 +89,12 @@ async fn every_request_gets_a_line_with_status_bytes_time_and_upstreams() {
         upstreams.contains(&(retried.as_str(), "502, 200")),
         "one request was retried on the live upstream: {upstreams:?}"
     );
+    // The other went to the live one, at once or, when the dead one's suspension was not in
+    // force yet (the failure report reaches the health owner a moment later), after it too.
     assert!(
-        upstreams.contains(&(a_addr.as_str(), "200")),
+        upstreams
+            .iter()
+            .all(|(addrs, statuses)| addrs.ends_with(a_addr.as_str()) && statuses.ends_with("200")),
         "{upstreams:?}"
     );
 
