@@ -115,7 +115,7 @@ pub(crate) struct Conn {
     pub https: bool,
     /// The current request's dealings with the response cache.
     pub cache: crate::cache::CacheReq,
-    /// The SHA-1 (hex) of the certificate the client showed on its TLS connection, if any.
+    /// The certificate the client showed on its TLS connection, if any.
     pub client_cert: Option<std::sync::Arc<crate::tls::ClientCert>>,
     /// The `auth_basic` location that guards the current request, if any, and its
     /// `Authorization` value.

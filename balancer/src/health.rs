@@ -161,7 +161,8 @@ pub(crate) async fn run(
         }
     }
     checks_running.shutdown().await;
-    resolving.shutdown().await;
+    // A look-up in progress is not waited for (a stop does not wait on a slow name server).
+    resolving.detach_all();
 }
 
 fn new_ticker(shared: &Shared) -> Option<tokio::time::Interval> {
