@@ -6,10 +6,12 @@
 //! lock, starts a task on its worker that asks an upstream for the answer, and is answered from
 //! the expired copy at once (`UPDATING`), as every request is until the task has kept the new
 //! answer. The task's request is the client's, as the upstream would have got it, without the
-//! client's conditionals (with the copy's validators under `proxy_cache_revalidate`). It makes
-//! one attempt on one upstream (a reused connection that turns out closed is replaced once);
-//! an answer that cannot be kept, a 5xx or a failure leaves the expired copy in place, and a
-//! failure counts against the upstream as a live request's would.
+//! client's conditionals (with the copy's validators under `proxy_cache_revalidate`). It tries
+//! the upstreams as a live request does (the next one after a failure or a 5xx that
+//! `proxy_next_upstream` names, at most `proxy_next_upstream_tries`; a reused connection that
+//! turns out closed is replaced once); an answer that cannot be kept, a 5xx or a failure of all
+//! leaves the expired copy in place, and failures count against the upstreams as a live
+//! request's would.
 
 use std::net::IpAddr;
 use std::rc::Rc;
@@ -136,57 +138,48 @@ async fn run(r: Refresh) {
         client: r.client,
         key: &r.hash_key,
     };
-    let mut now = LazyNow::default();
-    let Some(idx) = crate::choose::choose(&r.snap, r.target, &ctx, &[], None, &mut now) else {
-        log::debug!("cache refresh: no upstream available");
-        return;
+    let retry = &r.snap.retry;
+    let max_tries = match retry.tries {
+        0 => r.snap.pools[r.target].len.max(1),
+        n => n as usize,
     };
-    let up = &r.snap.upstreams[idx];
-    let _guard = ActiveGuard::new(up);
-    up.counts.attempts.fetch_add(1, Relaxed);
-    let mut wire = r.head.clone();
-    if !r.has_host {
-        crate::headers::put(&mut wire, b"Host", up.authority.as_bytes());
-    }
-    if !r.pool.enabled() {
-        wire.extend_from_slice(b"Connection: close\r\n");
-    }
-    wire.extend_from_slice(b"\r\n");
+    let mut tried = Vec::new();
     let mut timer = LazyTimer::new();
-    let cfg = &r.snap.cfg;
-    let mut pooled = r.pool.checkout(up.addr, up.tls.is_some());
-    let (mut conn, resp, head) = loop {
-        let reused = pooled.is_some();
-        let mut conn = match pooled.take() {
-            Some(conn) => conn,
-            None => {
-                match Pool::connect(up.addr, up.tls.as_ref(), cfg.proxy_connect_timeout).await {
-                    Ok(conn) => conn,
-                    Err(e) => return failed(&r, up, &e.to_string()),
-                }
-            }
+    // As a live request's attempts: the next upstream after a failure, or after a 5xx that
+    // `proxy_next_upstream` names.
+    let (up, _guard, mut conn, resp, head) = loop {
+        if tried.len() >= max_tries {
+            return;
+        }
+        let mut now = LazyNow::default();
+        let Some(idx) = crate::choose::choose(&r.snap, r.target, &ctx, &tried, None, &mut now)
+        else {
+            log::debug!("cache refresh: no upstream available");
+            return;
         };
-        conn.requests = conn.requests.saturating_add(1);
-        match exchange(&mut conn, &wire, &mut timer, cfg).await {
-            Ok((resp, head)) => break (conn, resp, head),
-            // A kept-alive connection the upstream had closed: once more on a new one.
-            Err(_) if reused => {}
-            Err(why) => return failed(&r, up, why),
+        tried.push(idx);
+        let up = &r.snap.upstreams[idx];
+        let guard = ActiveGuard::new(up);
+        up.counts.attempts.fetch_add(1, Relaxed);
+        match attempt(&r, up, &mut timer).await {
+            Ok((_, resp, _)) if resp.status >= 500 => {
+                // The expired copy stays.
+                log::info!(
+                    "cache refresh: upstream {} answered {}",
+                    up.addr,
+                    resp.status
+                );
+                if !retry.retries_status(resp.status) {
+                    return;
+                }
+                up.counts.failures.fetch_add(1, Relaxed);
+                r.shared.report_failure(up);
+            }
+            Ok((conn, resp, head)) => break (up, guard, conn, resp, head),
+            Err(why) => failed(&r, up, why),
         }
     };
-    if resp.status >= 500 {
-        // The expired copy stays; the upstream's trouble counts as a live request's would.
-        if r.snap.retry.retries_status(resp.status) {
-            up.counts.failures.fetch_add(1, Relaxed);
-            r.shared.report_failure(up);
-        }
-        log::info!(
-            "cache refresh: upstream {} answered {}",
-            up.addr,
-            resp.status
-        );
-        return;
-    }
+    let cfg = &r.snap.cfg;
     if resp.status == 304 {
         if let Some(old) = &r.revalidating {
             cache.refresh(&r.key, old, &head, &up.cfg.address, &r.req);
@@ -209,6 +202,41 @@ async fn run(r: Refresh) {
         release(&r.pool, conn, &resp, e.body_len());
     }
     drop(r.filling);
+}
+
+/// One attempt on `up`: a pooled connection (replaced once by a new one if the upstream had
+/// closed it) or a new one, the request, and the answer's head.
+async fn attempt(
+    r: &Refresh,
+    up: &Upstream,
+    timer: &mut LazyTimer,
+) -> Result<(UpConn, Response, Vec<u8>), String> {
+    let mut wire = r.head.clone();
+    if !r.has_host {
+        crate::headers::put(&mut wire, b"Host", up.authority.as_bytes());
+    }
+    if !r.pool.enabled() {
+        wire.extend_from_slice(b"Connection: close\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    let cfg = &r.snap.cfg;
+    let mut pooled = r.pool.checkout(up.addr, up.tls.is_some());
+    loop {
+        let reused = pooled.is_some();
+        let mut conn = match pooled.take() {
+            Some(conn) => conn,
+            None => Pool::connect(up.addr, up.tls.as_ref(), cfg.proxy_connect_timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        conn.requests = conn.requests.saturating_add(1);
+        match exchange(&mut conn, &wire, timer, cfg).await {
+            Ok((resp, head)) => return Ok((conn, resp, head)),
+            // A kept-alive connection the upstream had closed: once more on a new one.
+            Err(_) if reused => {}
+            Err(why) => return Err(why.to_owned()),
+        }
+    }
 }
 
 /// Sends `wire` and reads the answer's head: the answer and its raw head (taken off
@@ -264,7 +292,7 @@ async fn exchange(
 }
 
 /// A refresh that could not reach `up`: logged and counted; the expired copy stays.
-fn failed(r: &Refresh, up: &Upstream, why: &str) {
+fn failed(r: &Refresh, up: &Upstream, why: String) {
     log::warn!("cache refresh from upstream {} failed: {why}", up.addr);
     up.counts.failures.fetch_add(1, Relaxed);
     r.shared.report_failure(up);

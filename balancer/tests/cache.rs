@@ -958,3 +958,35 @@ async fn proxy_cache_min_uses_keeps_an_answer_from_its_nth_request_on() {
     let err = ferrocat_balancer::Balancer::start(bad).await.err().unwrap();
     assert!(err.to_string().contains("proxy_cache_min_uses"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_tries_the_next_upstream_after_a_failure() {
+    let a = Upstream::start("a").await;
+    let dead = Upstream::start("dead").await;
+    dead.kill();
+    let mut cfg = config(&[&dead, &a]);
+    // The dead one is chosen first nearly every time, and never suspended.
+    cfg.upstream[0].weight = 1000;
+    cfg.upstream[0].max_fails = 0;
+    cfg.proxy_cache = true;
+    cfg.proxy_cache_status_header = "X-Cache-Status".into();
+    cfg.proxy_cache_use_stale = vec!["updating".into()];
+    cfg.proxy_cache_background_update = true;
+    let (h, base) = start(cfg).await;
+    let http = client();
+    let url = format!("{base}/text/100?cc=max-age=1");
+    assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(fetch(&http, &url, &[]).await.1, "UPDATING");
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = fetch(&http, &url, &[]).await.1;
+        if status == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "HIT", "the refresh went on to the live upstream");
+    assert_eq!(a.hits(), 2, "one fill, one refresh");
+    h.stop(true).await;
+}
