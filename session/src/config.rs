@@ -119,6 +119,9 @@ pub struct SessionConfig {
     pub cookie_name: String,
     /// Signs the cookie; the same on every app node; >= 32 bytes.
     pub cookie_secret: Option<String>,
+    /// A file holding `cookie_secret` (a mounted secret, say), read when the config is
+    /// validated; a trailing line end is not part of it. Not together with `cookie_secret`.
+    pub cookie_secret_file: Option<std::path::PathBuf>,
     /// The secret `cookie_secret` replaces, while it is rotated: cookies signed with it are
     /// still accepted and signed again with `cookie_secret` in the answer, so rotating the
     /// secret logs nobody out. Remove it once the sessions have moved (after
@@ -175,6 +178,7 @@ impl Default for SessionConfig {
             cookie_name: DEFAULT_COOKIE_NAME.into(),
             cookie_secret: None,
             cookie_secret_previous: None,
+            cookie_secret_file: None,
             cookie_secure: false,
             cookie_path: "/".into(),
             cookie_domain: String::new(),
@@ -302,10 +306,33 @@ impl SessionConfig {
         {
             return Err(err("cookie_name", "must be non-empty [A-Za-z0-9_-]"));
         }
-        let cookie_secret = match &self.cookie_secret {
+        let from_file = match (&self.cookie_secret_file, &self.cookie_secret) {
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "cookie_secret_file",
+                    "set cookie_secret or cookie_secret_file, not both",
+                ))
+            }
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    err(
+                        "cookie_secret_file",
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let secret = text.strip_suffix('\n').unwrap_or(&text);
+                Some(secret.strip_suffix('\r').unwrap_or(secret).to_owned())
+            }
+            _ => None,
+        };
+        let (secret_key, secret) = match &from_file {
+            Some(s) => ("cookie_secret_file", Some(s)),
+            None => ("cookie_secret", self.cookie_secret.as_ref()),
+        };
+        let cookie_secret = match secret {
             Some(s) if s.len() < MIN_SECRET_LEN => {
                 return Err(err(
-                    "cookie_secret",
+                    secret_key,
                     format!("must be at least {MIN_SECRET_LEN} bytes (got {})", s.len()),
                 ))
             }
@@ -542,6 +569,30 @@ mod tests {
         let s = c.validate().unwrap();
         assert_eq!(s.cookie_same_site, actix_web::cookie::SameSite::None);
         assert_eq!((s.cookie_path.as_str(), s.cookie_domain), ("/", None));
+    }
+
+    #[test]
+    fn cookie_secret_file_is_read_without_its_line_end() {
+        let path = std::env::temp_dir().join(format!("ferrocat-secret-{}", std::process::id()));
+        std::fs::write(&path, format!("{}\r\n", "s".repeat(40))).unwrap();
+        let with = |f: &dyn Fn(&mut SessionConfig)| {
+            let mut c = SessionConfig {
+                cookie_secret_file: Some(path.clone()),
+                ..Default::default()
+            };
+            f(&mut c);
+            c.validate()
+        };
+        let s = with(&|_| {}).unwrap();
+        assert_eq!(s.cookie_secret.as_deref(), Some("s".repeat(40).as_bytes()));
+        let both = with(&|c| c.cookie_secret = Some("x".repeat(32))).unwrap_err();
+        assert_eq!(both.key, "session.cookie_secret_file");
+        std::fs::write(&path, "short\n").unwrap();
+        assert_eq!(with(&|_| {}).unwrap_err().key, "session.cookie_secret_file");
+        std::fs::remove_file(&path).unwrap();
+        let missing = with(&|_| {}).unwrap_err();
+        assert_eq!(missing.key, "session.cookie_secret_file");
+        assert!(missing.reason.contains("cannot read"), "{}", missing.reason);
     }
 
     #[test]
