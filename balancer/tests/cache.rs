@@ -28,6 +28,20 @@ fn caching(up: &Upstream) -> BalancerConfig {
     cfg
 }
 
+/// GETs `url` until the cache status is `HIT` (at most 100 times, 20 ms apart, for a background
+/// refresh to land); returns the last cache status.
+async fn until_hit(http: &reqwest::Client, url: &str) -> String {
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = fetch(http, url, &[]).await.1;
+        if status == "HIT" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    status
+}
+
 /// GETs `url` with extra headers: (status, cache status, body).
 async fn fetch(
     http: &reqwest::Client,
@@ -870,14 +884,7 @@ async fn background_update_revalidates_with_the_copys_validators() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let (s, c, body) = fetch(&http, &url, &[]).await;
     assert_eq!((s, c.as_str(), body.len()), (200, "UPDATING", 300));
-    let mut status = String::new();
-    for _ in 0..100 {
-        status = fetch(&http, &url, &[]).await.1;
-        if status == "HIT" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = until_hit(&http, &url).await;
     assert_eq!(
         status, "HIT",
         "the upstream's 304 made the copy fresh again"
@@ -978,14 +985,7 @@ async fn a_background_refresh_tries_the_next_upstream_after_a_failure() {
     assert_eq!(fetch(&http, &url, &[]).await.1, "MISS");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(fetch(&http, &url, &[]).await.1, "UPDATING");
-    let mut status = String::new();
-    for _ in 0..100 {
-        status = fetch(&http, &url, &[]).await.1;
-        if status == "HIT" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let status = until_hit(&http, &url).await;
     assert_eq!(status, "HIT", "the refresh went on to the live upstream");
     assert_eq!(a.hits(), 2, "one fill, one refresh");
     h.stop(true).await;
