@@ -555,8 +555,9 @@ fn build_upstream(
     let old_health = old.filter(|o| o.addr == addr);
     let authority = HeaderValue::from_str(&up.address)
         .map_err(|_| ConfigError::new(key(), "not a valid Host header value"))?;
-    // Counters and health are shared with the previous incarnation of the same address, so a
-    // reload that changes weight or drain keeps in-flight accounting and health.
+    // Counters are shared with the previous incarnation of the same `address`, and health too
+    // while it resolves to the same socket address, so a reload that changes weight or drain
+    // keeps in-flight accounting and health.
     let (active, counts) = match old {
         Some(o) => (o.active.clone(), o.counts.clone()),
         None => Default::default(),
