@@ -459,7 +459,7 @@ mod tests {
 
     #[test]
     fn garbage_authorization_and_files_never_panic() {
-        use rand::{Rng as _, SeedableRng as _};
+        use rand::SeedableRng as _;
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
         const PIECES: &[&[u8]] = &[
             b"Basic ",
@@ -474,14 +474,7 @@ mod tests {
             b"\xff",
         ];
         for _ in 0..20_000 {
-            let mut v = Vec::new();
-            for _ in 0..rng.gen_range(0..10) {
-                if rng.gen_bool(0.8) {
-                    v.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
-                } else {
-                    v.push(rng.gen());
-                }
-            }
+            let v = crate::test_support::garbage(&mut rng, PIECES, 10, 0.8);
             let _ = credentials(&v);
             let _ = parse_stored(&String::from_utf8_lossy(&v));
         }

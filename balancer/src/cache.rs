@@ -101,18 +101,28 @@ pub(crate) struct Stale {
 }
 
 impl Stale {
-    /// Whether an upstream answer with `status` is replaced by the expired copy.
-    pub fn for_status(&self, status: u16) -> bool {
-        (500..=504).contains(&status) && self.status[usize::from(status - 500)]
+    /// Whether an upstream answer with `status` is replaced by the expired `copy`
+    /// (`http_50x`, or the copy's own `stale-if-error`).
+    pub fn for_status(&self, status: u16, copy: &Entry) -> bool {
+        (500..=504).contains(&status)
+            && (self.status[usize::from(status - 500)] || copy.may_answer_for_error())
     }
 
-    /// Whether a failure ending in `status` (504: a time-out) is answered by the copy.
-    pub fn for_failure(&self, status: u16) -> bool {
-        if status == 504 {
+    /// Whether a failure ending in `status` (504: a time-out) is answered by the expired `copy`
+    /// (`error`, `timeout`, or the copy's own `stale-if-error`).
+    pub fn for_failure(&self, status: u16, copy: &Entry) -> bool {
+        let configured = if status == 504 {
             self.timeout
         } else {
             self.error
-        }
+        };
+        configured || copy.may_answer_for_error()
+    }
+
+    /// Whether the expired `copy` answers while another request refreshes it (`updating`, or
+    /// the copy's own `stale-while-revalidate`).
+    pub fn while_updating(&self, copy: &Entry) -> bool {
+        self.updating || copy.may_answer_while_updating()
     }
 }
 
@@ -1471,15 +1481,7 @@ mod tests {
             b"99999999999999999999",
             b"\xff\xfe",
         ];
-        let mut out = Vec::new();
-        for _ in 0..rng.gen_range(0..24) {
-            if rng.gen_bool(0.7) {
-                out.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
-            } else {
-                out.push(rng.gen());
-            }
-        }
-        out
+        crate::test_support::garbage(rng, PIECES, 24, 0.7)
     }
 
     #[test]

@@ -159,17 +159,17 @@ impl HashKey {
                 }
                 Part::ClientEscapedCert => {
                     if let Some(c) = req.client_cert {
-                        out.extend_from_slice(c.escaped_pem.as_bytes());
+                        out.extend_from_slice(c.escaped_pem().as_bytes());
                     }
                 }
                 Part::ClientSubject => {
                     if let Some(c) = req.client_cert {
-                        out.extend_from_slice(c.subject.as_bytes());
+                        out.extend_from_slice(c.subject_and_issuer().0.as_bytes());
                     }
                 }
                 Part::ClientIssuer => {
                     if let Some(c) = req.client_cert {
-                        out.extend_from_slice(c.issuer.as_bytes());
+                        out.extend_from_slice(c.subject_and_issuer().1.as_bytes());
                     }
                 }
             }
@@ -197,13 +197,18 @@ mod tests {
                 value: b"acme",
             },
         ];
-        let cert = crate::tls::ClientCert {
-            fingerprint: "ab12".into(),
-            escaped_pem:
-                "-----BEGIN%20CERTIFICATE-----%0AAA%3D%3D%0A-----END%20CERTIFICATE-----%0A".into(),
-            subject: "CN=client,O=Acme".into(),
-            issuer: "CN=Acme CA".into(),
-        };
+        // A self-signed certificate: its issuer is its subject.
+        let mut params = rcgen::CertificateParams::new(vec!["client.test".into()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Acme");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "client");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let der = params.self_signed(&key).expect("cert").der().clone();
+        let cert = crate::tls::ClientCert::new(der);
         let p = View {
             method: "GET",
             minor: 1,
@@ -224,12 +229,18 @@ mod tests {
         assert_eq!(eval("$request_uri"), "/a/b?user=7&x=1");
         assert_eq!(
             eval("$ssl_client_verify $ssl_client_fingerprint"),
-            "SUCCESS ab12"
+            format!("SUCCESS {}", cert.fingerprint)
         );
-        assert_eq!(eval("$ssl_client_escaped_cert"), cert.escaped_pem);
+        assert_eq!(cert.fingerprint.len(), 40);
+        let escaped = eval("$ssl_client_escaped_cert");
+        assert!(
+            escaped.starts_with("-----BEGIN%20CERTIFICATE-----%0A"),
+            "{escaped}"
+        );
+        assert_eq!(escaped, cert.escaped_pem());
         assert_eq!(
             eval("$ssl_client_s_dn|$ssl_client_i_dn"),
-            "CN=client,O=Acme|CN=Acme CA"
+            "CN=client,O=Acme|CN=client,O=Acme"
         );
         assert_eq!(eval("$uri|$args"), "/a/b|user=7&x=1");
         assert_eq!(eval("$host-$remote_addr"), "shop-10.0.0.9");

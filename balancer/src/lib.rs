@@ -81,6 +81,29 @@ mod upstream;
 mod upstream_tls;
 mod uri;
 
+/// Helpers of the unit tests.
+#[cfg(test)]
+mod test_support {
+    /// Up to `most` parts, each one of `pieces` (with probability `p_piece`) or a random byte:
+    /// input that looks enough like the real thing to reach deep into a parser.
+    pub(crate) fn garbage(
+        rng: &mut impl rand::Rng,
+        pieces: &[&[u8]],
+        most: usize,
+        p_piece: f64,
+    ) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..rng.gen_range(0..most) {
+            if rng.gen_bool(p_piece) {
+                out.extend_from_slice(pieces[rng.gen_range(0..pieces.len())]);
+            } else {
+                out.push(rng.gen());
+            }
+        }
+        out
+    }
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 

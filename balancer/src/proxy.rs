@@ -181,9 +181,7 @@ impl Worker {
             if filling.is_none() && cache.store.is_filling(&c.cache.key) {
                 // Another request is filling this key.
                 let updating = match &found {
-                    Found::Stale(e) if cache.stale.updating || e.may_answer_while_updating() => {
-                        Some(e.clone())
-                    }
+                    Found::Stale(e) if cache.stale.while_updating(e) => Some(e.clone()),
                     _ => None,
                 };
                 if let Some(e) = updating {
@@ -511,14 +509,8 @@ impl Worker {
                             continue;
                         }
                     }
-                    if c.cache.stale.as_ref().is_some_and(|e| {
-                        (500..=504).contains(&resp.status) && e.may_answer_for_error()
-                    }) || (c.cache.stale.is_some()
-                        && snap
-                            .cache
-                            .as_ref()
-                            .is_some_and(|p| p.stale.for_status(resp.status)))
-                    {
+                    let stale = c.cache.stale.as_deref().zip(snap.cache.as_ref());
+                    if stale.is_some_and(|(e, p)| p.stale.for_status(resp.status, e)) {
                         // `proxy_cache_use_stale http_5xx` (or the copy's `stale-if-error`):
                         // the expired copy instead.
                         drop(conn);
@@ -609,16 +601,8 @@ impl Worker {
         }
         let status =
             last_status.unwrap_or_else(|| no_upstream_status(snap, pool, tried.as_slice()));
-        if c.cache
-            .stale
-            .as_ref()
-            .is_some_and(|e| e.may_answer_for_error())
-            || (c.cache.stale.is_some()
-                && snap
-                    .cache
-                    .as_ref()
-                    .is_some_and(|p| p.stale.for_failure(status.as_u16())))
-        {
+        let stale = c.cache.stale.as_deref().zip(snap.cache.as_ref());
+        if stale.is_some_and(|(e, p)| p.stale.for_failure(status.as_u16(), e)) {
             // `proxy_cache_use_stale error timeout` (or the copy's `stale-if-error`): the
             // upstreams failed, the copy answers.
             if let Some(keep) = self.answer_stale(c, snap, req, body).await {

@@ -376,14 +376,7 @@ mod tests {
             b"\xff",
         ];
         for _ in 0..20_000 {
-            let mut value = Vec::new();
-            for _ in 0..rng.gen_range(0..16) {
-                if rng.gen_bool(0.8) {
-                    value.extend_from_slice(PIECES[rng.gen_range(0..PIECES.len())]);
-                } else {
-                    value.push(rng.gen());
-                }
-            }
+            let value = crate::test_support::garbage(&mut rng, PIECES, 16, 0.8);
             let v = Vars {
                 upstream_prefix: if rng.gen() { "/app" } else { "" },
                 ..vars("h.example", rng.gen(), if rng.gen() { "/shop" } else { "" })

@@ -171,59 +171,78 @@ pub(crate) fn read_crls(
     Ok(lists)
 }
 
-/// What the upstreams may learn of the certificate a client showed (`proxy_set_header`).
+/// What the upstreams may learn of the certificate a client showed (`proxy_set_header`). The
+/// forms only a template asks for are made on first use, once per connection.
 #[derive(Debug)]
 pub(crate) struct ClientCert {
     /// Its SHA-1 in lowercase hex (nginx `$ssl_client_fingerprint`).
     pub fingerprint: String,
+    der: CertificateDer<'static>,
+    escaped_pem: std::sync::OnceLock<String>,
+    names: std::sync::OnceLock<(String, String)>,
+}
+
+impl ClientCert {
+    /// A client's certificate as it came in the handshake.
+    pub fn new(der: CertificateDer<'static>) -> Self {
+        use sha1::Digest as _;
+        use std::fmt::Write as _;
+        let mut fingerprint = String::with_capacity(40);
+        for b in sha1::Sha1::digest(der.as_ref()) {
+            let _ = write!(fingerprint, "{b:02x}");
+        }
+        ClientCert {
+            fingerprint,
+            der,
+            escaped_pem: std::sync::OnceLock::new(),
+            names: std::sync::OnceLock::new(),
+        }
+    }
+
     /// It as PEM, percent-encoded (nginx `$ssl_client_escaped_cert`): what Tomcat's `SSLValve`
     /// reads from an `ssl_client_cert` header, so the app sees the client's certificate.
-    pub escaped_pem: String,
+    pub fn escaped_pem(&self) -> &str {
+        self.escaped_pem.get_or_init(|| {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(self.der.as_ref());
+            let mut out = String::with_capacity(b64.len() * 3 / 2 + 80);
+            out.push_str("-----BEGIN%20CERTIFICATE-----%0A");
+            for line in b64.as_bytes().chunks(64) {
+                for &b in line {
+                    match b {
+                        b'+' => out.push_str("%2B"),
+                        b'/' => out.push_str("%2F"),
+                        b'=' => out.push_str("%3D"),
+                        _ => out.push(char::from(b)),
+                    }
+                }
+                out.push_str("%0A");
+            }
+            out.push_str("-----END%20CERTIFICATE-----%0A");
+            out
+        })
+    }
+
     /// Its subject and issuer in RFC 2253 form (nginx `$ssl_client_s_dn`, `$ssl_client_i_dn`;
     /// see `crate::dn`); empty if they cannot be read.
-    pub subject: String,
-    pub issuer: String,
+    pub fn subject_and_issuer(&self) -> (&str, &str) {
+        let (s, i) = self
+            .names
+            .get_or_init(|| match webpki::EndEntityCert::try_from(&self.der) {
+                Ok(parsed) => (
+                    crate::dn::rfc2253(parsed.subject()).unwrap_or_default(),
+                    crate::dn::rfc2253(parsed.issuer()).unwrap_or_default(),
+                ),
+                Err(_) => Default::default(),
+            });
+        (s, i)
+    }
 }
 
 /// The certificate a client showed, if any (see [`ClientCert`]).
 pub(crate) fn client_cert<IO>(tls: &TlsStream<IO>) -> Option<Arc<ClientCert>> {
-    use base64::Engine as _;
-    use sha1::Digest as _;
-    use std::fmt::Write as _;
     let cert = tls.get_ref().1.peer_certificates()?.first()?;
-    let digest = sha1::Sha1::digest(cert.as_ref());
-    let mut fingerprint = String::with_capacity(40);
-    for b in digest {
-        let _ = write!(fingerprint, "{b:02x}");
-    }
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-    let mut escaped_pem = String::with_capacity(b64.len() * 3 / 2 + 80);
-    escaped_pem.push_str("-----BEGIN%20CERTIFICATE-----%0A");
-    for line in b64.as_bytes().chunks(64) {
-        for &b in line {
-            match b {
-                b'+' => escaped_pem.push_str("%2B"),
-                b'/' => escaped_pem.push_str("%2F"),
-                b'=' => escaped_pem.push_str("%3D"),
-                _ => escaped_pem.push(char::from(b)),
-            }
-        }
-        escaped_pem.push_str("%0A");
-    }
-    escaped_pem.push_str("-----END%20CERTIFICATE-----%0A");
-    let (subject, issuer) = match webpki::EndEntityCert::try_from(cert) {
-        Ok(parsed) => (
-            crate::dn::rfc2253(parsed.subject()).unwrap_or_default(),
-            crate::dn::rfc2253(parsed.issuer()).unwrap_or_default(),
-        ),
-        Err(_) => Default::default(),
-    };
-    Some(Arc::new(ClientCert {
-        fingerprint,
-        escaped_pem,
-        subject,
-        issuer,
-    }))
+    Some(Arc::new(ClientCert::new(cert.clone().into_owned())))
 }
 
 /// Reads a PEM chain and its key into a certified key; errors name `cert_key` or `key_key`.
