@@ -834,16 +834,13 @@ impl Entry {
         }
         let head = &self.raw[..self.head_len];
         let fresh_for_client = if let Some(list) = request_header(req, "if-none-match") {
+            // The weak comparison, as for files: a `W/` on either side does not count.
             let etag = request_header(head, "etag")?;
             let etag = etag.strip_prefix(b"W/").unwrap_or(etag);
-            list.split(|&b| b == b',')
-                .map(<[u8]>::trim_ascii)
-                .any(|t| t == b"*" || t.strip_prefix(b"W/").unwrap_or(t) == etag)
+            crate::files::etag_matches(list, etag, true)
         } else {
-            let date =
-                |v: &[u8]| httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok();
-            let since = date(request_header(req, "if-modified-since")?)?;
-            let modified = date(request_header(head, "last-modified")?)?;
+            let since = crate::files::http_date(request_header(req, "if-modified-since")?)?;
+            let modified = crate::files::http_date(request_header(head, "last-modified")?)?;
             modified <= since
         };
         if !fresh_for_client {

@@ -455,7 +455,7 @@ fn textual(ctype: &str) -> bool {
 
 /// Whether entity tag list `list` (`If-Match` / `If-None-Match`) names `etag`; `weak`: the
 /// weak comparison (a `W/` prefix on either side is ignored).
-fn etag_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
+pub(crate) fn etag_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
     list.split(|&b| b == b',').map(<[u8]>::trim_ascii).any(|t| {
         if t == b"*" {
             return true;
@@ -467,7 +467,7 @@ fn etag_matches(list: &[u8], etag: &[u8], weak: bool) -> bool {
     })
 }
 
-fn http_date(v: &[u8]) -> Option<SystemTime> {
+pub(crate) fn http_date(v: &[u8]) -> Option<SystemTime> {
     httpdate::parse_http_date(std::str::from_utf8(v).ok()?.trim()).ok()
 }
 
